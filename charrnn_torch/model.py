@@ -1,0 +1,138 @@
+"""The character-level tanh RNN, written by hand.
+
+Shapes use one alphabet everywhere: B batch, T time steps, V vocabulary,
+H hidden units, L layers. Weights are in the tutorial's column-vector
+orientation, so ``W_xh @ x_t`` reads exactly as the maths:
+
+    h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h)
+    y_t = W_hy h_t + b_y
+
+Read this file side by side with ``reference.py``, its numpy twin.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .fused import rnn_recurrence
+
+IMPLS = ("loop", "fused")
+
+
+class RNNCell(nn.Module):
+    """One tanh layer. Layer 0 reads character ids, layers above read h of the layer below."""
+
+    def __init__(self, input_size, hidden_size, onehot_input):
+        super().__init__()
+        self.onehot_input = onehot_input
+        self.W_xh = nn.Parameter(torch.empty(hidden_size, input_size))  # (H, V) or (H, H)
+        self.W_hh = nn.Parameter(torch.empty(hidden_size, hidden_size))  # (H, H)
+        self.b_h = nn.Parameter(torch.empty(hidden_size))  # (H,)
+
+    def input_projection(self, x):
+        """W_xh x for a batch; x is ids (...,) for layer 0, else (..., H). Returns (..., H)."""
+        if self.onehot_input:
+            # x is one-hot, so W_xh x is column x of W_xh: a gather is the same maths
+            # as the matrix product, without building the (V, B) one-hot matrix.
+            return F.embedding(x, self.W_xh.t())
+        return x @ self.W_xh.t()
+
+    def forward(self, x_t, h_prev):
+        # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
+        # Row-vector form of tanh(W_xh x + W_hh h + b_h): batch rows times W^T.
+        return torch.tanh(self.input_projection(x_t) + h_prev @ self.W_hh.t() + self.b_h)
+
+
+class CharRNN(nn.Module):
+    """``forward(x, h0=None) -> (logits, h)`` with x (B, T) ids, h0 and h (L, B, H), logits (B, T, V).
+
+    ``impl`` picks how the same maths runs: ``loop`` is the readable reference
+    unroll below; ``fused`` hoists the input and output projections out of the
+    time loop and runs the recurrence in a hand-written autograd Function
+    (``fused.py``). Both pass the same tests against the numpy reference.
+    """
+
+    def __init__(self, vocab_size, hidden_size, num_layers=1, dropout=0.0, impl="loop"):
+        super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"unknown impl {impl!r}; expected one of {', '.join(IMPLS)}")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.dropout = dropout
+        self.impl = impl
+        self.cells = nn.ModuleList(
+            RNNCell(vocab_size if l == 0 else hidden_size, hidden_size, onehot_input=(l == 0))
+            for l in range(num_layers)
+        )
+        self.W_hy = nn.Parameter(torch.empty(vocab_size, hidden_size))  # (V, H)
+        self.b_y = nn.Parameter(torch.empty(vocab_size))  # (V,)
+        self.reset_parameters()
+
+    def model_args(self):
+        """The constructor arguments, as plain data for checkpoints."""
+        return dict(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                    num_layers=self.num_layers, dropout=self.dropout, impl=self.impl)
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """Weights ~ U(-1/sqrt(H), 1/sqrt(H)), biases zero.
+
+        The tutorial's fixed N(0, 0.01) is fine at H=100 but leaves a large H
+        with a vanishing signal; 1/sqrt(H) keeps the pre-activation variance of
+        W_hh h near constant for any H (the same scale nn.RNN uses), and zero
+        biases are the tutorial's.
+        """
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            if p.dim() == 2:
+                p.uniform_(-bound, bound)
+            else:
+                p.zero_()
+
+    def init_hidden(self, batch_size, device=None, dtype=None):
+        p = self.W_hy
+        return torch.zeros(self.num_layers, batch_size, self.hidden_size,
+                           device=device or p.device, dtype=dtype or p.dtype)
+
+    def forward(self, x, h0=None):
+        # x: (B, T) ids; h0: (L, B, H) or None
+        if h0 is None:
+            h0 = self.init_hidden(x.shape[0])
+        if self.impl == "fused":
+            top, h = self._forward_fused(x, h0)
+        else:
+            top, h = self._forward_loop(x, h0)
+        logits = top @ self.W_hy.t() + self.b_y  # (B, T, H) -> (B, T, V)
+        return logits, h
+
+    def _forward_loop(self, x, h0):
+        B, T = x.shape
+        h = list(h0.unbind(0))  # L tensors of (B, H)
+        outputs = []
+        for t in range(T):
+            inp = x[:, t]  # (B,) ids
+            for l, cell in enumerate(self.cells):
+                h[l] = cell(inp, h[l])
+                inp = self._between_layers(h[l], l)
+            outputs.append(inp)
+        return torch.stack(outputs, dim=1), torch.stack(h)  # (B, T, H), (L, B, H)
+
+    def _forward_fused(self, x, h0):
+        # Time-major (T, B, H) keeps each step's slice contiguous for the in-place GEMMs.
+        inp = x.t()  # (T, B) ids
+        finals = []
+        for l, cell in enumerate(self.cells):
+            xproj = cell.input_projection(inp) + cell.b_h  # (T, B, H), one gather or GEMM for all T
+            out = rnn_recurrence(xproj, cell.W_hh, h0[l])  # (T, B, H)
+            finals.append(out[-1])
+            inp = self._between_layers(out, l)
+        return inp.transpose(0, 1), torch.stack(finals)  # (B, T, H), (L, B, H)
+
+    def _between_layers(self, h, l):
+        # Dropout only feeds the layer above, as in nn.RNN: the recurrent path
+        # and the output projection see the undropped state.
+        if l < self.num_layers - 1 and self.dropout > 0:
+            return F.dropout(h, self.dropout, self.training)
+        return h
