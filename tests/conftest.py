@@ -21,3 +21,30 @@ def run_script(name, *args, cwd=None, env=None, timeout=300):
     return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *map(str, args)],
                           capture_output=True, text=True, cwd=cwd or ROOT, env=full_env,
                           timeout=timeout)
+
+
+def tiny_overrides(corpus, out_dir, **extra):
+    """Overrides for a fast CPU run on a test corpus."""
+    base = {
+        "data.path": corpus, "out_dir": out_dir, "device": "cpu",
+        "model.hidden_size": 32, "model.impl": "fused",
+        "train.batch_size": 4, "train.seq_len": 16, "train.max_steps": 30, "train.lr": 0.01,
+        "train.eval_interval": 10, "train.log_interval": 5, "train.sample_interval": 10,
+        "train.sample_length": 40, "train.lr_schedule": "cosine",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def corpus_file(tmp_path, tiny_text):
+    p = tmp_path / "corpus.txt"
+    p.write_text(tiny_text)
+    return p
+
+
+def read_scalars(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc, {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

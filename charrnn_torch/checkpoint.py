@@ -1,0 +1,82 @@
+"""Checkpoints: plain dicts of tensors and builtins, written atomically, loaded with weights_only=True."""
+import io
+import os
+import pickle
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+FORMAT = "charrnn_torch/1"
+# Test-only hook: pause this many seconds after writing half the bytes, so a
+# test can SIGKILL the process in the middle of a write.
+PAUSE_ENV = "CHARRNN_TEST_PAUSE_MID_WRITE"
+
+
+def save(obj, path, pause_mid_write=None):
+    """Write to a temp file in the same directory, fsync, then os.replace: a reader
+    (or a crash) sees either the old file or the new one, never half of one."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getbuffer()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            half = len(data) // 2
+            f.write(data[:half])
+            if pause_mid_write:
+                f.flush()
+                time.sleep(pause_mid_write)
+            f.write(data[half:])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    # The rename itself must reach the disk too, or a power cut could undo it.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def resolve(path, names=("best.pt", "ckpt.pt")):
+    """A checkpoint file, or a run directory in which the first of names that exists is used."""
+    path = Path(path)
+    if path.is_dir():
+        for name in names:
+            if (path / name).is_file():
+                return path / name
+        raise UserError(f"no checkpoint in {path}: expected {' or '.join(names)}")
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    return path
+
+
+def load(path, map_location="cpu"):
+    """Load a checkpoint as plain data. Anything else (a pickled object, a truncated
+    or foreign file) is refused with a UserError: weights_only=True never runs code."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"checkpoint path is a directory: {path}") from None
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise UserError(f"refusing to load checkpoint {path}: it holds more than plain tensors "
+                        f"and builtins ({first[:200]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as e:
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path} is not a charrnn_torch checkpoint")
+    return ckpt

@@ -1,0 +1,174 @@
+"""Generation and scoring: ancestral sampling (temperature, top-k, top-p), greedy, beam search.
+
+As in the tutorial, the prime text runs through the model once to build the
+hidden state; after that each new character costs one step, with the state
+carried. The prefix is never re-run.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+
+
+def check_prime(vocab, prime):
+    bad = vocab.unknown(prime)
+    if bad:
+        raise UserError(f"prime character{'s' if len(bad) > 1 else ''} not in the vocabulary: "
+                        f"{', '.join(repr(c) for c in bad)}")
+    if not prime:
+        raise UserError("prime text is empty")
+
+
+def default_prime(vocab, text_counts=None):
+    """A newline when the vocabulary has one, else its most frequent (or first) character."""
+    if "\n" in vocab:
+        return "\n"
+    if text_counts:
+        return max(vocab.chars, key=lambda c: text_counts.get(c, 0))
+    return vocab.chars[0]
+
+
+def filter_probs(logits, temperature=1.0, top_k=0, top_p=1.0):
+    """(N, V) logits -> (N, V) float64 probabilities after temperature, top-k and top-p."""
+    logits = logits.double() / temperature
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        mass_before = sorted_p.cumsum(-1) - sorted_p
+        # Keep the smallest prefix whose mass reaches top_p: a token stays while
+        # the mass of the tokens ranked above it is still short of top_p.
+        keep_sorted = mass_before < top_p
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        probs = probs * keep
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def pick(probs, u):
+    """Inverse-CDF sampling: the first id whose cumulative probability exceeds u (N,)."""
+    cdf = probs.cumsum(-1)
+    idx = torch.searchsorted(cdf, u.to(cdf.dtype)[:, None].contiguous(), right=True)[:, 0]
+    return idx.clamp_(max=probs.shape[-1] - 1)
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def sample_ids(model, prime_ids, length, temperature=1.0, top_k=0, top_p=1.0, greedy=False,
+               draw=None, on_step=None):
+    """prime_ids (N, P) -> generated ids (N, length). draw(n) returns n uniforms in [0, 1).
+
+    on_step(ids) is called with each new (N,) column as soon as it exists.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        logits, h = model(prime_ids.to(_device(model)))
+        last = logits[:, -1]
+        out = []
+        for i in range(length):
+            if greedy:
+                nxt = last.argmax(-1)
+            else:
+                u = draw(prime_ids.shape[0])
+                nxt = pick(filter_probs(last, temperature, top_k, top_p), u.to(last.device))
+            out.append(nxt)
+            if on_step is not None:
+                on_step(nxt)
+            if i + 1 < length:
+                logits, h = model(nxt[:, None], h)  # one step, state carried
+                last = logits[:, -1]
+        return torch.stack(out, 1).cpu() if out else torch.zeros(prime_ids.shape[0], 0, dtype=torch.long)
+    finally:
+        model.train(was_training)
+
+
+def torch_draw(generator=None):
+    # Uniforms come from a CPU generator so a seed gives the same text on any device.
+    return lambda n: torch.rand(n, generator=generator, dtype=torch.float64)
+
+
+def generate_batch(model, vocab, prime, length, num_samples=1, temperature=1.0, top_k=0, top_p=1.0,
+                   generator=None, greedy=False, on_step=None):
+    """num_samples independent continuations of prime, in one batch; each string includes prime."""
+    check_prime(vocab, prime)
+    prime_ids = vocab.encode(prime)[None].expand(num_samples, -1)
+    ids = sample_ids(model, prime_ids, length, temperature, top_k, top_p, greedy,
+                     draw=torch_draw(generator), on_step=on_step)
+    return [prime + vocab.decode(row.tolist()) for row in ids]
+
+
+def generate(model, vocab, prime, length, temperature=1.0, top_k=0, top_p=1.0, generator=None,
+             greedy=False, on_text=None):
+    """One continuation of prime (prime included). on_text(str) receives each new character."""
+    on_step = None if on_text is None else (lambda ids: on_text(vocab.chars[int(ids[0])]))
+    return generate_batch(model, vocab, prime, length, 1, temperature, top_k, top_p, generator,
+                          greedy, on_step)[0]
+
+
+@torch.no_grad()
+def beam_search(model, vocab, prime, length, beam_width):
+    """The most likely continuation of `length` characters found by beam search.
+
+    Returns (text including prime, log-probability of the continuation in nats).
+    With beam_width=1 it is greedy decoding.
+    """
+    check_prime(vocab, prime)
+    was_training = model.training
+    model.eval()
+    try:
+        logits, h = model(vocab.encode(prime)[None].to(_device(model)))  # h: (L, 1, H)
+        logp = F.log_softmax(logits[:, -1].double(), -1)  # (K, V), K beams (1 at first)
+        scores = torch.zeros(1, dtype=torch.float64, device=logp.device)
+        seqs = torch.zeros(1, 0, dtype=torch.long, device=logp.device)
+        V = logp.shape[-1]
+        for i in range(length):
+            cand = (scores[:, None] + logp).reshape(-1)  # (K * V,)
+            scores, flat = cand.topk(min(beam_width, cand.numel()))
+            beam, char = flat // V, flat % V
+            seqs = torch.cat([seqs[beam], char[:, None]], 1)
+            if i + 1 < length:
+                logits, h = model(char[:, None], h[:, beam])
+                logp = F.log_softmax(logits[:, -1].double(), -1)
+        best = int(scores.argmax()) if length else 0
+        text = prime + vocab.decode(seqs[best].tolist()) if length else prime
+        return text, float(scores[best]) if length else 0.0
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def score(model, vocab, text, chunk_len=1024):
+    """Mean loss (nats/char) and bits/char of the model on text, state carried across chunks.
+
+    Characters outside the vocabulary are removed before scoring and reported
+    (count and set), never mapped to some other id.
+    """
+    unknown = vocab.unknown(text)
+    kept = "".join(c for c in text if c in vocab) if unknown else text
+    n_unknown = len(text) - len(kept)
+    if len(kept) < 2:
+        raise UserError(f"nothing to score: the text has {len(kept)} in-vocabulary characters (need >= 2)")
+    was_training = model.training
+    model.eval()
+    try:
+        ids = vocab.encode(kept).to(_device(model))
+        total, h = 0.0, None
+        for i in range(0, len(ids) - 1, chunk_len):
+            x = ids[i:i + chunk_len][None]
+            y = ids[i + 1:i + 1 + chunk_len][None]
+            x = x[:, :y.shape[1]]
+            logits, h = model(x, h)
+            total += F.cross_entropy(logits[0].double(), y[0], reduction="sum").item()
+    finally:
+        model.train(was_training)
+    loss = total / (len(ids) - 1)
+    return {"loss": loss, "bpc": loss / math.log(2), "chars": len(ids) - 1,
+            "unknown_chars": n_unknown, "unknown_set": unknown}
