@@ -65,6 +65,9 @@ def load(path, map_location="cpu"):
     """Load a checkpoint as plain data. Anything else (a pickled object, a truncated
     or foreign file) is refused with a UserError: weights_only=True never runs code."""
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive; anything else is a partial write or a foreign file.
+        raise UserError(f"checkpoint {path} is truncated or corrupt (not a torch.save archive)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -72,10 +75,11 @@ def load(path, map_location="cpu"):
     except IsADirectoryError:
         raise UserError(f"checkpoint path is a directory: {path}") from None
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "GLOBAL" in ln),
+                   "it would have to unpickle objects")
         raise UserError(f"refusing to load checkpoint {path}: it holds more than plain tensors "
-                        f"and builtins ({first[:200]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as e:
+                        f"and builtins ({why[:200]})") from None
+    except Exception as e:  # noqa: BLE001 - torch.load fails on junk in many ways, all meaning "corrupt"
         raise UserError(f"checkpoint {path} is truncated or corrupt ({' '.join(str(e).split())[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a charrnn_torch checkpoint")

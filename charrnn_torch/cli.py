@@ -55,9 +55,9 @@ def _dist_from_env(env):
 
 
 def _hooks_from_env(env):
-    from .trainer import TestHooks
+    from .trainer import DebugHooks
     nan = env.get("CHARRNN_TEST_NAN_STEPS", "")
-    return TestHooks(interrupt_at_step=int(env.get("CHARRNN_TEST_INTERRUPT_AT_STEP", 0) or 0),
+    return DebugHooks(interrupt_at_step=int(env.get("CHARRNN_TEST_INTERRUPT_AT_STEP", 0) or 0),
                      pause_mid_write=float(env.get("CHARRNN_TEST_PAUSE_MID_WRITE", 0) or 0),
                      nonfinite_steps={int(s) for s in nan.split(",") if s.strip()})
 
@@ -111,7 +111,7 @@ def _train(argv):
         summary = train(cfg, out_dir_explicit="out_dir" in keys, force=args.force, resume=resume,
                         resume_dir=resume_dir, dist_info=dist_info, progress=not args.no_progress,
                         hooks=_hooks_from_env(env),
-                        log=print if dist_info.is_main else (lambda *a, **k: None))
+                        log=_console_log if dist_info.is_main else (lambda *a, **k: None))
     except Interrupted as e:
         if dist_info.is_main:
             print(f"interrupted at step {e.step}: checkpoint saved to {Path(e.out_dir) / 'ckpt.pt'}\n"
@@ -130,6 +130,12 @@ def _train(argv):
               f"(bpc {summary['val_loss'] / 0.6931471805599453:.4f}), best {summary['best_val']:.4f}; "
               f"run in {summary['out_dir']}")
     return 0
+
+
+def _console_log(line):
+    from tqdm import tqdm
+    tqdm.write(line)  # above the progress bar, not through it
+    sys.stdout.flush()
 
 
 def _init_distributed(cfg, dist_info):

@@ -53,7 +53,7 @@ class DistInfo:
 
 
 @dataclass
-class TestHooks:
+class DebugHooks:
     """Test-only knobs, all off by default."""
     interrupt_at_step: int = 0  # deliver SIGINT to ourselves after this step
     pause_mid_write: float = 0.0  # seconds to pause in the middle of each checkpoint write
@@ -252,7 +252,7 @@ def check_resume_compatible(ckpt, cfg, vocab):
 
 
 def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=None,
-          dist_info=DistInfo(), progress=True, hooks=TestHooks(), log=print):
+          dist_info=DistInfo(), progress=True, hooks=DebugHooks(), log=print):
     """Train per cfg. Returns a summary dict. resume: a loaded checkpoint dict to continue from."""
     t = cfg.train
     device = resolve_device(cfg.device, dist_info)
@@ -421,6 +421,13 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
         log(f"step {step:6d} | val loss {val:.4f} | val bpc {val / math.log(2):.4f} | best {best_val:.4f}"
             f"{' (saved best.pt)' if improved else ''}")
         return val
+
+    if dist_info.is_main:
+        for stale in out_dir.glob(".*.pt.*.tmp"):
+            stale.unlink()  # left by a process killed mid-write; the real checkpoint is intact
+        n_params = sum(p.numel() for p in params)
+        log(f"{'resuming' if resume is not None else 'training'} {n_params:,} parameters on {device} "
+            f"from step {step} to {t.max_steps}; run directory {out_dir}")
 
     from tqdm import tqdm
     bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and dist_info.is_main),

@@ -1,0 +1,242 @@
+"""Training-throughput benchmark: every implementation on identical shapes, in one run.
+
+One training step = forward + backward + clip_grad_norm_ + optimizer step (Adagrad,
+the tutorial's optimizer, for every implementation). Implementations are
+alternated round by round, so a noisy neighbour slows all of them alike, and
+each row reports the median over rounds.
+"""
+import gc
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import reference
+from .model import IMPLS, CharRNN
+from .sample import sample_ids
+
+SHAPES = {  # name: (V, H, B, T, L)
+    "tutorial": (65, 100, 1, 25, 1),
+    "cpu": (65, 512, 64, 128, 1),
+    "gpu": (65, 1024, 256, 128, 1),
+    "gpu-L3": (65, 1024, 256, 128, 3),
+}
+
+
+@dataclass
+class Row:
+    shape: str
+    impl: str
+    chars_per_sec: float
+    gflops: float
+    pct_peak: float
+    peak_mem_mb: float
+    threads: int
+
+
+def flops_per_char(V, H, L):
+    """Multiply-adds x2 of the matrix products, forward + backward (backward = 2x forward)."""
+    fwd = 2 * H * H * L + 2 * H * H * (L - 1) + 2 * H * V  # W_hh per layer, W_xh above layer 0, W_hy
+    return 3 * fwd
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device, dtype, n=None, repeats=5):
+    """Measured GFLOP/s of one large square matmul on this device and dtype."""
+    n = n or (1024 if device.type == "cpu" else 8192)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for _ in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        _sync(device)
+        times.append((time.perf_counter() - t0) / 3)
+    return 2 * n ** 3 / statistics.median(times[1:]) / 1e9
+
+
+class NNRNNStack(nn.Module):
+    """The yardstick: nn.Embedding + nn.RNN(tanh) + nn.Linear of identical size (cuDNN on GPU)."""
+
+    def __init__(self, V, H, L):
+        super().__init__()
+        self.emb = nn.Embedding(V, V)
+        self.rnn = nn.RNN(V, H, num_layers=L, nonlinearity="tanh", batch_first=True)
+        self.head = nn.Linear(H, V)
+
+    def forward(self, x, h0=None):
+        out, h = self.rnn(self.emb(x), h0)
+        return self.head(out), h
+
+
+class TorchStep:
+    def __init__(self, model, V, B, T, device, amp_dtype=None):
+        self.model = model.to(device)
+        self.opt = torch.optim.Adagrad(self.model.parameters(), lr=0.01)
+        self.params = list(self.model.parameters())
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(V, (B, T), generator=g).to(device)
+        self.y = torch.randint(V, (B, T), generator=g).to(device)
+        self.V = V
+        self.h = None
+        self.amp = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else None)
+
+    def __call__(self):
+        self.opt.zero_grad(set_to_none=True)
+        if self.amp is not None:
+            with self.amp:
+                logits, h = self.model(self.x, self.h)
+                loss = F.cross_entropy(logits.reshape(-1, self.V).float(), self.y.reshape(-1))
+        else:
+            logits, h = self.model(self.x, self.h)
+            loss = F.cross_entropy(logits.reshape(-1, self.V), self.y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 5.0)
+        self.opt.step()
+        self.h = h.detach()
+
+
+class NumpyStep:
+    """The tutorial's loop: lossFun + Adagrad with element-wise clipping, in numpy."""
+
+    def __init__(self, V, H, B, T, L):
+        rng = np.random.default_rng(0)
+        self.params = reference.init_params(V, H, L, rng=rng)
+        self.mem = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.x = rng.integers(V, size=(B, T))
+        self.y = rng.integers(V, size=(B, T))
+        self.h = np.zeros((L, B, H))
+
+    def __call__(self):
+        _, grads, _, self.h, _ = reference.loss_and_grads(self.params, self.x, self.y, self.h)
+        reference.adagrad_step(self.params, grads, self.mem, lr=0.1)
+
+
+def _mem_reset():
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak-RSS high-water mark (Linux >= 4.0)
+        return _status_kb("VmRSS")
+    except OSError:
+        return None
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def measure_peak_mem(step, device, steps=2):
+    """Peak MB above the starting point while running `steps` training steps."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    base = _mem_reset()
+    for _ in range(steps):
+        step()
+    if base is None:
+        return float("nan")
+    return max(0, _status_kb("VmHWM") - base) / 1024
+
+
+def time_steps(step, device, n):
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    _sync(device)
+    return (time.perf_counter() - t0) / n
+
+
+def _steps_for(shape, device):
+    V, H, B, T, L = SHAPES[shape]
+    return max(3, min(200, int(2e6 / (B * T * H) * (40 if device.type == "cuda" else 1)) + 2))
+
+
+def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, include_numpy=True, threads_variants=()):
+    V, H, B, T, L = SHAPES[shape]
+    impls = {}
+    if include_numpy and device.type == "cpu":
+        impls["numpy reference"] = NumpyStep(V, H, B, T, L)
+    torch.manual_seed(0)
+    for impl in IMPLS:
+        impls[f"CharRNN {impl}"] = TorchStep(CharRNN(V, H, L, impl=impl).to(dtype), V, B, T, device, amp_dtype)
+    impls["nn.RNN stack"] = TorchStep(NNRNNStack(V, H, L).to(dtype), V, B, T, device, amp_dtype)
+    return impls
+
+
+def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, peak=None, threads=None,
+              log=print):
+    V, H, B, T, L = SHAPES[shape]
+    impls = build_impls(shape, device, dtype, amp_dtype, include_numpy=shape in ("tutorial", "cpu"))
+    n = _steps_for(shape, device)
+    for step in impls.values():  # warm-up (allocator, caches, cuDNN heuristics)
+        for _ in range(2):
+            step()
+    times = {name: [] for name in impls}
+    for _ in range(repeats):
+        for name, step in impls.items():  # alternate: noise hits every impl alike
+            times[name].append(time_steps(step, device, n))
+    mems = {name: measure_peak_mem(step, device) for name, step in impls.items()}
+    fpc = flops_per_char(V, H, L)
+    rows = []
+    for name in impls:
+        cps = B * T / statistics.median(times[name])
+        gf = cps * fpc / 1e9
+        rows.append(Row(shape, name, cps, gf, 100 * gf / peak if peak else float("nan"), mems[name],
+                        threads or torch.get_num_threads()))
+    return rows
+
+
+def sampling_throughput(shape, device, length=200):
+    V, H, B, T, L = SHAPES[shape]
+    torch.manual_seed(0)
+    model = CharRNN(V, H, L, impl="fused").to(device)
+    out = {}
+    for n in (1, 64):
+        prime = torch.zeros(n, 1, dtype=torch.long)
+        g = torch.Generator().manual_seed(0)
+        draw = lambda k: torch.rand(k, generator=g, dtype=torch.float64)
+        sample_ids(model, prime, 10, draw=draw)
+        _sync(device)
+        t0 = time.perf_counter()
+        sample_ids(model, prime, length, draw=draw)
+        _sync(device)
+        out[n] = n * length / (time.perf_counter() - t0)
+    return out
+
+
+def format_table(rows, baseline="nn.RNN stack"):
+    lines = []
+    head = f"{'shape':<9} {'impl':<22} {'chars/s':>10} {'vs nn.RNN':>9} {'vs numpy':>9} {'GFLOP/s':>8} {'% peak':>7} {'peak MB':>8} {'thr':>4}"
+    lines.append(head)
+    lines.append("-" * len(head))
+    for shape in dict.fromkeys(r.shape for r in rows):
+        group = [r for r in rows if r.shape == shape]
+        base = next((r.chars_per_sec for r in group if r.impl == baseline), float("nan"))
+        npy = next((r.chars_per_sec for r in group if r.impl == "numpy reference"), float("nan"))
+        for r in group:
+            vs_np = f"{r.chars_per_sec / npy:9.2f}" if not math.isnan(npy) else f"{'-':>9}"
+            lines.append(f"{r.shape:<9} {r.impl:<22} {r.chars_per_sec:10,.0f} {r.chars_per_sec / base:9.2f} "
+                         f"{vs_np} {r.gflops:8.1f} {r.pct_peak:6.1f}% {r.peak_mem_mb:8.1f} {r.threads:4d}")
+    return "\n".join(lines)

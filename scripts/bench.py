@@ -1,0 +1,84 @@
+"""Training throughput of every implementation, side by side in one run.
+
+    python scripts/bench.py                       # CPU: tutorial and cpu shapes
+    python scripts/bench.py --device cuda         # GPU: gpu and gpu-L3 shapes, fp32/TF32 and bf16
+    python scripts/bench.py --shapes tutorial --json out.json
+"""
+import argparse
+import json
+import platform
+import sys
+from dataclasses import asdict
+
+import torch
+
+from charrnn_torch import bench
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--shapes", default=None, help=f"comma-separated, from {', '.join(bench.SHAPES)}")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per implementation (median reported)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--small-threads", type=int, default=1,
+                   help="threads for the tutorial shape, where thread hand-offs cost more than they save")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    shapes = args.shapes.split(",") if args.shapes else (
+        ["gpu", "gpu-L3"] if device.type == "cuda" else ["tutorial", "cpu"])
+    for s in shapes:
+        if s not in bench.SHAPES:
+            print(f"error: unknown shape {s!r}; choose from {', '.join(bench.SHAPES)}", file=sys.stderr)
+            return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    default_threads = torch.get_num_threads()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device: {device} ({name}); torch {torch.__version__}; {default_threads} threads")
+
+    peak = bench.matmul_peak(device, torch.float32)
+    print(f"measured fp32 matmul peak: {peak:.1f} GFLOP/s" + (" (TF32 on)" if device.type == "cuda" else ""))
+    rows, extra = [], {"device": str(device), "device_name": name, "torch": torch.__version__,
+                       "fp32_peak_gflops": peak}
+    for s in shapes:
+        threads = args.small_threads if s == "tutorial" and device.type == "cpu" else default_threads
+        torch.set_num_threads(threads)
+        rows += bench.run_shape(s, device, args.repeats, peak=peak, threads=threads)
+        torch.set_num_threads(default_threads)
+    if device.type == "cuda":
+        bf16_peak = bench.matmul_peak(device, torch.bfloat16)
+        extra["bf16_peak_gflops"] = bf16_peak
+        print(f"measured bf16 matmul peak: {bf16_peak:.1f} GFLOP/s")
+        for s in shapes:
+            for r in bench.run_shape(s, device, args.repeats, amp_dtype=torch.bfloat16, peak=bf16_peak):
+                r.shape = s + "-bf16"
+                rows.append(r)
+    print()
+    print(bench.format_table(rows))
+    print()
+    sampling = {}
+    for s in shapes:
+        threads = args.small_threads if s == "tutorial" and device.type == "cpu" else default_threads
+        torch.set_num_threads(threads)
+        sampling[s] = bench.sampling_throughput(s, device)
+        torch.set_num_threads(default_threads)
+        print(f"sampling ({s}, CharRNN fused): {sampling[s][1]:,.0f} chars/s one stream, "
+              f"{sampling[s][64]:,.0f} chars/s batch of 64")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**extra, "rows": [asdict(r) for r in rows],
+                       "sampling": {s: {str(k): v for k, v in d.items()} for s, d in sampling.items()}}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
