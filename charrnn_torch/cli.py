@@ -254,3 +254,36 @@ def _sample(argv):
 
 def sample_main(argv=None):
     return _report(_sample, sys.argv[1:] if argv is None else argv)
+
+
+# ---------------------------------------------------------------- sweep
+
+def _sweep(argv):
+    from .sweep import format_rows, run_sweep
+
+    p = _Parser(prog="charrnn-sweep", description="Train one run per combination of a grid.")
+    p.add_argument("--config", default="shakespeare.yaml")
+    p.add_argument("--grid", nargs="+", required=True, metavar="key=v1,v2",
+                   help="e.g. --grid train.lr=1e-3,3e-3 model.hidden_size=256,512")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--sweep-dir", default=None, help="default: runs/sweep-<config name>")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
+    args = p.parse_args(argv)
+    # argparse hands key=value overrides that follow the grid to --grid too: an entry
+    # with a comma-separated list is an axis, one with a single value an override.
+    grid = [g for g in args.grid if "," in g.partition("=")[2]]
+    overrides = [g for g in args.grid if g not in grid] + args.overrides
+    if not grid:
+        raise UserError("--grid needs at least one key=v1,v2,... entry")
+    if args.parallel < 1:
+        raise UserError(f"--parallel must be >= 1, got {args.parallel}")
+    sweep_dir, fields, rows = run_sweep(_find_config(args.config), grid, overrides, args.sweep_dir,
+                                        args.parallel)
+    print()
+    print(format_rows(fields, rows))
+    print(f"\nsummary: {sweep_dir / 'summary.csv'}; compare runs with: tensorboard --logdir {sweep_dir}")
+    return 1 if any(r["status"].startswith("failed") for r in rows) else 0
+
+
+def sweep_main(argv=None):
+    return _report(_sweep, sys.argv[1:] if argv is None else argv)

@@ -230,6 +230,13 @@ def _tb_hparams(writer, cfg, metrics):
         fw.add_summary(summary)
 
 
+def cross_entropy(logits, targets, reduction="mean"):
+    """Mean (or summed) nats per character; bf16 logits from autocast are scored in fp32."""
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)
+
+
 def build_model(model_cfg, vocab_size, dtype=torch.float32):
     return CharRNN(vocab_size, model_cfg.hidden_size, model_cfg.num_layers, model_cfg.dropout,
                    impl=model_cfg.impl).to(dtype)
@@ -303,6 +310,8 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
 
     step = 0
     best_val = float("inf")
+    last_val = None
+    val_log = []
     smooth = math.log(V)  # the tutorial starts smooth_loss at the loss of a uniform guess
     acc = {"loss": 0.0, "norm": 0.0, "n": 0}
     nonfinite_total = 0
@@ -313,6 +322,7 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
         sched.load_state_dict(resume["scheduler"])
         step = resume["step"]
         best_val = resume["best_val"]
+        last_val = resume.get("last_val")
         smooth = resume["smooth_loss"]
         acc = dict(resume["log_acc"])
         nonfinite_total = resume["nonfinite_total"]
@@ -357,8 +367,7 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
         for xv, yv in data_mod.eval_windows(corpus.val_ids, n_eval, t.seq_len, dist_info.rank, world):
             with amp:
                 logits, hv = raw_model(to_device(xv), hv)
-            total += F.cross_entropy(logits.reshape(-1, V).float(), to_device(yv).reshape(-1),
-                                     reduction="sum").double()
+            total += cross_entropy(logits, to_device(yv), reduction="sum").double()
             count += yv.numel()
         raw_model.train()
         if world > 1:
@@ -390,6 +399,7 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
             "rng": rng_state(device),
             "config": config_mod.to_dict(cfg),
             "best_val": best_val,
+            "last_val": last_val,
             "smooth_loss": smooth,
             "log_acc": dict(acc),
             "nonfinite_total": nonfinite_total,
@@ -404,8 +414,10 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
                 writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
 
     def eval_and_checkpoint():
-        nonlocal best_val
+        nonlocal best_val, last_val
         val = evaluate()
+        last_val = val
+        val_log.append((step, val))
         hidden = gather_hidden()
         if not dist_info.is_main:
             return val
@@ -460,7 +472,7 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
                 opt.zero_grad(set_to_none=True)
                 with amp:
                     logits, h_new = model(x, h)
-                    loss = F.cross_entropy(logits.reshape(-1, V).float(), y.reshape(-1))
+                    loss = cross_entropy(logits, y)
                 if step + 1 in hooks.nonfinite_steps:
                     loss = loss * float("nan")
                 loss.backward()
@@ -544,4 +556,4 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
         _tb_hparams(writer, cfg, {"loss/val": val, "bpc/val": val / math.log(2)})
         writer.close()
     return {"out_dir": str(out_dir), "step": step, "val_loss": val, "best_val": best_val,
-            "train_log": logged, "nonfinite_steps": nonfinite_total}
+            "train_log": logged, "val_log": val_log, "nonfinite_steps": nonfinite_total}
