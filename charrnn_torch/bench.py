@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from . import reference
 from .model import IMPLS, CharRNN
 from .sample import sample_ids
+from .trainer import fast_optimizer
 
 SHAPES = {  # name: (V, H, B, T, L)
     "tutorial": (65, 100, 1, 25, 1),
@@ -83,7 +84,7 @@ class NNRNNStack(nn.Module):
 class TorchStep:
     def __init__(self, model, V, B, T, device, amp_dtype=None):
         self.model = model.to(device)
-        self.opt = torch.optim.Adagrad(self.model.parameters(), lr=0.01)
+        self.opt = fast_optimizer(torch.optim.Adagrad, self.model.parameters(), lr=0.01)
         self.params = list(self.model.parameters())
         g = torch.Generator().manual_seed(0)
         self.x = torch.randint(V, (B, T), generator=g).to(device)

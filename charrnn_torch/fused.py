@@ -7,7 +7,8 @@ projection, loss) stays with autograd outside.
 
 Why hand-write it: autograd's unrolled loop records ~5 nodes per step and
 allocates a fresh tensor for each; here each step is two in-place kernels
-forward (addmm, tanh_) and two backward (mul, addmm), and dW_hh is one large
+forward (addmm_, tanh_) and two backward (tanh_backward, addmm_), all in
+place in one (T, B, H) buffer, and dW_hh is one large
 GEMM after the loop instead of T small ones. This is torch-rnn's recipe.
 """
 import torch
@@ -16,19 +17,20 @@ from torch.autograd.function import once_differentiable
 
 class _TanhRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, xproj, W_hh, h0):
-        # xproj: (T, B, H), already holding W_xh x_t + b_h; W_hh: (H, H); h0: (B, H)
-        with torch.autocast(xproj.device.type, enabled=False):
-            W_hh = W_hh.to(xproj.dtype)
-            h0 = h0.to(xproj.dtype)
-            out = torch.empty_like(xproj, memory_format=torch.contiguous_format)  # (T, B, H)
+    def forward(ctx, pre, W_hh, h0):
+        # pre: (T, B, H) = W_xh x_t + b_h for every t, a fresh buffer from the gather or
+        # GEMM that made it; W_hh: (H, H); h0: (B, H). Each step overwrites pre[t] in place:
+        # += W_hh h_{t-1} (a beta=1 GEMM, no copy), then tanh. Nothing else reads pre, so
+        # this saves allocating and filling a second (T, B, H) buffer.
+        ctx.mark_dirty(pre)
+        with torch.autocast(pre.device.type, enabled=False):
+            W_hh, h0 = W_hh.to(pre.dtype), h0.to(pre.dtype)
             W_hh_t = W_hh.t()
             h = h0
-            for t in range(xproj.shape[0]):
-                torch.addmm(xproj[t], h, W_hh_t, out=out[t])  # W_hh h_{t-1} + a_t, row form
-                h = out[t].tanh_()
-        ctx.save_for_backward(W_hh, h0, out)
-        return out
+            for t in range(pre.shape[0]):
+                h = pre[t].addmm_(h, W_hh_t).tanh_()
+        ctx.save_for_backward(W_hh, h0, pre)
+        return pre
 
     @staticmethod
     @once_differentiable
@@ -36,22 +38,24 @@ class _TanhRecurrence(torch.autograd.Function):
         W_hh, h0, out = ctx.saved_tensors
         T, B, H = out.shape
         with torch.autocast(out.device.type, enabled=False):
-            grad_out = grad_out.to(out.dtype).contiguous()
-            # tanh' = 1 - h^2 for all steps in one kernel instead of T small ones.
-            dtanh = torch.addcmul(torch.ones_like(out), out, out, value=-1.0)
-            dpre = torch.empty_like(out)  # dL/d(pre-activation), also dL/d xproj
-            dh = grad_out[T - 1]  # dL/dh_t: from the output at t plus, below, from step t+1
+            # g[t] starts as dL/dh_t from the layer's output and becomes, in place,
+            # dL/d(pre-activation_t): the gradient of pre, and (after the loop) of W_hh.
+            g = grad_out.to(out.dtype, memory_format=torch.contiguous_format, copy=True)
+            tanh_backward = torch.ops.aten.tanh_backward.grad_input
             for t in range(T - 1, -1, -1):
-                torch.mul(dh, dtanh[t], out=dpre[t])
+                tanh_backward(g[t], out[t], grad_input=g[t])  # *= 1 - h_t^2, one kernel
                 if t > 0:
-                    dh = torch.addmm(grad_out[t - 1], dpre[t], W_hh)  # row form of W_hh^T dpre
-            dh0 = dpre[0] @ W_hh
-            # sum_t dpre_t^T h_{t-1} as one GEMM over (T-1)*B rows, plus the h0 term.
-            dW_hh = dpre[1:].reshape(-1, H).t() @ out[:-1].reshape(-1, H)
-            dW_hh.addmm_(dpre[0].t(), h0)
-        return dpre, dW_hh, dh0
+                    g[t - 1].addmm_(g[t], W_hh)  # + W_hh^T dpre_t, in row form
+            dh0 = g[0] @ W_hh
+            # sum_t dpre_t^T h_{t-1}: one GEMM over (T-1)*B rows, plus the h0 term.
+            dW_hh = g[1:].reshape(-1, H).t() @ out[:-1].reshape(-1, H)
+            dW_hh.addmm_(g[0].t(), h0)
+        return g, dW_hh, dh0
 
 
-def rnn_recurrence(xproj, W_hh, h0):
-    """(T, B, H) pre-activations without the recurrent term -> (T, B, H) hidden states."""
-    return _TanhRecurrence.apply(xproj, W_hh, h0)
+def rnn_recurrence(pre, W_hh, h0):
+    """h_t = tanh(pre_t + W_hh h_{t-1}) for all t: (T, B, H) -> (T, B, H), reusing pre's memory.
+
+    pre must be a fresh tensor that nothing else reads (it is overwritten).
+    """
+    return _TanhRecurrence.apply(pre, W_hh, h0)

@@ -38,6 +38,14 @@ class RNNCell(nn.Module):
             return F.embedding(x, self.W_xh.t())
         return x @ self.W_xh.t()
 
+    def pre_activation(self, x):
+        """W_xh x + b_h for many steps at once, as one fresh tensor: (T, B) ids or (T, B, H) -> (T, B, H)."""
+        if self.onehot_input:
+            # Gathering from (W_xh^T + b_h), a (V, H) table, adds the bias for free.
+            return F.embedding(x, self.W_xh.t() + self.b_h)
+        T, B, _ = x.shape
+        return torch.addmm(self.b_h, x.reshape(T * B, -1), self.W_xh.t()).view(T, B, -1)
+
     def forward(self, x_t, h_prev):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
         # Row-vector form of tanh(W_xh x + W_hh h + b_h): batch rows times W^T.
@@ -101,9 +109,8 @@ class CharRNN(nn.Module):
         if h0 is None:
             h0 = self.init_hidden(x.shape[0])
         if self.impl == "fused":
-            top, h = self._forward_fused(x, h0)
-        else:
-            top, h = self._forward_loop(x, h0)
+            return self._forward_fused(x, h0)
+        top, h = self._forward_loop(x, h0)
         logits = top @ self.W_hy.t() + self.b_y  # (B, T, H) -> (B, T, V)
         return logits, h
 
@@ -121,14 +128,16 @@ class CharRNN(nn.Module):
 
     def _forward_fused(self, x, h0):
         # Time-major (T, B, H) keeps each step's slice contiguous for the in-place GEMMs.
+        T, B = x.shape[1], x.shape[0]
         inp = x.t()  # (T, B) ids
         finals = []
         for l, cell in enumerate(self.cells):
-            xproj = cell.input_projection(inp) + cell.b_h  # (T, B, H), one gather or GEMM for all T
-            out = rnn_recurrence(xproj, cell.W_hh, h0[l])  # (T, B, H)
+            out = rnn_recurrence(cell.pre_activation(inp), cell.W_hh, h0[l])  # (T, B, H)
             finals.append(out[-1])
             inp = self._between_layers(out, l)
-        return inp.transpose(0, 1), torch.stack(finals)  # (B, T, H), (L, B, H)
+        # The output projection as one GEMM over all T*B rows.
+        logits = torch.addmm(self.b_y, inp.reshape(T * B, -1), self.W_hy.t())  # (T*B, V)
+        return logits.view(T, B, -1).transpose(0, 1), torch.stack(finals)  # (B, T, V), (L, B, H)
 
     def _between_layers(self, h, l):
         # Dropout only feeds the layer above, as in nn.RNN: the recurrent path

@@ -75,17 +75,23 @@ def resolve_device(name, dist_info=DistInfo()):
     return torch.device("cpu")
 
 
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
+              "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
+
+
 def make_optimizer(params, t):
-    kw = dict(lr=t.lr, weight_decay=t.weight_decay)
-    if t.optimizer == "adam":
-        return torch.optim.Adam(params, **kw)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, **kw)
-    if t.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, **kw)
-    if t.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, **kw)
-    return torch.optim.SGD(params, momentum=0.9, **kw)
+    return fast_optimizer(OPTIMIZERS[t.optimizer], params, lr=t.lr, weight_decay=t.weight_decay,
+                          **({"momentum": 0.9} if t.optimizer == "sgd" else {}))
+
+
+def fast_optimizer(cls, params, **kw):
+    """The fused (one kernel for all parameters) variant where this torch and device have
+    one: at char-RNN sizes the per-parameter loop of the default costs more than the maths."""
+    params = list(params)
+    try:
+        return cls(params, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(params, **kw)
 
 
 def lr_factor(step, t):
