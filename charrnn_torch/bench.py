@@ -51,20 +51,21 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device, dtype, n=None, repeats=5):
-    """Measured GFLOP/s of one large square matmul on this device and dtype."""
-    n = n or (1024 if device.type == "cpu" else 8192)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    times = []
-    for _ in range(repeats + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        _sync(device)
-        times.append((time.perf_counter() - t0) / 3)
-    return 2 * n ** 3 / statistics.median(times[1:]) / 1e9
+class MatmulPeak:
+    """One large square matmul: this device's achievable GFLOP/s for the dtype, measured
+    in the same rounds as the implementations so that both see the same machine."""
+
+    def __init__(self, device, dtype, n=None):
+        self.n = n or (1024 if device.type == "cpu" else 8192)
+        self.a = torch.randn(self.n, self.n, device=device, dtype=dtype)
+        self.b = torch.randn(self.n, self.n, device=device, dtype=dtype)
+        self.out = torch.empty_like(self.a)
+
+    def __call__(self):
+        torch.mm(self.a, self.b, out=self.out)
+
+    def gflops(self, seconds_per_call):
+        return 2 * self.n ** 3 / seconds_per_call / 1e9
 
 
 class NNRNNStack(nn.Module):
@@ -124,40 +125,50 @@ class NumpyStep:
         reference.adagrad_step(self.params, grads, self.mem, lr=0.1)
 
 
-def _mem_reset():
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak-RSS high-water mark (Linux >= 4.0)
-        return _status_kb("VmRSS")
-    except OSError:
-        return None
-
-
 def _status_kb(field):
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    return None
+    raise OSError(f"{field} not in /proc/self/status")
 
 
-def measure_peak_mem(step, device, steps=2):
-    """Peak MB above the starting point while running `steps` training steps."""
+def _cpu_peak_child(shape, name, threads, queue):
+    torch.set_num_threads(threads)
+    step = build_impls(shape, torch.device("cpu"), only=name)[name]
+    gc.collect()
+    base = _status_kb("VmRSS")
+    for _ in range(2):
+        step()
+    queue.put((_status_kb("VmHWM") - base) / 1024)
+
+
+def measure_peak_mem(shape, name, step, device, threads):
+    """Peak MB that training steps add on top of the model and its inputs.
+
+    GPU: torch.cuda.max_memory_allocated. CPU: the peak RSS of a fresh process that
+    builds only this implementation (the high-water mark of a shared process would
+    only ever show the largest implementation run so far).
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        for _ in range(steps):
+        for _ in range(2):
             step()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    base = _mem_reset()
-    for _ in range(steps):
-        step()
-    if base is None:
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_cpu_peak_child, args=(shape, name, threads, queue))
+    proc.start()
+    try:
+        return queue.get(timeout=300)
+    except Exception:  # noqa: BLE001 - no /proc (not Linux) or the child died: report no number
         return float("nan")
-    return max(0, _status_kb("VmHWM") - base) / 1024
+    finally:
+        proc.join()
 
 
 def time_steps(step, device, n):
@@ -174,39 +185,50 @@ def _steps_for(shape, device):
     return max(3, min(200, int(2e6 / (B * T * H) * (40 if device.type == "cuda" else 1)) + 2))
 
 
-def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, include_numpy=True, threads_variants=()):
+def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None):
+    """name -> a callable doing one training step. The numpy reference runs on CPU only,
+    and not at the gpu shapes, where one step takes minutes."""
     V, H, B, T, L = SHAPES[shape]
-    impls = {}
-    if include_numpy and device.type == "cpu":
-        impls["numpy reference"] = NumpyStep(V, H, B, T, L)
-    torch.manual_seed(0)
+    makers = {}
+    if device.type == "cpu" and not shape.startswith("gpu"):
+        makers["numpy reference"] = lambda: NumpyStep(V, H, B, T, L)
     for impl in IMPLS:
-        impls[f"CharRNN {impl}"] = TorchStep(CharRNN(V, H, L, impl=impl).to(dtype), V, B, T, device, amp_dtype)
-    impls["nn.RNN stack"] = TorchStep(NNRNNStack(V, H, L).to(dtype), V, B, T, device, amp_dtype)
+        makers[f"CharRNN {impl}"] = lambda impl=impl: TorchStep(CharRNN(V, H, L, impl=impl).to(dtype), V, B, T,
+                                                                device, amp_dtype)
+    makers["nn.RNN stack"] = lambda: TorchStep(NNRNNStack(V, H, L).to(dtype), V, B, T, device, amp_dtype)
+    impls = {}
+    for name, make in makers.items():
+        if only is None or name == only:
+            torch.manual_seed(0)
+            impls[name] = make()
     return impls
 
 
-def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, peak=None, threads=None,
-              log=print):
+def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, threads=None):
+    """Rows for every implementation at one shape, plus the matmul peak measured alongside."""
     V, H, B, T, L = SHAPES[shape]
-    impls = build_impls(shape, device, dtype, amp_dtype, include_numpy=shape in ("tutorial", "cpu"))
+    impls = build_impls(shape, device, dtype, amp_dtype)
+    peak = MatmulPeak(device, amp_dtype or dtype)
     n = _steps_for(shape, device)
-    for step in impls.values():  # warm-up (allocator, caches, cuDNN heuristics)
+    for step in [*impls.values(), peak]:  # warm-up (allocator, caches, cuDNN heuristics)
         for _ in range(2):
             step()
     times = {name: [] for name in impls}
+    peak_times = []
     for _ in range(repeats):
         for name, step in impls.items():  # alternate: noise hits every impl alike
             times[name].append(time_steps(step, device, n))
-    mems = {name: measure_peak_mem(step, device) for name, step in impls.items()}
+        peak_times.append(time_steps(peak, device, 10 if device.type == "cpu" else 50))
+    peak_gflops = peak.gflops(statistics.median(peak_times))
+    threads = threads or torch.get_num_threads()
+    mems = {name: measure_peak_mem(shape, name, step, device, threads) for name, step in impls.items()}
     fpc = flops_per_char(V, H, L)
     rows = []
     for name in impls:
         cps = B * T / statistics.median(times[name])
         gf = cps * fpc / 1e9
-        rows.append(Row(shape, name, cps, gf, 100 * gf / peak if peak else float("nan"), mems[name],
-                        threads or torch.get_num_threads()))
-    return rows
+        rows.append(Row(shape, name, cps, gf, 100 * gf / peak_gflops, mems[name], threads))
+    return rows, peak_gflops
 
 
 def sampling_throughput(shape, device, length=200):

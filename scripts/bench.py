@@ -45,23 +45,20 @@ def main(argv):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device: {device} ({name}); torch {torch.__version__}; {default_threads} threads")
 
-    peak = bench.matmul_peak(device, torch.float32)
-    print(f"measured fp32 matmul peak: {peak:.1f} GFLOP/s" + (" (TF32 on)" if device.type == "cuda" else ""))
-    rows, extra = [], {"device": str(device), "device_name": name, "torch": torch.__version__,
-                       "fp32_peak_gflops": peak}
-    for s in shapes:
-        threads = args.small_threads if s == "tutorial" and device.type == "cpu" else default_threads
-        torch.set_num_threads(threads)
-        rows += bench.run_shape(s, device, args.repeats, peak=peak, threads=threads)
-        torch.set_num_threads(default_threads)
-    if device.type == "cuda":
-        bf16_peak = bench.matmul_peak(device, torch.bfloat16)
-        extra["bf16_peak_gflops"] = bf16_peak
-        print(f"measured bf16 matmul peak: {bf16_peak:.1f} GFLOP/s")
+    rows, extra = [], {"device": str(device), "device_name": name, "torch": torch.__version__, "peaks": {}}
+    variants = [("", None)] + ([("-bf16", torch.bfloat16)] if device.type == "cuda" else [])
+    for suffix, amp in variants:
         for s in shapes:
-            for r in bench.run_shape(s, device, args.repeats, amp_dtype=torch.bfloat16, peak=bf16_peak):
-                r.shape = s + "-bf16"
-                rows.append(r)
+            threads = args.small_threads if s == "tutorial" and device.type == "cpu" else default_threads
+            torch.set_num_threads(threads)
+            shape_rows, peak = bench.run_shape(s, device, args.repeats, amp_dtype=amp, threads=threads)
+            torch.set_num_threads(default_threads)
+            for r in shape_rows:
+                r.shape = s + suffix
+            rows += shape_rows
+            extra["peaks"][s + suffix] = peak
+            print(f"{s + suffix}: measured {'bf16' if amp else 'fp32'} matmul peak {peak:.1f} GFLOP/s"
+                  f"{' (TF32 on)' if device.type == 'cuda' and not amp else ''} with {threads} thread(s)")
     print()
     print(bench.format_table(rows))
     print()
