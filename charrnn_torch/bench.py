@@ -133,9 +133,10 @@ def _status_kb(field):
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def _cpu_peak_child(shape, name, threads, queue):
+def _cpu_peak_child(dims, name, threads, queue):
     torch.set_num_threads(threads)
-    step = build_impls(shape, torch.device("cpu"), only=name)[name]
+    SHAPES["_child"] = dims
+    step = build_impls("_child", torch.device("cpu"), only=name)[name]
     gc.collect()
     base = _status_kb("VmRSS")
     for _ in range(2):
@@ -159,14 +160,18 @@ def measure_peak_mem(shape, name, step, device, threads):
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     import multiprocessing as mp
+    import queue as queue_mod
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_cpu_peak_child, args=(shape, name, threads, queue))
+    results = ctx.Queue()
+    proc = ctx.Process(target=_cpu_peak_child, args=(SHAPES[shape], name, threads, results))
     proc.start()
     try:
-        return queue.get(timeout=300)
-    except Exception:  # noqa: BLE001 - no /proc (not Linux) or the child died: report no number
-        return float("nan")
+        while True:
+            try:
+                return results.get(timeout=0.5)
+            except queue_mod.Empty:
+                if not proc.is_alive():  # died (no /proc on this OS, say): report no number
+                    return float("nan")
     finally:
         proc.join()
 

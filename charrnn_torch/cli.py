@@ -84,16 +84,14 @@ def _train(argv):
         ckpt_path = checkpoint.resolve(args.resume, names=("ckpt.pt", "best.pt"))
         resume = checkpoint.load(ckpt_path)
         resume_dir = ckpt_path.parent
-        for key in keys:
-            if key == "out_dir" or key.startswith("data.") or (
-                    key.startswith("model.") and key not in RESUMABLE_MODEL_KEYS):
-                stored = config_mod.flatten(resume["config"]).get(key)
-                new = config_mod.build_config(resume["config"], [o for o in args.overrides
-                                                                 if config_mod.parse_override(o)[0] == key])
-                if config_mod.eval_key(new, key) != stored:
-                    raise UserError(f"cannot change {key} when resuming (the checkpoint has {stored!r}); "
-                                    f"start a new run instead")
         cfg = config_mod.build_config(resume["config"], args.overrides)
+        stored = config_mod.flatten(resume["config"])
+        for key in keys:
+            frozen = key == "out_dir" or key.startswith("data.") or (
+                key.startswith("model.") and key not in RESUMABLE_MODEL_KEYS)
+            if frozen and config_mod.eval_key(cfg, key) != stored.get(key):
+                raise UserError(f"cannot change {key} when resuming (the checkpoint has {stored.get(key)!r}); "
+                                f"start a new run instead")
     else:
         cfg_path = _find_config(args.config)
         cfg = config_mod.build_config(config_mod.read_yaml(cfg_path), args.overrides)

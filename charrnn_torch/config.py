@@ -3,6 +3,7 @@
 Every value is checked here, before any file is touched, so a typo costs a
 one-line error rather than a crashed run an hour in.
 """
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields
@@ -218,7 +219,7 @@ def read_yaml(path):
 
 def build_config(values=None, overrides=()):
     """Defaults <- YAML values (a dict) <- 'key=value' overrides; checked and returned."""
-    merged = _merge({}, values or {})
+    merged = copy.deepcopy(values or {})  # the caller's dict (a checkpoint's config, say) stays as it was
     for text in overrides:
         key, value = parse_override(text)
         _merge(merged, _nest(key, value))

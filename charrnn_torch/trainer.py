@@ -4,6 +4,7 @@
 and calls it; nothing here reads sys.argv or the environment.
 """
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -295,13 +296,17 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
     if dist_info.is_main:
         out_dir = Path(resume_dir) if resume is not None else choose_out_dir(cfg.out_dir, out_dir_explicit, force)
         check_writable(out_dir)
-        (out_dir / "config.yaml").write_text(config_mod.dump_yaml(cfg))
     else:
         out_dir = Path(resume_dir or cfg.out_dir)
     if world > 1:
         holder = [str(out_dir)]
         dist.broadcast_object_list(holder, src=0)  # the numbered sibling rank 0 chose
         out_dir = Path(holder[0])
+    # The config (and every checkpoint) records where the run really lives, numbered sibling or not.
+    cfg = dataclasses.replace(cfg, out_dir=str(out_dir))
+    t = cfg.train
+    if dist_info.is_main:
+        (out_dir / "config.yaml").write_text(config_mod.dump_yaml(cfg))
 
     seed_everything(t.seed + dist_info.rank)
     dtype = DTYPES[t.dtype]

@@ -91,3 +91,9 @@ def test_shipped_configs_are_valid():
     assert {p.name for p in configs} >= {"shakespeare.yaml", "shakespeare_gpu.yaml", "tutorial.yaml"}
     for p in configs:
         build_config(read_yaml(p))
+
+
+def test_build_config_leaves_its_input_alone():
+    values = {"model": {"hidden_size": 32}}
+    build_config(values, ["model.hidden_size=64"])
+    assert values == {"model": {"hidden_size": 32}}

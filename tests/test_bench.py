@@ -1,0 +1,67 @@
+"""Proves the benchmark measures what it says: every implementation gets a row with
+throughput, ratios, GFLOP/s against a peak measured in the same run and peak memory;
+the FLOP count matches a hand count; the CLI writes valid JSON.
+
+It does not assert speed targets: those are read off `python scripts/bench.py`
+(see README, Performance), never asserted in a timed test on a shared machine.
+Run: pytest tests/test_bench.py
+"""
+import json
+
+import pytest
+import torch
+
+from charrnn_torch import bench
+from conftest import run_script
+
+
+def test_flop_count_by_hand():
+    # L=1: forward 2*H*H (W_hh) + 2*H*V (W_hy); backward twice that.
+    assert bench.flops_per_char(V=65, H=100, L=1) == 3 * (2 * 100 * 100 + 2 * 100 * 65)
+    # each layer above the first adds its W_xh (H x H)
+    assert bench.flops_per_char(65, 100, 2) - bench.flops_per_char(65, 100, 1) == 3 * 4 * 100 * 100
+
+
+def test_every_impl_step_trains(monkeypatch):
+    monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 2))
+    impls = bench.build_impls("tiny", torch.device("cpu"))
+    assert set(impls) == {"numpy reference", "CharRNN loop", "CharRNN fused", "nn.RNN stack"}
+    for name, step in impls.items():
+        if name == "numpy reference":
+            before = step.params["W_hy"].copy()
+            step()
+            assert (step.params["W_hy"] != before).any()
+        else:
+            before = [p.detach().clone() for p in step.params]
+            step()
+            assert any(not torch.equal(a, b) for a, b in zip(before, step.params)), name
+
+
+def test_run_shape_rows(monkeypatch):
+    monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 1))
+    rows, peak = bench.run_shape("tiny", torch.device("cpu"), repeats=2)
+    assert peak > 0
+    assert [r.impl for r in rows] == ["numpy reference", "CharRNN loop", "CharRNN fused", "nn.RNN stack"]
+    for r in rows:
+        assert r.chars_per_sec > 0 and r.gflops > 0
+        assert r.pct_peak == pytest.approx(100 * r.gflops / peak)
+        assert r.peak_mem_mb == r.peak_mem_mb  # a number, not NaN, on Linux
+    table = bench.format_table(rows)
+    assert "vs nn.RNN" in table and table.count("tiny") == 4
+
+
+@pytest.mark.slow
+def test_cli_json(tmp_path):
+    out = tmp_path / "b.json"
+    r = run_script("bench.py", "--shapes", "tutorial", "--repeats", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert {row["impl"] for row in data["rows"]} == {"numpy reference", "CharRNN loop", "CharRNN fused",
+                                                     "nn.RNN stack"}
+    assert data["peaks"]["tutorial"] > 0 and set(data["sampling"]["tutorial"]) == {"1", "64"}
+    assert "sampling (tutorial" in r.stdout
+
+
+def test_cli_rejects_unknown_shape():
+    r = run_script("bench.py", "--shapes", "huge")
+    assert r.returncode == 2 and r.stderr.startswith("error: unknown shape")
