@@ -110,6 +110,11 @@ def _train(argv):
                         resume_dir=resume_dir, dist_info=dist_info, progress=not args.no_progress,
                         hooks=_hooks_from_env(env),
                         log=_console_log if dist_info.is_main else (lambda *a, **k: None))
+        if dist_info.world_size > 1:
+            # Rank 0 finishes last (hparams, final flush) and hosts the rendezvous store: a rank
+            # that tears its process group down first can abort on the store's lost connection.
+            import torch.distributed as dist
+            dist.barrier()
     except Interrupted as e:
         if dist_info.is_main:
             print(f"interrupted at step {e.step}: checkpoint saved to {Path(e.out_dir) / 'ckpt.pt'}\n"
@@ -151,7 +156,7 @@ def train_main(argv=None):
 # ---------------------------------------------------------------- sample
 
 def _load_model(path, device_name):
-    import torch
+    """(model, vocab, checkpoint dict) from a checkpoint file or run directory."""
     from . import checkpoint
     from .data import Vocab
     from .model import CharRNN
@@ -165,7 +170,7 @@ def _load_model(path, device_name):
     except (KeyError, TypeError, RuntimeError) as e:
         raise UserError(f"checkpoint {path} does not hold a CharRNN ({' '.join(str(e).split())[:200]})") from None
     model.to(device=device, dtype=next(iter(ckpt["model"].values())).dtype).eval()
-    return model, Vocab(ckpt["vocab"]), torch
+    return model, Vocab(ckpt["vocab"]), ckpt
 
 
 def _sample(argv):
@@ -200,11 +205,13 @@ def _sample(argv):
     if args.device not in ("auto", "cpu", "cuda") and not (args.device.startswith("cuda:") and args.device[5:].isdigit()):
         raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
 
+    import torch
+
     from . import sample as S
     from .data import read_corpus
 
     score_text = read_corpus(args.score) if args.score else None
-    model, vocab, torch = _load_model(args.checkpoint, args.device)
+    model, vocab, ckpt = _load_model(args.checkpoint, args.device)
 
     if score_text is not None:
         r = S.score(model, vocab, score_text)
@@ -214,7 +221,7 @@ def _sample(argv):
                   f"{', '.join(repr(c) for c in r['unknown_set'])}")
         return 0
 
-    prime = S.default_prime(vocab) if args.prime is None else args.prime
+    prime = S.default_prime(vocab, ckpt.get("char_counts")) if args.prime is None else args.prime
     S.check_prime(vocab, prime)
     generator = torch.Generator()
     if args.seed is not None:

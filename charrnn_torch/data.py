@@ -172,7 +172,6 @@ class RandomWindowBatcher:
         self.rank = rank
         # Its own generator: the windows do not depend on how much else drew random numbers.
         self.generator = torch.Generator().manual_seed(seed)
-        self.epoch = 0
 
     def next(self):
         # Every rank draws the global batch and keeps its rows, so DDP sees a single run's windows.

@@ -21,12 +21,13 @@ def check_prime(vocab, prime):
         raise UserError("prime text is empty")
 
 
-def default_prime(vocab, text_counts=None):
-    """A newline when the vocabulary has one, else its most frequent (or first) character."""
+def default_prime(vocab, char_counts=None):
+    """A newline when the vocabulary has one, else its most frequent character
+    (char_counts[i] counts vocab.chars[i] in the training text), else its first."""
     if "\n" in vocab:
         return "\n"
-    if text_counts:
-        return max(vocab.chars, key=lambda c: text_counts.get(c, 0))
+    if char_counts:
+        return vocab.chars[max(range(len(vocab)), key=lambda i: char_counts[i])]
     return vocab.chars[0]
 
 

@@ -97,7 +97,8 @@ def run_sweep(config_path, grid_items, overrides=(), sweep_dir=None, parallel=1,
             log(f"[{'resume' if state == 'partial' else 'start'}] {name}")
         proc = subprocess.run([sys.executable, "-m", "charrnn_torch", "train", "--no-progress", *args],
                               capture_output=True, text=True)
-        (run_dir.mkdir(parents=True, exist_ok=True), (run_dir / "train.log").write_text(proc.stdout + proc.stderr))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "train.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
             with lock:

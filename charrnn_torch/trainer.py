@@ -9,6 +9,7 @@ import math
 import os
 import random
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,8 +109,8 @@ def lr_factor(step, t):
 
 
 def _holds_run(path):
-    return path.is_dir() and any((path / n).exists() for n in ("config.yaml", "ckpt.pt", "best.pt")) or (
-        path.is_dir() and any(path.glob("events.out.tfevents.*")))
+    markers = ("config.yaml", "ckpt.pt", "best.pt")
+    return path.is_dir() and (any((path / n).exists() for n in markers) or any(path.glob("events.out.tfevents.*")))
 
 
 def choose_out_dir(out_dir, explicit, force):
@@ -183,20 +184,14 @@ def stop_on_signals():
             os._exit(130)  # the user insists: leave now, touch no file
         flag["signum"] = signum
 
-    if threading_main():
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    else:
-        old = {}
+    # Signal handlers can only be installed from the main thread (not, say, under a test runner's worker).
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     try:
         yield flag
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def threading_main():
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 # ---------------------------------------------------------------- data
@@ -206,8 +201,8 @@ class Corpus:
         path = data_mod.ensure_corpus(cfg.data.path, progress=progress)
         text = data_mod.read_corpus(path)
         self.vocab = data_mod.Vocab.from_text(text)
-        self.counts = {}
         ids = self.vocab.encode(text)
+        self.char_counts = torch.bincount(ids, minlength=len(self.vocab)).tolist()
         self.train_ids, self.val_ids = data_mod.split(ids, cfg.data.val_fraction)
         self.path = path
 
@@ -402,6 +397,7 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
             "model": raw_model.state_dict(),
             "model_args": raw_model.model_args(),
             "vocab": list(vocab.chars),
+            "char_counts": corpus.char_counts,  # for sampling's default prime when there is no newline
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "step": step,
@@ -488,6 +484,7 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
                     loss = loss * float("nan")
                 loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+                # The one host sync per step: whether to skip the update must be known before step().
                 finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
                 if finite:
                     opt.step()
@@ -540,7 +537,7 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
                 tic = time.perf_counter()
                 if t.sample_interval and step % t.sample_interval == 0 and writer:
                     g = torch.Generator().manual_seed(t.seed + step)  # its own RNG: training's stays untouched
-                    text = generate(raw_model, vocab, default_prime(vocab), t.sample_length,
+                    text = generate(raw_model, vocab, default_prime(vocab, corpus.char_counts), t.sample_length,
                                     temperature=0.8, generator=g)
                     writer.add_text("samples", "```\n" + text + "\n```", step)
                 if step % t.eval_interval == 0 or step == t.max_steps:

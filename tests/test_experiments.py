@@ -54,7 +54,7 @@ def test_ddp_two_processes_equal_single_process(tmp_path, corpus_file):
                         *tiny_overrides(corpus_file, tmp_path / "single", **DDP), env={"OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr
     ddp = torchrun(2, ["--config", "shakespeare.yaml", *tiny_overrides(corpus_file, tmp_path / "ddp", **DDP)])
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.returncode == 0, ddp.stdout[-2000:] + ddp.stderr[-3000:]
     a = checkpoint.load(tmp_path / "single" / "ckpt.pt")
     b = checkpoint.load(tmp_path / "ddp" / "ckpt.pt")
     assert b["world_size"] == 2 and b["step"] == 8

@@ -225,3 +225,16 @@ def test_cli_bad_checkpoints(tmp_path):
         r = run_script("sample.py", "--checkpoint", path)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and needle in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_default_prime_is_newline_else_most_frequent():
+    from charrnn_torch.sample import default_prime
+    assert default_prime(Vocab("\nab")) == "\n"
+    assert default_prime(Vocab("abc"), char_counts=[1, 7, 3]) == "b"
+    assert default_prime(Vocab("abc")) == "a"  # no counts stored: the first character
+
+
+def test_checkpoint_stores_char_counts(run_dir):
+    from charrnn_torch import checkpoint
+    ck = checkpoint.load(run_dir / "ckpt.pt")
+    assert len(ck["char_counts"]) == len(ck["vocab"]) and ck["char_counts"][ck["vocab"].index(" ")] > 0
