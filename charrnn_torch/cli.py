@@ -62,7 +62,10 @@ def _hooks_from_env(env):
                      nonfinite_steps={int(s) for s in nan.split(",") if s.strip()})
 
 
-RESUMABLE_MODEL_KEYS = ("model.dropout", "model.impl")
+# What a resumed run may change: everything but these, which would change the
+# architecture, the data, its layout in streams, or the meaning of the saved state.
+FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers", "train.optimizer",
+                    "train.dtype", "train.batch_size", "train.seq_len", "train.stateful")
 
 
 def _train(argv):
@@ -87,8 +90,7 @@ def _train(argv):
         cfg = config_mod.build_config(resume["config"], args.overrides)
         stored = config_mod.flatten(resume["config"])
         for key in keys:
-            frozen = key == "out_dir" or key.startswith("data.") or (
-                key.startswith("model.") and key not in RESUMABLE_MODEL_KEYS)
+            frozen = any(key == f or (f.endswith(".") and key.startswith(f)) for f in FROZEN_ON_RESUME)
             if frozen and config_mod.eval_key(cfg, key) != stored.get(key):
                 raise UserError(f"cannot change {key} when resuming (the checkpoint has {stored.get(key)!r}); "
                                 f"start a new run instead")

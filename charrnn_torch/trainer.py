@@ -340,9 +340,12 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
             # Re-split streams: data order and hidden state carry over exactly; the
             # per-rank dropout streams cannot, so they are reseeded from the step.
             seed_everything(t.seed + 1000003 * step + dist_info.rank)
-        # A raised max_steps changes the schedule's horizon; LambdaLR reads t on each step.
-        for g, base in zip(opt.param_groups, sched.base_lrs):
-            g["lr"] = base * lr_factor(step, t)
+        # Overrides on resume (train.lr, weight_decay, max_steps, the schedule) take effect from
+        # here: the saved optimizer and scheduler would otherwise bring back the old values.
+        sched.base_lrs = [t.lr for _ in opt.param_groups]
+        for g in opt.param_groups:
+            g["initial_lr"], g["weight_decay"] = t.lr, t.weight_decay
+            g["lr"] = t.lr * lr_factor(step, t)
 
     per_rank = t.batch_size // world
     h = None

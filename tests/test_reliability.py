@@ -364,3 +364,21 @@ def test_bad_input_in_a_real_process_has_no_traceback(world):
     r = run_script("sample.py", "--checkpoint", world["files"] / "evil.pt")
     assert r.returncode == 2 and r.stderr.startswith("error: refusing") and "Traceback" not in r.stderr
     assert not (world["files"] / "MARKER").exists()
+
+
+def test_resume_overrides_apply_or_are_refused(tmp_path, corpus_file):
+    out = tmp_path / "r"
+    args = tiny_overrides(corpus_file, out, **{"train.max_steps": 10, "train.lr_schedule": "constant",
+                                               "train.sample_interval": 0})
+    assert run_train(*args).returncode == 0
+    r = run_train("--resume", out, "train.max_steps=20", "train.lr=0.002")
+    assert r.returncode == 0, r.stderr
+    _, s = read_scalars(out)
+    lrs = dict(s["lr"])
+    assert lrs[10] == pytest.approx(0.01) and lrs[20] == pytest.approx(0.002)  # the new lr took effect
+    before = (out / "ckpt.pt").read_bytes()
+    for bad in ("train.batch_size=8", "train.seq_len=8", "train.optimizer=sgd", "train.stateful=false",
+                "model.num_layers=2"):
+        r = run_train("--resume", out, "train.max_steps=30", bad)
+        assert r.returncode == 2 and r.stderr.startswith(f"error: cannot change {bad.split('=')[0]}"), r.stderr
+    assert (out / "ckpt.pt").read_bytes() == before
