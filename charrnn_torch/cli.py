@@ -55,10 +55,11 @@ def _dist_from_env(env):
 
 
 def _hooks_from_env(env):
+    from . import checkpoint
     from .trainer import DebugHooks
     nan = env.get("CHARRNN_TEST_NAN_STEPS", "")
     return DebugHooks(interrupt_at_step=int(env.get("CHARRNN_TEST_INTERRUPT_AT_STEP", 0) or 0),
-                     pause_mid_write=float(env.get("CHARRNN_TEST_PAUSE_MID_WRITE", 0) or 0),
+                     pause_mid_write=float(env.get(checkpoint.PAUSE_ENV, 0) or 0),
                      nonfinite_steps={int(s) for s in nan.split(",") if s.strip()})
 
 
