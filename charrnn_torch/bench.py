@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from . import reference
 from .model import IMPLS, CharRNN
+from .runtime import retain_freed_memory
 from .sample import sample_ids
 from .trainer import fast_optimizer
 
@@ -133,7 +134,9 @@ def _status_kb(field):
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def _cpu_peak_child(dims, name, threads, queue):
+def _cpu_peak_child(dims, name, threads, queue, retain_memory):
+    if retain_memory:
+        retain_freed_memory()  # as in the parent, whose timings these numbers sit beside
     torch.set_num_threads(threads)
     SHAPES["_child"] = dims
     step = build_impls("_child", torch.device("cpu"), only=name)[name]
@@ -144,7 +147,7 @@ def _cpu_peak_child(dims, name, threads, queue):
     queue.put((_status_kb("VmHWM") - base) / 1024)
 
 
-def measure_peak_mem(shape, name, step, device, threads):
+def measure_peak_mem(shape, name, step, device, threads, retain_memory=False):
     """Peak MB that training steps add on top of the model and its inputs.
 
     GPU: torch.cuda.max_memory_allocated. CPU: the peak RSS of a fresh process that
@@ -163,7 +166,7 @@ def measure_peak_mem(shape, name, step, device, threads):
     import queue as queue_mod
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    proc = ctx.Process(target=_cpu_peak_child, args=(SHAPES[shape], name, threads, results))
+    proc = ctx.Process(target=_cpu_peak_child, args=(SHAPES[shape], name, threads, results, retain_memory))
     proc.start()
     try:
         while True:
@@ -209,7 +212,7 @@ def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None):
     return impls
 
 
-def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, threads=None):
+def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, threads=None, retain_memory=False):
     """Rows for every implementation at one shape, plus the matmul peak measured alongside."""
     V, H, B, T, L = SHAPES[shape]
     impls = build_impls(shape, device, dtype, amp_dtype)
@@ -226,7 +229,7 @@ def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, thr
         peak_times.append(time_steps(peak, device, 10 if device.type == "cpu" else 50))
     peak_gflops = peak.gflops(statistics.median(peak_times))
     threads = threads or torch.get_num_threads()
-    mems = {name: measure_peak_mem(shape, name, step, device, threads) for name, step in impls.items()}
+    mems = {name: measure_peak_mem(shape, name, step, device, threads, retain_memory) for name, step in impls.items()}
     fpc = flops_per_char(V, H, L)
     rows = []
     for name in impls:

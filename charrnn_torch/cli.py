@@ -103,7 +103,9 @@ def _train(argv):
         sys.stdout.write(config_mod.dump_yaml(cfg))
         return 0
 
+    from .runtime import retain_freed_memory
     from .trainer import Interrupted, TrainingDiverged, train
+    retain_freed_memory()
     env = os.environ
     dist_info = _dist_from_env(env)
     if dist_info.world_size > 1:

@@ -39,12 +39,11 @@ class RNNCell(nn.Module):
         return x @ self.W_xh.t()
 
     def pre_activation(self, x):
-        """W_xh x + b_h for many steps at once, as one fresh tensor: (T, B) ids or (T, B, H) -> (T, B, H)."""
+        """W_xh x + b_h for many steps at once, as one fresh tensor: (N,) ids or (N, H) -> (N, H)."""
         if self.onehot_input:
             # Gathering from (W_xh^T + b_h), a (V, H) table, adds the bias for free.
             return F.embedding(x, self.W_xh.t() + self.b_h)
-        T, B, _ = x.shape
-        return torch.addmm(self.b_h, x.reshape(T * B, -1), self.W_xh.t()).view(T, B, -1)
+        return torch.addmm(self.b_h, x, self.W_xh.t())
 
     def forward(self, x_t, h_prev):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
@@ -127,16 +126,18 @@ class CharRNN(nn.Module):
         return torch.stack(outputs, dim=1), torch.stack(h)  # (B, T, H), (L, B, H)
 
     def _forward_fused(self, x, h0):
-        # Time-major (T, B, H) keeps each step's slice contiguous for the in-place GEMMs.
+        # Time-major rows (T*B, H): each step's B rows are contiguous for the in-place GEMMs.
         T, B = x.shape[1], x.shape[0]
-        inp = x.t()  # (T, B) ids
+        inp = x.t().reshape(T * B)  # ids, time-major
         finals = []
         for l, cell in enumerate(self.cells):
-            out = rnn_recurrence(cell.pre_activation(inp), cell.W_hh, h0[l])  # (T, B, H)
-            finals.append(out[-1])
-            inp = self._between_layers(out, l)
-        # The output projection as one GEMM over all T*B rows.
-        logits = torch.addmm(self.b_y, inp.reshape(T * B, -1), self.W_hy.t())  # (T*B, V)
+            if l < self.num_layers - 1:
+                out = rnn_recurrence(cell.pre_activation(inp), cell.W_hh, h0[l])  # (T*B, H)
+                inp = self._between_layers(out, l)
+            else:  # the top layer also runs the output projection, one GEMM over all T*B rows
+                out, logits = rnn_recurrence(cell.pre_activation(inp), cell.W_hh, h0[l],
+                                             self.W_hy, self.b_y)  # (T*B, H), (T*B, V)
+            finals.append(out[-B:])  # h_T: the last step's B rows
         return logits.view(T, B, -1).transpose(0, 1), torch.stack(finals)  # (B, T, V), (L, B, H)
 
     def _between_layers(self, h, l):

@@ -13,6 +13,7 @@ from dataclasses import asdict
 import torch
 
 from charrnn_torch import bench
+from charrnn_torch.runtime import retain_freed_memory
 
 
 def main(argv):
@@ -23,6 +24,9 @@ def main(argv):
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--small-threads", type=int, default=1,
                    help="threads for the tutorial shape, where thread hand-offs cost more than they save")
+    p.add_argument("--malloc", choices=("retain", "default"), default="retain",
+                   help="retain: keep freed memory for reuse, as training does (default); default: glibc's "
+                        "own policy, to see what that setting is worth")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args(argv)
 
@@ -36,6 +40,7 @@ def main(argv):
         if s not in bench.SHAPES:
             print(f"error: unknown shape {s!r}; choose from {', '.join(bench.SHAPES)}", file=sys.stderr)
             return 2
+    retain = args.malloc == "retain" and retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
@@ -43,7 +48,8 @@ def main(argv):
         torch.backends.cudnn.allow_tf32 = True
     default_threads = torch.get_num_threads()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"device: {device} ({name}); torch {torch.__version__}; {default_threads} threads")
+    print(f"device: {device} ({name}); torch {torch.__version__}; {default_threads} threads; "
+          f"freed memory {'retained' if retain else 'returned to the OS (glibc default)'}")
 
     rows, extra = [], {"device": str(device), "device_name": name, "torch": torch.__version__, "peaks": {}}
     variants = [("", None)] + ([("-bf16", torch.bfloat16)] if device.type == "cuda" else [])
@@ -51,7 +57,8 @@ def main(argv):
         for s in shapes:
             threads = args.small_threads if s == "tutorial" and device.type == "cpu" else default_threads
             torch.set_num_threads(threads)
-            shape_rows, peak = bench.run_shape(s, device, args.repeats, amp_dtype=amp, threads=threads)
+            shape_rows, peak = bench.run_shape(s, device, args.repeats, amp_dtype=amp, threads=threads,
+                                                retain_memory=retain)
             torch.set_num_threads(default_threads)
             for r in shape_rows:
                 r.shape = s + suffix
