@@ -51,7 +51,8 @@ def main(argv):
     print(f"device: {device} ({name}); torch {torch.__version__}; {default_threads} threads; "
           f"freed memory {'retained' if retain else 'returned to the OS (glibc default)'}")
 
-    rows, extra = [], {"device": str(device), "device_name": name, "torch": torch.__version__, "peaks": {}}
+    rows, extra = [], {"device": str(device), "device_name": name, "torch": torch.__version__,
+                       "malloc": "retain" if retain else "default", "peaks": {}}
     variants = [("", None)] + ([("-bf16", torch.bfloat16)] if device.type == "cuda" else [])
     for suffix, amp in variants:
         for s in shapes:

@@ -59,6 +59,7 @@ def test_cli_json(tmp_path):
     assert {row["impl"] for row in data["rows"]} == {"numpy reference", "CharRNN loop", "CharRNN fused",
                                                      "nn.RNN stack"}
     assert data["peaks"]["tutorial"] > 0 and set(data["sampling"]["tutorial"]) == {"1", "64"}
+    assert data["malloc"] == "retain" and "freed memory retained" in r.stdout
     assert "sampling (tutorial" in r.stdout
 
 
