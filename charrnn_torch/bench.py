@@ -14,13 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import reference
 from .model import IMPLS, CharRNN
 from .runtime import retain_freed_memory
 from .sample import sample_ids
-from .trainer import fast_optimizer
+from .trainer import cross_entropy, fast_optimizer
 
 SHAPES = {  # name: (V, H, B, T, L)
     "tutorial": (65, 100, 1, 25, 1),
@@ -91,7 +90,6 @@ class TorchStep:
         g = torch.Generator().manual_seed(0)
         self.x = torch.randint(V, (B, T), generator=g).to(device)
         self.y = torch.randint(V, (B, T), generator=g).to(device)
-        self.V = V
         self.h = None
         self.amp = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else None)
 
@@ -100,10 +98,10 @@ class TorchStep:
         if self.amp is not None:
             with self.amp:
                 logits, h = self.model(self.x, self.h)
-                loss = F.cross_entropy(logits.reshape(-1, self.V).float(), self.y.reshape(-1))
+                loss = cross_entropy(logits, self.y)
         else:
             logits, h = self.model(self.x, self.h)
-            loss = F.cross_entropy(logits.reshape(-1, self.V), self.y.reshape(-1))
+            loss = cross_entropy(logits, self.y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 5.0)
         self.opt.step()

@@ -233,9 +233,15 @@ def _tb_hparams(writer, cfg, metrics):
 
 
 def cross_entropy(logits, targets, reduction="mean"):
-    """Mean (or summed) nats per character; bf16 logits from autocast are scored in fp32."""
+    """Mean (or summed) nats per character of logits (B, T, V) against targets (B, T);
+    bf16 logits from autocast are scored in fp32."""
     if logits.dtype in (torch.bfloat16, torch.float16):
         logits = logits.float()
+    if not logits.is_contiguous() and logits.transpose(0, 1).is_contiguous():
+        # impl=fused returns a time-major buffer seen as (B, T, V). Scoring it time-major (the
+        # same terms, summed in another order) reads it in place; flattening it batch-major
+        # would copy it forward and copy its gradient back.
+        logits, targets = logits.transpose(0, 1), targets.t()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from charrnn_torch import CharRNN, reference
 from charrnn_torch.model import IMPLS
+from charrnn_torch.trainer import cross_entropy
 
 V, H, B, T = 11, 7, 3, 5
 
@@ -50,7 +51,7 @@ def torch_loss_grads(model, x, y, h0=None):
     if h0 is not None:
         h0 = h0.clone().requires_grad_()
     logits, h = model(x, h0)
-    loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), reduction="sum")
+    loss = cross_entropy(logits, y, reduction="sum")  # the training loss, as the trainer scores it
     loss.backward()
     grads = {k: p.grad.numpy() for k, p in model.named_parameters()}
     dh0 = h0.grad.numpy() if h0 is not None else None
