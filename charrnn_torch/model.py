@@ -41,12 +41,16 @@ class RNNCell(nn.Module):
     def pre_activation(self, x):
         """W_xh x + b_h for many steps at once, as one fresh tensor: (N,) ids or (N, H) -> (N, H)."""
         if self.onehot_input:
-            # Gathering rows of (W_xh^T + b_h), a (V, H) table, adds the bias for free. The
-            # table is made row-major first (W_xh^T + b_h alone keeps W_xh's column-major
-            # strides), so each gathered row is one contiguous copy: 4x faster at T*B = 8192.
-            # index_select rather than F.embedding: its backward is one index_add_, about
-            # half the time of embedding's dense backward here.
-            return (self.W_xh.t().contiguous() + self.b_h).index_select(0, x)
+            # W_xh x is column x of W_xh, so this is a gather, with b_h added to the (V, H) table
+            # W_xh^T + b_h for free. For many ids the table is made row-major first, so each
+            # gathered row is one contiguous copy (4x faster at T*B = 8192 than gathering from
+            # W_xh^T's column-major strides). That transpose costs ~40 us at V=65, H=512, more
+            # than a whole gather of a few ids (sampling), which instead takes columns of W_xh
+            # and transposes only those. index_select, not F.embedding: its backward is one
+            # index_add_, about half the time of embedding's dense backward here.
+            if x.numel() >= self.W_xh.shape[1]:
+                return (self.W_xh.t().contiguous() + self.b_h).index_select(0, x)
+            return (self.W_xh.index_select(1, x).t() + self.b_h).contiguous()
         return torch.addmm(self.b_h, x, self.W_xh.t())
 
     def forward(self, x_t, h_prev):
