@@ -47,7 +47,7 @@ class RNNCell(nn.Module):
             # W_xh^T's column-major strides). That transpose costs ~40 us at V=65, H=512, more
             # than a whole gather of a few ids (sampling), which instead takes columns of W_xh
             # and transposes only those. index_select, not F.embedding: its backward is one
-            # index_add_, about half the time of embedding's dense backward here.
+            # scatter-add, about half the time of embedding's dense backward here.
             if x.numel() >= self.W_xh.shape[1]:
                 return (self.W_xh.t().contiguous() + self.b_h).index_select(0, x)
             return (self.W_xh.index_select(1, x).t() + self.b_h).contiguous()
