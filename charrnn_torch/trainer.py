@@ -237,7 +237,7 @@ def cross_entropy(logits, targets, reduction="mean"):
     bf16 logits from autocast are scored in fp32."""
     if logits.dtype in (torch.bfloat16, torch.float16):
         logits = logits.float()
-    if not logits.is_contiguous() and logits.transpose(0, 1).is_contiguous():
+    if logits.dim() == 3 and not logits.is_contiguous() and logits.transpose(0, 1).is_contiguous():
         # impl=fused returns a time-major buffer seen as (B, T, V). Scoring it time-major (the
         # same terms, summed in another order) reads it in place; flattening it batch-major
         # would copy it forward and copy its gradient back.
