@@ -8,8 +8,8 @@ so that its backward can write dL/dh straight into the buffer BPTT works in.
 Why hand-write it: autograd's unrolled loop records ~5 nodes per step and
 allocates a fresh tensor for each; here each step is two in-place kernels
 forward (addmm_, tanh_) and two backward (tanh_backward, addmm_), all in
-place in one (T, B, H) buffer, and dW_hh is one large
-GEMM after the loop instead of T small ones. This is torch-rnn's recipe.
+place in one time-major (T*B, H) buffer, and dW_hh is one large GEMM after
+the loop instead of T small ones. This is torch-rnn's recipe.
 """
 import torch
 from torch.autograd.function import once_differentiable
