@@ -7,12 +7,16 @@ so that its backward can write dL/dh straight into the buffer BPTT works in.
 
 Why hand-write it: autograd's unrolled loop records ~5 nodes per step and
 allocates a fresh tensor for each; here each step is two in-place kernels
-forward (addmm_, tanh_) and two backward (tanh_backward, addmm_), all in
-place in one time-major (T*B, H) buffer, and dW_hh is one large GEMM after
-the loop instead of T small ones. This is torch-rnn's recipe.
+forward (a beta=1 GEMM, tanh_) and two backward (tanh_backward, a beta=1 GEMM),
+all in place in one time-major (T*B, H) buffer, and dW_hh is one large GEMM
+after the loop instead of T small ones. This is torch-rnn's recipe. The step
+GEMMs all multiply by the same W_hh, so on CPU they use MKL's packed GEMM
+where torch has it (``packed_gemm.py``), and ``addmm_`` elsewhere.
 """
 import torch
 from torch.autograd.function import once_differentiable
+
+from .packed_gemm import accumulate_matmul
 
 
 class _TanhRecurrence(torch.autograd.Function):
@@ -28,13 +32,11 @@ class _TanhRecurrence(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # an unused output's gradient is None, not a zero tensor
         (B, H), T = h0.shape, pre.shape[0] // h0.shape[0]
         with torch.autocast(pre.device.type, enabled=False):
-            W_hh, h0 = W_hh.to(pre.dtype), h0.to(pre.dtype)
-            # A contiguous W_hh^T makes MKL's GEMM ~7% faster than a transposed view: worth
-            # one (H, H) copy for a long window, not for the one-step calls of sampling.
-            W_hh_t = W_hh.t().contiguous() if T >= 16 else W_hh.t()
+            W_hh, h0 = W_hh.to(pre.dtype), h0.to(pre.dtype).contiguous()
+            add_h_W_hh_t = accumulate_matmul(W_hh, B, transpose=True, calls=T)  # pre_t += h W_hh^T
             h = h0
             for pre_t in pre.view(T, B, H).unbind(0):  # T views of (B, H); one call, not T indexings
-                h = pre_t.addmm_(h, W_hh_t).tanh_()
+                h = add_h_W_hh_t(pre_t, h).tanh_()
             if W_hy is None:
                 ctx.save_for_backward(W_hh, h0, pre)
                 return pre
@@ -63,12 +65,14 @@ class _TanhRecurrence(torch.autograd.Function):
             else:
                 g = torch.zeros_like(out)
             tanh_backward = torch.ops.aten.tanh_backward.grad_input
+            add_g_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)  # c += g W_hh
             gs, hs = g.view(T, B, H).unbind(0), out.view(T, B, H).unbind(0)
             for t in range(T - 1, -1, -1):
                 tanh_backward(gs[t], hs[t], grad_input=gs[t])  # *= 1 - h_t^2, one kernel
                 if t > 0:
-                    gs[t - 1].addmm_(gs[t], W_hh)  # + W_hh^T dpre_t, in row form
-            dh0 = gs[0] @ W_hh
+                    add_g_W_hh(gs[t - 1], gs[t])  # + W_hh^T dpre_t, in row form
+            # A carried state arrives detached: its gradient would be a wasted GEMM.
+            dh0 = gs[0] @ W_hh if ctx.needs_input_grad[2] else None
             # sum_t dpre_t^T h_{t-1}: one GEMM over (T-1)*B rows, plus the h0 term.
             dW_hh = g[B:].t() @ out[:-B]
             dW_hh.addmm_(gs[0].t(), h0)

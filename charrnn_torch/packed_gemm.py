@@ -1,0 +1,86 @@
+"""c += a @ W for many small row blocks a against one fixed W: MKL's packed GEMM where torch has it.
+
+Why: an sgemm call first copies ("packs") its B operand into the blocked layout its kernel
+reads. In the recurrence that operand is W_hh, the same (H, H) matrix at every one of the T
+steps, and each step's A has only B = 64 rows to spread that packing over. MKL's answer for
+exactly this case (RNNs) is to pack once, ``cblas_sgemm_pack``, and multiply many times,
+``cblas_sgemm_compute``: at the bench's `cpu` shape that takes a 64x512x512 step from ~122 to
+~102 us. It pays only for a large enough W and row block (PACK_MIN_* below).
+
+No torch op exposes it with beta = 1 (``torch.ops.mkl._mkl_linear`` allocates its result,
+and the add it then needs costs what the packing saves), so this calls the two C functions
+through ctypes, in the MKL that PyTorch's Linux x86-64 wheels link into libtorch_cpu.so and
+export. Elsewhere (macOS, Windows, ARM, a build without MKL or with its symbols hidden), and
+for anything but float32 on CPU, callers get ``addmm_`` instead.
+"""
+import ctypes
+import functools
+import os
+import platform
+
+import torch
+
+# Enum values from MKL's mkl_cblas.h.
+_ROW_MAJOR, _NO_TRANS, _TRANS, _PACKED, _B_MATRIX = 101, 111, 112, 151, 162
+
+
+@functools.lru_cache(maxsize=None)
+def mkl_packed_gemm():
+    """(pack_get_size, pack, compute) from the MKL inside torch, or None where it is not there."""
+    if platform.system() != "Linux" or not torch.backends.mkl.is_available():
+        return None
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        get_size, pack, compute = lib.cblas_sgemm_pack_get_size, lib.cblas_sgemm_pack, lib.cblas_sgemm_compute
+    except (OSError, AttributeError):
+        return None
+    # MKL's LP64 interface, whose MKL_INT is a C int (the ILP64 one carries a _64 suffix).
+    i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+    get_size.restype, get_size.argtypes = ctypes.c_size_t, [i, i, i, i]
+    pack.restype, pack.argtypes = None, [i, i, i, i, i, i, f, p, i, p]
+    compute.restype, compute.argtypes = None, [i, i, i, i, i, i, p, i, p, i, f, p, i]
+    return get_size, pack, compute
+
+
+# Where packing pays, measured on the 2-core AVX-512 machine the README's numbers come from
+# (a T-step loop of GEMM + tanh_, packed against addmm_): from 16 rows and a 384-wide W up it
+# takes 0.6-1.0x the time (0.6x at H = 1024, where W_hh no longer fits in L2, 0.9x at the
+# bench's H = 512, B = 64); below, MKL's packed path has more fixed cost than the packing it
+# saves (1.1-1.6x at H = 100-128).
+PACK_MIN_ROWS, PACK_MIN_DIM, PACK_MIN_CALLS = 16, 384, 16
+
+
+def accumulate_matmul(W, rows, transpose, calls):
+    """A function ``acc(c, a)`` doing ``c += a @ (W.T if transpose else W)`` in place.
+
+    a: (rows, K) and c: (rows, N), both contiguous, like each step's rows of a time-major
+    buffer. ``calls`` is how many times it will run: the one-off cost of packing (or of a
+    contiguous copy of W.T) only pays over many.
+    """
+    pack_pays = calls >= PACK_MIN_CALLS and rows >= PACK_MIN_ROWS and min(W.shape) >= PACK_MIN_DIM
+    mkl = mkl_packed_gemm() if pack_pays and W.is_cpu and W.dtype == torch.float32 else None
+    if mkl is None:
+        # A contiguous W.T makes MKL's GEMM ~7% faster than a transposed view: worth one copy
+        # for many calls, not for sampling's one-step ones.
+        Wm = (W.t().contiguous() if calls >= 16 else W.t()) if transpose else W
+        return lambda c, a: c.addmm_(a, Wm)
+    get_size, pack, compute = mkl
+    W = W.contiguous()
+    N, K = W.shape if transpose else W.shape[::-1]
+    packed = torch.empty(get_size(_B_MATRIX, rows, N, K), dtype=torch.uint8)
+    pack(_ROW_MAJOR, _B_MATRIX, _TRANS if transpose else _NO_TRANS, rows, N, K, 1.0,
+         W.data_ptr(), W.shape[1], packed.data_ptr())
+    packed_ptr = packed.data_ptr()
+    a_shape, c_shape, f32 = torch.Size((rows, K)), torch.Size((rows, N)), torch.float32
+
+    def acc(c, a):
+        # The C call reads raw pointers, so what they point at is checked here, not trusted (~0.5 us).
+        if not (a.shape == a_shape and c.shape == c_shape and a.dtype is f32 and c.dtype is f32
+                and a.is_contiguous() and c.is_contiguous() and a.is_cpu and c.is_cpu):
+            raise ValueError(f"packed GEMM wants contiguous float32 CPU tensors of {tuple(a_shape)} and "
+                             f"{tuple(c_shape)}, got {a.dtype} {tuple(a.shape)} and {c.dtype} {tuple(c.shape)}")
+        compute(_ROW_MAJOR, _NO_TRANS, _PACKED, rows, N, K, a.data_ptr(), K, packed_ptr, N, 1.0, c.data_ptr(), N)
+        return c
+
+    acc.packed = packed  # keeps the buffer alive as long as acc
+    return acc

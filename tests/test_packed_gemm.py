@@ -1,0 +1,118 @@
+"""Proves the packed GEMM behind `fused`'s float32 CPU recurrence (charrnn_torch/packed_gemm.py).
+
+MKL's cblas_sgemm_pack/compute, called through ctypes, must do exactly what addmm_ does
+(c += a @ W or a @ W.T, for rectangular, distinct sizes so a transposed operand fails),
+refuse tensors its raw pointers cannot safely read, be found wherever torch links MKL on
+Linux, and actually be taken by `fused` in float32, with the same losses and gradients as
+the addmm_ fallback and the float64 numpy reference, to float32 precision. The float64
+gradient tests (test_gradients.py) cover the same loop on the addmm_ path.
+Run: pytest tests/test_packed_gemm.py
+"""
+import platform
+
+import numpy as np
+import pytest
+import torch
+
+from charrnn_torch import CharRNN, packed_gemm, reference
+from charrnn_torch.trainer import cross_entropy
+
+ROWS, K, N = 3, 7, 11
+
+needs_mkl = pytest.mark.skipif(packed_gemm.mkl_packed_gemm() is None,
+                               reason="torch's MKL packed GEMM is not reachable here")
+
+
+@pytest.fixture
+def pack_small(monkeypatch):
+    """Pack even the tests' small, distinct sizes, which are below where packing pays."""
+    monkeypatch.setattr(packed_gemm, "PACK_MIN_ROWS", 1)
+    monkeypatch.setattr(packed_gemm, "PACK_MIN_DIM", 1)
+
+
+def test_found_where_torch_links_mkl():
+    if platform.system() != "Linux" or platform.machine() != "x86_64" or not torch.backends.mkl.is_available():
+        pytest.skip("only PyTorch's Linux x86-64 builds with MKL are known to export it")
+    assert packed_gemm.mkl_packed_gemm() is not None
+
+
+@needs_mkl
+@pytest.mark.parametrize("transpose", [False, True])
+def test_accumulates_like_addmm(transpose, pack_small):
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn((N, K) if transpose else (K, N), generator=g)
+    a, c0 = torch.randn(ROWS, K, generator=g), torch.randn(ROWS, N, generator=g)
+    acc = packed_gemm.accumulate_matmul(W, ROWS, transpose, calls=16)
+    assert hasattr(acc, "packed")  # the MKL path, not the addmm_ fallback
+    Wm = (W.t() if transpose else W).double()
+    c = c0.clone()
+    assert acc(c, a) is c
+    torch.testing.assert_close(c.double(), c0.double() + a.double() @ Wm, rtol=1e-6, atol=1e-6)
+    acc(c, a)  # accumulates: beta = 1
+    torch.testing.assert_close(c.double(), c0.double() + 2 * a.double() @ Wm, rtol=1e-6, atol=1e-6)
+
+
+@needs_mkl
+def test_refuses_what_its_pointers_cannot_read(pack_small):
+    W = torch.randn(K, N)
+    acc = packed_gemm.accumulate_matmul(W, ROWS, transpose=False, calls=16)
+    a, c = torch.randn(ROWS, K), torch.randn(ROWS, N)
+    for bad_a, bad_c in [(torch.randn(K, ROWS).t(), c),  # right shape, not contiguous
+                         (a.double(), c.double()),
+                         (torch.randn(ROWS + 1, K), c),
+                         (a, torch.randn(ROWS, N + 1))]:
+        with pytest.raises(ValueError, match="packed GEMM wants"):
+            acc(bad_c, bad_a)
+
+
+@needs_mkl
+def test_packs_only_where_it_pays():
+    W, rows, calls = torch.randn(384, 512), 16, 16
+    assert hasattr(packed_gemm.accumulate_matmul(W, rows, False, calls), "packed")
+    for W_, rows_, calls_ in [(W, rows, 15), (W, 15, calls), (W[:, :383], rows, calls), (W.double(), rows, calls)]:
+        assert not hasattr(packed_gemm.accumulate_matmul(W_, rows_, False, calls_), "packed")
+
+
+V, H, B, T = 11, 7, 3, 20  # T >= 16, so fused packs
+
+
+def fused_float32_run(L, monkeypatch, mkl):
+    """Loss, gradients and dL/dh0 of one float32 fused step, with MKL's functions replaced by
+    ``mkl`` (None: the addmm_ fallback); counts the packed GEMM calls."""
+    calls = []
+    if mkl is not None:
+        get_size, pack, compute = mkl
+        mkl = (get_size, pack, lambda *args: (calls.append(1), compute(*args)))
+    monkeypatch.setattr(packed_gemm, "mkl_packed_gemm", lambda: mkl)
+    torch.manual_seed(0)
+    model = CharRNN(V, H, num_layers=L, impl="fused")
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g)
+    h0 = torch.randn(L, B, H, generator=g, requires_grad=True)
+    logits, _ = model(x, h0)
+    loss = cross_entropy(logits, y, reduction="sum")
+    loss.backward()
+    grads = {k: p.grad.double().numpy() for k, p in model.named_parameters()}
+    params = {k: p.detach().double().numpy() for k, p in model.named_parameters()}
+    return loss.item(), grads, h0.grad.double().numpy(), len(calls), (params, x.numpy(), y.numpy(), h0)
+
+
+def rel_err(a, b):
+    return np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max())
+
+
+@needs_mkl
+@pytest.mark.parametrize("L", [1, 2])
+def test_fused_float32_takes_it_and_matches(L, monkeypatch, pack_small):
+    mkl = packed_gemm.mkl_packed_gemm()
+    loss, grads, dh0, n_calls, (params, x, y, h0) = fused_float32_run(L, monkeypatch, mkl)
+    assert n_calls == L * (T + T - 1)  # every step forward, every step but the first backward
+    loss_mm, grads_mm, dh0_mm, n_mm, _ = fused_float32_run(L, monkeypatch, None)
+    assert n_mm == 0
+    r_loss, r_grads, r_dh0, _, _ = reference.loss_and_grads(params, x, y, h0.detach().double().numpy())
+    # float32 sums of a few hundred terms: ~1e-6 relative, so 1e-5 (float64 gets 1e-9, elsewhere)
+    for want_loss, want_grads, want_dh0 in [(loss_mm, grads_mm, dh0_mm), (r_loss, r_grads, r_dh0)]:
+        assert loss == pytest.approx(want_loss, rel=1e-5)
+        for name in want_grads:
+            assert rel_err(grads[name], want_grads[name]) <= 1e-5, name
+        assert rel_err(dh0, want_dh0) <= 1e-5
