@@ -46,7 +46,7 @@ def mkl_packed_gemm():
 # (a T-step loop of GEMM + tanh_, packed against addmm_): from 16 rows and a 384-wide W up it
 # takes 0.6-1.0x the time (0.6x at H = 1024, where W_hh no longer fits in L2, 0.9x at the
 # bench's H = 512, B = 64); below, MKL's packed path has more fixed cost than the packing it
-# saves (1.1-1.6x at H = 100-128).
+# saves (1.1-1.6x at H = 100-128, B <= 128).
 PACK_MIN_ROWS, PACK_MIN_DIM, PACK_MIN_CALLS = 16, 384, 16
 
 
