@@ -73,10 +73,10 @@ def test_packs_only_where_it_pays():
         assert not hasattr(packed_gemm.accumulate_matmul(W_, rows_, False, calls_), "packed")
 
 
-V, H, B, T = 11, 7, 3, 20  # T >= 16, so fused packs
+SMALL = dict(V=11, H=7, B=3, T=20)  # T >= 16, so fused packs (with pack_small)
 
 
-def fused_float32_run(L, monkeypatch, mkl):
+def fused_float32_run(L, monkeypatch, mkl, V, H, B, T):
     """Loss, gradients and dL/dh0 of one float32 fused step, with MKL's functions replaced by
     ``mkl`` (None: the addmm_ fallback); counts the packed GEMM calls."""
     calls = []
@@ -105,9 +105,10 @@ def rel_err(a, b):
 @pytest.mark.parametrize("L", [1, 2])
 def test_fused_float32_takes_it_and_matches(L, monkeypatch, pack_small):
     mkl = packed_gemm.mkl_packed_gemm()
-    loss, grads, dh0, n_calls, (params, x, y, h0) = fused_float32_run(L, monkeypatch, mkl)
+    loss, grads, dh0, n_calls, (params, x, y, h0) = fused_float32_run(L, monkeypatch, mkl, **SMALL)
+    T = SMALL["T"]
     assert n_calls == L * (T + T - 1)  # every step forward, every step but the first backward
-    loss_mm, grads_mm, dh0_mm, n_mm, _ = fused_float32_run(L, monkeypatch, None)
+    loss_mm, grads_mm, dh0_mm, n_mm, _ = fused_float32_run(L, monkeypatch, None, **SMALL)
     assert n_mm == 0
     r_loss, r_grads, r_dh0, _, _ = reference.loss_and_grads(params, x, y, h0.detach().double().numpy())
     # float32 sums of a few hundred terms: ~1e-6 relative, so 1e-5 (float64 gets 1e-9, elsewhere)
@@ -116,3 +117,16 @@ def test_fused_float32_takes_it_and_matches(L, monkeypatch, pack_small):
         for name in want_grads:
             assert rel_err(grads[name], want_grads[name]) <= 1e-5, name
         assert rel_err(dh0, want_dh0) <= 1e-5
+
+
+@needs_mkl
+def test_fused_at_a_size_where_packing_pays_matches_addmm(monkeypatch):
+    # No lowered thresholds: MKL's own choice of kernel and thread split at a real size.
+    sizes = dict(V=65, H=512, B=32, T=16)
+    loss, grads, dh0, n_calls, _ = fused_float32_run(1, monkeypatch, packed_gemm.mkl_packed_gemm(), **sizes)
+    loss_mm, grads_mm, dh0_mm, _, _ = fused_float32_run(1, monkeypatch, None, **sizes)
+    assert n_calls == 2 * 16 - 1
+    assert loss == pytest.approx(loss_mm, rel=1e-5)
+    for name in grads_mm:
+        assert rel_err(grads[name], grads_mm[name]) <= 1e-5, name
+    assert rel_err(dh0, dh0_mm) <= 1e-5
