@@ -66,3 +66,17 @@ def test_cli_json(tmp_path):
 def test_cli_rejects_unknown_shape():
     r = run_script("bench.py", "--shapes", "huge")
     assert r.returncode == 2 and r.stderr.startswith("error: unknown shape")
+
+
+def test_numpy_blas_threads_park_before_the_next_impl(monkeypatch):
+    # numpy's BLAS threads spin after its calls and slow whatever is timed next; the bench
+    # must wait for them after each numpy timing, and only then.
+    monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 1))
+    events = []
+    real_time_steps = bench.time_steps
+    monkeypatch.setattr(bench, "time_steps", lambda step, device, n: (
+        events.append(type(step).__name__), real_time_steps(step, device, n))[1])
+    monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(("sleep", s)))
+    bench.run_shape("tiny", torch.device("cpu"), repeats=2)
+    parks = [i for i, e in enumerate(events) if e == ("sleep", bench.NUMPY_BLAS_PARK_S)]
+    assert len(parks) == 2 and all(events[i - 1] == "NumpyStep" for i in parks)
