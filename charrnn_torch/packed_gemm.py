@@ -39,6 +39,16 @@ def mkl_packed_gemm():
     get_size.restype, get_size.argtypes = ctypes.c_size_t, [i, i, i, i]
     pack.restype, pack.argtypes = None, [i, i, i, i, i, i, f, p, i, p]
     compute.restype, compute.argtypes = None, [i, i, i, i, i, i, p, i, p, i, f, p, i]
+    # Try the ABI assumed above (integer width, enum values) on a tiny exact product before
+    # trusting it with real buffers.
+    f32 = torch.float32
+    a, w = torch.arange(6, dtype=f32).view(2, 3), torch.arange(12, dtype=f32).view(3, 4)
+    c = torch.ones(2, 4, dtype=f32)
+    buf = torch.empty(get_size(_B_MATRIX, 2, 4, 3), dtype=torch.uint8)
+    pack(_ROW_MAJOR, _B_MATRIX, _NO_TRANS, 2, 4, 3, 1.0, w.data_ptr(), 4, buf.data_ptr())
+    compute(_ROW_MAJOR, _NO_TRANS, _PACKED, 2, 4, 3, a.data_ptr(), 3, buf.data_ptr(), 4, 1.0, c.data_ptr(), 4)
+    if not torch.equal(c, 1 + a @ w):
+        return None
     return get_size, pack, compute
 
 
