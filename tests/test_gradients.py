@@ -16,13 +16,9 @@ import torch.nn.functional as F
 from charrnn_torch import CharRNN, reference
 from charrnn_torch.model import IMPLS
 from charrnn_torch.trainer import cross_entropy
+from conftest import rel_err
 
 V, H, B, T = 11, 7, 3, 5
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max(), 1e-300)
 
 
 def make_model(L=1, impl="loop", seed=0, std=None):

@@ -10,12 +10,12 @@ Run: pytest tests/test_packed_gemm.py
 """
 import platform
 
-import numpy as np
 import pytest
 import torch
 
 from charrnn_torch import CharRNN, packed_gemm, reference
 from charrnn_torch.trainer import cross_entropy
+from conftest import rel_err
 
 ROWS, K, N = 3, 7, 11
 
@@ -95,10 +95,6 @@ def fused_float32_run(L, monkeypatch, mkl, V, H, B, T):
     grads = {k: p.grad.double().numpy() for k, p in model.named_parameters()}
     params = {k: p.detach().double().numpy() for k, p in model.named_parameters()}
     return loss.item(), grads, h0.grad.double().numpy(), len(calls), (params, x.numpy(), y.numpy(), h0)
-
-
-def rel_err(a, b):
-    return np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max())
 
 
 @needs_mkl
