@@ -5,6 +5,7 @@ the tutorial's optimizer, for every implementation). Implementations are
 alternated round by round, so a noisy neighbour slows all of them alike, and
 each row reports the median over rounds.
 """
+import contextlib
 import gc
 import math
 import statistics
@@ -26,7 +27,20 @@ SHAPES = {  # name: (V, H, B, T, L)
     "cpu": (65, 512, 64, 128, 1),
     "gpu": (65, 1024, 256, 128, 1),
     "gpu-L3": (65, 1024, 256, 128, 3),
+    "smoke": (11, 32, 4, 16, 2),  # seconds on any CPU: for dry runs of the GPU script and tests
 }
+
+# How float32 matrix products run: fp32 (exact float32), tf32 (CUDA's TensorFloat-32 matmuls
+# and cuDNN), bf16 (autocast; the fused recurrence keeps fp32 inside, see fused.py).
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def set_precision(precision):
+    """Set the process-wide TF32 switches for `precision`; returns the autocast dtype or None."""
+    tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 @dataclass
@@ -38,6 +52,7 @@ class Row:
     pct_peak: float
     peak_mem_mb: float
     threads: int
+    note: str = ""  # why a row has no numbers (e.g. a CUDA graph capture that failed)
 
 
 def flops_per_char(V, H, L):
@@ -83,7 +98,7 @@ class NNRNNStack(nn.Module):
 
 
 class TorchStep:
-    def __init__(self, model, V, B, T, device, amp_dtype=None):
+    def __init__(self, model, V, B, T, device, amp_dtype=None, amp_cache=True):
         self.model = model.to(device)
         self.opt = fast_optimizer(torch.optim.Adagrad, self.model.parameters(), lr=0.01)
         self.params = list(self.model.parameters())
@@ -91,7 +106,8 @@ class TorchStep:
         self.x = torch.randint(V, (B, T), generator=g).to(device)
         self.y = torch.randint(V, (B, T), generator=g).to(device)
         self.h = None
-        self.amp = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else None)
+        self.amp = (torch.autocast(device.type, dtype=amp_dtype, cache_enabled=amp_cache)
+                    if amp_dtype is not None else None)
 
     def __call__(self):
         self.opt.zero_grad(set_to_none=True)
@@ -108,6 +124,22 @@ class TorchStep:
         self.h = h.detach()
 
 
+class GraphedStep(TorchStep):
+    """TorchStep with the model's forward and backward each captured once as a CUDA graph and
+    replayed (torch.cuda.make_graphed_callables): the fused impl's T-step loop is hundreds of
+    small kernels, each launched from Python; a replay launches them all at once. The shapes of
+    a training step never change, and the carried state is a fixed-shape input, so the same
+    graph serves every step. Clipping and the optimizer step stay outside the graph."""
+
+    def __init__(self, model, V, B, T, device, amp_dtype=None):
+        # autocast's weight cache must be off for a graph (make_graphed_callables refuses it)
+        super().__init__(model, V, B, T, device, amp_dtype, amp_cache=False)
+        self.h = self.model.init_hidden(B)
+        with self.amp or contextlib.nullcontext():
+            self.model = torch.cuda.make_graphed_callables(self.model, (self.x, self.h))
+
+
+GRAPHED = "CharRNN fused+graphs"
 NUMPY_BLAS_PARK_S = 0.25  # 0.2 s was enough here; see run_shape
 
 
@@ -191,12 +223,16 @@ def time_steps(step, device, n):
 
 def _steps_for(shape, device):
     V, H, B, T, L = SHAPES[shape]
+    if shape == "smoke":
+        return 5
     return max(3, min(200, int(2e6 / (B * T * H) * (40 if device.type == "cuda" else 1)) + 2))
 
 
-def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None):
+def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, failures=None):
     """name -> a callable doing one training step. The numpy reference runs on CPU only,
-    and not at the gpu shapes, where one step takes minutes."""
+    and not at the gpu shapes, where one step takes minutes. On CUDA, `CharRNN fused+graphs`
+    replays the fused impl as CUDA graphs; if capturing fails, its error goes into
+    `failures` (name -> message) rather than stopping the other rows."""
     V, H, B, T, L = SHAPES[shape]
     makers = {}
     if device.type == "cpu" and not shape.startswith("gpu"):
@@ -204,20 +240,29 @@ def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None):
     for impl in IMPLS:
         makers[f"CharRNN {impl}"] = lambda impl=impl: TorchStep(CharRNN(V, H, L, impl=impl).to(dtype), V, B, T,
                                                                 device, amp_dtype)
+    if device.type == "cuda":
+        makers[GRAPHED] = lambda: GraphedStep(CharRNN(V, H, L, impl="fused").to(dtype), V, B, T,
+                                                             device, amp_dtype)
     makers["nn.RNN stack"] = lambda: TorchStep(NNRNNStack(V, H, L).to(dtype), V, B, T, device, amp_dtype)
     impls = {}
     for name, make in makers.items():
         if only is None or name == only:
             torch.manual_seed(0)
-            impls[name] = make()
+            try:
+                impls[name] = make()
+            except Exception as e:  # only the graphed row may fail alone; the others' errors propagate
+                if failures is None or name != GRAPHED:
+                    raise
+                failures[name] = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
     return impls
 
 
 def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, threads=None, retain_memory=False):
     """Rows for every implementation at one shape, plus the matmul peak measured alongside."""
     V, H, B, T, L = SHAPES[shape]
-    impls = build_impls(shape, device, dtype, amp_dtype)
-    peak = MatmulPeak(device, amp_dtype or dtype)
+    failures = {}
+    impls = build_impls(shape, device, dtype, amp_dtype, failures=failures)
+    peak = MatmulPeak(device, amp_dtype or dtype, n=256 if shape == "smoke" else None)
     n = _steps_for(shape, device)
     for step in [*impls.values(), peak]:  # warm-up (allocator, caches, cuDNN heuristics)
         for _ in range(2):
@@ -232,7 +277,7 @@ def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, thr
                 # take the cores from whatever runs next: the impl timed right after it was
                 # 20-28% slower at the cpu shape (measured). Let them park first.
                 time.sleep(NUMPY_BLAS_PARK_S)
-        peak_times.append(time_steps(peak, device, 10 if device.type == "cpu" else 50))
+        peak_times.append(time_steps(peak, device, 10 if device.type == "cpu" else 20))
     peak_gflops = peak.gflops(statistics.median(peak_times))
     threads = threads or torch.get_num_threads()
     mems = {name: measure_peak_mem(shape, name, step, device, threads, retain_memory) for name, step in impls.items()}
@@ -242,6 +287,8 @@ def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, thr
         cps = B * T / statistics.median(times[name])
         gf = cps * fpc / 1e9
         rows.append(Row(shape, name, cps, gf, 100 * gf / peak_gflops, mems[name], threads))
+    nan = float("nan")
+    rows += [Row(shape, name, nan, nan, nan, nan, threads, note=f"failed: {msg}") for name, msg in failures.items()]
     return rows, peak_gflops
 
 
@@ -265,7 +312,7 @@ def sampling_throughput(shape, device, length=200):
 
 def format_table(rows, baseline="nn.RNN stack"):
     lines = []
-    head = f"{'shape':<9} {'impl':<22} {'chars/s':>10} {'vs nn.RNN':>9} {'vs numpy':>9} {'GFLOP/s':>8} {'% peak':>7} {'peak MB':>8} {'thr':>4}"
+    head = f"{'shape':<12} {'impl':<22} {'chars/s':>10} {'vs nn.RNN':>9} {'vs numpy':>9} {'GFLOP/s':>8} {'% peak':>7} {'peak MB':>8} {'thr':>4}"
     lines.append(head)
     lines.append("-" * len(head))
     for shape in dict.fromkeys(r.shape for r in rows):
@@ -273,7 +320,10 @@ def format_table(rows, baseline="nn.RNN stack"):
         base = next((r.chars_per_sec for r in group if r.impl == baseline), float("nan"))
         npy = next((r.chars_per_sec for r in group if r.impl == "numpy reference"), float("nan"))
         for r in group:
+            if r.note:
+                lines.append(f"{r.shape:<12} {r.impl:<22} {r.note}")
+                continue
             vs_np = f"{r.chars_per_sec / npy:9.2f}" if not math.isnan(npy) else f"{'-':>9}"
-            lines.append(f"{r.shape:<9} {r.impl:<22} {r.chars_per_sec:10,.0f} {r.chars_per_sec / base:9.2f} "
+            lines.append(f"{r.shape:<12} {r.impl:<22} {r.chars_per_sec:10,.0f} {r.chars_per_sec / base:9.2f} "
                          f"{vs_np} {r.gflops:8.1f} {r.pct_peak:6.1f}% {r.peak_mem_mb:8.1f} {r.threads:4d}")
     return "\n".join(lines)

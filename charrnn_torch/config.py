@@ -39,6 +39,7 @@ class TrainConfig:
     batch_size: int = 64  # number of parallel text streams (the global batch under DDP)
     seq_len: int = 128  # truncated-BPTT window
     max_steps: int = 2000
+    max_minutes: float = 0.0  # wall-clock training budget (evaluation and sampling excluded); 0: none
     lr: float = 2e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
@@ -123,6 +124,7 @@ def validate(cfg):
                 "train.max_steps", "train.eval_interval", "train.log_interval", "train.max_nonfinite"):
         need(eval_key(cfg, key) > 0, key, "must be > 0")
     need(math.isfinite(t.lr) and t.lr > 0, "train.lr", "must be > 0")
+    need(math.isfinite(t.max_minutes) and t.max_minutes >= 0, "train.max_minutes", "must be >= 0 (0: no budget)")
     need(math.isfinite(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)")
     need(0 < cfg.data.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
     need(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")

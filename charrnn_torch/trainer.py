@@ -96,12 +96,19 @@ def fast_optimizer(cls, params, **kw):
         return cls(params, **kw)
 
 
-def lr_factor(step, t):
-    """The multiplier on train.lr before optimizer step `step` (0-based)."""
+def lr_factor(step, t, train_seconds=0.0):
+    """The multiplier on train.lr before optimizer step `step` (0-based).
+
+    With a wall-clock budget (train.max_minutes) the cosine's progress is the larger of the
+    fractions of steps and of the budget spent, so it reaches its floor at whichever ends the run.
+    """
     if step < t.warmup_steps:
         return (step + 1) / t.warmup_steps
     if t.lr_schedule == "cosine":
-        progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+        progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+        if t.max_minutes:
+            progress = max(progress, train_seconds / (60 * t.max_minutes))
+        progress = min(1.0, progress)
         return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     if t.lr_schedule == "step":
         return t.lr_gamma ** ((step - t.warmup_steps) // t.lr_step_size)
@@ -318,7 +325,8 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
             raw_model, device_ids=[device.index] if device.type == "cuda" else None)
     params = list(raw_model.parameters())
     opt = make_optimizer(params, t)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
+    clock = {"train_s": 0.0}  # seconds spent training (not evaluating or sampling), across resumes
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t, clock["train_s"]))
 
     step = 0
     best_val = float("inf")
@@ -338,6 +346,7 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
         smooth = resume["smooth_loss"]
         acc = dict(resume["log_acc"])
         nonfinite_total = resume["nonfinite_total"]
+        clock["train_s"] = resume.get("train_seconds", 0.0)  # older checkpoints have none
         batcher.load_state_dict(resume["data"])
         h_global = resume["hidden"]
         if world == resume.get("world_size", 1):
@@ -351,7 +360,7 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
         sched.base_lrs = [t.lr for _ in opt.param_groups]
         for g in opt.param_groups:
             g["initial_lr"], g["weight_decay"] = t.lr, t.weight_decay
-            g["lr"] = t.lr * lr_factor(step, t)
+            g["lr"] = t.lr * lr_factor(step, t, clock["train_s"])
 
     per_rank = t.batch_size // world
     h = None
@@ -419,6 +428,7 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
             "smooth_loss": smooth,
             "log_acc": dict(acc),
             "nonfinite_total": nonfinite_total,
+            "train_seconds": clock["train_s"],
             "world_size": world,
         }
         checkpoint.save(state, out_dir / name, pause_mid_write=hooks.pause_mid_write)
@@ -454,8 +464,9 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
         for stale in out_dir.glob(".*.pt.*.tmp"):
             stale.unlink()  # left by a process killed mid-write; the real checkpoint is intact
         n_params = sum(p.numel() for p in params)
+        budget = f" or {t.max_minutes:g} minutes of training" if t.max_minutes else ""
         log(f"{'resuming' if resume is not None else 'training'} {n_params:,} parameters on {device} "
-            f"from step {step} to {t.max_steps}; run directory {out_dir}")
+            f"from step {step} to {t.max_steps}{budget}; run directory {out_dir}")
 
     from tqdm import tqdm
     bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and dist_info.is_main),
@@ -475,11 +486,23 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
         if flag.item() and stop["signum"] is None:
             stop["signum"] = int(flag.item())
         return bool(flag.item())
+
+    def budget_spent():
+        if world > 1 and t.max_minutes:
+            # Every rank must use the same clock: it sets the lr, and when to stop.
+            both = torch.tensor([clock["train_s"]], dtype=torch.float64,
+                                device=device if device.type == "cuda" else "cpu")
+            dist.all_reduce(both, op=dist.ReduceOp.MAX)
+            clock["train_s"] = both.item()
+        return bool(t.max_minutes) and clock["train_s"] >= 60 * t.max_minutes
+
+    out_of_time = budget_spent()  # a resumed run whose budget is already spent trains no more
     chars_since, t0 = 0, time.perf_counter()
     raw_model.train()
     try:
         with stop_on_signals() as stop:
-            while step < t.max_steps:
+            while step < t.max_steps and not out_of_time:
+                t_step = time.perf_counter()
                 x, y, reset = batcher.next()
                 if reset or not t.stateful:
                     h = None  # streams wrapped (or random windows): start from h0 = 0
@@ -498,6 +521,8 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
                 if finite:
                     opt.step()
                     consecutive_bad = 0
+                clock["train_s"] += time.perf_counter() - t_step
+                out_of_time = budget_spent()
                 sched.step()
                 step += 1
                 chars_since += x.numel() * world
@@ -549,7 +574,7 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
                     text = generate(raw_model, vocab, default_prime(vocab, corpus.char_counts), t.sample_length,
                                     temperature=0.8, generator=g)
                     writer.add_text("samples", "```\n" + text + "\n```", step)
-                if step % t.eval_interval == 0 or step == t.max_steps:
+                if step % t.eval_interval == 0 or step == t.max_steps or out_of_time:
                     val = eval_and_checkpoint()
                     last_ckpt_step = step
                 t0 += time.perf_counter() - tic  # keep sampling and evaluation out of the throughput
@@ -573,4 +598,5 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
         _tb_hparams(writer, cfg, {"loss/val": val, "bpc/val": val / math.log(2)})
         writer.close()
     return {"out_dir": str(out_dir), "step": step, "val_loss": val, "best_val": best_val,
-            "train_log": logged, "val_log": val_log, "nonfinite_steps": nonfinite_total}
+            "train_log": logged, "val_log": val_log, "nonfinite_steps": nonfinite_total,
+            "train_seconds": clock["train_s"]}

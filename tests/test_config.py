@@ -53,6 +53,8 @@ def test_resolved_config_round_trips():
     ({}, ["device=tpu"], "device: must be auto, cpu, cuda or cuda:N"),
     ({}, ["model.impl=magic"], "model.impl: must be one of loop, fused"),
     ({}, ["model.dropout=1.0"], "model.dropout: must be in [0, 1)"),
+    ({}, ["train.max_minutes=-1"], "train.max_minutes: must be >= 0"),
+    ({}, ["train.max_minutes=.nan"], "train.max_minutes: must be >= 0"),
 ])
 def test_bad_values_name_the_key(values, overrides, needle):
     with pytest.raises(UserError) as e:

@@ -1,22 +1,91 @@
-"""Proves the CUDA paths run: training with TF32 and bf16 autocast, checkpoints that load on
-CPU, sampling on the GPU, and the benchmark's CUDA rows. Skipped without CUDA (the float64
-CUDA-vs-CPU gradient check lives in test_gradients.py).
+"""Proves the CUDA paths: every impl on CUDA in float64 equals the numpy reference (gradients to
+1e-9), float32 on CUDA matches float32 on CPU, training runs with TF32 and bf16 autocast and its
+loss falls, checkpoints load on CPU, sampling on CUDA is reproducible from a seed, and the
+benchmark's CUDA rows (the CUDA-graph replay of `fused` among them) run. Skipped without CUDA;
+`pytest -m gpu` selects these and the CUDA parity test in test_gradients.py.
 
-Run on a machine with a GPU: pytest tests/test_gpu.py
+Run on a machine with a GPU: pytest -m gpu   (scripts/gpu_check.sh runs it as its first stage)
 """
+import numpy as np
 import pytest
 import torch
 
-from charrnn_torch import bench, checkpoint
+from charrnn_torch import CharRNN, bench, checkpoint, reference
 from charrnn_torch.config import build_config
-from charrnn_torch.trainer import train
-from conftest import run_script, tiny_overrides
+from charrnn_torch.data import Vocab
+from charrnn_torch.model import IMPLS
+from charrnn_torch.sample import generate
+from charrnn_torch.trainer import cross_entropy, train
+from conftest import rel_err, run_script, tiny_overrides
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+V, H, B, T = 11, 7, 3, 5  # small and distinct, as in test_gradients.py
+
+
+def _model(impl, L, dtype, seed=0):
+    torch.manual_seed(seed)
+    model = CharRNN(V, H, num_layers=L, impl=impl).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)  # larger than the default init, so every term matters
+    return model
+
+
+def _batch(T_, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, V, (B, T_), generator=g), torch.randint(0, V, (B, T_), generator=g)
+
+
+def _loss_grads(model, x, y, h0, device):
+    model.to(device).zero_grad(set_to_none=True)
+    h0 = h0.to(device).clone().requires_grad_()
+    logits, h = model(x.to(device), h0)
+    loss = cross_entropy(logits, y.to(device), reduction="sum")
+    loss.backward()
+    grads = {k: p.grad.double().cpu().numpy() for k, p in model.named_parameters()}
+    return (loss.item(), grads, h0.grad.double().cpu().numpy(), h.detach().double().cpu().numpy(),
+            logits.detach().double().cpu().numpy())
+
+
+@pytest.mark.parametrize("L", [1, 2])
+@pytest.mark.parametrize("T_", [1, 17])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cuda_float64_matches_numpy_reference(impl, L, T_):
+    model = _model(impl, L, torch.float64)
+    params = {k: v.detach().numpy().copy() for k, v in model.named_parameters()}
+    x, y = _batch(T_)
+    h0 = torch.randn(L, B, H, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 0.5
+    loss, grads, dh0, h, logits = _loss_grads(model, x, y, h0, "cuda")
+    ref_loss, ref_grads, ref_dh0, ref_h, ref_logits = reference.loss_and_grads(params, x.numpy(), y.numpy(),
+                                                                               h0.numpy())
+    assert abs(loss - ref_loss) <= 1e-12 * abs(ref_loss)
+    assert rel_err(logits, ref_logits) <= 1e-12 and rel_err(h, ref_h) <= 1e-12
+    for name in ref_grads:
+        assert rel_err(grads[name], ref_grads[name]) <= 1e-9, name
+    assert rel_err(dh0, ref_dh0) <= 1e-9
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cuda_float32_matches_cpu_float32(impl):
+    # TF32 off: this compares float32 with float32; only the order of the sums may differ.
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        x, y = _batch(17)
+        h0 = torch.randn(2, B, H, generator=torch.Generator().manual_seed(2)) * 0.5
+        cpu = _loss_grads(_model(impl, 2, torch.float32), x, y, h0, "cpu")
+        gpu = _loss_grads(_model(impl, 2, torch.float32), x, y, h0, "cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    assert abs(gpu[0] - cpu[0]) <= 1e-5 * abs(cpu[0])
+    for name in cpu[1]:
+        assert rel_err(gpu[1][name], cpu[1][name]) <= 1e-5, name
+    assert rel_err(gpu[2], cpu[2]) <= 1e-5 and rel_err(gpu[4], cpu[4]) <= 1e-5
 
 
 @pytest.mark.parametrize("amp", ["none", "bf16"])
-@pytest.mark.parametrize("impl", ["loop", "fused"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_train_on_cuda(tmp_path, corpus_file, amp, impl):
     cfg = build_config({}, tiny_overrides(corpus_file, tmp_path / "r", **{
         "device": "cuda", "train.amp": amp, "model.impl": impl, "model.num_layers": 2, "train.max_steps": 40}))
@@ -29,8 +98,42 @@ def test_train_on_cuda(tmp_path, corpus_file, amp, impl):
     assert r.returncode == 0 and len(r.stdout) == 52, r.stderr
 
 
-def test_bench_cuda_rows(monkeypatch):
-    monkeypatch.setitem(bench.SHAPES, "tiny", (11, 32, 4, 16, 2))
-    rows, peak = bench.run_shape("tiny", torch.device("cuda"), repeats=2)
-    assert peak > 0 and {r.impl for r in rows} == {"CharRNN loop", "CharRNN fused", "nn.RNN stack"}
-    assert all(r.chars_per_sec > 0 and r.peak_mem_mb >= 0 for r in rows)
+def test_cuda_sampling_is_reproducible():
+    vocab = Vocab.from_text("abcdefghij\n")
+    torch.manual_seed(0)
+    model = CharRNN(len(vocab), 64, num_layers=2, impl="fused").cuda()
+    texts = [generate(model, vocab, "a", 200, temperature=1.0, generator=torch.Generator().manual_seed(7))
+             for _ in range(2)]
+    assert texts[0] == texts[1] and len(texts[0]) == 201
+    other = generate(model, vocab, "a", 200, temperature=1.0, generator=torch.Generator().manual_seed(8))
+    assert other != texts[0]  # the seed, not a constant, decides the text
+
+
+def test_bench_cuda_rows():
+    rows, peak = bench.run_shape("smoke", torch.device("cuda"), repeats=2)
+    assert peak > 0
+    assert {r.impl for r in rows} == {"CharRNN loop", "CharRNN fused", bench.GRAPHED, "nn.RNN stack"}
+    assert all(not r.note and r.chars_per_sec > 0 and r.peak_mem_mb >= 0 for r in rows), rows
+
+
+def test_graphed_step_matches_eager_step():
+    # The replayed graph must compute the same training step as the eager code it captured.
+    V_, H_, B_, T_, L_ = bench.SHAPES["smoke"]
+    steps = []
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for make in (bench.TorchStep, bench.GraphedStep):
+            torch.manual_seed(0)
+            step = make(CharRNN(V_, H_, L_, impl="fused"), V_, B_, T_, torch.device("cuda"))
+            if make is bench.TorchStep:
+                step.h = step.model.init_hidden(B_)
+            for _ in range(3):
+                step()
+            steps.append(step)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    eager, graphed = steps
+    for a, b in zip(eager.params, graphed.params):
+        assert rel_err(a.detach().cpu().numpy(), b.detach().cpu().numpy()) <= 1e-5
+    assert rel_err(eager.h.cpu().numpy(), graphed.h.cpu().numpy()) <= 1e-5

@@ -288,6 +288,7 @@ def test_unknown_impl_rejected():
         CharRNN(V, H, impl="nope")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("impl", IMPLS)
 def test_cuda_matches_cpu(impl):

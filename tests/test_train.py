@@ -99,3 +99,39 @@ def test_checkpoint_loads_weights_only_and_samples(tmp_path, corpus_file):
     train(cfg, progress=False, log=lambda *a: None)
     ck = checkpoint.load(out / "ckpt.pt")
     assert isinstance(ck["hidden"], torch.Tensor) and ck["hidden"].shape == (1, 4, 32)
+
+
+def test_cosine_follows_the_time_budget():
+    """With train.max_minutes the cosine's progress is the larger of the step and time fractions."""
+    t = build_config({}, ["train.max_steps=1000", "train.max_minutes=2", "train.min_lr_ratio=0.1"]).train
+    assert lr_factor(10, t, train_seconds=60.0) == pytest.approx(0.55)  # half the budget: cosine midpoint
+    assert lr_factor(10, t, train_seconds=120.0) == pytest.approx(0.1)  # budget spent: the floor
+    assert lr_factor(500, t, train_seconds=1.0) == pytest.approx(0.55)  # steps ahead of time: steps decide
+    t.max_minutes = 0.0
+    assert lr_factor(10, t, train_seconds=1e9) == lr_factor(10, t)  # no budget: time is ignored
+
+
+def test_max_minutes_stops_with_final_eval_and_resume_keeps_time(tmp_path, corpus_file):
+    """A wall-clock budget ends the run at the first step past it, with a final evaluation and
+    checkpoint, however fast the machine; a resumed run counts the time already spent."""
+    out = tmp_path / "r"
+    budget = 0.005  # 0.3 s of training
+    cfg = build_config({}, tiny_overrides(corpus_file, out, **{
+        "train.max_steps": 10**7, "train.max_minutes": budget, "train.eval_interval": 10**6, "train.log_interval": 1,
+        "train.sample_interval": 0}))
+    s = train(cfg, progress=False, log=lambda *a: None)
+    assert 0 < s["step"] < 10**7
+    assert s["train_seconds"] >= 60 * budget and s["val_log"][-1][0] == s["step"]
+    ck = checkpoint.load(out / "ckpt.pt")
+    assert ck["step"] == s["step"] and ck["train_seconds"] == s["train_seconds"]
+    acc, scalars = read_scalars(out)
+    assert scalars["lr"][-1][1] == pytest.approx(cfg.train.lr * cfg.train.min_lr_ratio, rel=0.05)
+
+    # Resumed with its budget spent: no more training, the same step.
+    again = train(cfg, resume=checkpoint.load(out / "ckpt.pt"), resume_dir=out, progress=False, log=lambda *a: None)
+    assert again["step"] == s["step"] and again["train_seconds"] == s["train_seconds"]
+    # Resumed with a larger budget: it trains on from the time already spent.
+    more = build_config(ck["config"], [f"train.max_minutes={2 * budget}"])
+    longer = train(more, resume=checkpoint.load(out / "ckpt.pt"), resume_dir=out, progress=False,
+                   log=lambda *a: None)
+    assert longer["step"] > s["step"] and longer["train_seconds"] >= 60 * 2 * budget

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# One prepared GPU run: the CUDA tests, the benchmark against cuDNN, and shakespeare_gpu.yaml
+# trained on a wall-clock budget. Each stage has its own time limit and writes its output into
+# RESULTS_DIR; a stage that fails does not stop the next. summary.json gathers the results.
+#
+#   bash scripts/gpu_check.sh RESULTS_DIR                     # on a GPU machine: about 7 minutes
+#   bash scripts/gpu_check.sh --dry-run RESULTS_DIR           # every stage at tiny sizes on the CPU
+#   bash scripts/gpu_check.sh --stages bench,quality RESULTS_DIR   # only some stages (a rerun)
+#
+# Exits non-zero if any stage failed. Needs no network and no install: the package is found
+# through PYTHONPATH (the image's torch, numpy, pyyaml, tensorboard, tqdm and pytest suffice);
+# the env stage records whether `pip install -e . --no-deps --no-build-isolation` would work too.
+# The corpus must be at data/tinyshakespeare.txt (it is sha-checked; a GPU machine cannot fetch it).
+set -uo pipefail
+
+usage="usage: scripts/gpu_check.sh [--dry-run] [--stages env,tests,bench,quality] RESULTS_DIR"
+all_stages="env,tests,bench,quality"
+if [ "${1:-}" != --run-stage ]; then
+    dry=0
+    stages=$all_stages
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --dry-run) dry=1; shift ;;
+            --stages) stages="${2:?$usage}"; shift 2 ;;
+            -h|--help) echo "$usage"; exit 0 ;;
+            -*) echo "error: unknown option $1; $usage" >&2; exit 2 ;;
+            *) break ;;
+        esac
+    done
+    [ $# -eq 1 ] || { echo "error: $usage" >&2; exit 2; }
+    for s in ${stages//,/ }; do
+        case ",$all_stages," in *",$s,"*) ;; *) echo "error: unknown stage $s; $usage" >&2; exit 2 ;; esac
+    done
+    mkdir -p "$1" || { echo "error: cannot create results folder $1" >&2; exit 2; }
+    results="$(cd "$1" && pwd)"
+    self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+    cd "$(dirname "$self")/.."
+    export dry results self
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+fi
+py="${PYTHON:-python3}"
+
+# Stage time limits (s): they bound the whole run to under 10 minutes even when a stage hangs.
+quality_minutes=4
+if [ "$dry" = 1 ]; then
+    device=cpu; limit_env=60; limit_tests=300; limit_bench=300; limit_quality=300; quality_minutes=0.05
+else
+    device=cuda; limit_env=45; limit_tests=120; limit_bench=150; limit_quality=300
+fi
+run_stage() {  # name limit_s command...: run with a time limit, log its output, record rc and time
+    local name=$1 limit=$2
+    shift 2
+    local t0 rc
+    t0=$(date +%s.%N)
+    echo "== stage $name (limit ${limit}s): $*"
+    timeout --kill-after=15 "$limit" "$@" >"$results/$name.log" 2>&1
+    rc=$?
+    local secs
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    echo "{\"stage\": \"$name\", \"rc\": $rc, \"seconds\": $secs, \"limit_s\": $limit}" >>"$results/stages.jsonl"
+    echo "   rc=$rc in ${secs}s (log: $results/$name.log)"
+}
+
+stage_env() {
+    "$py" - <<'EOF'
+import platform, sys
+import torch
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)
+print("cuda available:", torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("device:", p.name, f"{p.total_memory / 2**30:.0f} GiB", p.multi_processor_count, "SMs")
+print("machine:", platform.machine())
+import charrnn_torch
+print("charrnn_torch from", charrnn_torch.__file__)
+EOF
+    local rc=$?
+    if command -v nvidia-smi >/dev/null; then nvidia-smi; fi
+    # Would an editable install work with no network? (--dry-run changes nothing.)
+    if "$py" -m pip install --dry-run --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1; then
+        echo "pip install -e . --no-deps --no-build-isolation: works"
+    else
+        echo "pip install -e . --no-deps --no-build-isolation: fails (PYTHONPATH=. is what this script uses)"
+    fi
+    return $rc
+}
+
+stage_tests() {
+    "$py" -m pytest -q -m gpu -p no:cacheprovider --junitxml "$results/tests.xml" tests
+}
+
+stage_bench() {
+    if [ "$dry" = 1 ]; then
+        "$py" scripts/bench.py --device cpu --shapes smoke --precisions fp32,tf32,bf16 --repeats 1 \
+            --json "$results/bench.json"
+    else
+        "$py" scripts/bench.py --device cuda --json "$results/bench.json"
+    fi
+}
+
+# The shipped config, and beside it one variant, trained at the same time on the same GPU: each
+# gets its own budget of training time, so the two share the card (their chars/s say how much).
+variant_overrides=(train.batch_size=256 train.seq_len=128 model.dropout=0.35)
+
+stage_quality() {
+    local corpus=data/tinyshakespeare.txt
+    local -a tiny=()
+    if [ "$dry" = 1 ]; then
+        corpus="$results/tiny_corpus.txt"
+        "$py" -c "import sys; open(sys.argv[1], 'w').write(''.join(
+            'ROMEO: the quick brown fox jumps over the lazy dog. '[i:] + '\n' for i in range(40)) * 20)" "$corpus"
+        tiny=(device=cpu model.hidden_size=32 train.batch_size=4 train.seq_len=16 train.eval_interval=20
+              train.sample_interval=20 train.log_interval=5)
+    elif [ ! -f "$corpus" ]; then
+        echo "error: $corpus is missing; copy it into the repository (a GPU machine cannot fetch it)" >&2
+        return 2
+    fi
+    local rc=0 pids=() name
+    for name in gpu gpu_variant; do
+        local -a extra=()
+        [ "$name" = gpu_variant ] && extra=("${variant_overrides[@]}")
+        "$py" scripts/train.py --config shakespeare_gpu.yaml --no-progress data.path="$corpus" \
+            out_dir="$results/runs/$name" train.max_minutes=$quality_minutes "${extra[@]}" "${tiny[@]}" \
+            >"$results/train_$name.log" 2>&1 &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
+    for name in gpu gpu_variant; do
+        "$py" scripts/sample.py --checkpoint "$results/runs/$name" --prime "ROMEO:" --length 300 \
+            --temperature 0.8 --seed 1 --device "$device" >"$results/sample_$name.txt" || rc=$?
+    done
+    return $rc
+}
+
+if [ "${1:-}" = --run-stage ]; then  # one stage, in its own process so that timeout can stop it
+    "stage_$2"
+    exit $?
+fi
+
+echo "{\"dry_run\": $dry, \"device\": \"$device\", \"quality_minutes\": $quality_minutes}" >"$results/run.json"
+: >"$results/stages.jsonl"
+for s in ${stages//,/ }; do
+    limit="limit_$s"
+    run_stage "$s" "${!limit}" bash "$self" --run-stage "$s"
+done
+"$py" scripts/gpu_summary.py "$results"

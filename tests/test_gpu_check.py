@@ -1,0 +1,63 @@
+"""Proves the prepared GPU run (scripts/gpu_check.sh) works before any GPU minute is spent: its
+--dry-run runs every stage at tiny sizes on the CPU and gathers their results into summary.json;
+a stage that fails is recorded, the next stage still runs, and the exit status says so; bad
+arguments get one error line and exit 2.
+
+Run: pytest tests/test_gpu_check.py
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SCRIPT = ROOT / "scripts" / "gpu_check.sh"
+
+
+def run_check(*args, python=sys.executable, timeout=900):
+    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHON=str(python)), timeout=timeout)
+
+
+@pytest.mark.slow
+def test_dry_run_runs_every_stage(tmp_path):
+    r = run_check("--dry-run", tmp_path / "res")
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads((tmp_path / "res" / "summary.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["env", "tests", "bench", "quality"]
+    assert all(s["rc"] == 0 for s in summary["stages"])
+    assert summary["tests"]["tests"] > 0 and not summary["tests"]["failed"]
+    shapes = {row["shape"] for row in summary["bench"]["rows"]}
+    assert shapes == {"smoke-fp32", "smoke-tf32", "smoke-bf16"}
+    assert all(row["chars_per_sec"] > 0 for row in summary["bench"]["rows"])
+    runs = {q["run"]: q for q in summary["quality"]}
+    assert set(runs) == {"gpu", "gpu_variant"}
+    assert all(q["steps"] > 0 and q["best_val"] > 0 and q["val_curve"] for q in runs.values())
+    assert all(text.startswith("ROMEO:") and len(text) > 300 for text in summary["samples"].values())
+
+
+def test_failed_stage_is_recorded_and_the_next_still_runs(tmp_path):
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *scripts/bench.py*) echo broken >&2; exit 3;; esac\n'
+                       f'exec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    r = run_check("--dry-run", "--stages", "bench,env", tmp_path / "res", python=wrapper)
+    assert r.returncode != 0
+    stages = [json.loads(line) for line in (tmp_path / "res" / "stages.jsonl").read_text().splitlines()]
+    assert [(s["stage"], s["rc"]) for s in stages] == [("bench", 3), ("env", 0)]
+    assert "broken" in (tmp_path / "res" / "bench.log").read_text()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--stages", "warp", "x"], "unknown stage warp"),
+    (["--turbo", "x"], "unknown option --turbo"),
+    ([], "usage"),
+    (["a", "b"], "usage"),
+])
+def test_bad_arguments(tmp_path, args, needle):
+    r = run_check(*args)
+    assert r.returncode == 2 and needle in r.stderr
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
