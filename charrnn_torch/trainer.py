@@ -86,14 +86,21 @@ def make_optimizer(params, t):
                           **({"momentum": 0.9} if t.optimizer == "sgd" else {}))
 
 
+# Optimizers whose fused kernel torch has for CPU only. Asked for on CUDA, they fail at the
+# first step(), not when built, so the fallback below would never see the error.
+CPU_ONLY_FUSED = (torch.optim.Adagrad,)
+
+
 def fast_optimizer(cls, params, **kw):
     """The fused (one kernel for all parameters) variant where this torch and device have
     one: at char-RNN sizes the per-parameter loop of the default costs more than the maths."""
     params = list(params)
-    try:
-        return cls(params, fused=True, **kw)
-    except (RuntimeError, TypeError, ValueError):
-        return cls(params, **kw)
+    if not (issubclass(cls, CPU_ONLY_FUSED) and any(p.is_cuda for p in params)):
+        try:
+            return cls(params, fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return cls(params, **kw)
 
 
 def lr_factor(step, t, train_seconds=0.0):
