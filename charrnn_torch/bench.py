@@ -135,6 +135,9 @@ class GraphedStep(TorchStep):
         # autocast's weight cache must be off for a graph (make_graphed_callables refuses it)
         super().__init__(model, V, B, T, device, amp_dtype, amp_cache=False)
         self.h = self.model.init_hidden(B)
+        # The graphs keep their buffers in a private pool from capture on: count it as this row's.
+        torch.cuda.synchronize(device)
+        self.mem_base = torch.cuda.memory_allocated(device)
         with self.amp or contextlib.nullcontext():
             self.model = torch.cuda.make_graphed_callables(self.model, (self.x, self.h))
 
@@ -183,14 +186,15 @@ def _cpu_peak_child(dims, name, threads, queue, retain_memory):
 def measure_peak_mem(shape, name, step, device, threads, retain_memory=False):
     """Peak MB that training steps add on top of the model and its inputs.
 
-    GPU: torch.cuda.max_memory_allocated. CPU: the peak RSS of a fresh process that
+    GPU: torch.cuda.max_memory_allocated (for a CUDA-graph row, counted from before capture,
+    so that the graphs' private memory pool is included). CPU: the peak RSS of a fresh process that
     builds only this implementation (the high-water mark of a shared process would
     only ever show the largest implementation run so far).
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+        base = getattr(step, "mem_base", torch.cuda.memory_allocated(device))
         for _ in range(2):
             step()
         torch.cuda.synchronize(device)

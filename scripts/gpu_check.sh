@@ -100,7 +100,7 @@ stage_bench() {
 
 # The shipped config, and beside it one variant, trained at the same time on the same GPU: each
 # gets its own budget of training time, so the two share the card (their chars/s say how much).
-variant_overrides=(model.hidden_size=768)
+variant_overrides=(model.hidden_size=1024)
 
 stage_quality() {
     local corpus=data/tinyshakespeare.txt
