@@ -470,10 +470,6 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
     if dist_info.is_main:
         for stale in out_dir.glob(".*.pt.*.tmp"):
             stale.unlink()  # left by a process killed mid-write; the real checkpoint is intact
-        n_params = sum(p.numel() for p in params)
-        budget = f" or {t.max_minutes:g} minutes of training" if t.max_minutes else ""
-        log(f"{'resuming' if resume is not None else 'training'} {n_params:,} parameters on {device} "
-            f"from step {step} to {t.max_steps}{budget}; run directory {out_dir}")
 
     from tqdm import tqdm
     bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and dist_info.is_main),
@@ -508,6 +504,11 @@ def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=N
     raw_model.train()
     try:
         with stop_on_signals() as stop:
+            if dist_info.is_main:  # announced only once Ctrl-C is ours to handle
+                n_params = sum(p.numel() for p in params)
+                budget = f" or {t.max_minutes:g} minutes of training" if t.max_minutes else ""
+                log(f"{'resuming' if resume is not None else 'training'} {n_params:,} parameters on {device} "
+                    f"from step {step} to {t.max_steps}{budget}; run directory {out_dir}")
             while step < t.max_steps and not out_of_time:
                 t_step = time.perf_counter()
                 x, y, reset = batcher.next()

@@ -187,8 +187,10 @@ def test_carried_state_equals_concatenation(impl):
     full, h_full = model(x)
     first, h1 = model(x[:, :5])
     second, h2 = model(x[:, 5:], h1)
-    assert torch.equal(torch.cat([first, second], dim=1), full)
-    assert torch.equal(h2, h_full)
+    # Equal to rounding, not bitwise: the split computes GEMMs of other shapes, which some BLAS
+    # kernels round differently (1 ulp seen on an AMD EPYC). A dropped or wrong carry is O(1) off.
+    assert rel_err(torch.cat([first, second], dim=1).detach(), full.detach()) <= 1e-12
+    assert rel_err(h2.detach(), h_full.detach()) <= 1e-12
 
 
 @pytest.mark.parametrize("L", [1, 2])

@@ -89,13 +89,9 @@ def test_sigkill_mid_checkpoint_write_keeps_previous(tmp_path, corpus_file):
                              "train.max_steps=20"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 60
-        while not list(out.glob(".ckpt.pt.*.tmp")) and time.time() < deadline:
-            time.sleep(0.05)
-        tmp_files = list(out.glob(".ckpt.pt.*.tmp"))
-        assert tmp_files, "the writer never started"
-        time.sleep(0.3)
-        assert 0 < tmp_files[0].stat().st_size < len(before) * 1.5  # half written
+        tmp = _wait_for(lambda: next((p for p in out.glob(".ckpt.pt.*.tmp") if p.stat().st_size > 0), None),
+                        "the writer never wrote its first half")
+        assert tmp.stat().st_size < len(before) * 1.5  # half written, then paused
     finally:
         proc.kill()
         proc.wait()
@@ -107,6 +103,18 @@ def test_sigkill_mid_checkpoint_write_keeps_previous(tmp_path, corpus_file):
     assert not list(out.glob(".*.tmp"))
 
 
+def _wait_for(probe, what, deadline_s=120):
+    """Poll until probe() returns something truthy, and return it. The deadline is generous: it
+    only turns a hang into a failure, and is never what a passing run waits on."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {deadline_s} s: {what}")
+
+
 def _start_long_run(out, corpus_file, env=None, resume=None):
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     args = ["--resume", str(resume), "train.max_steps=100000"] if resume else [
@@ -114,7 +122,7 @@ def _start_long_run(out, corpus_file, env=None, resume=None):
             "train.max_steps": 100000, "train.eval_interval": 100000, "train.sample_interval": 0})]
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *QUIET, *args], cwd=ROOT,
                             env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
+    line = proc.stdout.readline()  # printed once the signal handlers are in place
     assert "parameters on cpu from step" in line, line + proc.stderr.read()
     return proc
 
@@ -138,13 +146,16 @@ def test_second_ctrl_c_exits_at_once_without_touching_checkpoint(tmp_path, corpu
     out = tmp_path / "r"
     assert run_train(*tiny_overrides(corpus_file, out, **{"train.max_steps": 10})).returncode == 0
     before = (out / "ckpt.pt").read_bytes()
-    proc = _start_long_run(out, corpus_file, env={"CHARRNN_TEST_PAUSE_MID_WRITE": "60"}, resume=out)
-    proc.send_signal(signal.SIGINT)  # first: finish the step and start writing ckpt.pt (which pauses)
-    deadline = time.time() + 30
-    while not list(out.glob(".ckpt.pt.*.tmp")) and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)  # second: leave now
-    proc.communicate(timeout=10)
+    # The write pauses for 10 minutes, so only the second Ctrl-C can end the run within the deadline.
+    proc = _start_long_run(out, corpus_file, env={"CHARRNN_TEST_PAUSE_MID_WRITE": "600"}, resume=out)
+    try:
+        proc.send_signal(signal.SIGINT)  # first: finish the step and start writing ckpt.pt (which pauses)
+        _wait_for(lambda: list(out.glob(".ckpt.pt.*.tmp")), "the first Ctrl-C never started the checkpoint write")
+        proc.send_signal(signal.SIGINT)  # second: leave now
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 130
     assert (out / "ckpt.pt").read_bytes() == before
 
