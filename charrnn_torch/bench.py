@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 
 from . import reference
-from .model import IMPLS, CharRNN
+from .model import IMPLS, CharRNN, cross_entropy
 from .runtime import retain_freed_memory
 from .sample import sample_ids
-from .trainer import cross_entropy, fast_optimizer
+from .trainer import fast_optimizer
 
 SHAPES = {  # name: (V, H, B, T, L)
     "tutorial": (65, 100, 1, 25, 1),
@@ -331,3 +331,57 @@ def format_table(rows, baseline="nn.RNN stack"):
             lines.append(f"{r.shape:<12} {r.impl:<22} {r.chars_per_sec:10,.0f} {r.chars_per_sec / base:9.2f} "
                          f"{vs_np} {r.gflops:8.1f} {r.pct_peak:6.1f}% {r.peak_mem_mb:8.1f} {r.threads:4d}")
     return "\n".join(lines)
+
+
+def main(args, device):
+    """The benchmark command (``scripts/bench.py``): args from ``cli._bench_args``."""
+    import json
+    import platform
+    from dataclasses import asdict
+
+    shapes = args.shapes or (["gpu", "gpu-L3"] if device.type == "cuda" else ["tutorial", "cpu"])
+    precisions = args.precisions or (list(PRECISIONS) if device.type == "cuda" else ["fp32"])
+    retain = args.malloc == "retain" and retain_freed_memory()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device: {device} ({name}); torch {torch.__version__}; {default_threads} threads; "
+          f"freed memory {'retained' if retain else 'returned to the OS (glibc default)'}")
+
+    def threads_for(shape):
+        return args.small_threads if shape == "tutorial" and device.type == "cpu" else default_threads
+
+    rows, extra = [], {"device": str(device), "device_name": name, "torch": torch.__version__,
+                       "malloc": "retain" if retain else "default", "peaks": {}}
+    for prec in precisions:
+        amp = set_precision(prec)
+        suffix = "" if precisions == ["fp32"] and device.type == "cpu" else f"-{prec}"
+        for s in shapes:
+            torch.set_num_threads(threads_for(s))
+            shape_rows, peak = run_shape(s, device, args.repeats, amp_dtype=amp, threads=threads_for(s),
+                                         retain_memory=retain)
+            torch.set_num_threads(default_threads)
+            for r in shape_rows:
+                r.shape = s + suffix
+            rows += shape_rows
+            extra["peaks"][s + suffix] = peak
+            print(f"{s + suffix}: measured {'bf16' if amp else 'fp32'} matmul peak {peak:.1f} GFLOP/s"
+                  f"{' (TF32 on)' if device.type == 'cuda' and prec == 'tf32' else ''} with {threads_for(s)} thread(s)")
+    print()
+    print(format_table(rows))
+    print()
+    sampling = {}
+    set_precision("tf32" if "tf32" in precisions else precisions[0])
+    for s in shapes:
+        torch.set_num_threads(threads_for(s))
+        sampling[s] = sampling_throughput(s, device)
+        torch.set_num_threads(default_threads)
+        print(f"sampling ({s}, CharRNN fused): {sampling[s][1]:,.0f} chars/s one stream, "
+              f"{sampling[s][64]:,.0f} chars/s batch of 64")
+    if args.json:
+        from .checkpoint import write_atomic
+        write_atomic(args.json, json.dumps({**extra, "rows": [asdict(r) for r in rows],
+                                            "sampling": {s: {str(k): v for k, v in d.items()}
+                                                         for s, d in sampling.items()}}, indent=2).encode())
+    return 0

@@ -3,7 +3,6 @@ import io
 import os
 import pickle
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -12,27 +11,23 @@ import torch
 from .errors import UserError
 
 FORMAT = "charrnn_torch/1"
-# Test-only hook: pause this many seconds after writing half the bytes, so a
-# test can SIGKILL the process in the middle of a write.
-PAUSE_ENV = "CHARRNN_TEST_PAUSE_MID_WRITE"
 
 
-def save(obj, path, pause_mid_write=None):
+def save(obj, path):
+    """torch.save, atomically (see write_atomic)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_atomic(path, buf.getbuffer())
+
+
+def write_atomic(path, data):
     """Write to a temp file in the same directory, fsync, then os.replace: a reader
     (or a crash) sees either the old file or the new one, never half of one."""
     path = Path(path)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    data = buf.getbuffer()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            half = len(data) // 2
-            f.write(data[:half])
-            if pause_mid_write:
-                f.flush()
-                time.sleep(pause_mid_write)
-            f.write(data[half:])
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

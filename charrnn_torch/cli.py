@@ -1,15 +1,18 @@
-"""Command lines for training, sampling and sweeps: argument parsing and error reporting only.
+"""Command lines for training, sampling, sweeps and the benchmark: arguments and error reporting only.
 
-Each ``*_main(argv)`` returns an exit status. Every mistake in what the user
-gave us is a ``UserError``, printed as one line ``error: ...`` on stderr with
-exit status 2 and no traceback.
+Each ``*_main(argv)`` returns an exit status. Every value a flag takes is checked by its
+argparse ``type=`` (the validators below) or, for config keys, by the config schema; a mistake
+is a ``UserError``, printed as one line ``error: ...`` on stderr with exit status 2. A run that
+fails under way (a full disk, diverging maths) is a ``RunFailed``: one ``error:`` line that names
+the last good checkpoint, exit status 1. Never a traceback.
 """
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import RunFailed, UserError
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -25,6 +28,9 @@ def _report(fn, argv):
     except UserError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -34,6 +40,85 @@ def _report(fn, argv):
         except OSError:
             pass
         return 0
+
+
+# ---------------------------------------------------------------- validators: the one place flags are checked
+# Each returns a parser for argparse's type=. It raises UserError itself (argparse would otherwise
+# reword the message), naming the flag and the value it got.
+
+def integer(flag, lo, hi):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise UserError(f"{flag} must be an integer, got {text!r}") from None
+        if value < lo:
+            raise UserError(f"{flag} must be >= {lo}, got {value}")
+        if value > hi:
+            raise UserError(f"{flag} must be <= {hi}, got {value}")
+        return value
+    return parse
+
+
+def number(flag, gt=None, ge=None, le=None):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise UserError(f"{flag} must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise UserError(f"{flag} must be a finite number, got {text}")
+        if gt is not None and le is not None and not gt < value <= le:
+            raise UserError(f"{flag} must be in ({gt:g}, {le:g}], got {value:g}")
+        if gt is not None and le is None and not value > gt:
+            raise UserError(f"{flag} must be > {gt:g}, got {value:g}")
+        if ge is not None and not value >= ge:
+            raise UserError(f"{flag} must be >= {ge:g}, got {value:g}")
+        return value
+    return parse
+
+
+def device_name(flag):
+    def parse(text):
+        from .config import is_device_name
+        if not is_device_name(text):
+            raise UserError(f"{flag} must be auto, cpu, cuda or cuda:N, got {text!r}")
+        return text
+    return parse
+
+
+def file_path(flag, existing):
+    """A file (never a directory): one that exists, or else one to write in a directory that exists."""
+    def parse(text):
+        p = Path(text)
+        if p.is_dir():
+            raise UserError(f"{flag} {p} is a directory, not a file")
+        if existing and not p.is_file():
+            raise UserError(f"{flag} {p}: file not found")
+        if not existing and not p.parent.is_dir():
+            raise UserError(f"{flag} {p}: directory {p.parent} does not exist")
+        return p
+    return parse
+
+
+def output_dir(flag):
+    """A directory to write into (made if missing): not an existing file."""
+    def parse(text):
+        p = Path(text)
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{flag} {p} is a file, not a directory")
+        return p
+    return parse
+
+
+def _conflicts(pairs):
+    """pairs: (condition, message); the first true condition is the error."""
+    for condition, message in pairs:
+        if condition:
+            raise UserError(message)
+
+
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes an int64
 
 
 def _find_config(name):
@@ -49,38 +134,26 @@ def _find_config(name):
 # ---------------------------------------------------------------- train
 
 def _dist_from_env(env):
-    from .trainer import DistInfo
+    from .distributed import DistInfo
     return DistInfo(rank=int(env.get("RANK", 0)), world_size=int(env.get("WORLD_SIZE", 1)),
                     local_rank=int(env.get("LOCAL_RANK", 0)))
-
-
-def _hooks_from_env(env):
-    from . import checkpoint
-    from .trainer import DebugHooks
-    nan = env.get("CHARRNN_TEST_NAN_STEPS", "")
-    return DebugHooks(interrupt_at_step=int(env.get("CHARRNN_TEST_INTERRUPT_AT_STEP", 0) or 0),
-                     pause_mid_write=float(env.get(checkpoint.PAUSE_ENV, 0) or 0),
-                     nonfinite_steps={int(s) for s in nan.split(",") if s.strip()})
-
-
-# What a resumed run may change: everything but these, which would change the
-# architecture, the data, its layout in streams, or the meaning of the saved state.
-FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers", "train.optimizer",
-                    "train.dtype", "train.batch_size", "train.seq_len", "train.stateful")
 
 
 def _train(argv):
     from . import checkpoint, config as config_mod
 
     p = _Parser(prog="charrnn-train", description="Train a character-level RNN from a YAML config.")
-    p.add_argument("--config", default="shakespeare.yaml",
-                   help="a YAML file, or a bare name looked up in configs/ (default: shakespeare.yaml)")
+    p.add_argument("--config", default=None,
+                   help="a YAML file, or a bare name looked up in configs/ (default: shakespeare.yaml); "
+                        "with --resume the run's own stored config is used instead")
     p.add_argument("--resume", metavar="RUN", help="continue a run: its directory or a checkpoint file")
     p.add_argument("--force", action="store_true", help="start over in an out_dir that holds a run")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=3e-3 device=cpu")
     args = p.parse_args(argv)
+    _conflicts([(args.resume and args.force, "--force and --resume contradict each other: --force starts a "
+                                             "run over, --resume continues it")])
 
     keys = config_mod.override_keys(args.overrides)
     resume = resume_dir = None
@@ -89,45 +162,34 @@ def _train(argv):
         resume = checkpoint.load(ckpt_path)
         resume_dir = ckpt_path.parent
         cfg = config_mod.build_config(resume["config"], args.overrides)
-        stored = config_mod.flatten(resume["config"])
-        for key in keys:
-            frozen = any(key == f or (f.endswith(".") and key.startswith(f)) for f in FROZEN_ON_RESUME)
-            if frozen and config_mod.eval_key(cfg, key) != stored.get(key):
-                raise UserError(f"cannot change {key} when resuming (the checkpoint has {stored.get(key)!r}); "
-                                f"start a new run instead")
     else:
-        cfg_path = _find_config(args.config)
-        cfg = config_mod.build_config(config_mod.read_yaml(cfg_path), args.overrides)
+        cfg = config_mod.build_config(config_mod.read_yaml(_find_config(args.config or "shakespeare.yaml")),
+                                      args.overrides)
 
     if args.print_config:
         sys.stdout.write(config_mod.dump_yaml(cfg))
         return 0
 
     from .runtime import retain_freed_memory
-    from .trainer import Interrupted, TrainingDiverged, train
+    from .trainer import Interrupted, train
     retain_freed_memory()
-    env = os.environ
-    dist_info = _dist_from_env(env)
+    dist_info = _dist_from_env(os.environ)
     if dist_info.world_size > 1:
         _init_distributed(cfg, dist_info)
     try:
         summary = train(cfg, out_dir_explicit="out_dir" in keys, force=args.force, resume=resume,
                         resume_dir=resume_dir, dist_info=dist_info, progress=not args.no_progress,
-                        hooks=_hooks_from_env(env),
                         log=_console_log if dist_info.is_main else (lambda *a, **k: None))
         if dist_info.world_size > 1:
             # Rank 0 finishes last (hparams, final flush) and hosts the rendezvous store: a rank
             # that tears its process group down first can abort on the store's lost connection.
-            import torch.distributed as dist
-            dist.barrier()
+            from .distributed import barrier
+            barrier(dist_info)
     except Interrupted as e:
         if dist_info.is_main:
             print(f"interrupted at step {e.step}: checkpoint saved to {Path(e.out_dir) / 'ckpt.pt'}\n"
                   f"resume with: python scripts/train.py --resume {e.out_dir}", file=sys.stderr)
         return e.exit_code
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     finally:
         if dist_info.world_size > 1:
             import torch.distributed as dist
@@ -135,7 +197,7 @@ def _train(argv):
                 dist.destroy_process_group()
     if dist_info.is_main:
         print(f"done: {summary['step']} steps, val loss {summary['val_loss']:.4f} "
-              f"(bpc {summary['val_loss'] / 0.6931471805599453:.4f}), best {summary['best_val']:.4f}; "
+              f"(bpc {summary['val_loss'] / math.log(2):.4f}), best {summary['best_val']:.4f}; "
               f"run in {summary['out_dir']}")
     return 0
 
@@ -172,43 +234,59 @@ def _load_model(path, device_name):
     try:
         model = CharRNN(**ckpt["model_args"])
         model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, RuntimeError) as e:
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
         raise UserError(f"checkpoint {path} does not hold a CharRNN ({' '.join(str(e).split())[:200]})") from None
     model.to(device=device, dtype=next(iter(ckpt["model"].values())).dtype).eval()
     return model, Vocab(ckpt["vocab"]), ckpt
 
 
-def _sample(argv):
+SAMPLE_DEFAULTS = {"length": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "num_samples": 1, "beam_width": 0}
+
+
+def _sample_args(argv):
     p = _Parser(prog="charrnn-sample", description="Generate text from a trained checkpoint, or score a file.")
     p.add_argument("--checkpoint", required=True, help="a .pt file, or a run directory (best.pt, else ckpt.pt)")
     p.add_argument("--prime", default=None, help="text to condition on (default: a newline)")
-    p.add_argument("--length", type=int, default=500, help="characters to generate after the prime")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=0, help="sample only from the k most likely (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--length", type=integer("--length", 0, 10**9), help="characters to generate after the prime "
+                                                                         "(default 500)")
+    p.add_argument("--temperature", type=number("--temperature", gt=0), help="default 0.8")
+    p.add_argument("--top-k", type=integer("--top-k", 0, 2**31 - 1), help="sample only from the k most likely "
+                                                                          "(0: all)")
+    p.add_argument("--top-p", type=number("--top-p", gt=0, le=1), help="nucleus sampling mass in (0, 1]")
     p.add_argument("--greedy", action="store_true", help="always take the most likely character")
-    p.add_argument("--beam-width", type=int, default=0, help="beam search with this many beams")
-    p.add_argument("--num-samples", type=int, default=1, help="independent samples, drawn in one batch")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--out", default=None, help="also write the text to this file")
-    p.add_argument("--score", metavar="FILE", default=None, help="print the model's loss and bits/char on FILE")
+    p.add_argument("--beam-width", type=integer("--beam-width", 0, 4096), help="beam search with this many beams")
+    p.add_argument("--num-samples", type=integer("--num-samples", 1, 65536),
+                   help="independent samples, drawn in one batch")
+    p.add_argument("--seed", type=integer("--seed", 0, SEED_MAX), default=None)
+    p.add_argument("--device", type=device_name("--device"), default="cpu",
+                   help="auto | cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--out", type=file_path("--out", existing=False), default=None, help="also write the text to this file")
+    p.add_argument("--score", metavar="FILE", type=file_path("--score", existing=True), default=None,
+                   help="print the model's loss and bits/char on FILE")
     args = p.parse_args(argv)
+    given = {k for k in SAMPLE_DEFAULTS if getattr(args, k) is not None}
+    sampling = {"temperature", "top_k", "top_p"} & given
+    _conflicts([
+        (args.score and (given or args.prime is not None or args.greedy or args.out),
+         "--score scores a file; it takes no generation flags (--prime, --length, --temperature, --top-k, "
+         "--top-p, --greedy, --beam-width, --num-samples, --out)"),
+        (args.greedy and args.beam_width, "--greedy and --beam-width contradict each other (--beam-width 1 is "
+                                          "greedy)"),
+        (args.greedy and (sampling or "num_samples" in given),
+         "--greedy takes the most likely character: --temperature, --top-k, --top-p and --num-samples "
+         "have no effect with it"),
+        (args.beam_width and (sampling or "num_samples" in given),
+         "--beam-width returns the most likely text: --temperature, --top-k, --top-p and --num-samples "
+         "have no effect with it"),
+    ])
+    for k, v in SAMPLE_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
 
-    if args.temperature <= 0:
-        raise UserError(f"--temperature must be > 0, got {args.temperature}")
-    if args.top_k < 0:
-        raise UserError(f"--top-k must be >= 0, got {args.top_k}")
-    if not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.length < 0:
-        raise UserError(f"--length must be >= 0, got {args.length}")
-    if args.num_samples < 1:
-        raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.beam_width < 0:
-        raise UserError(f"--beam-width must be >= 0, got {args.beam_width}")
-    if args.device not in ("auto", "cpu", "cuda") and not (args.device.startswith("cuda:") and args.device[5:].isdigit()):
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+
+def _sample(argv):
+    args = _sample_args(argv)
 
     import torch
 
@@ -275,8 +353,9 @@ def _sweep(argv):
     p.add_argument("--config", default="shakespeare.yaml")
     p.add_argument("--grid", nargs="+", required=True, metavar="key=v1,v2",
                    help="e.g. --grid train.lr=1e-3,3e-3 model.hidden_size=256,512")
-    p.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
-    p.add_argument("--sweep-dir", default=None, help="default: runs/sweep-<config name>")
+    p.add_argument("--parallel", type=integer("--parallel", 1, 256), default=1, help="runs at a time (default 1)")
+    p.add_argument("--sweep-dir", type=output_dir("--sweep-dir"), default=None,
+                   help="default: runs/sweep-<config name>")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
     args = p.parse_args(argv)
     # argparse hands key=value overrides that follow the grid to --grid too: an entry
@@ -285,8 +364,6 @@ def _sweep(argv):
     overrides = [g for g in args.grid if g not in grid] + args.overrides
     if not grid:
         raise UserError("--grid needs at least one key=v1,v2,... entry")
-    if args.parallel < 1:
-        raise UserError(f"--parallel must be >= 1, got {args.parallel}")
     sweep_dir, fields, rows = run_sweep(_find_config(args.config), grid, overrides, args.sweep_dir,
                                         args.parallel)
     print()
@@ -297,3 +374,48 @@ def _sweep(argv):
 
 def sweep_main(argv=None):
     return _report(_sweep, sys.argv[1:] if argv is None else argv)
+
+
+# ---------------------------------------------------------------- bench
+
+def _bench_args(argv):
+    from .bench import PRECISIONS, SHAPES
+
+    def names(flag, what, allowed):
+        def parse(text):
+            items = [s for s in text.split(",") if s]
+            bad = [s for s in items if s not in allowed] or ([] if items else [text])
+            if bad:
+                raise UserError(f"unknown {what} {bad[0]!r} in {flag}; choose from {', '.join(allowed)}")
+            return items
+        return parse
+
+    p = _Parser(prog="bench", description="Training throughput of every implementation, side by side in one run.")
+    p.add_argument("--device", type=device_name("--device"), default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--shapes", type=names("--shapes", "shape", SHAPES), default=None,
+                   help=f"comma-separated, from {', '.join(SHAPES)}")
+    p.add_argument("--precisions", type=names("--precisions", "precision", PRECISIONS), default=None,
+                   help=f"comma-separated, from {', '.join(PRECISIONS)} (default: all three on CUDA, fp32 on CPU); "
+                        f"tf32 changes nothing on a CPU")
+    p.add_argument("--repeats", type=integer("--repeats", 1, 1000), default=5,
+                   help="timed rounds per implementation (median reported)")
+    p.add_argument("--threads", type=integer("--threads", 0, 4096), default=0,
+                   help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--small-threads", type=integer("--small-threads", 1, 4096), default=1,
+                   help="threads for the tutorial shape, where thread hand-offs cost more than they save")
+    p.add_argument("--malloc", choices=("retain", "default"), default="retain",
+                   help="retain: keep freed memory for reuse, as training does (default); default: glibc's "
+                        "own policy, to see what that setting is worth")
+    p.add_argument("--json", type=file_path("--json", existing=False), default=None, help="also write the results to this file")
+    return p.parse_args(argv)
+
+
+def _bench(argv):
+    args = _bench_args(argv)
+    from . import bench
+    from .trainer import resolve_device
+    return bench.main(args, resolve_device(args.device))
+
+
+def bench_main(argv=None):
+    return _report(_bench, sys.argv[1:] if argv is None else argv)

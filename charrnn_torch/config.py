@@ -13,11 +13,20 @@ import yaml
 
 from .errors import UserError
 
-OPTIMIZERS = ("adagrad", "adam", "adamw", "rmsprop", "sgd")
+# The one list of each set of allowed values; model.py, trainer.py and cli.py import these.
+OPTIMIZERS = {"adagrad": "Adagrad", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}
 SCHEDULES = ("constant", "cosine", "step")
 IMPLS = ("loop", "fused")
 AMP = ("none", "bf16")
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64")  # names of torch dtypes
+INT_MAX = 2**63 - 1  # torch reads integers as int64: a larger one fails deep inside a call
+SEED_MAX = 2**62  # leaves room for the per-rank and per-step seeds derived from train.seed
+
+# What a resumed run may not change: the architecture, the data, its layout in streams, and
+# whatever gives the saved state its meaning. Everything else (lr, schedule, max_steps, the
+# budget, intervals, dropout, impl, ...) may be overridden on --resume.
+FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers", "train.optimizer",
+                    "train.dtype", "train.batch_size", "train.seq_len", "train.stateful")
 
 
 @dataclass
@@ -81,6 +90,8 @@ def _coerce(key, value, tp):
         ok = isinstance(value, bool)
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and abs(value) > INT_MAX:
+            raise UserError(f"{key}: must be between -2**63 and 2**63 - 1, got {value}")
     elif tp is float:
         if isinstance(value, str):
             # YAML 1.1 reads 1e-3 (no dot) as a string; a number is what anyone writing it means.
@@ -90,6 +101,8 @@ def _coerce(key, value, tp):
                 pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise UserError(f"{key}: must be a finite number, got {value}")
     else:
         ok = isinstance(value, str)
     if not ok:
@@ -135,17 +148,31 @@ def validate(cfg):
     need(0 < t.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]")
     need(t.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0 disables)")
     need(t.sample_length > 0, "train.sample_length", "must be > 0")
-    need(t.threads >= 0, "train.threads", "must be >= 0 (0 keeps torch's default)")
+    need(0 <= t.threads <= 4096, "train.threads", "must be in [0, 4096] (0 keeps torch's default)")
+    need(0 <= t.seed <= SEED_MAX, "train.seed", "must be in [0, 2**62]")
     for key, choices in (("train.optimizer", OPTIMIZERS), ("train.lr_schedule", SCHEDULES),
                          ("model.impl", IMPLS), ("train.amp", AMP),
                          ("train.dtype", DTYPES)):
         need(eval_key(cfg, key) in choices, key, f"must be one of {', '.join(choices)}")
-    dev = cfg.device
-    need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
-         "device", "must be auto, cpu, cuda or cuda:N")
+    need(is_device_name(cfg.device), "device", "must be auto, cpu, cuda or cuda:N")
     need(bool(cfg.out_dir), "out_dir", "must be a non-empty path")
     need(bool(cfg.data.path), "data.path", "must be a non-empty path")
     return cfg
+
+
+def is_device_name(name):
+    """The one rule for a device name (config key and --device flags alike): auto, cpu, cuda, cuda:N."""
+    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+
+
+def check_resume(stored, cfg):
+    """Refuse a resumed config that changes a FROZEN_ON_RESUME key of the checkpoint's config (a dict)."""
+    old, new = flatten(stored), flatten(to_dict(cfg))
+    for key, value in new.items():
+        frozen = any(key == f or (f.endswith(".") and key.startswith(f)) for f in FROZEN_ON_RESUME)
+        if frozen and key in old and old[key] != value:
+            raise UserError(f"cannot change {key} when resuming (the checkpoint has {old[key]!r}); "
+                            f"start a new run instead")
 
 
 def eval_key(cfg, dotted):

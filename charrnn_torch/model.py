@@ -15,9 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import IMPLS
 from .fused import rnn_recurrence
-
-IMPLS = ("loop", "fused")
 
 
 class RNNCell(nn.Module):
@@ -154,3 +153,16 @@ class CharRNN(nn.Module):
         if l < self.num_layers - 1 and self.dropout > 0:
             return F.dropout(h, self.dropout, self.training)
         return h
+
+
+def cross_entropy(logits, targets, reduction="mean"):
+    """The training loss: mean (or summed) nats per character of logits (B, T, V) against
+    targets (B, T). bf16 logits from autocast are scored in fp32."""
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()
+    if logits.dim() == 3 and not logits.is_contiguous() and logits.transpose(0, 1).is_contiguous():
+        # impl=fused returns a time-major buffer seen as (B, T, V). Scoring it time-major (the
+        # same terms, summed in another order) reads it in place; flattening it batch-major
+        # would copy it forward and copy its gradient back.
+        logits, targets = logits.transpose(0, 1), targets.t()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)

@@ -44,7 +44,9 @@ def run_name(combo):
     return "__".join(f"{k.split('.')[-1]}={v}" for k, v in combo.items()) or "base"
 
 
-def _status(run_dir, max_steps):
+def _status(run_dir, train_cfg):
+    """("new" | "partial" | "done", the checkpoint or None). A run is done at max_steps or when
+    its wall-clock budget is spent."""
     ckpt = run_dir / "ckpt.pt"
     if not ckpt.exists():
         return "new", None
@@ -52,11 +54,11 @@ def _status(run_dir, max_steps):
         ck = checkpoint.load(ckpt)
     except UserError:
         return "new", None
-    return ("done" if ck["step"] >= max_steps else "partial"), ck
+    spent = train_cfg.max_minutes and ck.get("train_seconds", 0.0) >= 60 * train_cfg.max_minutes
+    return ("done" if ck["step"] >= train_cfg.max_steps or spent else "partial"), ck
 
 
-def _read_result(run_dir):
-    ck = checkpoint.load(run_dir / "ckpt.pt")
+def _result(ck):
     return {"best_val": ck["best_val"], "last_val": ck.get("last_val"), "steps": ck["step"]}
 
 
@@ -83,14 +85,15 @@ def run_sweep(config_path, grid_items, overrides=(), sweep_dir=None, parallel=1,
         combo, ov, cfg = plan
         name = run_name(combo)
         run_dir = sweep_dir / name
-        state, _ = _status(run_dir, cfg.train.max_steps)
+        state, ck = _status(run_dir, cfg.train)
         row = {"run": name, **combo, "out_dir": str(run_dir)}
         if state == "done":
             with lock:
                 log(f"[skip] {name}: already finished")
-            return {**row, "status": "done (skipped)", **_read_result(run_dir)}
+            return {**row, "status": "done (skipped)", **_result(ck)}
         if state == "partial":
-            args = ["--resume", str(run_dir), f"train.max_steps={cfg.train.max_steps}"]
+            args = ["--resume", str(run_dir), f"train.max_steps={cfg.train.max_steps}",
+                    f"train.max_minutes={cfg.train.max_minutes}"]
         else:
             args = ["--config", str(config_path), *ov, f"out_dir={run_dir}", "--force"]
         with lock:
@@ -107,7 +110,7 @@ def run_sweep(config_path, grid_items, overrides=(), sweep_dir=None, parallel=1,
                     "last_val": None, "steps": None}
         with lock:
             log(f"[done] {name}")
-        return {**row, "status": "done", **_read_result(run_dir)}
+        return {**row, "status": "done", **_result(checkpoint.load(run_dir / "ckpt.pt"))}
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         rows = list(pool.map(one, plans))

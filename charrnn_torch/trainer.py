@@ -1,7 +1,11 @@
-"""The training loop: stateful truncated BPTT, evaluation, TensorBoard, checkpoints, resume.
+"""The training loop: stateful truncated BPTT, evaluation, checkpoints, resume.
 
-``train(cfg, ...)`` is the whole run. The CLI (``cli.py``) parses arguments
-and calls it; nothing here reads sys.argv or the environment.
+``train(cfg, ...)`` is one run. It builds a ``Trainer`` from small setup steps (device, data,
+run directory, model, optimizer) and calls ``Trainer.run``, whose loop reads top to bottom:
+fetch a window, step, account, log, sample, evaluate, stop. The run's changing state lives in
+a ``RunState``; what the run shows goes through a logger (``logger.py``); every collective is
+in ``distributed.py``. The CLI (``cli.py``) parses arguments and calls ``train``; nothing here
+reads sys.argv or the environment.
 """
 import contextlib
 import dataclasses
@@ -16,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 
-from . import checkpoint, config as config_mod, data as data_mod
-from .errors import UserError
-from .model import CharRNN
+from . import checkpoint, config as config_mod, data as data_mod, distributed as D
+from .distributed import DistInfo
+from .errors import RunFailed, UserError
+from .logger import NullLogger, RunLogger
+from .model import CharRNN, cross_entropy
 from .sample import default_prime, generate
 
 SMOOTHING = 0.999  # the tutorial's smooth_loss factor
@@ -39,30 +43,11 @@ class Interrupted(Exception):
         return 128 + self.signum
 
 
-class TrainingDiverged(Exception):
+class TrainingDiverged(RunFailed):
     """Too many consecutive non-finite steps."""
 
 
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self):
-        return self.rank == 0
-
-
-@dataclass
-class DebugHooks:
-    """Test-only knobs, all off by default."""
-    interrupt_at_step: int = 0  # deliver SIGINT to ourselves after this step
-    pause_mid_write: float = 0.0  # seconds to pause in the middle of each checkpoint write
-    nonfinite_steps: set = field(default_factory=set)  # steps whose loss is forced to NaN
-
-
-# ---------------------------------------------------------------- setup helpers
+# ---------------------------------------------------------------- setup: device, optimizer, schedule
 
 def resolve_device(name, dist_info=DistInfo()):
     if name == "auto":
@@ -77,18 +62,24 @@ def resolve_device(name, dist_info=DistInfo()):
     return torch.device("cpu")
 
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
-              "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
-
-
-def make_optimizer(params, t):
-    return fast_optimizer(OPTIMIZERS[t.optimizer], params, lr=t.lr, weight_decay=t.weight_decay,
-                          **({"momentum": 0.9} if t.optimizer == "sgd" else {}))
+def configure_backends(device, t):
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = t.tf32
+        torch.backends.cudnn.allow_tf32 = t.tf32
+    if t.threads:
+        torch.set_num_threads(t.threads)
 
 
 # Optimizers whose fused kernel torch has for CPU only. Asked for on CUDA, they fail at the
 # first step(), not when built, so the fallback below would never see the error.
 CPU_ONLY_FUSED = (torch.optim.Adagrad,)
+
+
+def make_optimizer(params, t):
+    cls = getattr(torch.optim, config_mod.OPTIMIZERS[t.optimizer])
+    return fast_optimizer(cls, params, lr=t.lr, weight_decay=t.weight_decay,
+                          **({"momentum": 0.9} if t.optimizer == "sgd" else {}))
 
 
 def fast_optimizer(cls, params, **kw):
@@ -121,6 +112,8 @@ def lr_factor(step, t, train_seconds=0.0):
         return t.lr_gamma ** ((step - t.warmup_steps) // t.lr_step_size)
     return 1.0
 
+
+# ---------------------------------------------------------------- setup: the run directory
 
 def _holds_run(path):
     markers = ("config.yaml", "ckpt.pt", "best.pt")
@@ -162,6 +155,20 @@ def check_writable(path):
     except OSError as e:
         raise UserError(f"out_dir {path} is not writable ({e.strerror})") from None
 
+
+def prepare_out_dir(cfg, explicit, force, resume_dir, dist_info):
+    """Rank 0 picks (and checks) the directory; every rank gets its choice."""
+    if dist_info.is_main:
+        out_dir = Path(resume_dir) if resume_dir is not None else choose_out_dir(cfg.out_dir, explicit, force)
+        check_writable(out_dir)
+        for stale in out_dir.glob(".*.tmp"):
+            stale.unlink()  # left by a process killed mid-write; the real file is intact
+    else:
+        out_dir = Path(resume_dir or cfg.out_dir)
+    return D.broadcast_path(out_dir, dist_info)
+
+
+# ---------------------------------------------------------------- setup: randomness and signals
 
 def rng_state(device):
     return {
@@ -208,17 +215,25 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-# ---------------------------------------------------------------- data
+# ---------------------------------------------------------------- setup: data and model
 
 class Corpus:
     def __init__(self, cfg, progress=True):
-        path = data_mod.ensure_corpus(cfg.data.path, progress=progress)
-        text = data_mod.read_corpus(path)
+        text = data_mod.read_corpus(data_mod.ensure_corpus(cfg.data.path, progress=progress))
         self.vocab = data_mod.Vocab.from_text(text)
         ids = self.vocab.encode(text)
         self.char_counts = torch.bincount(ids, minlength=len(self.vocab)).tolist()
         self.train_ids, self.val_ids = data_mod.split(ids, cfg.data.val_fraction)
-        self.path = path
+
+
+def make_batcher(train_ids, t, dist_info):
+    if t.batch_size % dist_info.world_size:
+        raise UserError(f"train.batch_size={t.batch_size} must be divisible by the number of processes "
+                        f"({dist_info.world_size})")
+    if t.stateful:
+        return data_mod.StreamBatcher(train_ids, t.batch_size, t.seq_len, dist_info.rank, dist_info.world_size)
+    return data_mod.RandomWindowBatcher(train_ids, t.batch_size, t.seq_len, t.seed, dist_info.rank,
+                                        dist_info.world_size)
 
 
 def eval_stream_count(n_val, batch_size, seq_len, world_size):
@@ -232,31 +247,46 @@ def eval_stream_count(n_val, batch_size, seq_len, world_size):
     return streams
 
 
-# ---------------------------------------------------------------- the run
-
-def _tb_hparams(writer, cfg, metrics):
-    from torch.utils.tensorboard.summary import hparams
-
-    flat = {k: v for k, v in config_mod.flatten(config_mod.to_dict(cfg)).items()}
-    # Written into this run's own event file (not add_hparams' subdirectory), so
-    # the HPARAMS tab links the config to this run's loss/val and bpc/val scalars.
-    exp, ssi, sei = hparams(flat, metrics)
-    fw = writer._get_file_writer()
-    for summary in (exp, ssi, sei):
-        fw.add_summary(summary)
+def check_resume(ckpt, cfg, vocab):
+    """What may change on resume: config.check_resume's rule, and the same vocabulary."""
+    config_mod.check_resume(ckpt["config"], cfg)
+    if ckpt["vocab"] != vocab.chars:
+        raise UserError(f"cannot resume: the vocabulary of {cfg.data.path} ({len(vocab)} characters) differs "
+                        f"from the checkpoint's ({len(ckpt['vocab'])} characters)")
 
 
-def cross_entropy(logits, targets, reduction="mean"):
-    """Mean (or summed) nats per character of logits (B, T, V) against targets (B, T);
-    bf16 logits from autocast are scored in fp32."""
-    if logits.dtype in (torch.bfloat16, torch.float16):
-        logits = logits.float()
-    if logits.dim() == 3 and not logits.is_contiguous() and logits.transpose(0, 1).is_contiguous():
-        # impl=fused returns a time-major buffer seen as (B, T, V). Scoring it time-major (the
-        # same terms, summed in another order) reads it in place; flattening it batch-major
-        # would copy it forward and copy its gradient back.
-        logits, targets = logits.transpose(0, 1), targets.t()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)
+def training_bytes(cfg, vocab_size, world_size=1):
+    """About how much memory training needs per process: weights, gradients and two optimizer
+    moments (Adam's; an upper bound for the others), and the (T·B, ·) buffers of each layer and
+    of the logits with their gradients."""
+    m, t = cfg.model, cfg.train
+    H, L, V = m.hidden_size, m.num_layers, vocab_size
+    params = V * H + (L - 1) * H * H + L * (H * H + H) + V * H + V
+    rows = t.seq_len * (t.batch_size // world_size)
+    itemsize = torch.finfo(getattr(torch, t.dtype)).bits // 8
+    return (4 * params + rows * (3 * H * L + 3 * V)) * itemsize
+
+
+def available_bytes(device):
+    """Free memory on the device, or None where it cannot be read (then nothing is refused)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_fits_in_memory(cfg, vocab_size, device, world_size=1):
+    """Refuse, before allocating anything, a run that cannot fit: a clear line, not an allocator crash."""
+    need, free = training_bytes(cfg, vocab_size, world_size), available_bytes(device)
+    if free is not None and need > free:
+        m, t = cfg.model, cfg.train
+        raise UserError(f"this run needs about {need / 2**30:.1f} GiB (model.hidden_size={m.hidden_size}, "
+                        f"model.num_layers={m.num_layers}, train.batch_size={t.batch_size}, "
+                        f"train.seq_len={t.seq_len}, {vocab_size} characters), more than the "
+                        f"{free / 2**30:.1f} GiB free on {device}; make one of them smaller")
 
 
 def build_model(model_cfg, vocab_size, dtype=torch.float32):
@@ -264,347 +294,351 @@ def build_model(model_cfg, vocab_size, dtype=torch.float32):
                    impl=model_cfg.impl).to(dtype)
 
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+def wrap_ddp(model, device, dist_info):
+    if dist_info.world_size == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def check_resume_compatible(ckpt, cfg, vocab):
-    old = config_mod.from_dict(ckpt["config"])
-    for key in ("hidden_size", "num_layers"):
-        if getattr(old.model, key) != getattr(cfg.model, key):
-            raise UserError(f"cannot resume with model.{key}={getattr(cfg.model, key)}: the checkpoint has "
-                            f"model.{key}={getattr(old.model, key)}")
-    if ckpt["vocab"] != vocab.chars:
-        raise UserError(f"cannot resume: the vocabulary of {cfg.data.path} ({len(vocab)} characters) differs "
-                        f"from the checkpoint's ({len(ckpt['vocab'])} characters)")
-    if cfg.train.dtype != old.train.dtype:
-        raise UserError(f"cannot resume with train.dtype={cfg.train.dtype}: the checkpoint is {old.train.dtype}")
+# ---------------------------------------------------------------- the run's state
+
+@dataclass
+class RunState:
+    """Everything about a run that changes as it trains, apart from the model, optimizer and data
+    position (which have their own state_dicts)."""
+    step: int = 0
+    best_val: float = math.inf
+    last_val: float = None
+    smooth_loss: float = 0.0  # the tutorial's EMA; a 0-d tensor between log intervals (no GPU sync)
+    log_acc: dict = field(default_factory=lambda: {"loss": 0.0, "norm": 0.0, "n": 0})  # since the last log
+    nonfinite_total: int = 0
+    train_seconds: float = 0.0  # training time so far, across resumes (evaluation and sampling excluded)
+    hidden: torch.Tensor = None  # this rank's carried state (L, B/N, H), on the device
+    # Not saved: they describe this process's part of the run.
+    consecutive_bad: int = 0
+    val: float = None  # the latest validation loss computed in this process
+    last_eval_step: int = None
+    train_log: list = field(default_factory=list)
+    val_log: list = field(default_factory=list)
+
+    SAVED = ("step", "best_val", "last_val", "smooth_loss", "log_acc", "nonfinite_total", "train_seconds")
+
+    def to_checkpoint(self):
+        out = {k: getattr(self, k) for k in self.SAVED}
+        out["log_acc"] = dict(self.log_acc)
+        return out
+
+    @classmethod
+    def from_checkpoint(cls, ckpt):
+        values = {k: ckpt[k] for k in cls.SAVED if k in ckpt}  # older checkpoints lack train_seconds
+        values["log_acc"] = dict(values["log_acc"])
+        return cls(**values)
 
 
-def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=None,
-          dist_info=DistInfo(), progress=True, hooks=DebugHooks(), log=print):
-    """Train per cfg. Returns a summary dict. resume: a loaded checkpoint dict to continue from."""
-    t = cfg.train
-    device = resolve_device(cfg.device, dist_info)
-    world = dist_info.world_size
-    if t.batch_size % world:
-        raise UserError(f"train.batch_size={t.batch_size} must be divisible by the number of processes ({world})")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = t.tf32
-        torch.backends.cudnn.allow_tf32 = t.tf32
-    if t.threads:
-        torch.set_num_threads(t.threads)
+@dataclass
+class Throughput:
+    """Training characters per second since the last reset, with pauses (evaluation, sampling) left out."""
+    chars: int = 0
+    t0: float = field(default_factory=time.perf_counter)
 
-    corpus = Corpus(cfg, progress=progress and dist_info.is_main)
-    vocab = corpus.vocab
-    V = len(vocab)
-    if t.stateful:
-        batcher = data_mod.StreamBatcher(corpus.train_ids, t.batch_size, t.seq_len, dist_info.rank, world)
-    else:
-        batcher = data_mod.RandomWindowBatcher(corpus.train_ids, t.batch_size, t.seq_len, t.seed,
-                                               dist_info.rank, world)
-    n_eval = eval_stream_count(len(corpus.val_ids), t.batch_size, t.seq_len, world)
-    if resume is not None:
-        check_resume_compatible(resume, cfg, vocab)
+    def rate(self):
+        return self.chars / max(time.perf_counter() - self.t0, 1e-9)
 
-    # All checks passed: only now touch the file system.
-    if dist_info.is_main:
-        out_dir = Path(resume_dir) if resume is not None else choose_out_dir(cfg.out_dir, out_dir_explicit, force)
-        check_writable(out_dir)
-    else:
-        out_dir = Path(resume_dir or cfg.out_dir)
-    if world > 1:
-        holder = [str(out_dir)]
-        dist.broadcast_object_list(holder, src=0)  # the numbered sibling rank 0 chose
-        out_dir = Path(holder[0])
-    # The config (and every checkpoint) records where the run really lives, numbered sibling or not.
-    cfg = dataclasses.replace(cfg, out_dir=str(out_dir))
-    t = cfg.train
-    if dist_info.is_main:
-        (out_dir / "config.yaml").write_text(config_mod.dump_yaml(cfg))
+    def reset(self):
+        self.chars, self.t0 = 0, time.perf_counter()
 
-    seed_everything(t.seed + dist_info.rank)
-    dtype = DTYPES[t.dtype]
-    raw_model = build_model(cfg.model, V, dtype).to(device)
-    model = raw_model
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            raw_model, device_ids=[device.index] if device.type == "cuda" else None)
-    params = list(raw_model.parameters())
-    opt = make_optimizer(params, t)
-    clock = {"train_s": 0.0}  # seconds spent training (not evaluating or sampling), across resumes
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t, clock["train_s"]))
+    @contextlib.contextmanager
+    def paused(self):
+        tic = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t0 += time.perf_counter() - tic
 
-    step = 0
-    best_val = float("inf")
-    last_val = None
-    val_log = []
-    smooth = math.log(V)  # the tutorial starts smooth_loss at the loss of a uniform guess
-    acc = {"loss": 0.0, "norm": 0.0, "n": 0}
-    nonfinite_total = 0
-    h_global = None
-    if resume is not None:
-        raw_model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        step = resume["step"]
-        best_val = resume["best_val"]
-        last_val = resume.get("last_val")
-        smooth = resume["smooth_loss"]
-        acc = dict(resume["log_acc"])
-        nonfinite_total = resume["nonfinite_total"]
-        clock["train_s"] = resume.get("train_seconds", 0.0)  # older checkpoints have none
-        batcher.load_state_dict(resume["data"])
-        h_global = resume["hidden"]
-        if world == resume.get("world_size", 1):
-            set_rng_state(resume["rng"], device)
+
+# ---------------------------------------------------------------- the run
+
+class Trainer:
+    def __init__(self, cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=None,
+                 dist_info=DistInfo(), progress=True, log=print):
+        t, self.dist, self.resumed = cfg.train, dist_info, resume is not None
+        self.device = resolve_device(cfg.device, dist_info)
+        configure_backends(self.device, t)
+        self.corpus = Corpus(cfg, progress=progress and dist_info.is_main)
+        self.batcher = make_batcher(self.corpus.train_ids, t, dist_info)
+        self.n_eval = eval_stream_count(len(self.corpus.val_ids), t.batch_size, t.seq_len, dist_info.world_size)
+        if resume is not None:
+            check_resume(resume, cfg, self.corpus.vocab)
+        check_fits_in_memory(cfg, len(self.corpus.vocab), self.device, dist_info.world_size)
+        # All checks passed: only now touch the file system.
+        self.out_dir = prepare_out_dir(cfg, out_dir_explicit, force, resume_dir if resume is not None else None,
+                                       dist_info)
+        # The config (and every checkpoint) records where the run really lives, numbered sibling or not.
+        self.cfg = cfg = dataclasses.replace(cfg, out_dir=str(self.out_dir))
+        if dist_info.is_main:
+            self.write_file("config.yaml", config_mod.dump_yaml(cfg).encode())
+        seed_everything(t.seed + dist_info.rank)
+        self.model = build_model(cfg.model, len(self.corpus.vocab), getattr(torch, t.dtype)).to(self.device)
+        self.ddp_model = wrap_ddp(self.model, self.device, dist_info)
+        self.params = list(self.model.parameters())
+        self.opt = make_optimizer(self.params, t)
+        self.state = RunState(smooth_loss=math.log(len(self.corpus.vocab)))  # the tutorial starts at ln V
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, self.cfg.train, self.state.train_seconds))
+        if resume is not None:
+            self.restore(resume)
+        self.log = (RunLogger(self.out_dir, cfg, self.state.step, resume is not None, progress, log)
+                    if dist_info.is_main else NullLogger())
+        self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if t.amp == "bf16" and self.device.type == "cuda"
+                    else contextlib.nullcontext())
+        self.saved = {}  # checkpoint name -> step, as written by this process
+
+    def restore(self, ckpt):
+        t = self.cfg.train
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.batcher.load_state_dict(ckpt["data"])
+        self.state = RunState.from_checkpoint(ckpt)
+        if self.dist.world_size == ckpt.get("world_size", 1):
+            set_rng_state(ckpt["rng"], self.device)
         else:
             # Re-split streams: data order and hidden state carry over exactly; the
             # per-rank dropout streams cannot, so they are reseeded from the step.
-            seed_everything(t.seed + 1000003 * step + dist_info.rank)
+            seed_everything(t.seed + 1000003 * self.state.step + self.dist.rank)
         # Overrides on resume (train.lr, weight_decay, max_steps, the schedule) take effect from
         # here: the saved optimizer and scheduler would otherwise bring back the old values.
-        sched.base_lrs = [t.lr for _ in opt.param_groups]
-        for g in opt.param_groups:
+        self.sched.base_lrs = [t.lr for _ in self.opt.param_groups]
+        for g in self.opt.param_groups:
             g["initial_lr"], g["weight_decay"] = t.lr, t.weight_decay
-            g["lr"] = t.lr * lr_factor(step, t, clock["train_s"])
+            g["lr"] = t.lr * lr_factor(self.state.step, t, self.state.train_seconds)
+        if ckpt["hidden"] is not None and t.stateful:
+            self.state.hidden = D.my_streams(ckpt["hidden"], self.dist).to(self.device, getattr(torch, t.dtype))
 
-    per_rank = t.batch_size // world
-    h = None
-    if h_global is not None and t.stateful:
-        h = h_global[:, dist_info.rank * per_rank:(dist_info.rank + 1) * per_rank].to(device, dtype)
+    def run(self):
+        """Train until max_steps or the budget; returns a summary dict."""
+        t, s = self.cfg.train, self.state
+        meter = Throughput()
+        self.model.train()
+        try:
+            with stop_on_signals() as stop:
+                self.log.line(self.start_line())  # only once Ctrl-C is ours to handle
+                out_of_time = self.budget_spent()  # a resumed run whose budget is spent trains no more
+                while s.step < t.max_steps and not out_of_time:
+                    tick = time.perf_counter()
+                    x, y = self.next_batch()                           # fetch the next window of every stream
+                    loss, norm, h_new, finite = self.train_step(x, y)  # forward, backward, clip, update
+                    s.train_seconds += time.perf_counter() - tick
+                    out_of_time = self.budget_spent()
+                    self.sched.step()
+                    s.step += 1
+                    meter.chars += x.numel() * self.dist.world_size
+                    self.log.step_done()
+                    self.account(loss, norm, h_new, finite)            # carry the state; smooth; NaN guard
+                    if s.step % t.log_interval == 0 and s.log_acc["n"]:
+                        self.log_training(meter)
+                    with meter.paused():                               # sampling and evaluation are not training
+                        if t.sample_interval and s.step % t.sample_interval == 0:
+                            self.sample_to_log()
+                        if s.step % t.eval_interval == 0 or s.step == t.max_steps or out_of_time:
+                            self.evaluate_and_checkpoint()
+                    if self.stop_agreed(stop):
+                        self.interrupt(stop["signum"])
+                if s.val is None:  # resumed at the end: nothing to train, still report
+                    self.evaluate_and_checkpoint()
+        except RunFailed as e:
+            self.log.close_quietly()
+            raise type(e)(f"{e}; {self.last_good()}") from None
+        except BaseException:
+            self.log.close_quietly()
+            raise
+        self.log.hparams(self.cfg, s.val)
+        self.log.close()
+        return self.summary()
 
-    writer = None
-    if dist_info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        # purge_step drops events a killed run logged after its last checkpoint,
-        # so the resumed steps follow on with no duplicates.
-        writer = SummaryWriter(str(out_dir), purge_step=step + 1 if resume is not None else None)
-        writer.add_text("config", "```yaml\n" + config_mod.dump_yaml(cfg) + "```", step)
+    # ------------------------------------------------------------ one step
 
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (t.amp == "bf16" and device.type == "cuda") \
-        else contextlib.nullcontext()
-    pin = device.type == "cuda"
+    def next_batch(self):
+        x, y, reset = self.batcher.next()
+        if reset or not self.cfg.train.stateful:
+            self.state.hidden = None  # streams wrapped (or random windows): start from h0 = 0
+        return self.to_device(x), self.to_device(y)
 
-    def to_device(x):
-        return (x.pin_memory() if pin else x).to(device, non_blocking=pin)
+    def to_device(self, x):
+        pin = self.device.type == "cuda"
+        return (x.pin_memory() if pin else x).to(self.device, non_blocking=pin)
+
+    def compute_loss(self, x, y):
+        """(mean loss over the window, final state); the state starts from the carried one."""
+        with self.amp:
+            logits, h_new = self.ddp_model(x, self.state.hidden)
+            return cross_entropy(logits, y), h_new
+
+    def train_step(self, x, y):
+        """One update. A NaN/Inf loss or gradient norm skips it: parameters are left untouched."""
+        t = self.cfg.train
+        self.opt.zero_grad(set_to_none=True)
+        loss, h_new = self.compute_loss(x, y)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+        # The one host sync per step: whether to skip the update must be known before step().
+        finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        if finite:
+            self.opt.step()
+        return loss, norm, h_new, finite
+
+    def account(self, loss, norm, h_new, finite):
+        s = self.state
+        if finite:
+            # Keep the values so the next window starts where this one ended, but cut the graph:
+            # otherwise backward would run through every earlier window and memory would grow
+            # with the length of the run.
+            s.hidden = h_new.detach()
+            lval = loss.detach()
+            s.smooth_loss = s.smooth_loss * SMOOTHING + (1 - SMOOTHING) * lval
+            s.log_acc["loss"] += lval
+            s.log_acc["norm"] += norm.detach()
+            s.log_acc["n"] += 1
+            s.consecutive_bad = 0
+            return
+        s.hidden = None  # a NaN state would poison every later step
+        s.nonfinite_total += 1
+        s.consecutive_bad += 1
+        self.log.nonfinite(s.step, s.nonfinite_total)
+        if s.consecutive_bad >= self.cfg.train.max_nonfinite:
+            raise TrainingDiverged(
+                f"{s.consecutive_bad} consecutive steps with a non-finite loss or gradient norm "
+                f"(up to step {s.step}); parameters were not updated on those steps; "
+                f"try a lower train.lr or train.grad_clip")
+
+    def budget_spent(self):
+        t, s = self.cfg.train, self.state
+        if not t.max_minutes:
+            return False
+        s.train_seconds = D.agree_max(s.train_seconds, self.dist, self.device)  # one clock for every rank
+        return s.train_seconds >= 60 * t.max_minutes
+
+    def stop_agreed(self, stop):
+        signum = int(D.agree_max(stop["signum"] or 0, self.dist, self.device))
+        if signum and stop["signum"] is None:
+            stop["signum"] = signum
+        return bool(signum)
+
+    # ------------------------------------------------------------ logging, sampling, evaluation
+
+    def start_line(self):
+        n_params = sum(p.numel() for p in self.params)
+        t = self.cfg.train
+        budget = f" or {t.max_minutes:g} minutes of training" if t.max_minutes else ""
+        return (f"{'resuming' if self.resumed else 'training'} {n_params:,} parameters on {self.device} "
+                f"from step {self.state.step} to {t.max_steps}{budget}; run directory {self.out_dir}")
+
+    def log_training(self, meter):
+        s, acc = self.state, self.state.log_acc
+        # .item() only here: reading the loss every step would sync a GPU every step.
+        mean_loss, mean_norm = float(acc["loss"]) / acc["n"], float(acc["norm"]) / acc["n"]
+        s.smooth_loss = float(s.smooth_loss)
+        s.train_log.append((s.step, mean_loss))
+        self.log.train_scalars(s.step, mean_loss, s.smooth_loss, self.opt.param_groups[0]["lr"], mean_norm,
+                               meter.rate())
+        s.log_acc = {"loss": 0.0, "norm": 0.0, "n": 0}
+        meter.reset()
+
+    def sample_to_log(self):
+        if not self.dist.is_main:
+            return
+        g = torch.Generator().manual_seed(self.cfg.train.seed + self.state.step)  # training's RNG stays untouched
+        vocab = self.corpus.vocab
+        text = generate(self.model, vocab, default_prime(vocab, self.corpus.char_counts),
+                        self.cfg.train.sample_length, temperature=0.8, generator=g)
+        self.log.sample(text, self.state.step)
 
     @torch.no_grad()
-    def evaluate():
-        raw_model.eval()
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        count = 0
-        hv = None
-        for xv, yv in data_mod.eval_windows(corpus.val_ids, n_eval, t.seq_len, dist_info.rank, world):
-            with amp:
-                logits, hv = raw_model(to_device(xv), hv)
-            total += cross_entropy(logits, to_device(yv), reduction="sum").double()
+    def evaluate(self):
+        """Mean validation loss per character: one stateful pass over the split, summed over ranks."""
+        t = self.cfg.train
+        self.model.eval()
+        total, count, hv = torch.zeros((), dtype=torch.float64, device=self.device), 0, None
+        for xv, yv in data_mod.eval_windows(self.corpus.val_ids, self.n_eval, t.seq_len, self.dist.rank,
+                                            self.dist.world_size):
+            with self.amp:
+                logits, hv = self.model(self.to_device(xv), hv)
+            total += cross_entropy(logits, self.to_device(yv), reduction="sum").double()
             count += yv.numel()
-        raw_model.train()
-        if world > 1:
-            both = torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=device)])
-            dist.all_reduce(both)
-            total, count = both[0], both[1].item()
+        self.model.train()
+        total, count = D.sum_total_and_count(total, count, self.dist)
         return (total / count).item()
 
-    def gather_hidden():
-        if h is None:
-            return None
-        if world == 1:
-            return h.detach().cpu()
-        parts = [torch.empty_like(h) for _ in range(world)]
-        dist.all_gather(parts, h.detach().contiguous())
-        return torch.cat(parts, dim=1).cpu()
-
-    def save_checkpoint(name, hidden):
-        state = {
-            "format": checkpoint.FORMAT,
-            "model": raw_model.state_dict(),
-            "model_args": raw_model.model_args(),
-            "vocab": list(vocab.chars),
-            "char_counts": corpus.char_counts,  # for sampling's default prime when there is no newline
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "step": step,
-            "data": batcher.state_dict(),
-            "hidden": hidden,
-            "rng": rng_state(device),
-            "config": config_mod.to_dict(cfg),
-            "best_val": best_val,
-            "last_val": last_val,
-            "smooth_loss": smooth,
-            "log_acc": dict(acc),
-            "nonfinite_total": nonfinite_total,
-            "train_seconds": clock["train_s"],
-            "world_size": world,
-        }
-        checkpoint.save(state, out_dir / name, pause_mid_write=hooks.pause_mid_write)
-
-    def log_histograms():
-        for name, p in raw_model.named_parameters():
-            writer.add_histogram(f"params/{name}", p.detach().float().cpu(), step)
-            if p.grad is not None and torch.isfinite(p.grad).all():
-                writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
-
-    def eval_and_checkpoint():
-        nonlocal best_val, last_val
-        val = evaluate()
-        last_val = val
-        val_log.append((step, val))
-        hidden = gather_hidden()
-        if not dist_info.is_main:
-            return val
-        improved = val < best_val
-        best_val = min(best_val, val)
-        writer.add_scalar("loss/val", val, step)
-        writer.add_scalar("bpc/val", val / math.log(2), step)
-        log_histograms()
-        save_checkpoint("ckpt.pt", hidden)
+    def evaluate_and_checkpoint(self):
+        s = self.state
+        s.val = s.last_val = self.evaluate()
+        s.val_log.append((s.step, s.val))
+        s.last_eval_step = s.step
+        hidden = D.gather_state(s.hidden, self.dist)  # a collective: every rank takes part
+        improved = s.val < s.best_val
+        s.best_val = min(s.best_val, s.val)
+        self.log.validation(s.step, s.val, s.best_val, improved, self.model)
+        self.save_checkpoint("ckpt.pt", hidden)
         if improved:
-            save_checkpoint("best.pt", hidden)  # only ever replaced by a better model
-        writer.flush()
-        log(f"step {step:6d} | val loss {val:.4f} | val bpc {val / math.log(2):.4f} | best {best_val:.4f}"
-            f"{' (saved best.pt)' if improved else ''}")
-        return val
+            self.save_checkpoint("best.pt", hidden)  # only ever replaced by a better model
+        self.log.flush()
+        self.log.validation_line(s.step, s.val, s.best_val, improved)
 
-    if dist_info.is_main:
-        for stale in out_dir.glob(".*.pt.*.tmp"):
-            stale.unlink()  # left by a process killed mid-write; the real checkpoint is intact
+    # ------------------------------------------------------------ checkpoints
 
-    from tqdm import tqdm
-    bar = tqdm(total=t.max_steps, initial=step, disable=not (progress and dist_info.is_main),
-               dynamic_ncols=True, desc="train")
-    logged = []
-    consecutive_bad = 0
-    val = None
-    last_ckpt_step = None
+    def checkpoint_dict(self, hidden):
+        return {
+            "format": checkpoint.FORMAT,
+            "model": self.model.state_dict(),
+            "model_args": self.model.model_args(),
+            "vocab": list(self.corpus.vocab.chars),
+            "char_counts": self.corpus.char_counts,  # for sampling's default prime when there is no newline
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "data": self.batcher.state_dict(),
+            "hidden": hidden,
+            "rng": rng_state(self.device),
+            "config": config_mod.to_dict(self.cfg),
+            "world_size": self.dist.world_size,
+            **self.state.to_checkpoint(),
+        }
 
-    def stop_requested(stop):
-        if world == 1:
-            return stop["signum"] is not None
-        # Ranks can see a signal at different steps; agree on it, or one rank would
-        # wait forever in a collective that the others have left.
-        flag = torch.tensor([stop["signum"] or 0], device=device if device.type == "cuda" else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and stop["signum"] is None:
-            stop["signum"] = int(flag.item())
-        return bool(flag.item())
+    def save_checkpoint(self, name, hidden):
+        if not self.dist.is_main:
+            return
+        try:
+            checkpoint.save(self.checkpoint_dict(hidden), self.out_dir / name)
+        except OSError as e:
+            raise RunFailed(f"could not write {self.out_dir / name} ({e.strerror or e})") from None
+        self.saved[name] = self.state.step
 
-    def budget_spent():
-        if world > 1 and t.max_minutes:
-            # Every rank must use the same clock: it sets the lr, and when to stop.
-            both = torch.tensor([clock["train_s"]], dtype=torch.float64,
-                                device=device if device.type == "cuda" else "cpu")
-            dist.all_reduce(both, op=dist.ReduceOp.MAX)
-            clock["train_s"] = both.item()
-        return bool(t.max_minutes) and clock["train_s"] >= 60 * t.max_minutes
+    def write_file(self, name, data):
+        try:
+            checkpoint.write_atomic(self.out_dir / name, data)
+        except OSError as e:
+            raise RunFailed(f"could not write {self.out_dir / name} ({e.strerror or e})") from None
 
-    out_of_time = budget_spent()  # a resumed run whose budget is already spent trains no more
-    chars_since, t0 = 0, time.perf_counter()
-    raw_model.train()
-    try:
-        with stop_on_signals() as stop:
-            if dist_info.is_main:  # announced only once Ctrl-C is ours to handle
-                n_params = sum(p.numel() for p in params)
-                budget = f" or {t.max_minutes:g} minutes of training" if t.max_minutes else ""
-                log(f"{'resuming' if resume is not None else 'training'} {n_params:,} parameters on {device} "
-                    f"from step {step} to {t.max_steps}{budget}; run directory {out_dir}")
-            while step < t.max_steps and not out_of_time:
-                t_step = time.perf_counter()
-                x, y, reset = batcher.next()
-                if reset or not t.stateful:
-                    h = None  # streams wrapped (or random windows): start from h0 = 0
-                x, y = to_device(x), to_device(y)
+    def last_good(self):
+        path = self.out_dir / "ckpt.pt"
+        if not path.exists():
+            return f"no checkpoint is left in {self.out_dir}"
+        step = self.saved.get("ckpt.pt")  # None: written by an earlier process of this run
+        return f"the last good checkpoint is {path}" + (f" (step {step})" if step is not None else "")
 
-                opt.zero_grad(set_to_none=True)
-                with amp:
-                    logits, h_new = model(x, h)
-                    loss = cross_entropy(logits, y)
-                if step + 1 in hooks.nonfinite_steps:
-                    loss = loss * float("nan")
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
-                # The one host sync per step: whether to skip the update must be known before step().
-                finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
-                if finite:
-                    opt.step()
-                    consecutive_bad = 0
-                clock["train_s"] += time.perf_counter() - t_step
-                out_of_time = budget_spent()
-                sched.step()
-                step += 1
-                chars_since += x.numel() * world
-                bar.update(1)
+    def interrupt(self, signum):
+        if self.state.last_eval_step != self.state.step:
+            self.save_checkpoint("ckpt.pt", D.gather_state(self.state.hidden, self.dist))
+        raise Interrupted(signum or signal.SIGTERM, self.state.step, self.out_dir)
 
-                if finite:
-                    # Keep the values so the next window starts where this one ended, but
-                    # cut the graph: otherwise backward would run through every earlier
-                    # window and memory would grow with the length of the run.
-                    h = h_new.detach()
-                    lval = loss.detach()
-                    smooth = smooth * SMOOTHING + (1 - SMOOTHING) * lval
-                    acc["loss"] += lval
-                    acc["norm"] += norm.detach()
-                    acc["n"] += 1
-                else:
-                    h = None  # a NaN state would poison every later step
-                    nonfinite_total += 1
-                    consecutive_bad += 1
-                    if writer:
-                        writer.add_scalar("train/nonfinite_steps", nonfinite_total, step)
-                    if consecutive_bad >= t.max_nonfinite:
-                        raise TrainingDiverged(
-                            f"{consecutive_bad} consecutive steps with a non-finite loss or gradient norm "
-                            f"(up to step {step}); parameters were not updated on those steps; the last good "
-                            f"checkpoint is {out_dir / 'ckpt.pt'}; try a lower train.lr or train.grad_clip")
+    def summary(self):
+        s = self.state
+        return {"out_dir": str(self.out_dir), "step": s.step, "val_loss": s.val, "best_val": s.best_val,
+                "train_log": s.train_log, "val_log": s.val_log, "nonfinite_steps": s.nonfinite_total,
+                "train_seconds": s.train_seconds}
 
-                if step % t.log_interval == 0 and acc["n"]:
-                    # .item() only here: reading the loss every step would sync a GPU every step.
-                    mean_loss = float(acc["loss"]) / acc["n"]
-                    mean_norm = float(acc["norm"]) / acc["n"]
-                    smooth = float(smooth)
-                    rate = chars_since / max(time.perf_counter() - t0, 1e-9)
-                    logged.append((step, mean_loss))
-                    if writer:
-                        writer.add_scalar("loss/train", mean_loss, step)
-                        writer.add_scalar("loss/train_smooth", smooth, step)
-                        writer.add_scalar("bpc/train", mean_loss / math.log(2), step)
-                        writer.add_scalar("lr", opt.param_groups[0]["lr"], step)
-                        writer.add_scalar("grad_norm", mean_norm, step)
-                        writer.add_scalar("throughput/chars_per_sec", rate, step)
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", chars_s=f"{rate:,.0f}")
-                    acc = {"loss": 0.0, "norm": 0.0, "n": 0}
-                    chars_since, t0 = 0, time.perf_counter()
 
-                tic = time.perf_counter()
-                if t.sample_interval and step % t.sample_interval == 0 and writer:
-                    g = torch.Generator().manual_seed(t.seed + step)  # its own RNG: training's stays untouched
-                    text = generate(raw_model, vocab, default_prime(vocab, corpus.char_counts), t.sample_length,
-                                    temperature=0.8, generator=g)
-                    writer.add_text("samples", "```\n" + text + "\n```", step)
-                if step % t.eval_interval == 0 or step == t.max_steps or out_of_time:
-                    val = eval_and_checkpoint()
-                    last_ckpt_step = step
-                t0 += time.perf_counter() - tic  # keep sampling and evaluation out of the throughput
-
-                if hooks.interrupt_at_step and step == hooks.interrupt_at_step:
-                    os.kill(os.getpid(), signal.SIGINT)
-                if stop_requested(stop):
-                    if last_ckpt_step != step:
-                        hidden = gather_hidden()  # a collective: every rank takes part
-                        if dist_info.is_main:
-                            save_checkpoint("ckpt.pt", hidden)
-                    raise Interrupted(stop["signum"] or signal.SIGTERM, step, out_dir)
-            if val is None:  # resumed at max_steps: nothing to train, still report
-                val = eval_and_checkpoint()
-    finally:
-        bar.close()
-        if writer:
-            writer.flush()
-
-    if writer:
-        _tb_hparams(writer, cfg, {"loss/val": val, "bpc/val": val / math.log(2)})
-        writer.close()
-    return {"out_dir": str(out_dir), "step": step, "val_loss": val, "best_val": best_val,
-            "train_log": logged, "val_log": val_log, "nonfinite_steps": nonfinite_total,
-            "train_seconds": clock["train_s"]}
+def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=None,
+          dist_info=DistInfo(), progress=True, log=print):
+    """Train per cfg. Returns a summary dict. resume: a loaded checkpoint dict to continue from."""
+    return Trainer(cfg, out_dir_explicit=out_dir_explicit, force=force, resume=resume, resume_dir=resume_dir,
+                   dist_info=dist_info, progress=progress, log=log).run()

@@ -54,7 +54,11 @@ def test_resolved_config_round_trips():
     ({}, ["model.impl=magic"], "model.impl: must be one of loop, fused"),
     ({}, ["model.dropout=1.0"], "model.dropout: must be in [0, 1)"),
     ({}, ["train.max_minutes=-1"], "train.max_minutes: must be >= 0"),
-    ({}, ["train.max_minutes=.nan"], "train.max_minutes: must be >= 0"),
+    ({}, ["train.max_minutes=.nan"], "train.max_minutes: must be a finite number"),
+    ({}, ["train.weight_decay=.inf"], "train.weight_decay: must be a finite number"),
+    ({}, ["train.seed=-1"], "train.seed: must be in [0, 2**62]"),
+    ({}, [f"train.max_steps={2**64}"], "train.max_steps: must be between -2**63 and 2**63 - 1"),
+    ({}, ["train.threads=100000"], "train.threads: must be in [0, 4096]"),
 ])
 def test_bad_values_name_the_key(values, overrides, needle):
     with pytest.raises(UserError) as e:

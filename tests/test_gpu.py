@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from charrnn_torch import CharRNN, bench, checkpoint, reference
-from charrnn_torch.config import build_config
+from charrnn_torch.config import OPTIMIZERS, build_config
 from charrnn_torch.data import Vocab
-from charrnn_torch.model import IMPLS
+from charrnn_torch.model import IMPLS, cross_entropy
 from charrnn_torch.sample import generate
-from charrnn_torch.trainer import OPTIMIZERS, cross_entropy, make_optimizer, train
+from charrnn_torch.trainer import make_optimizer, train
 from conftest import rel_err, run_script, tiny_overrides
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

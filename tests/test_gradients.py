@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn_torch import CharRNN, reference
-from charrnn_torch.model import IMPLS
-from charrnn_torch.trainer import cross_entropy
+from charrnn_torch.model import IMPLS, cross_entropy
 from conftest import rel_err
 
 V, H, B, T = 11, 7, 3, 5

@@ -7,6 +7,7 @@ Run: pytest tests/test_reliability.py   (the subprocess tests take ~1 minute)
 """
 import builtins
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -21,14 +22,28 @@ import yaml
 from charrnn_torch import checkpoint
 from charrnn_torch.cli import sample_main, train_main
 from charrnn_torch.config import build_config
-from charrnn_torch.trainer import DebugHooks, TrainingDiverged, train
+from charrnn_torch.trainer import TrainingDiverged, train
 from conftest import ROOT, read_scalars, run_script, tiny_overrides
+from hooks import hooked_train
 
 QUIET = ["--no-progress"]
 
 
-def run_train(*args, env=None, cwd=None):
-    return run_script("train.py", "--config", "shakespeare.yaml", *QUIET, *args, env=env, cwd=cwd)
+def run_train(*args, env=None, cwd=None, hooks=None):
+    """The training command; with hooks (see tests/hooks.py), its test-only faults switched on."""
+    if hooks is None:
+        return run_script("train.py", "--config", "shakespeare.yaml", *QUIET, *args, env=env, cwd=cwd)
+    if "--resume" not in map(str, args):
+        args = ("--config", "shakespeare.yaml", *args)
+    return subprocess.run([sys.executable, str(ROOT / "tests" / "hooks.py"), json.dumps(hooks), *QUIET,
+                           *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})), timeout=300)
+
+
+def start_hooked(hooks, *args):
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "hooks.py"), json.dumps(hooks), *QUIET,
+                             *map(str, args)], cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def final_params(run_dir, name="ckpt.pt"):
@@ -54,8 +69,7 @@ def test_resume_is_bit_exact(tmp_path, corpus_file, mode):
     whole = run_train(*tiny_overrides(corpus_file, tmp_path / "whole", **extra))
     assert whole.returncode == 0, whole.stderr
     # interrupted at step 11: not an eval step, so resuming needs the mid-interval state too
-    part = run_train(*tiny_overrides(corpus_file, tmp_path / "part", **extra),
-                     env={"CHARRNN_TEST_INTERRUPT_AT_STEP": "11"})
+    part = run_train(*tiny_overrides(corpus_file, tmp_path / "part", **extra), hooks={"interrupt_at": 11})
     assert part.returncode == 130, part.stderr
     assert "resume with: python scripts/train.py --resume" in part.stderr
     assert checkpoint.load(tmp_path / "part" / "ckpt.pt")["step"] == 11
@@ -84,14 +98,11 @@ def test_sigkill_mid_checkpoint_write_keeps_previous(tmp_path, corpus_file):
     out = tmp_path / "r"
     assert run_train(*tiny_overrides(corpus_file, out, **{"train.max_steps": 10})).returncode == 0
     before = (out / "ckpt.pt").read_bytes()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", CHARRNN_TEST_PAUSE_MID_WRITE="60")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *QUIET, "--resume", str(out),
-                             "train.max_steps=20"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_hooked({"pause_ckpt_write": 60}, "--resume", out, "train.max_steps=20")
     try:
         tmp = _wait_for(lambda: next((p for p in out.glob(".ckpt.pt.*.tmp") if p.stat().st_size > 0), None),
-                        "the writer never wrote its first half")
-        assert tmp.stat().st_size < len(before) * 1.5  # half written, then paused
+                        "the writer never wrote the temp file")
+        assert tmp.stat().st_size < len(before) * 1.5  # written, not yet renamed into place
     finally:
         proc.kill()
         proc.wait()
@@ -115,13 +126,11 @@ def _wait_for(probe, what, deadline_s=120):
     raise AssertionError(f"timed out after {deadline_s} s: {what}")
 
 
-def _start_long_run(out, corpus_file, env=None, resume=None):
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+def _start_long_run(out, corpus_file, hooks=None, resume=None):
     args = ["--resume", str(resume), "train.max_steps=100000"] if resume else [
         "--config", "shakespeare.yaml", *tiny_overrides(corpus_file, out, **{
             "train.max_steps": 100000, "train.eval_interval": 100000, "train.sample_interval": 0})]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *QUIET, *args], cwd=ROOT,
-                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_hooked(hooks or {}, *args)
     line = proc.stdout.readline()  # printed once the signal handlers are in place
     assert "parameters on cpu from step" in line, line + proc.stderr.read()
     return proc
@@ -147,7 +156,7 @@ def test_second_ctrl_c_exits_at_once_without_touching_checkpoint(tmp_path, corpu
     assert run_train(*tiny_overrides(corpus_file, out, **{"train.max_steps": 10})).returncode == 0
     before = (out / "ckpt.pt").read_bytes()
     # The write pauses for 10 minutes, so only the second Ctrl-C can end the run within the deadline.
-    proc = _start_long_run(out, corpus_file, env={"CHARRNN_TEST_PAUSE_MID_WRITE": "600"}, resume=out)
+    proc = _start_long_run(out, corpus_file, hooks={"pause_ckpt_write": 600}, resume=out)
     try:
         proc.send_signal(signal.SIGINT)  # first: finish the step and start writing ckpt.pt (which pauses)
         _wait_for(lambda: list(out.glob(".ckpt.pt.*.tmp")), "the first Ctrl-C never started the checkpoint write")
@@ -211,7 +220,7 @@ def test_explicit_out_dir_holding_a_run_is_refused_unless_forced(tmp_path, corpu
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, corpus_file):
     out = tmp_path / "r"
     cfg = build_config({}, tiny_overrides(corpus_file, out, **{"train.max_steps": 20, "train.sample_interval": 0}))
-    summary = train(cfg, progress=False, log=lambda *a: None, hooks=DebugHooks(nonfinite_steps={3, 4, 12}))
+    summary = hooked_train(cfg, nan_steps={3, 4, 12}, progress=False, log=lambda *a: None)
     assert summary["nonfinite_steps"] == 3
     _, s = read_scalars(out)
     assert s["train/nonfinite_steps"] == [(3, 1.0), (4, 2.0), (12, 3.0)]
@@ -223,12 +232,12 @@ def test_too_many_nonfinite_steps_stop_and_keep_last_good_checkpoint(tmp_path, c
     cfg = build_config({}, tiny_overrides(corpus_file, out, **{
         "train.max_steps": 40, "train.eval_interval": 5, "train.max_nonfinite": 4, "train.sample_interval": 0}))
     with pytest.raises(TrainingDiverged, match="4 consecutive"):
-        train(cfg, progress=False, log=lambda *a: None, hooks=DebugHooks(nonfinite_steps=set(range(6, 40))))
+        hooked_train(cfg, nan_steps=range(6, 40), progress=False, log=lambda *a: None)
     ck = checkpoint.load(out / "ckpt.pt")
     assert ck["step"] == 5
     # and no update happened on the bad steps: resuming from step 5 with no bad steps
     # reproduces an uninterrupted run
-    r = run_train("--resume", out, env={"CHARRNN_TEST_NAN_STEPS": "6,7,8,9"})
+    r = run_train("--resume", out, hooks={"nan_steps": [6, 7, 8, 9]})
     assert r.returncode == 1 and r.stderr.startswith("error: 4 consecutive steps") and "Traceback" not in r.stderr
 
 

@@ -75,6 +75,7 @@ def test_schedules():
 
 def test_stateful_training_carries_state(tmp_path, corpus_file, monkeypatch):
     """The h0 handed to step i+1 is step i's final state, detached, and None after a wrap."""
+    from charrnn_torch import data
     from charrnn_torch.model import CharRNN
     seen = []
     orig = CharRNN.forward
@@ -86,11 +87,19 @@ def test_stateful_training_carries_state(tmp_path, corpus_file, monkeypatch):
         return logits, h
 
     monkeypatch.setattr(CharRNN, "forward", spy)
-    cfg = build_config({}, tiny_overrides(corpus_file, tmp_path / "r", **{"train.max_steps": 5, "train.sample_interval": 0}))
+    cfg = build_config({}, tiny_overrides(corpus_file, tmp_path / "r", **{"train.sample_interval": 0}))
+    text = corpus_file.read_text()
+    train_ids = data.split(data.Vocab.from_text(text).encode(text), cfg.data.val_fraction)[0]
+    epoch = data.StreamBatcher(train_ids, cfg.train.batch_size, cfg.train.seq_len).steps_per_epoch
+    cfg.train.max_steps, cfg.train.eval_interval = epoch + 3, epoch + 3  # past one wrap of the streams
     train(cfg, progress=False, log=lambda *a: None)
+    assert len(seen) == epoch + 3
+    for i, ((_, h_prev, _), (h0, _, grad)) in enumerate(zip(seen, seen[1:]), start=1):
+        if i % epoch == 0:
+            assert h0 is None, f"step {i + 1} follows a wrap: its state must start at zero"
+        else:
+            assert torch.equal(h0, h_prev) and not grad
     assert seen[0][0] is None
-    for (_, h_prev, _), (h0, _, grad) in zip(seen, seen[1:]):
-        assert torch.equal(h0, h_prev) and not grad
 
 
 def test_checkpoint_loads_weights_only_and_samples(tmp_path, corpus_file):
@@ -99,6 +108,13 @@ def test_checkpoint_loads_weights_only_and_samples(tmp_path, corpus_file):
     train(cfg, progress=False, log=lambda *a: None)
     ck = checkpoint.load(out / "ckpt.pt")
     assert isinstance(ck["hidden"], torch.Tensor) and ck["hidden"].shape == (1, 4, 32)
+    from charrnn_torch.data import Vocab
+    from charrnn_torch.model import CharRNN
+    from charrnn_torch.sample import generate
+    model = CharRNN(**ck["model_args"])
+    model.load_state_dict(ck["model"])
+    text = generate(model, Vocab(ck["vocab"]), "the", 40, generator=torch.Generator().manual_seed(0))
+    assert text.startswith("the") and len(text) == 43 and set(text) <= set(ck["vocab"])
 
 
 def test_cosine_follows_the_time_budget():
@@ -117,10 +133,10 @@ def test_max_minutes_stops_with_final_eval_and_resume_keeps_time(tmp_path, corpu
     out = tmp_path / "r"
     budget = 0.005  # 0.3 s of training
     cfg = build_config({}, tiny_overrides(corpus_file, out, **{
-        "train.max_steps": 10**7, "train.max_minutes": budget, "train.eval_interval": 10**6, "train.log_interval": 1,
+        "train.max_steps": 5000, "train.max_minutes": budget, "train.eval_interval": 10**6, "train.log_interval": 1,
         "train.sample_interval": 0}))
     s = train(cfg, progress=False, log=lambda *a: None)
-    assert 0 < s["step"] < 10**7
+    assert 0 < s["step"] < 5000  # a step takes over 0.06 ms on any machine: 5000 outlast the budget
     assert s["train_seconds"] >= 60 * budget and s["val_log"][-1][0] == s["step"]
     ck = checkpoint.load(out / "ckpt.pt")
     assert ck["step"] == s["step"] and ck["train_seconds"] == s["train_seconds"]
@@ -135,3 +151,15 @@ def test_max_minutes_stops_with_final_eval_and_resume_keeps_time(tmp_path, corpu
     longer = train(more, resume=checkpoint.load(out / "ckpt.pt"), resume_dir=out, progress=False,
                    log=lambda *a: None)
     assert longer["step"] > s["step"] and longer["train_seconds"] >= 60 * 2 * budget
+
+
+def test_checkpoint_from_before_the_time_budget_resumes(tmp_path, corpus_file):
+    """Checkpoints written before train.max_minutes existed (no train_seconds, no such config key) resume."""
+    out = tmp_path / "r"
+    cfg = build_config({}, tiny_overrides(corpus_file, out, **{"train.max_steps": 10, "train.sample_interval": 0}))
+    train(cfg, progress=False, log=lambda *a: None)
+    ck = checkpoint.load(out / "ckpt.pt")
+    del ck["train_seconds"], ck["config"]["train"]["max_minutes"]
+    resumed_cfg = build_config(ck["config"], ["train.max_steps=20"])
+    s = train(resumed_cfg, resume=ck, resume_dir=out, progress=False, log=lambda *a: None)
+    assert s["step"] == 20 and 0 < s["train_seconds"]

@@ -1,0 +1,77 @@
+"""Every collective a training run makes, in one place. With one process each is a no-op.
+
+Rank r of N owns streams [r·B/N, (r+1)·B/N) of the same layout one process uses, so the
+collectives are few: rank 0 picks the run directory, validation sums are added up, the carried
+state is gathered into one (L, B, H) tensor for checkpoints, and the ranks agree on when to stop.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def _scalar_device(device):
+    return device if device.type == "cuda" else torch.device("cpu")  # nccl reduces on the GPU
+
+
+def broadcast_path(path, info):
+    """Rank 0's path on every rank (it may have picked a numbered sibling directory)."""
+    if info.world_size == 1:
+        return Path(path)
+    holder = [str(path)]
+    dist.broadcast_object_list(holder, src=0)
+    return Path(holder[0])
+
+
+def sum_total_and_count(total, count, info):
+    """(sum over ranks of total, sum over ranks of count); total is a float64 tensor."""
+    if info.world_size == 1:
+        return total, count
+    both = torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=total.device)])
+    dist.all_reduce(both)
+    return both[0], both[1].item()
+
+
+def gather_state(h, info):
+    """The carried state of every rank's streams, concatenated along the batch, on the CPU."""
+    if h is None:
+        return None
+    if info.world_size == 1:
+        return h.detach().cpu()
+    parts = [torch.empty_like(h) for _ in range(info.world_size)]
+    dist.all_gather(parts, h.detach().contiguous())
+    return torch.cat(parts, dim=1).cpu()
+
+
+def my_streams(h_global, info):
+    """This rank's slice of a gathered state: streams [r·B/N, (r+1)·B/N) along dim 1."""
+    per_rank = h_global.shape[1] // info.world_size
+    return h_global[:, info.rank * per_rank:(info.rank + 1) * per_rank]
+
+
+def agree_max(value, info, device):
+    """The largest of every rank's value. Ranks see a signal at different steps, and their
+    clocks differ: acting on their own values, one rank would wait forever in a collective
+    that the others have left, or set another learning rate."""
+    if info.world_size == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_scalar_device(device))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def barrier(info):
+    if info.world_size > 1:
+        dist.barrier()

@@ -1,0 +1,125 @@
+"""Everything a run shows: TensorBoard scalars, text, histograms and hparams, the tqdm bar, and
+the console lines. Rank 0 gets a RunLogger; other ranks a NullLogger that does nothing, so the
+training loop never asks which rank it is on before logging."""
+import functools
+import math
+import threading
+
+from . import config as config_mod
+from .errors import RunFailed
+
+
+def _guarded(method):
+    """A failed TensorBoard write (a full disk, say) ends the run with one clear error."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as e:
+            raise RunFailed(f"could not write TensorBoard events in {self.out_dir} ({e.strerror or e})") from None
+    return wrapper
+
+
+def _quiet_writer_threads():
+    """TensorBoard writes from a background thread; when a write fails, that thread prints a
+    traceback, and the same error reaches the main thread at its next write, where the run
+    reports it in one line. Keep the thread quiet; other threads' errors print as before."""
+    previous = threading.excepthook
+
+    def hook(args):
+        if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
+            return
+        previous(args)
+
+    threading.excepthook = hook
+
+
+class RunLogger:
+    @_guarded
+    def __init__(self, out_dir, cfg, start_step, resumed, progress, console):
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.out_dir = out_dir
+        _quiet_writer_threads()
+        # purge_step drops events a killed run logged after its last checkpoint,
+        # so the resumed steps follow on with no duplicates.
+        self.writer = SummaryWriter(str(out_dir), purge_step=start_step + 1 if resumed else None)
+        self.writer.add_text("config", "```yaml\n" + config_mod.dump_yaml(cfg) + "```", start_step)
+        self.bar = tqdm(total=cfg.train.max_steps, initial=start_step, disable=not progress,
+                        dynamic_ncols=True, desc="train")
+        self.console = console
+
+    def line(self, text):
+        self.console(text)
+
+    def step_done(self):
+        self.bar.update(1)
+
+    @_guarded
+    def train_scalars(self, step, loss, smooth, lr, grad_norm, chars_per_sec):
+        for tag, value in (("loss/train", loss), ("loss/train_smooth", smooth), ("bpc/train", loss / math.log(2)),
+                           ("lr", lr), ("grad_norm", grad_norm), ("throughput/chars_per_sec", chars_per_sec)):
+            self.writer.add_scalar(tag, value, step)
+        self.bar.set_postfix(loss=f"{loss:.3f}", chars_s=f"{chars_per_sec:,.0f}")
+
+    @_guarded
+    def nonfinite(self, step, total):
+        self.writer.add_scalar("train/nonfinite_steps", total, step)
+
+    @_guarded
+    def validation(self, step, val, best, improved, model):
+        self.writer.add_scalar("loss/val", val, step)
+        self.writer.add_scalar("bpc/val", val / math.log(2), step)
+        for name, p in model.named_parameters():
+            self.writer.add_histogram(f"params/{name}", p.detach().float().cpu(), step)
+            if p.grad is not None and p.grad.isfinite().all():
+                self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
+
+    def validation_line(self, step, val, best, improved):
+        self.console(f"step {step:6d} | val loss {val:.4f} | val bpc {val / math.log(2):.4f} | best {best:.4f}"
+                     f"{' (saved best.pt)' if improved else ''}")
+
+    @_guarded
+    def sample(self, text, step):
+        self.writer.add_text("samples", "```\n" + text + "\n```", step)
+
+    @_guarded
+    def flush(self):
+        self.writer.flush()
+
+    @_guarded
+    def hparams(self, cfg, val):
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = config_mod.flatten(config_mod.to_dict(cfg))
+        # Into this run's own event file, so the HPARAMS tab links the config to this run's
+        # loss/val and bpc/val. The public add_hparams would write a separate run in a
+        # subdirectory (or, given run_name=".", add a second loss/val point at step 0 to this
+        # one), so the three summaries go through the writer's file writer directly.
+        file_writer = self.writer._get_file_writer()
+        for summary in hparams(flat, {"loss/val": val, "bpc/val": val / math.log(2)}):
+            file_writer.add_summary(summary)
+
+    @_guarded
+    def close(self):
+        self.bar.close()
+        self.writer.close()  # flushes first
+
+    def close_quietly(self):
+        """Close after the run failed: a second error must not hide the first."""
+        try:
+            self.close()
+        except RunFailed:
+            pass
+
+
+class NullLogger:
+    """What ranks other than 0 log: nothing."""
+
+    def __getattr__(self, name):
+        return _nothing
+
+
+def _nothing(*args, **kwargs):
+    return None

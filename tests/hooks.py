@@ -1,0 +1,80 @@
+"""Test-only faults for training runs, kept out of the package: a Trainer subclass that turns
+chosen steps' losses into NaN and sends itself SIGINT after a chosen step, and a launcher
+(`python tests/hooks.py HOOKS_JSON TRAIN_ARGS...`) that runs the real training command with
+them, optionally pausing every write of ckpt.pt just before its rename (so a test can kill the
+process mid-write) or failing the writes of one file as a full disk would."""
+import errno
+import functools
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from charrnn_torch import trainer  # noqa: E402
+
+
+class HookedTrainer(trainer.Trainer):
+    def __init__(self, cfg, *, nan_steps=(), interrupt_at=0, **kwargs):
+        self.nan_steps, self.interrupt_at = set(nan_steps), interrupt_at
+        super().__init__(cfg, **kwargs)
+
+    def compute_loss(self, x, y):
+        loss, h_new = super().compute_loss(x, y)
+        if self.state.step + 1 in self.nan_steps:
+            loss = loss * float("nan")
+        return loss, h_new
+
+    def train_step(self, x, y):
+        out = super().train_step(x, y)
+        if self.interrupt_at and self.state.step + 1 == self.interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+
+def hooked_train(cfg, nan_steps=(), interrupt_at=0, **kwargs):
+    return HookedTrainer(cfg, nan_steps=nan_steps, interrupt_at=interrupt_at, **kwargs).run()
+
+
+def pause_before_replacing(name, seconds):
+    """Every os.replace onto a file called `name` first waits `seconds`: the temp file is
+    complete and fsynced, the real one not yet replaced."""
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == name:
+            time.sleep(seconds)
+        return real_replace(src, dst, *args, **kwargs)
+
+    os.replace = replace
+
+
+def fail_replacing(name):
+    """Every os.replace onto a file called `name` fails as on a full disk."""
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst, *args, **kwargs)
+
+    os.replace = replace
+
+
+def main(argv):
+    hooks = json.loads(argv[0])
+    if hooks.get("pause_ckpt_write"):
+        pause_before_replacing("ckpt.pt", hooks["pause_ckpt_write"])
+    if hooks.get("fail_write"):
+        fail_replacing(hooks["fail_write"])
+    trainer.Trainer = functools.partial(HookedTrainer, nan_steps=hooks.get("nan_steps", ()),
+                                        interrupt_at=hooks.get("interrupt_at", 0))
+    from charrnn_torch.cli import train_main
+    return train_main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,168 @@
+"""Proves that every flag of train.py, sample.py, sweep.py and bench.py, and every kind of bad
+config value (non-finite, beyond int64, out of range), is refused where it is parsed, with one
+`error:` line and exit 2, no traceback and no file written; that flags which contradict each
+other are refused; that a run too large for the machine's memory is refused before anything is
+allocated; and that a machine failing under a run (a full disk, the run directory removed) ends
+it with one `error:` line that names the file and the last good checkpoint, and exit 1.
+
+Run: pytest tests/test_cli_values.py
+"""
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from charrnn_torch import checkpoint
+from charrnn_torch.cli import bench_main, sample_main, sweep_main, train_main
+from charrnn_torch.config import build_config
+from charrnn_torch.errors import RunFailed
+from charrnn_torch.trainer import Trainer, train
+from conftest import tiny_overrides
+from test_reliability import run_train, snapshot
+from test_sample import run_dir  # noqa: F401 - the trained run these tests misuse
+
+
+@pytest.fixture(scope="module")
+def world(run_dir):
+    """test_sample's trained run, and beside it a text, a directory and a file to misuse."""
+    w = run_dir.parent
+    (w / "text.txt").write_text("ROMEO: but soft")
+    (w / "a_dir").mkdir(exist_ok=True)
+    (w / "a_file").write_text("x")
+    return w
+
+
+def _cases(w):
+    run, d, f, text = w / "run", w / "a_dir", w / "a_file", w / "text.txt"
+    S = [sample_main, "--checkpoint", run]
+    ok = tiny_overrides(w / "corpus.txt", w / "new", **{"train.max_steps": 2})
+    T = [train_main, "--no-progress", *ok]
+    return [
+        (S + ["--temperature", "nan"], "--temperature must be a finite number"),
+        (S + ["--temperature", "inf"], "--temperature must be a finite number"),
+        (S + ["--top-p", "nan"], "--top-p must be a finite number"),
+        (S + ["--seed", str(2**70)], "--seed must be <= 9223372036854775807"),
+        (S + ["--seed", "-1"], "--seed must be >= 0"),
+        (S + ["--length", str(10**20)], "--length must be <= 1000000000"),
+        (S + ["--length", "ten"], "--length must be an integer"),
+        (S + ["--num-samples", "0"], "--num-samples must be >= 1"),
+        (S + ["--beam-width", "-1"], "--beam-width must be >= 0"),
+        (S + ["--top-k", str(2**40)], "--top-k must be <="),
+        (S + ["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+        (S + ["--out", d], "--out " + str(d) + " is a directory"),
+        (S + ["--out", w / "missing" / "o.txt"], "does not exist"),
+        (S + ["--score", d], "is a directory"),
+        (S + ["--score", w / "nope.txt"], "file not found"),
+        (S + ["--greedy", "--beam-width", "2"], "--greedy and --beam-width contradict"),
+        (S + ["--greedy", "--temperature", "0.5"], "have no effect with it"),
+        (S + ["--greedy", "--num-samples", "3"], "have no effect with it"),
+        (S + ["--beam-width", "3", "--num-samples", "2"], "have no effect with it"),
+        (S + ["--beam-width", "3", "--top-k", "2"], "have no effect with it"),
+        (S + ["--score", text, "--prime", "RO"], "--score scores a file"),
+        (S + ["--score", text, "--length", "5"], "--score scores a file"),
+        (T + ["train.lr=.inf"], "train.lr: must be a finite number"),
+        (T + ["train.min_lr_ratio=.nan"], "train.min_lr_ratio: must be a finite number"),
+        (T + [f"train.seed={2**70}"], "train.seed: must be between -2**63 and 2**63 - 1"),
+        (T + [f"train.seed={2**63 - 1}"], "train.seed: must be in [0, 2**62]"),
+        (T + [f"train.eval_interval={2**64}"], "train.eval_interval: must be between"),
+        (T + ["model.hidden_size=1000000"], "this run needs about"),
+        (T + ["train.batch_size=1000000000", "train.stateful=false"], "this run needs about"),
+        ([train_main, "--no-progress", "--resume", run, "--force"], "--force and --resume contradict"),
+        ([sweep_main, "--sweep-dir", w / "s", "--parallel", "0", "--grid", "train.lr=1,2"], "--parallel must be >= 1"),
+        ([sweep_main, "--sweep-dir", f, "--grid", "train.lr=1,2"], "--sweep-dir " + str(f) + " is a file"),
+        ([bench_main, "--repeats", "0"], "--repeats must be >= 1"),
+        ([bench_main, "--threads", "-1"], "--threads must be >= 0"),
+        ([bench_main, "--small-threads", "0"], "--small-threads must be >= 1"),
+        ([bench_main, "--json", d], "--json " + str(d) + " is a directory"),
+        ([bench_main, "--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N"),
+        ([bench_main, "--precisions", "fp64"], "unknown precision 'fp64'"),
+        ([bench_main, "--shapes", "tiny,cpu"], "unknown shape 'tiny'"),
+        ([bench_main, "--malloc", "jemalloc"], "invalid choice"),
+    ]
+
+
+def test_every_bad_value_is_one_error_line_and_exit_2(world, capsys):
+    before = snapshot(world)
+    failures = []
+    for (main, *argv), needle in _cases(world):
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        if not (code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err):
+            failures.append(f"{main.__name__} {[str(a) for a in argv[-3:]]}: exit {code}, stderr {err!r}")
+    assert not failures, "\n".join(failures)
+    assert snapshot(world) == before  # nothing written, nothing changed
+    assert not (world / "new").exists() and not (world / "s").exists()
+
+
+def test_memory_is_refused_before_allocating(world, monkeypatch):
+    # The refusal comes from the estimate, never from the allocator: nothing was built.
+    import charrnn_torch.trainer as T
+    monkeypatch.setattr(T, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    cfg = build_config({}, tiny_overrides(world / "corpus.txt", world / "huge", **{"model.hidden_size": 10**6}))
+    with pytest.raises(Exception, match=r"needs about 1\d\d\d\d\.\d GiB"):
+        train(cfg, progress=False, log=lambda *a: None)
+    assert not (world / "huge").exists()
+
+
+def test_training_bytes_counts_weights_and_buffers():
+    from charrnn_torch.trainer import training_bytes
+    cfg = build_config({}, ["model.hidden_size=10", "model.num_layers=2", "train.batch_size=4", "train.seq_len=3"])
+    V, H, rows = 5, 10, 12
+    params = V * H + H * H + 2 * (H * H + H) + V * H + V  # W_xh of both layers, W_hh, b_h, W_hy, b_y
+    assert training_bytes(cfg, V) == 4 * (4 * params + rows * (3 * H * 2 + 3 * V))
+    cfg.train.dtype = "float64"
+    assert training_bytes(cfg, V) == 8 * (4 * params + rows * (3 * H * 2 + 3 * V))
+
+
+def test_full_disk_names_the_file_and_the_last_good_checkpoint(tmp_path, corpus_file):
+    out = tmp_path / "r"
+    args = tiny_overrides(corpus_file, out, **{"train.max_steps": 30, "train.eval_interval": 10,
+                                               "train.sample_interval": 0})
+    r = run_train(*args, hooks={"fail_write": "best.pt"})
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"error: could not write {out / 'best.pt'} (No space left on device); "
+                               f"the last good checkpoint is {out / 'ckpt.pt'} (step 10)")
+    assert checkpoint.load(out / "ckpt.pt")["step"] == 10
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_run_directory_removed_mid_run(tmp_path, corpus_file):
+    class RemovesItsDirectory(Trainer):
+        def evaluate(self):
+            if self.state.step == 20:
+                self.log.flush()  # TensorBoard's writer thread idle, so the removal is not raced
+                shutil.rmtree(self.out_dir)
+            return super().evaluate()
+
+    cfg = build_config({}, tiny_overrides(corpus_file, tmp_path / "r", **{"train.max_steps": 30}))
+    # Whichever write notices first, a checkpoint's or TensorBoard's, names what it could not write.
+    with pytest.raises(RunFailed, match=r"^could not write .* \(No such file or directory\); "
+                                        r"no checkpoint is left in .*r$"):
+        RemovesItsDirectory(cfg, progress=False, log=lambda *a: None).run()
+
+
+def _mount_small_tmpfs(path, size):
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+def test_a_really_full_disk(tmp_path, corpus_file):
+    """On a real 400 KB filesystem, whichever write fails first (a checkpoint or TensorBoard's),
+    the run ends with one error line, exit 1, and the checkpoint left behind loads."""
+    small = tmp_path / "small"
+    if not _mount_small_tmpfs(small, "400k"):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        r = run_train(*tiny_overrides(corpus_file, small / "r", **{
+            "model.hidden_size": 64, "train.max_steps": 400, "train.eval_interval": 10, "train.sample_interval": 0}))
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith("error: could not write ") and "No space left on device" in r.stderr
+        assert "Traceback" not in r.stderr and "the last good checkpoint is" in r.stderr
+        if (small / "r" / "ckpt.pt").exists():
+            checkpoint.load(small / "r" / "ckpt.pt")
+    finally:
+        subprocess.run(["umount", str(small)])
