@@ -17,6 +17,7 @@ from .errors import UserError
 OPTIMIZERS = {"adagrad": "Adagrad", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}
 SCHEDULES = ("constant", "cosine", "step")
 IMPLS = ("loop", "fused")
+CELLS = ("rnn", "lstm", "gru")
 AMP = ("none", "bf16")
 DTYPES = ("float32", "float64")  # names of torch dtypes
 INT_MAX = 2**63 - 1  # torch reads integers as int64: a larger one fails deep inside a call
@@ -25,7 +26,7 @@ SEED_MAX = 2**62  # leaves room for the per-rank and per-step seeds derived from
 # What a resumed run may not change: the architecture, the data, its layout in streams, and
 # whatever gives the saved state its meaning. Everything else (lr, schedule, max_steps, the
 # budget, intervals, dropout, impl, ...) may be overridden on --resume.
-FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers", "train.optimizer",
+FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers", "model.cell", "train.optimizer",
                     "train.dtype", "train.batch_size", "train.seq_len", "train.stateful")
 
 
@@ -40,7 +41,8 @@ class ModelConfig:
     hidden_size: int = 512
     num_layers: int = 1
     dropout: float = 0.0
-    impl: str = "fused"  # loop: the readable unroll; fused: same maths, hand-written BPTT
+    impl: str = "fused"  # loop: the readable unroll; fused: same maths, hand-written BPTT (rnn only so far)
+    cell: str = "rnn"  # rnn: the tutorial's tanh cell; lstm; gru
 
 
 @dataclass
@@ -151,10 +153,12 @@ def validate(cfg):
     need(0 <= t.threads <= 4096, "train.threads", "must be in [0, 4096] (0 keeps torch's default)")
     need(0 <= t.seed <= SEED_MAX, "train.seed", "must be in [0, 2**62]")
     for key, choices in (("train.optimizer", OPTIMIZERS), ("train.lr_schedule", SCHEDULES),
-                         ("model.impl", IMPLS), ("train.amp", AMP),
+                         ("model.impl", IMPLS), ("model.cell", CELLS), ("train.amp", AMP),
                          ("train.dtype", DTYPES)):
         need(eval_key(cfg, key) in choices, key, f"must be one of {', '.join(choices)}")
     need(is_device_name(cfg.device), "device", "must be auto, cpu, cuda or cuda:N")
+    need(m.impl == "loop" or m.cell == "rnn", "model.impl",
+         f"fused is written for model.cell=rnn only so far; use model.impl=loop with model.cell={m.cell}")
     need(bool(cfg.out_dir), "out_dir", "must be a non-empty path")
     need(bool(cfg.data.path), "data.path", "must be a non-empty path")
     return cfg

@@ -1,8 +1,9 @@
-"""The character-level tanh RNN, written by hand.
+"""The character-level RNN, written by hand: the tanh cell, and the LSTM and GRU beside it.
 
 Shapes use one alphabet everywhere: B batch, T time steps, V vocabulary,
-H hidden units, L layers. Weights are in the tutorial's column-vector
-orientation, so ``W_xh @ x_t`` reads exactly as the maths:
+H hidden units, L layers, G gates (1 for the tanh cell, 4 LSTM, 3 GRU). Weights
+are in the tutorial's column-vector orientation, so ``W_xh @ x_t`` reads exactly
+as the maths:
 
     h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h)
     y_t = W_hy h_t + b_y
@@ -15,22 +16,33 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import IMPLS
+from .config import CELLS, IMPLS
 from .fused import rnn_recurrence
 
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # rows of W_xh, W_hh and b_h, in units of H
 
-class RNNCell(nn.Module):
-    """One tanh layer. Layer 0 reads character ids, layers above read h of the layer below."""
+
+class Cell(nn.Module):
+    """What every cell shares: W_xh (G·H, V or H), W_hh (G·H, H) and b_h (G·H,), the G gates'
+    rows stacked in torch's order, so that each step is one GEMM for all of them. Layer 0
+    reads character ids, layers above read h of the layer below."""
+
+    gates = 1
 
     def __init__(self, input_size, hidden_size, onehot_input):
         super().__init__()
         self.onehot_input = onehot_input
-        self.W_xh = nn.Parameter(torch.empty(hidden_size, input_size))  # (H, V) or (H, H)
-        self.W_hh = nn.Parameter(torch.empty(hidden_size, hidden_size))  # (H, H)
-        self.b_h = nn.Parameter(torch.empty(hidden_size))  # (H,)
+        self.hidden_size = hidden_size
+        G = self.gates * hidden_size
+        self.W_xh = nn.Parameter(torch.empty(G, input_size))  # (G·H, V) or (G·H, H)
+        self.W_hh = nn.Parameter(torch.empty(G, hidden_size))  # (G·H, H)
+        self.b_h = nn.Parameter(torch.empty(G))  # (G·H,)
+
+    def reset_biases(self):
+        """Called after CharRNN zeroes every bias: a cell that wants another start sets it here."""
 
     def input_projection(self, x):
-        """W_xh x for a batch; x is ids (...,) for layer 0, else (..., H). Returns (..., H)."""
+        """W_xh x for a batch; x is ids (...,) for layer 0, else (..., H). Returns (..., G·H)."""
         if self.onehot_input:
             # x is one-hot, so W_xh x is column x of W_xh: a gather is the same maths
             # as the matrix product, without building the (V, B) one-hot matrix.
@@ -38,9 +50,9 @@ class RNNCell(nn.Module):
         return x @ self.W_xh.t()
 
     def pre_activation(self, x):
-        """W_xh x + b_h for many steps at once, as one fresh tensor: (N,) ids or (N, H) -> (N, H)."""
+        """W_xh x + b_h for many steps at once, as one fresh tensor: (N,) ids or (N, H) -> (N, G·H)."""
         if self.onehot_input:
-            # W_xh x is column x of W_xh, so this is a gather, with b_h added to the (V, H) table
+            # W_xh x is column x of W_xh, so this is a gather, with b_h added to the (V, G·H) table
             # W_xh^T + b_h for free. For many ids the table is made row-major first, so each
             # gathered row is one contiguous copy (4x faster at T*B = 8192 than gathering from
             # W_xh^T's column-major strides). That transpose costs ~40 us at V=65, H=512, more
@@ -52,32 +64,116 @@ class RNNCell(nn.Module):
             return (self.W_xh.index_select(1, x).t() + self.b_h).contiguous()
         return torch.addmm(self.b_h, x, self.W_xh.t())
 
+
+class RNNCell(Cell):
+    """The tutorial's tanh cell: h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h). Its state is h."""
+
     def forward(self, x_t, h_prev):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
         # Row-vector form of tanh(W_xh x + W_hh h + b_h): batch rows times W^T.
         return torch.tanh(self.input_projection(x_t) + h_prev @ self.W_hh.t() + self.b_h)
 
 
-class CharRNN(nn.Module):
-    """``forward(x, h0=None) -> (logits, h)`` with x (B, T) ids, h0 and h (L, B, H), logits (B, T, V).
+class LSTMCell(Cell):
+    """The LSTM, gates stacked as nn.LSTM's (i, f, g, o), so nn.LSTM's weights copy in unchanged
+    (its two biases summed into b_h). Its state is (h, c):
 
-    ``impl`` picks how the same maths runs: ``loop`` is the readable reference
-    unroll below; ``fused`` hoists the input and output projections out of the
-    time loop and runs the recurrence in a hand-written autograd Function
-    (``fused.py``). Both pass the same tests against the numpy reference.
+        i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (W_xh x_t + W_hh h_{t-1} + b_h)
+        c_t = f * c_{t-1} + i * g
+        h_t = o * tanh(c_t)
+
+    The forget gate's bias starts at 1, not 0 (Jozefowicz, Zaremba & Sutskever 2015, "An Empirical
+    Exploration of Recurrent Network Architectures"): at 0 the gate starts half shut, and the cell
+    forgets what it would need to learn long dependencies before it can learn them.
     """
 
-    def __init__(self, vocab_size, hidden_size, num_layers=1, dropout=0.0, impl="loop"):
+    gates = 4
+
+    def reset_biases(self):
+        H = self.hidden_size
+        self.b_h[H:2 * H].fill_(1.0)
+
+    def forward(self, x_t, state):
+        # x_t: (B,) ids or (B, H); state: (h, c), each (B, H) -> (h_t, c_t)
+        h_prev, c_prev = state
+        a = self.input_projection(x_t) + h_prev @ self.W_hh.t() + self.b_h  # (B, 4H)
+        i, f, g, o = a.chunk(4, dim=1)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        c = f * c_prev + i * g
+        return o * torch.tanh(c), c
+
+
+class GRUCell(Cell):
+    """The GRU as nn.GRU defines it, gates stacked as (r, z, n). Its state is h:
+
+        r = sigmoid(W_xr x + W_hr h + b_r),  z = sigmoid(W_xz x + W_hz h + b_z)
+        n = tanh(W_xn x + b_xn + r * (W_hn h + b_hn))
+        h_t = (1 - z) * n + z * h_{t-1}
+
+    b_h holds b_r and b_z (nn.GRU's input and hidden biases of r and z, summed) and b_xn;
+    b_hn stays apart, since r multiplies it.
+    """
+
+    gates = 3
+
+    def __init__(self, input_size, hidden_size, onehot_input):
+        super().__init__(input_size, hidden_size, onehot_input)
+        self.b_hn = nn.Parameter(torch.empty(hidden_size))  # (H,)
+
+    def forward(self, x_t, h_prev):
+        # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
+        xr, xz, xn = (self.input_projection(x_t) + self.b_h).chunk(3, dim=1)
+        hr, hz, hn = (h_prev @ self.W_hh.t()).chunk(3, dim=1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * (hn + self.b_hn))
+        return (1 - z) * n + z * h_prev
+
+
+CELL_CLASSES = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
+
+
+def map_state(fn, state):
+    """fn applied to a state: a tensor (rnn, gru), a tuple (h, c) of them (lstm), or None."""
+    if state is None:
+        return None
+    if isinstance(state, (tuple, list)):
+        return tuple(fn(s) for s in state)
+    return fn(state)
+
+
+def _output(state):
+    """What a layer passes up and out: h, also when the state is (h, c)."""
+    return state[0] if isinstance(state, tuple) else state
+
+
+class CharRNN(nn.Module):
+    """``forward(x, h0=None) -> (logits, state)`` with x (B, T) ids and logits (B, T, V). The state
+    is h (L, B, H) for the tanh cell and the GRU, like nn.RNN's and nn.GRU's h_n, and a tuple
+    (h, c) of two (L, B, H) tensors for the LSTM, like nn.LSTM's.
+
+    ``cell`` is rnn (the tutorial's tanh cell), lstm or gru. ``impl`` picks how the same maths
+    runs: ``loop`` is the readable reference unroll below; ``fused`` (the tanh cell only, so far)
+    hoists the input and output projections out of the time loop and runs the recurrence in a
+    hand-written autograd Function (``fused.py``). Both pass the same tests against the numpy
+    reference.
+    """
+
+    def __init__(self, vocab_size, hidden_size, num_layers=1, dropout=0.0, impl="loop", cell="rnn"):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"unknown impl {impl!r}; expected one of {', '.join(IMPLS)}")
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELLS)}")
+        if impl == "fused" and cell != "rnn":
+            raise ValueError(f"impl 'fused' is written for the rnn cell only so far; use impl 'loop' for {cell}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.dropout = dropout
         self.impl = impl
+        self.cell = cell
         self.cells = nn.ModuleList(
-            RNNCell(vocab_size if l == 0 else hidden_size, hidden_size, onehot_input=(l == 0))
+            CELL_CLASSES[cell](vocab_size if l == 0 else hidden_size, hidden_size, onehot_input=(l == 0))
             for l in range(num_layers)
         )
         self.W_hy = nn.Parameter(torch.empty(vocab_size, hidden_size))  # (V, H)
@@ -87,11 +183,11 @@ class CharRNN(nn.Module):
     def model_args(self):
         """The constructor arguments, as plain data for checkpoints."""
         return dict(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
-                    num_layers=self.num_layers, dropout=self.dropout, impl=self.impl)
+                    num_layers=self.num_layers, dropout=self.dropout, impl=self.impl, cell=self.cell)
 
     @torch.no_grad()
     def reset_parameters(self):
-        """Weights ~ U(-1/sqrt(H), 1/sqrt(H)), biases zero.
+        """Weights ~ U(-1/sqrt(H), 1/sqrt(H)), biases zero (the LSTM's forget gate: 1).
 
         The tutorial's fixed N(0, 0.01) is fine at H=100 but leaves a large H
         with a vanishing signal; 1/sqrt(H) keeps the pre-activation variance of
@@ -104,14 +200,18 @@ class CharRNN(nn.Module):
                 p.uniform_(-bound, bound)
             else:
                 p.zero_()
+        for cell in self.cells:
+            cell.reset_biases()
 
     def init_hidden(self, batch_size, device=None, dtype=None):
+        """The zero state: (L, B, H), or (h, c) of two for the LSTM."""
         p = self.W_hy
-        return torch.zeros(self.num_layers, batch_size, self.hidden_size,
-                           device=device or p.device, dtype=dtype or p.dtype)
+        zeros = torch.zeros(self.num_layers, batch_size, self.hidden_size,
+                            device=device or p.device, dtype=dtype or p.dtype)
+        return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
 
     def forward(self, x, h0=None):
-        # x: (B, T) ids; h0: (L, B, H) or None
+        # x: (B, T) ids; h0: (L, B, H), (h0, c0) for the LSTM, or None
         if h0 is None:
             h0 = self.init_hidden(x.shape[0])
         if self.impl == "fused":
@@ -120,17 +220,20 @@ class CharRNN(nn.Module):
         logits = top @ self.W_hy.t() + self.b_y  # (B, T, H) -> (B, T, V)
         return logits, h
 
-    def _forward_loop(self, x, h0):
+    def _forward_loop(self, x, state0):
         B, T = x.shape
-        h = list(h0.unbind(0))  # L tensors of (B, H)
+        # one state per layer: h (B, H), or (h, c) for the LSTM
+        states = list(zip(*(s.unbind(0) for s in state0))) if isinstance(state0, tuple) else list(state0.unbind(0))
         outputs = []
         for t in range(T):
             inp = x[:, t]  # (B,) ids
             for l, cell in enumerate(self.cells):
-                h[l] = cell(inp, h[l])
-                inp = self._between_layers(h[l], l)
+                states[l] = cell(inp, states[l])
+                inp = self._between_layers(_output(states[l]), l)
             outputs.append(inp)
-        return torch.stack(outputs, dim=1), torch.stack(h)  # (B, T, H), (L, B, H)
+        if isinstance(state0, tuple):  # (h, c), each (L, B, H)
+            return torch.stack(outputs, dim=1), tuple(torch.stack(s) for s in zip(*states))
+        return torch.stack(outputs, dim=1), torch.stack(states)  # (B, T, H), (L, B, H)
 
     def _forward_fused(self, x, h0):
         # Time-major rows (T*B, H): each step's B rows are contiguous for the in-place GEMMs.

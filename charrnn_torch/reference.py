@@ -9,10 +9,13 @@ is the tutorial's ``lossFun`` line for line.
 import numpy as np
 
 
-def param_names(num_layers):
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def param_names(num_layers, cell="rnn"):
     names = []
     for l in range(num_layers):
-        names += [f"cells.{l}.W_xh", f"cells.{l}.W_hh", f"cells.{l}.b_h"]
+        names += [f"cells.{l}.W_xh", f"cells.{l}.W_hh", f"cells.{l}.b_h"] + ([f"cells.{l}.b_hn"] if cell == "gru" else [])
     return names + ["W_hy", "b_y"]
 
 
@@ -20,15 +23,23 @@ def num_layers_of(params):
     return sum(1 for k in params if k.endswith(".W_hh"))
 
 
-def init_params(vocab_size, hidden_size, num_layers=1, rng=None, scale=0.01):
+def cell_of(params):
+    """rnn, lstm or gru, read off W_hh's shape: (G·H, H)."""
+    W_hh = params["cells.0.W_hh"]
+    return {1: "rnn", 4: "lstm", 3: "gru"}[W_hh.shape[0] // W_hh.shape[1]]
+
+
+def init_params(vocab_size, hidden_size, num_layers=1, rng=None, scale=0.01, cell="rnn"):
     """The tutorial's init: weights N(0, scale^2), biases zero."""
     rng = rng if rng is not None else np.random.default_rng(0)
-    V, H = vocab_size, hidden_size
+    V, H, G = vocab_size, hidden_size, GATES[cell]
     params = {}
     for l in range(num_layers):
-        params[f"cells.{l}.W_xh"] = rng.standard_normal((H, V if l == 0 else H)) * scale
-        params[f"cells.{l}.W_hh"] = rng.standard_normal((H, H)) * scale
-        params[f"cells.{l}.b_h"] = np.zeros(H)
+        params[f"cells.{l}.W_xh"] = rng.standard_normal((G * H, V if l == 0 else H)) * scale
+        params[f"cells.{l}.W_hh"] = rng.standard_normal((G * H, H)) * scale
+        params[f"cells.{l}.b_h"] = np.zeros(G * H)
+        if cell == "gru":
+            params[f"cells.{l}.b_hn"] = np.zeros(H)
     params["W_hy"] = rng.standard_normal((V, H)) * scale
     params["b_y"] = np.zeros(V)
     return params
@@ -66,8 +77,11 @@ def loss_and_grads(params, x, targets, h0):
 
     loss = sum over b, t of -log p_t[target] (a sum, as in the tutorial, not a mean).
     Returns (loss, grads, dh0, h_last, logits); h_last (L, B, H) chains into the
-    next chunk as the tutorial's hprev does.
+    next chunk as the tutorial's hprev does. Gated cells (LSTM, GRU) go to
+    gated_loss_and_grads, below.
     """
+    if cell_of(params) != "rnn":
+        return gated_loss_and_grads(params, x, targets, h0)
     L = num_layers_of(params)
     B, T = x.shape
     logits, hs = forward(params, x, h0)
@@ -158,3 +172,114 @@ def sample(params, h0, seed_ix, n, rng, temperature=1.0):
         ix = min(int(np.searchsorted(np.cumsum(p), u, side="right")), p.shape[0] - 1)
         out.append(ix)
     return out
+
+
+# ---------------------------------------------------------------- the gated cells
+# Written from the equations, not from model.py's code; the same names and row layout.
+
+def sigmoid(a):
+    return 1 / (1 + np.exp(-a))
+
+
+def lstm_step(a, c_prev):
+    """a = W_xh x + W_hh h_prev + b_h (B, 4H), gates in the order i, f, g, o."""
+    i, f, g, o = np.split(a, 4, axis=1)
+    i, f, g, o = sigmoid(i), sigmoid(f), np.tanh(g), sigmoid(o)
+    c = f * c_prev + i * g
+    return o * np.tanh(c), c, (i, f, g, o, c, c_prev)
+
+
+def lstm_step_back(cache, dh, dc):
+    """(dL/da, dL/dc_prev) from dL/dh_t and the dL/dc_t that reaches c_t from step t+1."""
+    i, f, g, o, c, c_prev = cache
+    tc = np.tanh(c)
+    dc = dc + dh * o * (1 - tc ** 2)  # c_t reaches the loss through h_t too
+    da = np.concatenate([dc * g * i * (1 - i),  # input gate
+                         dc * c_prev * f * (1 - f),  # forget gate
+                         dc * i * (1 - g ** 2),  # cell candidate
+                         dh * tc * o * (1 - o)], axis=1)  # output gate
+    return da, dc * f
+
+
+def gru_step(ax, ah, b_hn, h_prev):
+    """ax = W_xh x + b_h and ah = W_hh h_prev (B, 3H), gates in the order r, z, n."""
+    xr, xz, xn = np.split(ax, 3, axis=1)
+    hr, hz, hn = np.split(ah, 3, axis=1)
+    r, z = sigmoid(xr + hr), sigmoid(xz + hz)
+    n = np.tanh(xn + r * (hn + b_hn))
+    return (1 - z) * n + z * h_prev, (r, z, n, hn + b_hn, h_prev)
+
+
+def gru_step_back(cache, dh):
+    """(dL/dax, dL/dah, the part of dL/dh_prev that skips W_hh) from dL/dh_t."""
+    r, z, n, hn_b, h_prev = cache
+    dn = dh * (1 - z) * (1 - n ** 2)  # through n's tanh
+    dr = dn * hn_b * r * (1 - r)
+    dz = dh * (h_prev - n) * z * (1 - z)
+    return np.concatenate([dr, dz, dn], axis=1), np.concatenate([dr, dz, dn * r], axis=1), dh * z
+
+
+def gated_loss_and_grads(params, x, targets, state0):
+    """loss_and_grads for the LSTM (state0 = (h0, c0)) and the GRU (state0 = h0), each (L, B, H).
+
+    Returns (loss, grads, dstate0, state_last, logits), the states shaped like state0.
+    """
+    cell, L = cell_of(params), num_layers_of(params)
+    B, T = x.shape
+    lstm = cell == "lstm"
+    h = [state0[0][l] if lstm else state0[l] for l in range(L)]
+    c = [state0[1][l] for l in range(L)] if lstm else None
+    hs = [[None] * T for _ in range(L)]  # h_t of each layer
+    caches = [[None] * T for _ in range(L)]
+    for t in range(T):
+        inp = x[:, t]  # (B,) ids
+        for l in range(L):
+            W_xh, W_hh, b_h = (params[f"cells.{l}.{n}"] for n in ("W_xh", "W_hh", "b_h"))
+            ax = (W_xh.T[inp] if l == 0 else inp @ W_xh.T) + b_h  # one-hot x_t: column x_t of W_xh
+            h_prev = h[l]
+            if lstm:
+                h[l], c[l], cache = lstm_step(ax + h_prev @ W_hh.T, c[l])
+            else:
+                h[l], cache = gru_step(ax, h_prev @ W_hh.T, params[f"cells.{l}.b_hn"], h_prev)
+            caches[l][t] = (cache, h_prev, inp)
+            hs[l][t] = inp = h[l]
+    top = np.stack(hs[L - 1], axis=1)  # (B, T, H)
+    logits = top @ params["W_hy"].T + params["b_y"]  # (B, T, V)
+    V, H = logits.shape[-1], top.shape[-1]
+
+    p = softmax(logits)
+    b_idx, t_idx = np.meshgrid(np.arange(B), np.arange(T), indexing="ij")
+    loss = -np.log(p[b_idx, t_idx, targets]).sum()
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    dy = p.copy()
+    dy[b_idx, t_idx, targets] -= 1
+    grads["W_hy"] = dy.reshape(-1, V).T @ top.reshape(-1, H)
+    grads["b_y"] = dy.sum(axis=(0, 1))
+    dtop = dy @ params["W_hy"]
+
+    dh_next = [np.zeros((B, H)) for _ in range(L)]
+    dc_next = [np.zeros((B, H)) for _ in range(L)]
+    for t in reversed(range(T)):
+        dinp = dtop[:, t]
+        for l in reversed(range(L)):
+            W_xh, W_hh = params[f"cells.{l}.W_xh"], params[f"cells.{l}.W_hh"]
+            cache, h_prev, inp = caches[l][t]
+            dh = dinp + dh_next[l]
+            if lstm:
+                dax, dc_next[l] = lstm_step_back(cache, dh, dc_next[l])
+                dah, dh_skip = dax, 0.0  # one pre-activation feeds both products
+            else:
+                dax, dah, dh_skip = gru_step_back(cache, dh)
+                grads[f"cells.{l}.b_hn"] += dah[:, 2 * H:].sum(axis=0)
+            grads[f"cells.{l}.b_h"] += dax.sum(axis=0)
+            grads[f"cells.{l}.W_hh"] += dah.T @ h_prev
+            if l == 0:
+                np.add.at(grads[f"cells.{l}.W_xh"].T, inp, dax)
+            else:
+                grads[f"cells.{l}.W_xh"] += dax.T @ inp
+                dinp = dax @ W_xh
+            dh_next[l] = dh_skip + dah @ W_hh
+    h_last = np.stack(h)
+    if lstm:
+        return loss, grads, (np.stack(dh_next), np.stack(dc_next)), (h_last, np.stack(c)), logits
+    return loss, grads, np.stack(dh_next), h_last, logits

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .model import map_state
 
 
 def check_prime(vocab, prime):
@@ -136,7 +137,7 @@ def beam_search(model, vocab, prime, length, beam_width):
             beam, char = flat // V, flat % V
             seqs = torch.cat([seqs[beam], char[:, None]], 1)
             if i + 1 < length:
-                logits, h = model(char[:, None], h[:, beam])
+                logits, h = model(char[:, None], map_state(lambda s: s[:, beam], h))
                 logp = F.log_softmax(logits[:, -1].double(), -1)
         best = int(scores.argmax()) if length else 0
         text = prime + vocab.decode(seqs[best].tolist()) if length else prime

@@ -25,7 +25,7 @@ from . import checkpoint, config as config_mod, data as data_mod, distributed as
 from .distributed import DistInfo
 from .errors import RunFailed, UserError
 from .logger import NullLogger, RunLogger
-from .model import CharRNN, cross_entropy
+from .model import GATES, CharRNN, cross_entropy, map_state
 from .sample import default_prime, generate
 
 SMOOTHING = 0.999  # the tutorial's smooth_loss factor
@@ -257,14 +257,14 @@ def check_resume(ckpt, cfg, vocab):
 
 def training_bytes(cfg, vocab_size, world_size=1):
     """About how much memory training needs per process: weights, gradients and two optimizer
-    moments (Adam's; an upper bound for the others), and the (T·B, ·) buffers of each layer and
-    of the logits with their gradients."""
+    moments (Adam's; an upper bound for the others), and the (T·B, ·) buffers of each layer's
+    G gates and of the logits with their gradients."""
     m, t = cfg.model, cfg.train
-    H, L, V = m.hidden_size, m.num_layers, vocab_size
-    params = V * H + (L - 1) * H * H + L * (H * H + H) + V * H + V
+    H, L, V, G = m.hidden_size, m.num_layers, vocab_size, GATES[m.cell]
+    params = G * (V * H + (L - 1) * H * H + L * (H * H + H)) + V * H + V
     rows = t.seq_len * (t.batch_size // world_size)
     itemsize = torch.finfo(getattr(torch, t.dtype)).bits // 8
-    return (4 * params + rows * (3 * H * L + 3 * V)) * itemsize
+    return (4 * params + rows * (3 * G * H * L + 3 * V)) * itemsize
 
 
 def available_bytes(device):
@@ -291,7 +291,7 @@ def check_fits_in_memory(cfg, vocab_size, device, world_size=1):
 
 def build_model(model_cfg, vocab_size, dtype=torch.float32):
     return CharRNN(vocab_size, model_cfg.hidden_size, model_cfg.num_layers, model_cfg.dropout,
-                   impl=model_cfg.impl).to(dtype)
+                   impl=model_cfg.impl, cell=model_cfg.cell).to(dtype)
 
 
 def wrap_ddp(model, device, dist_info):
@@ -313,7 +313,7 @@ class RunState:
     log_acc: dict = field(default_factory=lambda: {"loss": 0.0, "norm": 0.0, "n": 0})  # since the last log
     nonfinite_total: int = 0
     train_seconds: float = 0.0  # training time so far, across resumes (evaluation and sampling excluded)
-    hidden: torch.Tensor = None  # this rank's carried state (L, B/N, H), on the device
+    hidden: torch.Tensor = None  # this rank's carried state (L, B/N, H), or (h, c) of them, on the device
     # Not saved: they describe this process's part of the run.
     consecutive_bad: int = 0
     val: float = None  # the latest validation loss computed in this process
@@ -413,7 +413,8 @@ class Trainer:
             g["initial_lr"], g["weight_decay"] = t.lr, t.weight_decay
             g["lr"] = t.lr * lr_factor(self.state.step, t, self.state.train_seconds)
         if ckpt["hidden"] is not None and t.stateful:
-            self.state.hidden = D.my_streams(ckpt["hidden"], self.dist).to(self.device, getattr(torch, t.dtype))
+            dtype = getattr(torch, t.dtype)
+            self.state.hidden = map_state(lambda h: D.my_streams(h, self.dist).to(self.device, dtype), ckpt["hidden"])
 
     def run(self):
         """Train until max_steps or the budget; returns a summary dict."""
@@ -493,7 +494,7 @@ class Trainer:
             # Keep the values so the next window starts where this one ended, but cut the graph:
             # otherwise backward would run through every earlier window and memory would grow
             # with the length of the run.
-            s.hidden = h_new.detach()
+            s.hidden = map_state(torch.Tensor.detach, h_new)
             lval = loss.detach()
             s.smooth_loss = s.smooth_loss * SMOOTHING + (1 - SMOOTHING) * lval
             s.log_acc["loss"] += lval
@@ -574,7 +575,7 @@ class Trainer:
         s.val = s.last_val = self.evaluate()
         s.val_log.append((s.step, s.val))
         s.last_eval_step = s.step
-        hidden = D.gather_state(s.hidden, self.dist)  # a collective: every rank takes part
+        hidden = self.gathered_state()  # a collective: every rank takes part
         improved = s.val < s.best_val
         s.best_val = min(s.best_val, s.val)
         self.log.validation(s.step, s.val, s.best_val, improved, self.model)
@@ -585,6 +586,10 @@ class Trainer:
         self.log.validation_line(s.step, s.val, s.best_val, improved)
 
     # ------------------------------------------------------------ checkpoints
+
+    def gathered_state(self):
+        """Every rank's carried state, concatenated along the streams, on the CPU (a collective)."""
+        return map_state(lambda h: D.gather_state(h, self.dist), self.state.hidden)
 
     def checkpoint_dict(self, hidden):
         return {
@@ -627,7 +632,7 @@ class Trainer:
 
     def interrupt(self, signum):
         if self.state.last_eval_step != self.state.step:
-            self.save_checkpoint("ckpt.pt", D.gather_state(self.state.hidden, self.dist))
+            self.save_checkpoint("ckpt.pt", self.gathered_state())
         raise Interrupted(signum or signal.SIGTERM, self.state.step, self.out_dir)
 
     def summary(self):
