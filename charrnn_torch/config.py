@@ -41,7 +41,7 @@ class ModelConfig:
     hidden_size: int = 512
     num_layers: int = 1
     dropout: float = 0.0
-    impl: str = "fused"  # loop: the readable unroll; fused: same maths, hand-written BPTT (rnn only so far)
+    impl: str = "fused"  # loop: the readable unroll; fused: same maths, hand-written BPTT
     cell: str = "rnn"  # rnn: the tutorial's tanh cell; lstm; gru
 
 
@@ -157,8 +157,6 @@ def validate(cfg):
                          ("train.dtype", DTYPES)):
         need(eval_key(cfg, key) in choices, key, f"must be one of {', '.join(choices)}")
     need(is_device_name(cfg.device), "device", "must be auto, cpu, cuda or cuda:N")
-    need(m.impl == "loop" or m.cell == "rnn", "model.impl",
-         f"fused is written for model.cell=rnn only so far; use model.impl=loop with model.cell={m.cell}")
     need(bool(cfg.out_dir), "out_dir", "must be a non-empty path")
     need(bool(cfg.data.path), "data.path", "must be a non-empty path")
     return cfg

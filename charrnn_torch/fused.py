@@ -40,9 +40,8 @@ class _TanhRecurrence(torch.autograd.Function):
             if W_hy is None:
                 ctx.save_for_backward(W_hh, h0, pre)
                 return pre
-            W_hy, b_y = W_hy.to(pre.dtype), b_y.to(pre.dtype)
-            logits = torch.addmm(b_y, pre, W_hy.t())  # one GEMM over all T*B rows
-        ctx.save_for_backward(W_hh, h0, pre, W_hy)
+            logits = _head_forward(pre, W_hy, b_y)  # one GEMM over all T*B rows
+        ctx.save_for_backward(W_hh, h0, pre, W_hy.to(pre.dtype))
         return pre, logits
 
     @staticmethod
@@ -51,19 +50,9 @@ class _TanhRecurrence(torch.autograd.Function):
         W_hh, h0, out, *head = ctx.saved_tensors
         (B, H), T = h0.shape, out.shape[0] // h0.shape[0]
         with torch.autocast(out.device.type, enabled=False):
-            # g[t] starts as dL/dh_t from above (the output projection's backward, plus any
-            # gradient on the layer's outputs) and becomes, in place, dL/d(pre-activation_t):
-            # the gradient of pre, and (after the loop) of W_hh. Computing the projection's
-            # backward here lets its GEMM write g directly instead of into a tensor we must copy.
-            if head and grad_logits is not None:
-                grad_logits = grad_logits.to(out.dtype)
-                g = torch.mm(grad_logits, head[0])
-                if grad_out is not None:
-                    g += grad_out
-            elif grad_out is not None:
-                g = grad_out.to(out.dtype, memory_format=torch.contiguous_format, copy=True)
-            else:
-                g = torch.zeros_like(out)
+            # g[t] starts as dL/dh_t from above and becomes, in place, dL/d(pre-activation_t):
+            # the gradient of pre, and (after the loop) of W_hh.
+            g = _dh_from_above(out, grad_out, grad_logits, head)
             tanh_backward = torch.ops.aten.tanh_backward.grad_input
             add_g_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)  # c += g W_hh
             gs, hs = g.view(T, B, H).unbind(0), out.view(T, B, H).unbind(0)
@@ -76,9 +65,34 @@ class _TanhRecurrence(torch.autograd.Function):
             # sum_t dpre_t^T h_{t-1}: one GEMM over (T-1)*B rows, plus the h0 term.
             dW_hh = g[B:].t() @ out[:-B]
             dW_hh.addmm_(gs[0].t(), h0)
-            if not head or grad_logits is None:
-                return g, dW_hh, dh0, None, None
-            return g, dW_hh, dh0, grad_logits.t() @ out, grad_logits.sum(0)
+            return (g, dW_hh, dh0, *_head_grads(out, grad_logits, head))
+
+
+def _head_forward(out, W_hy, b_y):
+    """logits = W_hy h_t + b_y for every row of out (T*B, H): one GEMM, (T*B, V)."""
+    return torch.addmm(b_y.to(out.dtype), out, W_hy.to(out.dtype).t())
+
+
+def _dh_from_above(out, grad_out, grad_logits, head):
+    """dL/dh_t for every t as one fresh (T*B, H) buffer that the backward may overwrite: the
+    output projection's backward (one GEMM written straight into it, not into a tensor to copy),
+    plus any gradient on the layer's outputs."""
+    if head and grad_logits is not None:
+        g = torch.mm(grad_logits.to(out.dtype), head[0])
+        if grad_out is not None:
+            g += grad_out
+        return g
+    if grad_out is not None:
+        return grad_out.to(out.dtype, memory_format=torch.contiguous_format, copy=True)
+    return torch.zeros_like(out)
+
+
+def _head_grads(out, grad_logits, head):
+    """(dW_hy, db_y), or (None, None) below the top layer or when the logits carry no gradient."""
+    if not head or grad_logits is None:
+        return None, None
+    grad_logits = grad_logits.to(out.dtype)
+    return grad_logits.t() @ out, grad_logits.sum(0)
 
 
 def rnn_recurrence(pre, W_hh, h0, W_hy=None, b_y=None):
@@ -88,3 +102,151 @@ def rnn_recurrence(pre, W_hh, h0, W_hy=None, b_y=None):
     pre must be a fresh tensor, not a view, that nothing else reads (it is overwritten).
     """
     return _TanhRecurrence.apply(pre, W_hh, h0, W_hy, b_y)
+
+
+_sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input  # grad * y (1 - y), into grad_input
+_tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - y^2), into grad_input
+
+
+class _LSTMRecurrence(torch.autograd.Function):
+    """torch-rnn's LSTM.lua recipe: per step one GEMM into all four gates, then the gate maths in
+    place; a hand-written BPTT; dW_hh as one GEMM after the loop."""
+
+    @staticmethod
+    def forward(ctx, pre, W_hh, h0, c0, W_hy, b_y):
+        # pre: (T*B, 4H) = W_xh x_t + b_h for every t, time-major, a fresh buffer that becomes the
+        # gates i, f, g, o in place (so it is returned, as autograd requires of a modified input);
+        # W_hh: (4H, H); h0, c0: (B, H). Returns (gates, h (T*B, H), c_T (B, H)[, logits (T*B, V)]).
+        ctx.mark_dirty(pre)
+        ctx.set_materialize_grads(False)
+        (B, H), T = h0.shape, pre.shape[0] // h0.shape[0]
+        with torch.autocast(pre.device.type, enabled=False):
+            W_hh, h0, c0 = W_hh.to(pre.dtype), h0.to(pre.dtype).contiguous(), c0.to(pre.dtype).contiguous()
+            add_h_W_hh_t = accumulate_matmul(W_hh, B, transpose=True, calls=T)  # gates_t += h W_hh^T
+            h_all, c_all, tc_all = (pre.new_empty(T * B, H) for _ in range(3))  # h_t, c_t, tanh(c_t)
+            gates, hs, cs, tcs = (buf.view(T, B, -1).unbind(0) for buf in (pre, h_all, c_all, tc_all))
+            h, c = h0, c0
+            for t in range(T):
+                a = add_h_W_hh_t(gates[t], h)  # (B, 4H)
+                a[:, :2 * H].sigmoid_()  # i, f
+                a[:, 2 * H:3 * H].tanh_()  # g
+                a[:, 3 * H:].sigmoid_()  # o
+                i, f, g, o = a.split(H, dim=1)
+                c = torch.mul(f, c, out=cs[t]).addcmul_(i, g)  # c_t = f c_{t-1} + i g
+                h = torch.mul(o, torch.tanh(c, out=tcs[t]), out=hs[t])  # h_t = o tanh(c_t)
+            c_T = cs[-1].clone()
+            head = (W_hy.to(pre.dtype),) if W_hy is not None else ()
+            logits = _head_forward(h_all, W_hy, b_y) if head else None
+        ctx.save_for_backward(W_hh, h0, c0, pre, h_all, c_all, tc_all, *head)
+        return (pre, h_all, c_T) if logits is None else (pre, h_all, c_T, logits)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_gates, grad_h, grad_cT, grad_logits=None):
+        W_hh, h0, c0, gates_all, h_all, c_all, tc_all, *head = ctx.saved_tensors
+        (B, H), T = h0.shape, h_all.shape[0] // h0.shape[0]
+        with torch.autocast(h_all.device.type, enabled=False):
+            dh_all = _dh_from_above(h_all, grad_h, grad_logits, head)  # gains the recurrent part in place
+            dc = grad_cT.to(h_all.dtype, copy=True) if grad_cT is not None else torch.zeros_like(h0)
+            da_all = torch.empty_like(gates_all)  # dL/d(pre-activation) of the gates; the saved ones stay
+            add_da_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)  # dh += da W_hh
+            gates, das, dhs, cs, tcs = (buf.view(T, B, -1).unbind(0)
+                                        for buf in (gates_all, da_all, dh_all, c_all, tc_all))
+            tmp1, tmp2 = torch.empty_like(h0), torch.empty_like(h0)
+            for t in range(T - 1, -1, -1):
+                i, f, g, o = gates[t].split(H, dim=1)
+                di, df, dg, do = das[t].split(H, dim=1)
+                dh, c_prev = dhs[t], (cs[t - 1] if t > 0 else c0)
+                dc.add_(_tanh_backward(torch.mul(dh, o, out=tmp1), tcs[t], grad_input=tmp1))  # via h_t
+                _sigmoid_backward(torch.mul(dh, tcs[t], out=tmp1), o, grad_input=do)
+                _sigmoid_backward(torch.mul(dc, g, out=tmp1), i, grad_input=di)
+                _tanh_backward(torch.mul(dc, i, out=tmp2), g, grad_input=dg)
+                _sigmoid_backward(torch.mul(dc, c_prev, out=tmp1), f, grad_input=df)
+                dc.mul_(f)  # the forget gate carries dL/dc_t back to c_{t-1}
+                if t > 0:
+                    add_da_W_hh(dhs[t - 1], das[t])
+            dh0 = das[0] @ W_hh if ctx.needs_input_grad[2] else None
+            dW_hh = da_all[B:].t() @ h_all[:-B]  # sum_t da_t^T h_{t-1}: one GEMM, plus the h0 term
+            dW_hh.addmm_(das[0].t(), h0)
+            return (da_all, dW_hh, dh0, dc if ctx.needs_input_grad[3] else None,
+                    *_head_grads(h_all, grad_logits, head))
+
+
+def lstm_recurrence(pre, W_hh, h0, c0, W_hy=None, b_y=None):
+    """The LSTM over all t, time-major: pre (T*B, 4H) -> (h (T*B, H), c_T (B, H)), overwriting pre.
+
+    With W_hy (V, H) and b_y (V,), returns (h, c_T, logits), logits = W_hy h_t + b_y as (T*B, V).
+    """
+    return _LSTMRecurrence.apply(pre, W_hh, h0, c0, W_hy, b_y)[1:]
+
+
+class _GRURecurrence(torch.autograd.Function):
+    """The GRU the same way. Its W_hh h must stay apart from W_xh x (r multiplies W_hn h + b_hn
+    only), so each step's GEMM goes into its own buffer, prefilled with (0, 0, b_hn)."""
+
+    @staticmethod
+    def forward(ctx, pre, W_hh, b_hn, h0, W_hy, b_y):
+        # pre: (T*B, 3H) = W_xh x_t + b_h, a fresh buffer that becomes r, z, n in place;
+        # W_hh: (3H, H); b_hn: (H,); h0: (B, H). Returns (gates, h (T*B, H)[, logits (T*B, V)]).
+        ctx.mark_dirty(pre)
+        ctx.set_materialize_grads(False)
+        (B, H), T = h0.shape, pre.shape[0] // h0.shape[0]
+        with torch.autocast(pre.device.type, enabled=False):
+            W_hh, h0 = W_hh.to(pre.dtype), h0.to(pre.dtype).contiguous()
+            add_h_W_hh_t = accumulate_matmul(W_hh, B, transpose=True, calls=T)  # ah_t += h W_hh^T
+            ah_all = pre.new_zeros(T * B, 3 * H)
+            ah_all[:, 2 * H:] = b_hn.to(pre.dtype)  # so that its last third is W_hn h + b_hn
+            h_all = pre.new_empty(T * B, H)
+            gates, ahs, hs = (buf.view(T, B, -1).unbind(0) for buf in (pre, ah_all, h_all))
+            h = h0
+            for t in range(T):
+                ah = add_h_W_hh_t(ahs[t], h)
+                a = gates[t]
+                a[:, :2 * H].add_(ah[:, :2 * H]).sigmoid_()  # r, z
+                r, z, n = a.split(H, dim=1)
+                n.addcmul_(r, ah[:, 2 * H:]).tanh_()  # n = tanh(W_xn x + b_xn + r (W_hn h + b_hn))
+                h = torch.sub(h, n, out=hs[t]).mul_(z).add_(n)  # h_t = n + z (h_{t-1} - n)
+            head = (W_hy.to(pre.dtype),) if W_hy is not None else ()
+            logits = _head_forward(h_all, W_hy, b_y) if head else None
+        ctx.save_for_backward(W_hh, h0, pre, ah_all, h_all, *head)
+        return (pre, h_all) if logits is None else (pre, h_all, logits)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_gates, grad_h, grad_logits=None):
+        W_hh, h0, gates_all, ah_all, h_all, *head = ctx.saved_tensors
+        (B, H), T = h0.shape, h_all.shape[0] // h0.shape[0]
+        with torch.autocast(h_all.device.type, enabled=False):
+            dh_all = _dh_from_above(h_all, grad_h, grad_logits, head)
+            dax_all = torch.empty_like(gates_all)  # dL/d(W_xh x + b_h)
+            dah_all = torch.empty_like(ah_all)  # dL/d(W_hh h), its last third also dL/db_hn
+            add_dah_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)
+            gates, ahs, daxs, dahs, dhs, hs = (buf.view(T, B, -1).unbind(0) for buf in
+                                              (gates_all, ah_all, dax_all, dah_all, dh_all, h_all))
+            tmp = torch.empty_like(h0)
+            for t in range(T - 1, -1, -1):
+                r, z, n = gates[t].split(H, dim=1)
+                dr, dz, dn = daxs[t].split(H, dim=1)
+                dh, h_prev = dhs[t], (hs[t - 1] if t > 0 else h0)
+                _tanh_backward(torch.sub(dh, torch.mul(dh, z, out=tmp), out=dn), n, grad_input=dn)  # dh (1-z)
+                _sigmoid_backward(torch.sub(h_prev, n, out=dz).mul_(dh), z, grad_input=dz)
+                _sigmoid_backward(torch.mul(dn, ahs[t][:, 2 * H:], out=dr), r, grad_input=dr)
+                dahs[t][:, :2 * H] = daxs[t][:, :2 * H]
+                torch.mul(dn, r, out=dahs[t][:, 2 * H:])
+                if t > 0:
+                    dhs[t - 1].add_(tmp)  # the path that skips W_hh: z h_{t-1}
+                    add_dah_W_hh(dhs[t - 1], dahs[t])
+            dh0 = tmp + dahs[0] @ W_hh if ctx.needs_input_grad[3] else None
+            dW_hh = dah_all[B:].t() @ h_all[:-B]
+            dW_hh.addmm_(dahs[0].t(), h0)
+            db_hn = dah_all[:, 2 * H:].sum(0)
+            return (dax_all, dW_hh, db_hn, dh0, *_head_grads(h_all, grad_logits, head))
+
+
+def gru_recurrence(pre, W_hh, b_hn, h0, W_hy=None, b_y=None):
+    """The GRU over all t, time-major: pre (T*B, 3H) -> h (T*B, H), overwriting pre.
+
+    With W_hy (V, H) and b_y (V,), returns (h, logits), logits = W_hy h_t + b_y as (T*B, V).
+    """
+    out = _GRURecurrence.apply(pre, W_hh, b_hn, h0, W_hy, b_y)[1:]
+    return out if W_hy is not None else out[0]

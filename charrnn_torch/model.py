@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import CELLS, IMPLS
-from .fused import rnn_recurrence
+from .fused import gru_recurrence, lstm_recurrence, rnn_recurrence
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # rows of W_xh, W_hh and b_h, in units of H
 
@@ -68,6 +68,12 @@ class Cell(nn.Module):
 class RNNCell(Cell):
     """The tutorial's tanh cell: h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h). Its state is h."""
 
+    def recurrence(self, pre, h0, head):
+        """impl fused: all T steps from pre = W_xh x + b_h (T*B, G·H) -> (h (T*B, H), h_T, logits or None)."""
+        out = rnn_recurrence(pre, self.W_hh, h0, *head)
+        out, logits = out if head else (out, None)
+        return out, out[-h0.shape[0]:], logits
+
     def forward(self, x_t, h_prev):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
         # Row-vector form of tanh(W_xh x + W_hh h + b_h): batch rows times W^T.
@@ -88,6 +94,10 @@ class LSTMCell(Cell):
     """
 
     gates = 4
+
+    def recurrence(self, pre, state0, head):
+        out, c_T, *logits = lstm_recurrence(pre, self.W_hh, *state0, *head)
+        return out, (out[-c_T.shape[0]:], c_T), (logits or [None])[0]
 
     def reset_biases(self):
         H = self.hidden_size
@@ -120,6 +130,11 @@ class GRUCell(Cell):
         super().__init__(input_size, hidden_size, onehot_input)
         self.b_hn = nn.Parameter(torch.empty(hidden_size))  # (H,)
 
+    def recurrence(self, pre, h0, head):
+        out = gru_recurrence(pre, self.W_hh, self.b_hn, h0, *head)
+        out, logits = out if head else (out, None)
+        return out, out[-h0.shape[0]:], logits
+
     def forward(self, x_t, h_prev):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
         xr, xz, xn = (self.input_projection(x_t) + self.b_h).chunk(3, dim=1)
@@ -146,16 +161,27 @@ def _output(state):
     return state[0] if isinstance(state, tuple) else state
 
 
+def _per_layer(state):
+    """(L, B, H), or (h, c) of them -> L states of one layer: (B, H), or (h, c) of them."""
+    return list(zip(*(s.unbind(0) for s in state))) if isinstance(state, tuple) else list(state.unbind(0))
+
+
+def _stacked(states):
+    """The inverse of _per_layer."""
+    if isinstance(states[0], tuple):
+        return tuple(torch.stack(s) for s in zip(*states))
+    return torch.stack(states)
+
+
 class CharRNN(nn.Module):
     """``forward(x, h0=None) -> (logits, state)`` with x (B, T) ids and logits (B, T, V). The state
     is h (L, B, H) for the tanh cell and the GRU, like nn.RNN's and nn.GRU's h_n, and a tuple
     (h, c) of two (L, B, H) tensors for the LSTM, like nn.LSTM's.
 
     ``cell`` is rnn (the tutorial's tanh cell), lstm or gru. ``impl`` picks how the same maths
-    runs: ``loop`` is the readable reference unroll below; ``fused`` (the tanh cell only, so far)
-    hoists the input and output projections out of the time loop and runs the recurrence in a
-    hand-written autograd Function (``fused.py``). Both pass the same tests against the numpy
-    reference.
+    runs: ``loop`` is the readable reference unroll below; ``fused`` hoists the input and output
+    projections out of the time loop and runs the recurrence in a hand-written autograd Function
+    for each cell (``fused.py``). Both pass the same tests against the numpy reference.
     """
 
     def __init__(self, vocab_size, hidden_size, num_layers=1, dropout=0.0, impl="loop", cell="rnn"):
@@ -164,8 +190,6 @@ class CharRNN(nn.Module):
             raise ValueError(f"unknown impl {impl!r}; expected one of {', '.join(IMPLS)}")
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELLS)}")
-        if impl == "fused" and cell != "rnn":
-            raise ValueError(f"impl 'fused' is written for the rnn cell only so far; use impl 'loop' for {cell}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -222,8 +246,7 @@ class CharRNN(nn.Module):
 
     def _forward_loop(self, x, state0):
         B, T = x.shape
-        # one state per layer: h (B, H), or (h, c) for the LSTM
-        states = list(zip(*(s.unbind(0) for s in state0))) if isinstance(state0, tuple) else list(state0.unbind(0))
+        states = _per_layer(state0)  # h (B, H), or (h, c) for the LSTM, of each layer
         outputs = []
         for t in range(T):
             inp = x[:, t]  # (B,) ids
@@ -231,24 +254,20 @@ class CharRNN(nn.Module):
                 states[l] = cell(inp, states[l])
                 inp = self._between_layers(_output(states[l]), l)
             outputs.append(inp)
-        if isinstance(state0, tuple):  # (h, c), each (L, B, H)
-            return torch.stack(outputs, dim=1), tuple(torch.stack(s) for s in zip(*states))
-        return torch.stack(outputs, dim=1), torch.stack(states)  # (B, T, H), (L, B, H)
+        return torch.stack(outputs, dim=1), _stacked(states)  # (B, T, H), (L, B, H) or (h, c) of them
 
-    def _forward_fused(self, x, h0):
-        # Time-major rows (T*B, H): each step's B rows are contiguous for the in-place GEMMs.
+    def _forward_fused(self, x, state0):
+        # Time-major rows (T*B, ·): each step's B rows are contiguous for the in-place GEMMs.
         T, B = x.shape[1], x.shape[0]
         inp = x.t().reshape(T * B)  # ids, time-major
         finals = []
-        for l, cell in enumerate(self.cells):
-            if l < self.num_layers - 1:
-                out = rnn_recurrence(cell.pre_activation(inp), cell.W_hh, h0[l])  # (T*B, H)
-                inp = self._between_layers(out, l)
-            else:  # the top layer also runs the output projection, one GEMM over all T*B rows
-                out, logits = rnn_recurrence(cell.pre_activation(inp), cell.W_hh, h0[l],
-                                             self.W_hy, self.b_y)  # (T*B, H), (T*B, V)
-            finals.append(out[-B:])  # h_T: the last step's B rows
-        return logits.view(T, B, -1).transpose(0, 1), torch.stack(finals)  # (B, T, V), (L, B, H)
+        for l, (cell, s0) in enumerate(zip(self.cells, _per_layer(state0))):
+            # the top layer also runs the output projection, one GEMM over all T*B rows
+            head = (self.W_hy, self.b_y) if l == self.num_layers - 1 else ()
+            out, final, logits = cell.recurrence(cell.pre_activation(inp), s0, head)  # (T*B, H), state, (T*B, V)
+            finals.append(final)
+            inp = self._between_layers(out, l)
+        return logits.view(T, B, -1).transpose(0, 1), _stacked(finals)  # (B, T, V), (L, B, H) or (h, c)
 
     def _between_layers(self, h, l):
         # Dropout only feeds the layer above, as in nn.RNN: the recurrent path

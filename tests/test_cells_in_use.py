@@ -21,7 +21,7 @@ CELLS = ["lstm", "gru"]
 
 
 def cell_overrides(corpus, out, cell, **extra):
-    return tiny_overrides(corpus, out, **{"model.cell": cell, "model.impl": "loop", "model.num_layers": 2,
+    return tiny_overrides(corpus, out, **{"model.cell": cell, "model.impl": "fused", "model.num_layers": 2,
                                           "model.dropout": 0.2, "train.sample_interval": 0, **extra})
 
 
@@ -51,9 +51,10 @@ def test_train_checkpoint_sample_beam_score(tmp_path, corpus_file, cell, capsys)
     assert "bits/char" in captured.out
 
 
+@pytest.mark.parametrize("impl", ["loop", "fused"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_resume_is_bit_exact(tmp_path, corpus_file, cell):
-    extra = {"train.max_steps": 24, "train.eval_interval": 8, "train.log_interval": 2}
+def test_resume_is_bit_exact(tmp_path, corpus_file, cell, impl):
+    extra = {"train.max_steps": 24, "train.eval_interval": 8, "train.log_interval": 2, "model.impl": impl}
     whole = train(build_config({}, cell_overrides(corpus_file, tmp_path / "whole", cell, **extra)),
                   progress=False, log=lambda *a: None)
     part_cfg = build_config({}, cell_overrides(corpus_file, tmp_path / "part", cell, **extra))
@@ -87,11 +88,6 @@ def test_resume_may_not_change_the_cell(tmp_path, corpus_file, capsys):
           progress=False, log=lambda *a: None)
     assert train_main(["--resume", str(out), "model.cell=gru", "--no-progress"]) == 2
     assert "cannot change model.cell" in capsys.readouterr().err
-
-
-def test_fused_with_a_gated_cell_is_a_config_error():
-    with pytest.raises(Exception, match="model.impl: fused is written for model.cell=rnn only so far"):
-        build_config({}, ["model.cell=lstm", "model.impl=fused"])
 
 
 @pytest.mark.slow

@@ -2,8 +2,10 @@
 proves the tanh cell: the numpy reference (written from the equations, not from model.py) is
 checked against central finite differences; every impl's autograd against the reference, to
 1e-9 relative for every parameter and the initial state (h0, and c0 for the LSTM), at L = 1 and 2,
-T = 1 and 17, B = 1 and 3; gradcheck; the forward against nn.LSTM / nn.GRU given the same weights
-(1e-12); the carried state against one long unroll; and the LSTM's forget-gate bias at 1.
+T = 1 and 17, B = 1 and 3, for both impls (loop, and fused's hand-written BPTT, also when only the
+final state or only the logits carry a gradient); gradcheck; the forward against nn.LSTM / nn.GRU
+given the same weights (1e-12); the carried state against one long unroll; and the LSTM's
+forget-gate bias at 1.
 
 Sizes are small and distinct (V=11, H=7, B=3, T=5) so a transposed dimension fails loudly.
 Run: pytest tests/test_gated_cells.py
@@ -19,7 +21,7 @@ from conftest import rel_err
 
 V, H, B, T = 11, 7, 3, 5
 CELLS = ["lstm", "gru"]
-GATED_IMPLS = ["loop"]  # fused is the tanh cell's only, so far
+GATED_IMPLS = ["loop", "fused"]
 
 
 def make_model(cell, L=1, impl="loop", std=0.5, seed=0):
@@ -143,9 +145,10 @@ def test_autograd_matches_reference(cell, T_, B_, given, L, impl):
             assert rel_err(leaf.grad.numpy(), want) <= 1e-9
 
 
+@pytest.mark.parametrize("impl", GATED_IMPLS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_gradcheck(cell):
-    model = make_model(cell, L=2)
+def test_gradcheck(cell, impl):
+    model = make_model(cell, L=2, impl=impl)
     x, _ = make_batch()
     state0 = map_state(lambda s: s.requires_grad_(), random_state(cell, 2, B))
     names = [n for n, _ in model.named_parameters()]
@@ -177,10 +180,11 @@ def torch_module_copy(model):
     return rnn
 
 
+@pytest.mark.parametrize("impl", GATED_IMPLS)
 @pytest.mark.parametrize("L", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_forward_matches_torch_module(cell, L):
-    model = make_model(cell, L)
+def test_forward_matches_torch_module(cell, L, impl):
+    model = make_model(cell, L, impl)
     rnn = torch_module_copy(model)
     x, _ = make_batch(T_=9)
     state0 = random_state(cell, L, B)
@@ -191,10 +195,11 @@ def test_forward_matches_torch_module(cell, L):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("impl", GATED_IMPLS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_carried_state_equals_one_long_unroll(cell):
+def test_carried_state_equals_one_long_unroll(cell, impl):
     # To rounding, as for the tanh cell: the split computes GEMMs of other shapes.
-    model = make_model(cell, L=2)
+    model = make_model(cell, L=2, impl=impl)
     x, _ = make_batch(T_=12)
     full, s_full = model(x)
     first, s1 = model(x[:, :5])
@@ -204,7 +209,28 @@ def test_carried_state_equals_one_long_unroll(cell):
         assert rel_err(a.detach(), b.detach()) <= 1e-12
 
 
+@pytest.mark.parametrize("L", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_fused_is_refused_for_gated_cells(cell):
-    with pytest.raises(ValueError, match="rnn cell only"):
-        CharRNN(V, H, impl="fused", cell=cell)
+def test_fused_gradients_through_either_output(cell, L):
+    # fused's backward has a branch for each output that carries a gradient (the final state,
+    # the logits, or both); compare each with the loop impl's plain autograd.
+    x, _ = make_batch(T_=6)
+    g = torch.Generator().manual_seed(4)
+    r_logits = torch.randn(B, 6, V, dtype=torch.float64, generator=g)
+    r_state = [torch.randn(L, B, H, dtype=torch.float64, generator=g) for _ in parts(random_state(cell, L, B))]
+    for through in ("state", "logits", "both"):
+        grads = {}
+        for impl in GATED_IMPLS:
+            model = make_model(cell, L, impl)
+            leaves = map_state(lambda s: s.clone().requires_grad_(), random_state(cell, L, B, seed=5))
+            logits, state = model(x, leaves)
+            loss = 0
+            if through in ("logits", "both"):
+                loss = loss + (logits * r_logits).sum()
+            if through in ("state", "both"):
+                loss = loss + sum((s * r).sum() for s, r in zip(parts(state), r_state))
+            loss.backward()
+            grads[impl] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                           for p in model.parameters()] + [leaf.grad.clone() for leaf in parts(leaves)]
+        for a, b in zip(grads["loop"], grads["fused"]):
+            assert rel_err(a.numpy(), b.numpy()) <= 1e-9, through
