@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from . import reference
-from .model import IMPLS, CharRNN, cross_entropy
+from .model import GATES, IMPLS, CharRNN, cross_entropy, map_state
 from .runtime import retain_freed_memory
 from .sample import sample_ids
 from .trainer import fast_optimizer
@@ -55,9 +55,10 @@ class Row:
     note: str = ""  # why a row has no numbers (e.g. a CUDA graph capture that failed)
 
 
-def flops_per_char(V, H, L):
-    """Multiply-adds x2 of the matrix products, forward + backward (backward = 2x forward)."""
-    fwd = 2 * H * H * L + 2 * H * H * (L - 1) + 2 * H * V  # W_hh per layer, W_xh above layer 0, W_hy
+def flops_per_char(V, H, L, gates=1):
+    """Multiply-adds x2 of the matrix products, forward + backward (backward = 2x forward).
+    A gated cell's G gates multiply its W_xh and W_hh rows; the gate maths is not counted."""
+    fwd = gates * (2 * H * H * L + 2 * H * H * (L - 1)) + 2 * H * V  # W_hh per layer, W_xh above layer 0, W_hy
     return 3 * fwd
 
 
@@ -83,13 +84,22 @@ class MatmulPeak:
         return 2 * self.n ** 3 / seconds_per_call / 1e9
 
 
-class NNRNNStack(nn.Module):
-    """The yardstick: nn.Embedding + nn.RNN(tanh) + nn.Linear of identical size (cuDNN on GPU)."""
+TORCH_MODULES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
-    def __init__(self, V, H, L):
+
+def yardstick_name(cell):
+    return f"nn.{TORCH_MODULES[cell]} stack"
+
+
+class NNStack(nn.Module):
+    """The yardstick: nn.Embedding + nn.RNN(tanh) / nn.LSTM / nn.GRU + nn.Linear of identical size
+    (cuDNN on GPU; on CPU torch's own kernels, oneDNN's where it has them)."""
+
+    def __init__(self, V, H, L, cell="rnn"):
         super().__init__()
         self.emb = nn.Embedding(V, V)
-        self.rnn = nn.RNN(V, H, num_layers=L, nonlinearity="tanh", batch_first=True)
+        kind = getattr(nn, TORCH_MODULES[cell])
+        self.rnn = kind(V, H, num_layers=L, batch_first=True, **({"nonlinearity": "tanh"} if cell == "rnn" else {}))
         self.head = nn.Linear(H, V)
 
     def forward(self, x, h0=None):
@@ -121,7 +131,7 @@ class TorchStep:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 5.0)
         self.opt.step()
-        self.h = h.detach()
+        self.h = map_state(torch.Tensor.detach, h)
 
 
 class GraphedStep(TorchStep):
@@ -170,12 +180,12 @@ def _status_kb(field):
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def _cpu_peak_child(dims, name, threads, queue, retain_memory):
+def _cpu_peak_child(dims, name, threads, queue, retain_memory, cell):
     if retain_memory:
         retain_freed_memory()  # as in the parent, whose timings these numbers sit beside
     torch.set_num_threads(threads)
     SHAPES["_child"] = dims
-    step = build_impls("_child", torch.device("cpu"), only=name)[name]
+    step = build_impls("_child", torch.device("cpu"), only=name, cell=cell)[name]
     gc.collect()
     base = _status_kb("VmRSS")
     for _ in range(2):
@@ -183,7 +193,7 @@ def _cpu_peak_child(dims, name, threads, queue, retain_memory):
     queue.put((_status_kb("VmHWM") - base) / 1024)
 
 
-def measure_peak_mem(shape, name, step, device, threads, retain_memory=False):
+def measure_peak_mem(shape, name, step, device, threads, retain_memory=False, cell="rnn"):
     """Peak MB that training steps add on top of the model and its inputs.
 
     GPU: torch.cuda.max_memory_allocated (for a CUDA-graph row, counted from before capture,
@@ -203,7 +213,7 @@ def measure_peak_mem(shape, name, step, device, threads, retain_memory=False):
     import queue as queue_mod
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    proc = ctx.Process(target=_cpu_peak_child, args=(SHAPES[shape], name, threads, results, retain_memory))
+    proc = ctx.Process(target=_cpu_peak_child, args=(SHAPES[shape], name, threads, results, retain_memory, cell))
     proc.start()
     try:
         while True:
@@ -232,22 +242,23 @@ def _steps_for(shape, device):
     return max(3, min(200, int(2e6 / (B * T * H) * (40 if device.type == "cuda" else 1)) + 2))
 
 
-def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, failures=None):
-    """name -> a callable doing one training step. The numpy reference runs on CPU only,
-    and not at the gpu shapes, where one step takes minutes. On CUDA, `CharRNN fused+graphs`
-    replays the fused impl as CUDA graphs; if capturing fails, its error goes into
-    `failures` (name -> message) rather than stopping the other rows."""
+def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, failures=None, cell="rnn"):
+    """name -> a callable doing one training step of `cell`. The numpy reference (the tutorial's
+    tanh cell) runs on CPU only, and not at the gpu shapes, where one step takes minutes. On CUDA,
+    `CharRNN fused+graphs` replays the fused impl as CUDA graphs (for a state that is one tensor:
+    not the LSTM's (h, c)); if capturing fails, its error goes into `failures` (name -> message)
+    rather than stopping the other rows."""
     V, H, B, T, L = SHAPES[shape]
     makers = {}
-    if device.type == "cpu" and not shape.startswith("gpu"):
+    if device.type == "cpu" and not shape.startswith("gpu") and cell == "rnn":
         makers["numpy reference"] = lambda: NumpyStep(V, H, B, T, L)
     for impl in IMPLS:
-        makers[f"CharRNN {impl}"] = lambda impl=impl: TorchStep(CharRNN(V, H, L, impl=impl).to(dtype), V, B, T,
-                                                                device, amp_dtype)
-    if device.type == "cuda":
-        makers[GRAPHED] = lambda: GraphedStep(CharRNN(V, H, L, impl="fused").to(dtype), V, B, T,
-                                                             device, amp_dtype)
-    makers["nn.RNN stack"] = lambda: TorchStep(NNRNNStack(V, H, L).to(dtype), V, B, T, device, amp_dtype)
+        makers[f"CharRNN {impl}"] = lambda impl=impl: TorchStep(CharRNN(V, H, L, impl=impl, cell=cell).to(dtype),
+                                                                V, B, T, device, amp_dtype)
+    if device.type == "cuda" and cell != "lstm":
+        makers[GRAPHED] = lambda: GraphedStep(CharRNN(V, H, L, impl="fused", cell=cell).to(dtype), V, B, T,
+                                              device, amp_dtype)
+    makers[yardstick_name(cell)] = lambda: TorchStep(NNStack(V, H, L, cell).to(dtype), V, B, T, device, amp_dtype)
     impls = {}
     for name, make in makers.items():
         if only is None or name == only:
@@ -261,11 +272,12 @@ def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, f
     return impls
 
 
-def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, threads=None, retain_memory=False):
-    """Rows for every implementation at one shape, plus the matmul peak measured alongside."""
+def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, threads=None, retain_memory=False,
+              cell="rnn", memory=True):
+    """Rows for every implementation of `cell` at one shape, plus the matmul peak measured alongside."""
     V, H, B, T, L = SHAPES[shape]
     failures = {}
-    impls = build_impls(shape, device, dtype, amp_dtype, failures=failures)
+    impls = build_impls(shape, device, dtype, amp_dtype, failures=failures, cell=cell)
     peak = MatmulPeak(device, amp_dtype or dtype, n=256 if shape == "smoke" else None)
     n = _steps_for(shape, device)
     for step in [*impls.values(), peak]:  # warm-up (allocator, caches, cuDNN heuristics)
@@ -284,8 +296,9 @@ def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, thr
         peak_times.append(time_steps(peak, device, 10 if device.type == "cpu" else 20))
     peak_gflops = peak.gflops(statistics.median(peak_times))
     threads = threads or torch.get_num_threads()
-    mems = {name: measure_peak_mem(shape, name, step, device, threads, retain_memory) for name, step in impls.items()}
-    fpc = flops_per_char(V, H, L)
+    mems = {name: measure_peak_mem(shape, name, step, device, threads, retain_memory, cell) if memory
+            else float("nan") for name, step in impls.items()}
+    fpc = flops_per_char(V, H, L, GATES[cell])
     rows = []
     for name in impls:
         cps = B * T / statistics.median(times[name])
@@ -314,21 +327,23 @@ def sampling_throughput(shape, device, length=200):
     return out
 
 
-def format_table(rows, baseline="nn.RNN stack"):
+def format_table(rows):
+    """One block per shape; "vs nn" is the ratio to that shape's torch-module stack (nn.RNN,
+    nn.LSTM or nn.GRU)."""
     lines = []
-    head = f"{'shape':<12} {'impl':<22} {'chars/s':>10} {'vs nn.RNN':>9} {'vs numpy':>9} {'GFLOP/s':>8} {'% peak':>7} {'peak MB':>8} {'thr':>4}"
+    head = f"{'shape':<14} {'impl':<22} {'chars/s':>10} {'vs nn.RNN/LSTM/GRU':>18} {'vs numpy':>9} {'GFLOP/s':>8} {'% peak':>7} {'peak MB':>8} {'thr':>4}"
     lines.append(head)
     lines.append("-" * len(head))
     for shape in dict.fromkeys(r.shape for r in rows):
         group = [r for r in rows if r.shape == shape]
-        base = next((r.chars_per_sec for r in group if r.impl == baseline), float("nan"))
+        base = next((r.chars_per_sec for r in group if r.impl.startswith("nn.")), float("nan"))
         npy = next((r.chars_per_sec for r in group if r.impl == "numpy reference"), float("nan"))
         for r in group:
             if r.note:
-                lines.append(f"{r.shape:<12} {r.impl:<22} {r.note}")
+                lines.append(f"{r.shape:<14} {r.impl:<22} {r.note}")
                 continue
             vs_np = f"{r.chars_per_sec / npy:9.2f}" if not math.isnan(npy) else f"{'-':>9}"
-            lines.append(f"{r.shape:<12} {r.impl:<22} {r.chars_per_sec:10,.0f} {r.chars_per_sec / base:9.2f} "
+            lines.append(f"{r.shape:<14} {r.impl:<22} {r.chars_per_sec:10,.0f} {r.chars_per_sec / base:18.2f} "
                          f"{vs_np} {r.gflops:8.1f} {r.pct_peak:6.1f}% {r.peak_mem_mb:8.1f} {r.threads:4d}")
     return "\n".join(lines)
 
@@ -357,17 +372,20 @@ def main(args, device):
     for prec in precisions:
         amp = set_precision(prec)
         suffix = "" if precisions == ["fp32"] and device.type == "cpu" else f"-{prec}"
-        for s in shapes:
-            torch.set_num_threads(threads_for(s))
-            shape_rows, peak = run_shape(s, device, args.repeats, amp_dtype=amp, threads=threads_for(s),
-                                         retain_memory=retain)
-            torch.set_num_threads(default_threads)
-            for r in shape_rows:
-                r.shape = s + suffix
-            rows += shape_rows
-            extra["peaks"][s + suffix] = peak
-            print(f"{s + suffix}: measured {'bf16' if amp else 'fp32'} matmul peak {peak:.1f} GFLOP/s"
-                  f"{' (TF32 on)' if device.type == 'cuda' and prec == 'tf32' else ''} with {threads_for(s)} thread(s)")
+        for cell in args.cells:
+            for s in shapes:
+                label = s + ("" if cell == "rnn" else f"-{cell}") + suffix
+                torch.set_num_threads(threads_for(s))
+                shape_rows, peak = run_shape(s, device, args.repeats, amp_dtype=amp, threads=threads_for(s),
+                                             retain_memory=retain, cell=cell, memory=not args.no_memory)
+                torch.set_num_threads(default_threads)
+                for r in shape_rows:
+                    r.shape = label
+                rows += shape_rows
+                extra["peaks"][label] = peak
+                print(f"{label}: measured {'bf16' if amp else 'fp32'} matmul peak {peak:.1f} GFLOP/s"
+                      f"{' (TF32 on)' if device.type == 'cuda' and prec == 'tf32' else ''} with "
+                      f"{threads_for(s)} thread(s)")
     print()
     print(format_table(rows))
     print()

@@ -380,6 +380,7 @@ def sweep_main(argv=None):
 
 def _bench_args(argv):
     from .bench import PRECISIONS, SHAPES
+    from .config import CELLS
 
     def names(flag, what, allowed):
         def parse(text):
@@ -397,6 +398,8 @@ def _bench_args(argv):
     p.add_argument("--precisions", type=names("--precisions", "precision", PRECISIONS), default=None,
                    help=f"comma-separated, from {', '.join(PRECISIONS)} (default: all three on CUDA, fp32 on CPU); "
                         f"tf32 changes nothing on a CPU")
+    p.add_argument("--cells", type=names("--cells", "cell", CELLS), default=["rnn"],
+                   help=f"comma-separated, from {', '.join(CELLS)} (default rnn); each against its torch module")
     p.add_argument("--repeats", type=integer("--repeats", 1, 1000), default=5,
                    help="timed rounds per implementation (median reported)")
     p.add_argument("--threads", type=integer("--threads", 0, 4096), default=0,
@@ -407,6 +410,8 @@ def _bench_args(argv):
                    help="retain: keep freed memory for reuse, as training does (default); default: glibc's "
                         "own policy, to see what that setting is worth")
     p.add_argument("--json", type=file_path("--json", existing=False), default=None, help="also write the results to this file")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the peak-memory measurement (a fresh process per row on CPU): for quick runs")
     return p.parse_args(argv)
 
 
@@ -419,3 +424,24 @@ def _bench(argv):
 
 def bench_main(argv=None):
     return _report(_bench, sys.argv[1:] if argv is None else argv)
+
+
+# ---------------------------------------------------------------- plot
+
+def _plot(argv):
+    p = _Parser(prog="plot_runs", description="Validation loss against wall-clock minutes, runs side by side.")
+    p.add_argument("runs", nargs="+", type=output_dir("RUN"), help="run directories (TensorBoard events)")
+    p.add_argument("--out", type=file_path("--out", existing=False), default="runs.png", help="the PNG to write")
+    p.add_argument("--labels", default=None, help="comma-separated, one per run (default: the directory names)")
+    p.add_argument("--title", default="validation loss against wall-clock time")
+    args = p.parse_args(argv)
+    labels = args.labels.split(",") if args.labels else None
+    if labels is not None and len(labels) != len(args.runs):
+        raise UserError(f"--labels has {len(labels)} names for {len(args.runs)} runs")
+    from .plots import plot_runs
+    print(plot_runs(args.runs, args.out, labels, args.title))
+    return 0
+
+
+def plot_main(argv=None):
+    return _report(_plot, sys.argv[1:] if argv is None else argv)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# One prepared GPU run: the CUDA tests, the benchmark against cuDNN, and shakespeare_gpu.yaml
-# trained on a wall-clock budget. Each stage has its own time limit and writes its output into
-# RESULTS_DIR; a stage that fails does not stop the next. summary.json gathers the results.
+# One prepared GPU run: the CUDA tests (all three cells), the benchmark against cuDNN (nn.RNN,
+# nn.LSTM, nn.GRU), shakespeare_gpu.yaml trained on a wall-clock budget (quality), and the three
+# cells trained side by side for the same budget at about equal parameter counts (compare). Each
+# stage has its own time limit and writes its output into RESULTS_DIR; a stage that fails does not
+# stop the next. summary.json gathers the results.
 #
-#   bash scripts/gpu_check.sh RESULTS_DIR                     # on a GPU machine: about 7 minutes
+#   bash scripts/gpu_check.sh RESULTS_DIR                     # env,tests,bench,compare: about 7 minutes
 #   bash scripts/gpu_check.sh --dry-run RESULTS_DIR           # every stage at tiny sizes on the CPU
 #   bash scripts/gpu_check.sh --stages bench,quality RESULTS_DIR   # only some stages (a rerun)
 #
@@ -13,11 +15,11 @@
 # The corpus must be at data/tinyshakespeare.txt (it is sha-checked; a GPU machine cannot fetch it).
 set -uo pipefail
 
-usage="usage: scripts/gpu_check.sh [--dry-run] [--stages env,tests,bench,quality] RESULTS_DIR"
-all_stages="env,tests,bench,quality"
+usage="usage: scripts/gpu_check.sh [--dry-run] [--stages env,tests,bench,quality,compare] RESULTS_DIR"
+all_stages="env,tests,bench,quality,compare"
 if [ "${1:-}" != --run-stage ]; then
     dry=0
-    stages=$all_stages
+    stages="env,tests,bench,compare"  # quality (part 1's) ran on an H200 on 2026-11-26
     while [ $# -gt 0 ]; do
         case "$1" in
             --dry-run) dry=1; shift ;;
@@ -43,9 +45,9 @@ py="${PYTHON:-python3}"
 # Stage time limits (s): they bound the whole run to under 10 minutes even when a stage hangs.
 # The quality stage trains for the config's train.max_minutes (a dry run: 3 seconds).
 if [ "$dry" = 1 ]; then
-    device=cpu; limit_env=60; limit_tests=300; limit_bench=300; limit_quality=300
+    device=cpu; limit_env=60; limit_tests=300; limit_bench=300; limit_quality=300; limit_compare=300
 else
-    device=cuda; limit_env=45; limit_tests=90; limit_bench=150; limit_quality=290
+    device=cuda; limit_env=45; limit_tests=150; limit_bench=200; limit_quality=290; limit_compare=200
 fi
 run_stage() {  # name limit_s command...: run with a time limit, log its output, record rc and time
     local name=$1 limit=$2
@@ -91,10 +93,10 @@ stage_tests() {
 
 stage_bench() {
     if [ "$dry" = 1 ]; then
-        "$py" scripts/bench.py --device cpu --shapes smoke --precisions fp32,tf32,bf16 --repeats 1 \
-            --json "$results/bench.json"
+        "$py" scripts/bench.py --device cpu --shapes smoke --precisions fp32,tf32,bf16 --cells rnn,lstm,gru \
+            --repeats 1 --no-memory --json "$results/bench.json"
     else
-        "$py" scripts/bench.py --device cuda --json "$results/bench.json"
+        "$py" scripts/bench.py --device cuda --cells rnn,lstm,gru --json "$results/bench.json"
     fi
 }
 
@@ -102,7 +104,10 @@ stage_bench() {
 # gets its own budget of training time, so the two share the card (their chars/s say how much).
 variant_overrides=(model.hidden_size=1024)
 
-stage_quality() {
+# Trains shakespeare_gpu.yaml once per NAME=OVERRIDES pair given, all at the same time on the
+# same GPU (each gets its own budget of training time, so they share the card; their chars/s say
+# how much), then samples each run's best.pt on the GPU and on the CPU with the same seed.
+train_side_by_side() {
     local corpus=data/tinyshakespeare.txt
     local -a tiny=()
     if [ "$dry" = 1 ]; then
@@ -115,25 +120,39 @@ stage_quality() {
         echo "error: $corpus is missing; copy it into the repository (a GPU machine cannot fetch it)" >&2
         return 2
     fi
-    local rc=0 pids=() name
-    for name in gpu gpu_variant; do
-        local -a extra=()
-        [ "$name" = gpu_variant ] && extra=("${variant_overrides[@]}")
+    local rc=0 pids=() names=() run
+    for run in "$@"; do
+        local name=${run%%=*} extra=()
+        read -r -a extra <<<"${run#*=}"
+        names+=("$name")
         "$py" scripts/train.py --config shakespeare_gpu.yaml --no-progress data.path="$corpus" \
-            out_dir="$results/runs/$name" "${extra[@]}" "${tiny[@]}" \
-            >"$results/train_$name.log" 2>&1 &
+            out_dir="$results/runs/$name" "${extra[@]}" "${tiny[@]}" >"$results/train_$name.log" 2>&1 &
         pids+=($!)
     done
     for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
     local dev devs=("$device")
     [ "$device" = cpu ] || devs+=(cpu)
-    for name in gpu gpu_variant; do
+    for name in "${names[@]}"; do
         for dev in "${devs[@]}"; do  # the same seed on both devices: the texts should agree
             "$py" scripts/sample.py --checkpoint "$results/runs/$name" --prime "ROMEO:" --length 300 \
                 --temperature 0.8 --seed 1 --device "$dev" >"$results/sample_${name}_$dev.txt" || rc=$?
         done
     done
     return $rc
+}
+
+stage_quality() {  # the shipped config, and beside it one variant
+    train_side_by_side gpu= "gpu_variant=${variant_overrides[*]}"
+}
+
+# The three cells at about 1.9M parameters each (2 layers: tanh H=768, LSTM H=384, GRU H=448),
+# the same 2-minute budget, side by side; scripts/plot_runs.py draws their curves afterwards.
+stage_compare() {
+    local budget=train.max_minutes=2
+    [ "$dry" = 1 ] && budget=train.max_minutes=0.05
+    train_side_by_side "cmp_rnn=model.cell=rnn model.hidden_size=768 $budget" \
+        "cmp_lstm=model.cell=lstm model.hidden_size=384 $budget" \
+        "cmp_gru=model.cell=gru model.hidden_size=448 $budget"
 }
 
 if [ "${1:-}" = --run-stage ]; then  # one stage, in its own process so that timeout can stop it

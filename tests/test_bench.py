@@ -22,6 +22,25 @@ def test_flop_count_by_hand():
     assert bench.flops_per_char(65, 100, 2) - bench.flops_per_char(65, 100, 1) == 3 * 4 * 100 * 100
 
 
+def test_flop_count_of_gated_cells():
+    # G gates multiply every W_xh and W_hh product; the output projection is the same
+    assert bench.flops_per_char(65, 100, 2, gates=4) == 3 * (4 * (2 * 100 * 100 * 2 + 2 * 100 * 100) + 2 * 100 * 65)
+    assert bench.flops_per_char(65, 100, 1, gates=3) == 3 * (3 * 2 * 100 * 100 + 2 * 100 * 65)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gated_cells_rows_against_their_torch_module(monkeypatch, cell):
+    monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 2))
+    impls = bench.build_impls("tiny", torch.device("cpu"), cell=cell)
+    assert set(impls) == {"CharRNN loop", "CharRNN fused", bench.yardstick_name(cell)}
+    assert isinstance(impls[bench.yardstick_name(cell)].model.rnn, getattr(torch.nn, cell.upper()))
+    for name, step in impls.items():
+        before = [p.detach().clone() for p in step.params]
+        step()
+        step()  # the second step starts from the carried state ((h, c) for the LSTM)
+        assert any(not torch.equal(a, b) for a, b in zip(before, step.params)), name
+
+
 def test_every_impl_step_trains(monkeypatch):
     monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 2))
     impls = bench.build_impls("tiny", torch.device("cpu"))

@@ -1,6 +1,6 @@
-"""Proves the CUDA paths: every impl on CUDA in float64 equals the numpy reference (gradients to
-1e-9), float32 on CUDA matches float32 on CPU, training runs with TF32 and bf16 autocast and its
-loss falls, checkpoints load on CPU, sampling on CUDA is reproducible from a seed, and the
+"""Proves the CUDA paths, for each cell (tanh, LSTM, GRU): every impl on CUDA in float64 equals
+the numpy reference (gradients to 1e-9, the initial state's too), float32 on CUDA matches float32
+on CPU, training runs with TF32 and bf16 autocast and its loss falls, checkpoints load on CPU, sampling on CUDA is reproducible from a seed, and the
 benchmark's CUDA rows (the CUDA-graph replay of `fused` among them) run. Skipped without CUDA;
 `pytest -m gpu` selects these and the CUDA parity test in test_gradients.py.
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from charrnn_torch import CharRNN, bench, checkpoint, reference
-from charrnn_torch.config import OPTIMIZERS, build_config
+from charrnn_torch.config import CELLS, OPTIMIZERS, build_config
 from charrnn_torch.data import Vocab
-from charrnn_torch.model import IMPLS, cross_entropy
+from charrnn_torch.model import IMPLS, cross_entropy, map_state
 from charrnn_torch.sample import generate
 from charrnn_torch.trainer import make_optimizer, train
 from conftest import rel_err, run_script, tiny_overrides
@@ -23,9 +23,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 V, H, B, T = 11, 7, 3, 5  # small and distinct, as in test_gradients.py
 
 
-def _model(impl, L, dtype, seed=0):
+def _model(impl, L, dtype, seed=0, cell="rnn"):
     torch.manual_seed(seed)
-    model = CharRNN(V, H, num_layers=L, impl=impl).to(dtype)
+    model = CharRNN(V, H, num_layers=L, impl=impl, cell=cell).to(dtype)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.5)  # larger than the default init, so every term matters
@@ -37,58 +37,79 @@ def _batch(T_, seed=1):
     return torch.randint(0, V, (B, T_), generator=g), torch.randint(0, V, (B, T_), generator=g)
 
 
+def _numpy(state):
+    """A state (a tensor, or the LSTM's (h, c)) as float64 numpy arrays."""
+    return map_state(lambda s: s.detach().double().cpu().numpy(), state)
+
+
+def _state0(cell, L, dtype=torch.float64, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(L, B, H, dtype=dtype, generator=g) * 0.5
+    return (h, torch.randn(L, B, H, dtype=dtype, generator=g) * 0.5) if cell == "lstm" else h
+
+
 def _loss_grads(model, x, y, h0, device):
     model.to(device).zero_grad(set_to_none=True)
-    h0 = h0.to(device).clone().requires_grad_()
+    h0 = map_state(lambda s: s.to(device).clone().requires_grad_(), h0)
     logits, h = model(x.to(device), h0)
     loss = cross_entropy(logits, y.to(device), reduction="sum")
     loss.backward()
     grads = {k: p.grad.double().cpu().numpy() for k, p in model.named_parameters()}
-    return (loss.item(), grads, h0.grad.double().cpu().numpy(), h.detach().double().cpu().numpy(),
-            logits.detach().double().cpu().numpy())
+    return loss.item(), grads, _numpy(map_state(lambda s: s.grad, h0)), _numpy(h), _numpy(logits)
 
 
+def _pairs(a, b):
+    """Matching arrays of two states: [(h, h')] or [(h, h'), (c, c')]."""
+    return list(zip(a, b)) if isinstance(a, tuple) else [(a, b)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("L", [1, 2])
 @pytest.mark.parametrize("T_", [1, 17])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_cuda_float64_matches_numpy_reference(impl, L, T_):
-    model = _model(impl, L, torch.float64)
+def test_cuda_float64_matches_numpy_reference(impl, L, T_, cell):
+    model = _model(impl, L, torch.float64, cell=cell)
     params = {k: v.detach().numpy().copy() for k, v in model.named_parameters()}
     x, y = _batch(T_)
-    h0 = torch.randn(L, B, H, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 0.5
+    h0 = _state0(cell, L)
     loss, grads, dh0, h, logits = _loss_grads(model, x, y, h0, "cuda")
     ref_loss, ref_grads, ref_dh0, ref_h, ref_logits = reference.loss_and_grads(params, x.numpy(), y.numpy(),
-                                                                               h0.numpy())
+                                                                               _numpy(h0))
     assert abs(loss - ref_loss) <= 1e-12 * abs(ref_loss)
-    assert rel_err(logits, ref_logits) <= 1e-12 and rel_err(h, ref_h) <= 1e-12
+    assert rel_err(logits, ref_logits) <= 1e-12
+    assert all(rel_err(a, b) <= 1e-12 for a, b in _pairs(h, ref_h))
     for name in ref_grads:
         assert rel_err(grads[name], ref_grads[name]) <= 1e-9, name
-    assert rel_err(dh0, ref_dh0) <= 1e-9
+    assert all(rel_err(a, b) <= 1e-9 for a, b in _pairs(dh0, ref_dh0))
 
 
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("impl", IMPLS)
-def test_cuda_float32_matches_cpu_float32(impl):
+def test_cuda_float32_matches_cpu_float32(impl, cell):
     # TF32 off: this compares float32 with float32; only the order of the sums may differ.
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
         x, y = _batch(17)
-        h0 = torch.randn(2, B, H, generator=torch.Generator().manual_seed(2)) * 0.5
-        cpu = _loss_grads(_model(impl, 2, torch.float32), x, y, h0, "cpu")
-        gpu = _loss_grads(_model(impl, 2, torch.float32), x, y, h0, "cuda")
+        h0 = _state0(cell, 2, torch.float32)
+        cpu = _loss_grads(_model(impl, 2, torch.float32, cell=cell), x, y, h0, "cpu")
+        gpu = _loss_grads(_model(impl, 2, torch.float32, cell=cell), x, y, h0, "cuda")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
     assert abs(gpu[0] - cpu[0]) <= 1e-5 * abs(cpu[0])
     for name in cpu[1]:
         assert rel_err(gpu[1][name], cpu[1][name]) <= 1e-5, name
-    assert rel_err(gpu[2], cpu[2]) <= 1e-5 and rel_err(gpu[4], cpu[4]) <= 1e-5
+    assert all(rel_err(a, b) <= 1e-5 for a, b in _pairs(gpu[2], cpu[2]))
+    assert rel_err(gpu[4], cpu[4]) <= 1e-5
 
 
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("amp", ["none", "bf16"])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_train_on_cuda(tmp_path, corpus_file, amp, impl):
+def test_train_on_cuda(tmp_path, corpus_file, amp, impl, cell):
     cfg = build_config({}, tiny_overrides(corpus_file, tmp_path / "r", **{
-        "device": "cuda", "train.amp": amp, "model.impl": impl, "model.num_layers": 2, "train.max_steps": 40}))
+        "device": "cuda", "train.amp": amp, "model.impl": impl, "model.num_layers": 2, "train.max_steps": 40,
+        "model.cell": cell}))
     summary = train(cfg, progress=False, log=lambda *a: None)
     losses = [v for _, v in summary["train_log"]]
     assert losses[-1] < losses[0]
@@ -122,10 +143,12 @@ def test_cuda_sampling_is_reproducible():
     assert other != texts[0]  # the seed, not a constant, decides the text
 
 
-def test_bench_cuda_rows():
-    rows, peak = bench.run_shape("smoke", torch.device("cuda"), repeats=2)
+@pytest.mark.parametrize("cell", CELLS)
+def test_bench_cuda_rows(cell):
+    rows, peak = bench.run_shape("smoke", torch.device("cuda"), repeats=2, cell=cell)
     assert peak > 0
-    assert {r.impl for r in rows} == {"CharRNN loop", "CharRNN fused", bench.GRAPHED, "nn.RNN stack"}
+    graphed = {bench.GRAPHED} if cell != "lstm" else set()  # the graphed row takes a one-tensor state
+    assert {r.impl for r in rows} == {"CharRNN loop", "CharRNN fused", bench.yardstick_name(cell)} | graphed
     assert all(not r.note and r.chars_per_sec > 0 and r.peak_mem_mb >= 0 for r in rows), rows
 
 

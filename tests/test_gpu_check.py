@@ -24,17 +24,17 @@ def run_check(*args, python=sys.executable, timeout=900):
 
 @pytest.mark.slow
 def test_dry_run_runs_every_stage(tmp_path):
-    r = run_check("--dry-run", tmp_path / "res")
+    r = run_check("--dry-run", "--stages", "env,tests,bench,quality,compare", tmp_path / "res")
     assert r.returncode == 0, r.stdout + r.stderr
     summary = json.loads((tmp_path / "res" / "summary.json").read_text())
-    assert [s["stage"] for s in summary["stages"]] == ["env", "tests", "bench", "quality"]
+    assert [s["stage"] for s in summary["stages"]] == ["env", "tests", "bench", "quality", "compare"]
     assert all(s["rc"] == 0 for s in summary["stages"])
     assert summary["tests"]["tests"] > 0 and not summary["tests"]["failed"]
     shapes = {row["shape"] for row in summary["bench"]["rows"]}
-    assert shapes == {"smoke-fp32", "smoke-tf32", "smoke-bf16"}
+    assert shapes == {f"smoke{c}-{p}" for c in ("", "-lstm", "-gru") for p in ("fp32", "tf32", "bf16")}
     assert all(row["chars_per_sec"] > 0 for row in summary["bench"]["rows"])
     runs = {q["run"]: q for q in summary["quality"]}
-    assert set(runs) == {"gpu", "gpu_variant"}
+    assert set(runs) == {"gpu", "gpu_variant", "cmp_rnn", "cmp_lstm", "cmp_gru"}
     assert all(q["steps"] > 0 and q["best_val"] > 0 and q["val_curve"] for q in runs.values())
     assert all(text.startswith("ROMEO:") and len(text) > 300 for text in summary["samples"].values())
 
@@ -53,6 +53,7 @@ def test_failed_stage_is_recorded_and_the_next_still_runs(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--stages", "warp", "x"], "unknown stage warp"),
+    (["--stages", "compare,nope", "x"], "unknown stage nope"),
     (["--turbo", "x"], "unknown option --turbo"),
     ([], "usage"),
     (["a", "b"], "usage"),

@@ -1,0 +1,61 @@
+"""Proves scripts/plot_runs.py draws what the runs logged: the curve it reads is each run's loss/val
+at increasing wall-clock minutes, the PNG it writes is a real, non-blank image, and a run
+directory without events, a mismatched --labels or an --out that is a directory get one `error:`
+line and exit 2.
+
+Run: pytest tests/test_plots.py
+"""
+import pytest
+
+from charrnn_torch.cli import plot_main
+from charrnn_torch.config import build_config
+from charrnn_torch.plots import val_curve
+from charrnn_torch.trainer import train
+from conftest import tiny_overrides
+
+matplotlib = pytest.importorskip("matplotlib")  # the [plot] extra; `pip install -e ".[dev]"` has it
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("plots")
+    corpus = tmp / "corpus.txt"
+    corpus.write_text("ROMEO: but soft, what light through yonder window breaks?\n" * 40)
+    runs = []
+    for cell in ("rnn", "gru"):
+        cfg = build_config({}, tiny_overrides(corpus, tmp / cell, **{
+            "model.cell": cell, "train.max_steps": 20, "train.eval_interval": 5, "train.sample_interval": 0}))
+        runs.append((tmp / cell, train(cfg, progress=False, log=lambda *a: None)))
+    return tmp, runs
+
+
+def test_curve_is_what_the_run_logged(two_runs):
+    _, runs = two_runs
+    for run_dir, summary in runs:
+        curve = val_curve(run_dir)
+        assert [v for _, v in curve] == pytest.approx([v for _, v in summary["val_log"]], rel=1e-6)
+        minutes = [m for m, _ in curve]
+        assert minutes == sorted(minutes) and 0 <= minutes[0] and minutes[-1] < 5
+
+
+def test_png_is_a_real_non_blank_image(two_runs, capsys):
+    tmp, runs = two_runs
+    out = tmp / "cells.png"
+    assert plot_main([str(r) for r, _ in runs] + ["--out", str(out), "--labels", "tanh,GRU"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import numpy as np
+    from matplotlib.image import imread
+    pixels = imread(out).reshape(-1, 4)
+    assert len(np.unique(pixels, axis=0)) > 20  # lines, text and axes, not a blank canvas
+
+
+def test_bad_input(two_runs, capsys):
+    tmp, runs = two_runs
+    empty = tmp / "empty"
+    empty.mkdir(exist_ok=True)
+    for argv, needle in (([str(empty)], "holds no TensorBoard events"),
+                         ([str(runs[0][0]), "--labels", "a,b"], "--labels has 2 names for 1 runs"),
+                         ([str(runs[0][0]), "--out", str(tmp)], "is a directory")):
+        assert plot_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and err.count("\n") == 1
