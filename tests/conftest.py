@@ -55,3 +55,17 @@ def rel_err(a, b):
     """Largest absolute difference, relative to the larger of the two arrays' largest magnitude."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return np.abs(a - b).max() / max(np.abs(a).max(), np.abs(b).max(), 1e-300)
+
+
+def central_differences(loss, array, eps=1e-5):
+    """d loss() / d array by central differences, perturbing array in place one entry at a time."""
+    grad = np.zeros_like(array)
+    for i in np.ndindex(array.shape):
+        old = array[i]
+        array[i] = old + eps
+        lp = loss()
+        array[i] = old - eps
+        lm = loss()
+        array[i] = old
+        grad[i] = (lp - lm) / (2 * eps)
+    return grad

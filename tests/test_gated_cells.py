@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from charrnn_torch import CharRNN, reference
 from charrnn_torch.model import cross_entropy, map_state
-from conftest import rel_err
+from conftest import central_differences, rel_err
 
 V, H, B, T = 11, 7, 3, 5
 CELLS = ["lstm", "gru"]
@@ -92,16 +92,7 @@ def test_reference_against_finite_differences(cell, L):
     _, grads, dstate0, _, _ = reference.loss_and_grads(params, x, y, state0)
 
     def numeric(array):
-        grad = np.zeros_like(array)
-        for i in np.ndindex(array.shape):
-            old = array[i]
-            array[i] = old + 1e-5
-            lp = reference.loss_and_grads(params, x, y, state0)[0]
-            array[i] = old - 1e-5
-            lm = reference.loss_and_grads(params, x, y, state0)[0]
-            array[i] = old
-            grad[i] = (lp - lm) / 2e-5
-        return grad
+        return central_differences(lambda: reference.loss_and_grads(params, x, y, state0)[0], array)
 
     for name, p in params.items():
         assert rel_err(grads[name], numeric(p)) <= 1e-6, name

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from charrnn_torch import CharRNN, reference
 from charrnn_torch.model import IMPLS, cross_entropy
-from conftest import rel_err
+from conftest import central_differences, rel_err
 
 V, H, B, T = 11, 7, 3, 5
 
@@ -74,18 +74,7 @@ def test_reference_against_finite_differences(L):
     _, grads, dh0, _, _ = reference.loss_and_grads(params, x, y, h0)
 
     def numeric(array):
-        grad = np.zeros_like(array)
-        it = np.nditer(array, flags=["multi_index"])
-        for _ in it:
-            i = it.multi_index
-            old = array[i]
-            array[i] = old + 1e-5
-            lp = reference.loss_and_grads(params, x, y, h0)[0]
-            array[i] = old - 1e-5
-            lm = reference.loss_and_grads(params, x, y, h0)[0]
-            array[i] = old
-            grad[i] = (lp - lm) / 2e-5
-        return grad
+        return central_differences(lambda: reference.loss_and_grads(params, x, y, h0)[0], array)
 
     for name, p in params.items():
         assert rel_err(grads[name], numeric(p)) <= 1e-6, name
