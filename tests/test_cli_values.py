@@ -12,7 +12,6 @@ import shutil
 import subprocess
 
 import pytest
-import torch
 
 from charrnn_torch import checkpoint
 from charrnn_torch.cli import bench_main, sample_main, sweep_main, train_main

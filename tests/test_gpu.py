@@ -6,7 +6,6 @@ benchmark's CUDA rows (the CUDA-graph replay of `fused` among them) run. Skipped
 
 Run on a machine with a GPU: pytest -m gpu   (scripts/gpu_check.sh runs it as its first stage)
 """
-import numpy as np
 import pytest
 import torch
 
