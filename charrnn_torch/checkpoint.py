@@ -20,12 +20,15 @@ def save(obj, path):
     write_atomic(path, buf.getbuffer())
 
 
-def write_atomic(path, data):
+def write_atomic(path, data, mode=None):
     """Write to a temp file in the same directory, fsync, then os.replace: a reader
-    (or a crash) sees either the old file or the new one, never half of one."""
+    (or a crash) sees either the old file or the new one, never half of one. The file is
+    private to its owner (mkstemp's 0o600) unless mode says otherwise."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

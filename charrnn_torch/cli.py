@@ -232,11 +232,12 @@ def _load_model(path, device_name):
     ckpt = checkpoint.load(checkpoint.resolve(path))
     device = resolve_device(device_name)
     try:
-        model = CharRNN(**ckpt["model_args"])
+        # In the checkpoint's dtype before loading: a float64 model loaded into float32 would be rounded.
+        model = CharRNN(**ckpt["model_args"]).to(next(iter(ckpt["model"].values())).dtype)
         model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+    except (KeyError, TypeError, RuntimeError, ValueError, StopIteration, AttributeError) as e:
         raise UserError(f"checkpoint {path} does not hold a CharRNN ({' '.join(str(e).split())[:200]})") from None
-    model.to(device=device, dtype=next(iter(ckpt["model"].values())).dtype).eval()
+    model.to(device=device).eval()
     return model, Vocab(ckpt["vocab"]), ckpt
 
 
@@ -445,3 +446,71 @@ def _plot(argv):
 
 def plot_main(argv=None):
     return _report(_plot, sys.argv[1:] if argv is None else argv)
+
+
+# ---------------------------------------------------------------- visualize
+
+VIZ_MAX_CHARS = 3000
+
+
+def _visualize_args(argv):
+    p = _Parser(prog="charrnn-visualize", description="Write an HTML page of what a trained model learned: "
+                                                      "per-character surprise, interpretable units, saturation.")
+    p.add_argument("--checkpoint", required=True, help="a .pt file, or a run directory (best.pt, else ckpt.pt)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--text", type=file_path("--text", existing=True), default=None, help="the text to look at")
+    src.add_argument("--from-val", type=integer("--from-val", 2, 10**9), default=None, metavar="N",
+                     help="the first N characters of the run's validation split (the default, N = --max-chars)")
+    p.add_argument("--max-chars", type=integer("--max-chars", 2, 10**6), default=VIZ_MAX_CHARS,
+                   help=f"cap on the characters shown (default {VIZ_MAX_CHARS}); the page holds every unit's "
+                        "activation for each")
+    p.add_argument("--out", type=output_dir("--out"), default=Path("viz"), help="directory for index.html and "
+                                                                              "insight.json (default viz)")
+    p.add_argument("--device", type=device_name("--device"), default="cpu", help="auto | cpu | cuda | cuda:N")
+    return p.parse_args(argv)
+
+
+def _validation_text(ckpt, n):
+    from .data import read_corpus
+    try:
+        path, fraction = ckpt["config"]["data"]["path"], ckpt["config"]["data"]["val_fraction"]
+    except (KeyError, TypeError):
+        raise UserError("the checkpoint records no data path: pass --text FILE") from None
+    text = read_corpus(path)
+    val = text[len(text) - int(len(text) * fraction):]
+    return val[:n], f"the first {min(n, len(val)):,} characters of the validation split of {path}"
+
+
+def _visualize(argv):
+    args = _visualize_args(argv)
+    import json
+
+    from . import checkpoint, visualize, viz_page
+    from .data import read_corpus
+
+    model, vocab, ckpt = _load_model(args.checkpoint, args.device)
+    if args.text is not None:
+        raw, source = read_corpus(args.text), str(args.text)
+    else:
+        raw, source = _validation_text(ckpt, args.from_val or args.max_chars)
+    text, info = visualize.prepare_text(vocab, raw, args.max_chars)
+    if info["truncated_from"]:
+        source += f" (the first {len(text):,} of {info['truncated_from']:,} characters)"
+    if info["unknown_removed"]:
+        source += f" ({info['unknown_removed']} characters outside the vocabulary removed)"
+    data, acts = visualize.page_data(model, vocab, ckpt, checkpoint.resolve(args.checkpoint), text, source)
+    args.out.mkdir(parents=True, exist_ok=True)
+    # A page to share: readable by all, as a file written with open() would be under the usual umask.
+    checkpoint.write_atomic(args.out / "index.html", viz_page.render(data, acts).encode(), mode=0o644)
+    checkpoint.write_atomic(args.out / "insight.json", json.dumps(data).encode(), mode=0o644)
+    print(f"wrote {args.out / 'index.html'} and insight.json: {len(text):,} characters, "
+          f"{data['header']['mean_bits']:.3f} bits/char")
+    for name, f in data["search"].items():
+        if f["occurs"]:
+            b = f["units"][0]
+            print(f"  {name:<20} {b['state']} layer {b['layer']} unit {b['unit']:<4} corr {b['corr']:+.3f}")
+    return 0
+
+
+def visualize_main(argv=None):
+    return _report(_visualize, sys.argv[1:] if argv is None else argv)

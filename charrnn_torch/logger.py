@@ -76,6 +76,14 @@ class RunLogger:
             if p.grad is not None and p.grad.isfinite().all():
                 self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
 
+    @_guarded
+    def hidden_heatmap(self, step, image):
+        self.writer.add_image("hidden/units_by_time", image, step, dataformats="CHW")
+
+    @_guarded
+    def char_embedding(self, step, matrix, labels):
+        self.writer.add_embedding(matrix, metadata=labels, tag="char_embedding", global_step=step)
+
     def validation_line(self, step, val, best, improved):
         self.console(f"step {step:6d} | val loss {val:.4f} | val bpc {val / math.log(2):.4f} | best {best:.4f}"
                      f"{' (saved best.pt)' if improved else ''}")

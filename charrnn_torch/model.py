@@ -28,6 +28,8 @@ class Cell(nn.Module):
     reads character ids, layers above read h of the layer below."""
 
     gates = 1
+    gate_names = ()  # what gate_values returns (the tanh cell has no gates)
+    saturating = ()  # the sigmoid gates, whose saturation visualize.py plots
 
     def __init__(self, input_size, hidden_size, onehot_input):
         super().__init__()
@@ -37,6 +39,9 @@ class Cell(nn.Module):
         self.W_xh = nn.Parameter(torch.empty(G, input_size))  # (G·H, V) or (G·H, H)
         self.W_hh = nn.Parameter(torch.empty(G, hidden_size))  # (G·H, H)
         self.b_h = nn.Parameter(torch.empty(G))  # (G·H,)
+
+    def gate_values(self, x_t, state):
+        return ()
 
     def reset_biases(self):
         """Called after CharRNN zeroes every bias: a cell that wants another start sets it here."""
@@ -94,6 +99,8 @@ class LSTMCell(Cell):
     """
 
     gates = 4
+    gate_names = ("input", "forget", "candidate", "output")  # what gate_values returns, in order
+    saturating = ("input", "forget", "output")  # the sigmoid gates
 
     def recurrence(self, pre, state0, head):
         out, c_T, *logits = lstm_recurrence(pre, self.W_hh, *state0, *head)
@@ -103,12 +110,16 @@ class LSTMCell(Cell):
         H = self.hidden_size
         self.b_h[H:2 * H].fill_(1.0)
 
+    def gate_values(self, x_t, h_prev):
+        # x_t: (B,) ids or (B, H); h_prev: (B, H) -> i, f, g, o, each (B, H)
+        a = self.input_projection(x_t) + h_prev @ self.W_hh.t() + self.b_h  # (B, 4H)
+        i, f, g, o = a.chunk(4, dim=1)
+        return torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+
     def forward(self, x_t, state):
         # x_t: (B,) ids or (B, H); state: (h, c), each (B, H) -> (h_t, c_t)
         h_prev, c_prev = state
-        a = self.input_projection(x_t) + h_prev @ self.W_hh.t() + self.b_h  # (B, 4H)
-        i, f, g, o = a.chunk(4, dim=1)
-        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        i, f, g, o = self.gate_values(x_t, h_prev)
         c = f * c_prev + i * g
         return o * torch.tanh(c), c
 
@@ -125,6 +136,8 @@ class GRUCell(Cell):
     """
 
     gates = 3
+    gate_names = ("reset", "update", "candidate")
+    saturating = ("reset", "update")
 
     def __init__(self, input_size, hidden_size, onehot_input):
         super().__init__(input_size, hidden_size, onehot_input)
@@ -135,12 +148,16 @@ class GRUCell(Cell):
         out, logits = out if head else (out, None)
         return out, out[-h0.shape[0]:], logits
 
-    def forward(self, x_t, h_prev):
-        # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
+    def gate_values(self, x_t, h_prev):
+        # x_t: (B,) ids or (B, H); h_prev: (B, H) -> r, z, n, each (B, H)
         xr, xz, xn = (self.input_projection(x_t) + self.b_h).chunk(3, dim=1)
         hr, hz, hn = (h_prev @ self.W_hh.t()).chunk(3, dim=1)
         r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * (hn + self.b_hn))
+        return r, z, torch.tanh(xn + r * (hn + self.b_hn))
+
+    def forward(self, x_t, h_prev):
+        # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
+        r, z, n = self.gate_values(x_t, h_prev)
         return (1 - z) * n + z * h_prev
 
 

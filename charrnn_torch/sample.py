@@ -147,6 +147,27 @@ def beam_search(model, vocab, prime, length, beam_width):
 
 
 @torch.no_grad()
+def char_losses(model, ids, chunk_len=1024, keep_logits=False):
+    """The loss (nats, float64) of each character ids[1:] given those before it: (N-1,), state
+    carried across chunks of chunk_len from the zero state. With keep_logits, also the (N-1, V)
+    logits that predicted them."""
+    was_training = model.training
+    model.eval()
+    try:
+        ids = ids.to(_device(model))
+        losses, kept, h = [], [], None
+        for i in range(0, len(ids) - 1, chunk_len):
+            y = ids[i + 1:i + 1 + chunk_len][None]
+            logits, h = model(ids[i:i + y.shape[1]][None], h)
+            losses.append(F.cross_entropy(logits[0].double(), y[0], reduction="none"))
+            if keep_logits:
+                kept.append(logits[0])
+    finally:
+        model.train(was_training)
+    losses = torch.cat(losses).cpu()
+    return (losses, torch.cat(kept).cpu()) if keep_logits else losses
+
+
 def score(model, vocab, text, chunk_len=1024):
     """Mean loss (nats/char) and bits/char of the model on text, state carried across chunks.
 
@@ -158,19 +179,7 @@ def score(model, vocab, text, chunk_len=1024):
     n_unknown = len(text) - len(kept)
     if len(kept) < 2:
         raise UserError(f"nothing to score: the text has {len(kept)} in-vocabulary characters (need >= 2)")
-    was_training = model.training
-    model.eval()
-    try:
-        ids = vocab.encode(kept).to(_device(model))
-        total, h = 0.0, None
-        for i in range(0, len(ids) - 1, chunk_len):
-            x = ids[i:i + chunk_len][None]
-            y = ids[i + 1:i + 1 + chunk_len][None]
-            x = x[:, :y.shape[1]]
-            logits, h = model(x, h)
-            total += F.cross_entropy(logits[0].double(), y[0], reduction="sum").item()
-    finally:
-        model.train(was_training)
-    loss = total / (len(ids) - 1)
-    return {"loss": loss, "bpc": loss / math.log(2), "chars": len(ids) - 1,
+    total = float(char_losses(model, vocab.encode(kept), chunk_len).sum())
+    loss = total / (len(kept) - 1)
+    return {"loss": loss, "bpc": loss / math.log(2), "chars": len(kept) - 1, "total_nats": total,
             "unknown_chars": n_unknown, "unknown_set": unknown}

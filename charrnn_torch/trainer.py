@@ -27,6 +27,7 @@ from .errors import RunFailed, UserError
 from .logger import NullLogger, RunLogger
 from .model import GATES, CharRNN, cross_entropy, map_state
 from .sample import default_prime, generate
+from .visualize import char_label, heatmap_image
 
 SMOOTHING = 0.999  # the tutorial's smooth_loss factor
 
@@ -300,6 +301,9 @@ def wrap_ddp(model, device, dist_info):
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+HEATMAP_CHARS = 100  # the validation snippet whose hidden states TensorBoard shows at each evaluation
+
+
 # ---------------------------------------------------------------- the run's state
 
 @dataclass
@@ -392,6 +396,7 @@ class Trainer:
         self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if t.amp == "bf16" and self.device.type == "cuda"
                     else contextlib.nullcontext())
         self.saved = {}  # checkpoint name -> step, as written by this process
+        self.heatmap_ids = self.corpus.val_ids[:HEATMAP_CHARS]  # a fixed snippet, so the images compare
 
     def restore(self, ckpt):
         t = self.cfg.train
@@ -453,6 +458,7 @@ class Trainer:
         except BaseException:
             self.log.close_quietly()
             raise
+        self.log_char_embedding()
         self.log.hparams(self.cfg, s.val)
         self.log.close()
         return self.summary()
@@ -579,11 +585,19 @@ class Trainer:
         improved = s.val < s.best_val
         s.best_val = min(s.best_val, s.val)
         self.log.validation(s.step, s.val, s.best_val, improved, self.model)
+        if self.dist.is_main:
+            self.log.hidden_heatmap(s.step, heatmap_image(self.model, self.to_device(self.heatmap_ids)))
         self.save_checkpoint("ckpt.pt", hidden)
         if improved:
             self.save_checkpoint("best.pt", hidden)  # only ever replaced by a better model
         self.log.flush()
         self.log.validation_line(s.step, s.val, s.best_val, improved)
+
+    def log_char_embedding(self):
+        """For TensorBoard's projector: each character's column of layer 0's W_xh (all G gates)."""
+        if self.dist.is_main:
+            emb = self.model.cells[0].W_xh.detach().t().float().cpu()  # (V, G·H)
+            self.log.char_embedding(self.state.step, emb, [char_label(c) for c in self.corpus.vocab.chars])
 
     # ------------------------------------------------------------ checkpoints
 

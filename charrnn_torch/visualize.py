@@ -1,0 +1,230 @@
+"""Looking inside a trained model, after Karpathy, Johnson & Fei-Fei (2015), "Visualizing and
+Understanding Recurrent Networks": per-character surprise with the model's top guesses, a search
+for hidden units that track simple features of the text, and gate saturation.
+
+Everything here is numbers; ``viz_page.py`` turns them into the HTML page. Activations are
+recorded with the readable per-step unroll (each cell's ``gate_values`` and ``forward``); the
+surprise comes from ``sample.char_losses``, the function ``--score`` sums, so the two agree.
+"""
+import math
+import re
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .model import _output, _per_layer
+from .sample import char_losses
+
+TOP_GUESSES = 5
+UNITS_KEPT = 20  # per feature, in the JSON: the best units, ranked by |correlation|
+SATURATED = 0.1  # a sigmoid gate is left-saturated below this, right-saturated above 1 - this
+TANH_SATURATED = 0.9  # |h| above this counts as saturated for the tanh cell
+
+OPENING, CLOSING = "([{", ")]}"
+SPEAKER_LINE = re.compile(r"[A-Za-z][A-Za-z' ]*:")  # "ROMEO:", "First Citizen:" on a line of their own
+
+
+# ---------------------------------------------------------------- the text
+
+def prepare_text(vocab, text, max_chars):
+    """The text the page shows: characters outside the vocabulary removed (and reported), then
+    capped at max_chars. Returns (text, info dict)."""
+    if not text:
+        raise UserError("the text is empty")
+    unknown = vocab.unknown(text)
+    kept = "".join(c for c in text if c in vocab) if unknown else text
+    if len(kept) < 2:
+        raise UserError(f"the text has {len(kept)} characters in the model's vocabulary (need >= 2); "
+                        f"not in it: {', '.join(repr(c) for c in unknown[:10])}")
+    info = {"chars_in": len(text), "unknown_removed": len(text) - len(kept), "unknown_set": unknown,
+            "truncated_from": len(kept) if len(kept) > max_chars else None}
+    return kept[:max_chars], info
+
+
+def text_features(text):
+    """Simple properties of the text at each position, for the unit search: name -> (N,) float64.
+    Each describes the moment just after character t is read, which is when h_t exists."""
+    n = len(text)
+    f = {name: np.zeros(n) for name in ("inside quotes", "inside brackets", "position in line", "start of line",
+                                        "inside a word", "position in word", "uppercase", "speaker line",
+                                        "after sentence end")}
+    quote = depth = col = word = 0
+    sentence_over = 0
+    for t, ch in enumerate(text):
+        quote ^= ch == '"'
+        depth = max(0, depth + (ch in OPENING) - (ch in CLOSING))  # a stray closer is not -1 deep
+        col = 0 if ch == "\n" else col + 1
+        word = word + 1 if ch.isalpha() else 0
+        sentence_over = 1 if ch in ".!?" else (0 if ch.isalpha() else sentence_over)
+        f["inside quotes"][t] = quote
+        f["inside brackets"][t] = depth > 0
+        f["position in line"][t] = col
+        f["start of line"][t] = ch == "\n"
+        f["inside a word"][t] = word > 0
+        f["position in word"][t] = word
+        f["uppercase"][t] = ch.isupper()
+        f["after sentence end"][t] = sentence_over
+    start = 0
+    for line in text.split("\n"):
+        if SPEAKER_LINE.fullmatch(line):
+            f["speaker line"][start:start + len(line)] = 1
+        start += len(line) + 1
+    return f
+
+
+# ---------------------------------------------------------------- the model
+
+@torch.no_grad()
+def trace(model, ids):
+    """Run ids (N,) through the model one character at a time from the zero state, recording
+    every layer's state and gates. Returns {name: (L, N, H) float64 array}: "h", "c" for the
+    LSTM, and one entry per gate named by the cell's gate_names."""
+    was_training = model.training
+    model.eval()
+    try:
+        states = _per_layer(model.init_hidden(1))
+        record = {}
+        for t in range(len(ids)):
+            inp = ids[t:t + 1]  # (1,) id
+            for l, cell in enumerate(model.cells):
+                for name, value in zip(cell.gate_names, cell.gate_values(inp, _output(states[l]))):
+                    record.setdefault(name, []).append((l, value[0]))
+                states[l] = cell(inp, states[l])
+                parts = states[l] if isinstance(states[l], tuple) else (states[l],)
+                for name, value in zip(("h", "c"), parts):
+                    record.setdefault(name, []).append((l, value[0]))
+                inp = _output(states[l])  # eval mode: no dropout between layers
+    finally:
+        model.train(was_training)
+    L, N = model.num_layers, len(ids)
+    out = {}
+    for name, rows in record.items():
+        arr = torch.stack([v for _, v in rows]).double().cpu().numpy()  # (N*L, H), time-major
+        out[name] = arr.reshape(N, L, -1).transpose(1, 0, 2).copy()  # (L, N, H)
+    return out
+
+
+def surprise(model, ids):
+    """Per character t >= 1: its loss in bits given the text before it, the model's top guesses
+    (ids and probabilities) and the rank of the actual character (1 = the top guess)."""
+    nats, logits = char_losses(model, ids, keep_logits=True)  # (N-1,), (N-1, V)
+    probs = torch.softmax(logits.double(), -1)
+    top_p, top_i = probs.topk(min(TOP_GUESSES, probs.shape[-1]), -1)
+    actual = probs.gather(1, ids[1:, None].to(probs.device))
+    rank = 1 + (probs > actual).sum(-1)
+    return {"bits": (nats / math.log(2)).tolist(), "nats_total": float(nats.sum()),
+            "top_ids": top_i.tolist(), "top_probs": np.round(top_p.numpy(), 4).tolist(), "rank": rank.tolist()}
+
+
+# ---------------------------------------------------------------- the search
+
+def correlations(acts, feature):
+    """Pearson correlation of every unit with one feature: acts (N, U), feature (N,) -> (U,).
+    A unit or feature that never varies correlates 0."""
+    a = acts - acts.mean(0)
+    f = feature - feature.mean()
+    denom = np.sqrt((a * a).sum(0) * (f * f).sum())
+    return np.divide(a.T @ f, denom, out=np.zeros(acts.shape[1]), where=denom > 0)
+
+
+def unit_columns(states):
+    """All searchable units side by side: (N, U) activations and U labels (state, layer, unit)."""
+    cols, labels = [], []
+    for name in ("h", "c"):
+        if name in states:
+            L, N, H = states[name].shape
+            cols.append(states[name].transpose(1, 0, 2).reshape(N, L * H))
+            labels += [(name, l, u) for l in range(L) for u in range(H)]
+    return np.concatenate(cols, 1), labels
+
+
+def search_units(states, features, keep=UNITS_KEPT):
+    """For each feature that varies in the text: the units ranked by |correlation|, best first
+    (the first `keep`), and the best unit of each layer."""
+    acts, labels = unit_columns(states)
+    found = {}
+    for name, feature in features.items():
+        if feature.std() == 0:
+            found[name] = {"occurs": False, "units": [], "best_per_layer": []}
+            continue
+        r = correlations(acts, feature)
+        order = np.argsort(-np.abs(r), kind="stable")
+        entry = lambda i: {"state": labels[i][0], "layer": labels[i][1], "unit": labels[i][2],  # noqa: E731
+                           "corr": round(float(r[i]), 4)}
+        per_layer = {}
+        for i in order:
+            per_layer.setdefault((labels[i][0], labels[i][1]), i)
+        found[name] = {"occurs": True, "units": [entry(i) for i in order[:keep]],
+                       "best_per_layer": [entry(i) for i in per_layer.values()]}
+    return found
+
+
+def saturation(model, states):
+    """Per layer: for each sigmoid gate (LSTM, GRU) or for h (the tanh cell), the fraction of the
+    time each unit spends left- and right-saturated, and a histogram of |h|."""
+    gates = model.cells[0].saturating
+    lo, hi = (SATURATED, 1 - SATURATED) if gates else (-TANH_SATURATED, TANH_SATURATED)
+    out = []
+    for l in range(model.num_layers):
+        h = np.abs(states["h"][l])
+        layer = {"layer": l, "abs_h_hist": np.histogram(h, bins=20, range=(0, 1))[0].tolist(),
+                 "frac_abs_h_saturated": round(float((h > TANH_SATURATED).mean()), 4), "gates": {}}
+        for name in gates or ("h",):
+            v = states[name][l]  # (N, H)
+            layer["gates"][name] = {"left": np.round((v < lo).mean(0), 4).tolist(),
+                                    "right": np.round((v > hi).mean(0), 4).tolist()}
+        out.append(layer)
+    return {"left_below": lo, "right_above": hi, "layers": out}
+
+
+def quantized(states):
+    """Activations for the page's unit picker as int8 (-127..127 for -1..1; all of them are in
+    [-1, 1] except an LSTM's c, which is squashed by tanh first), units in unit_columns order."""
+    acts, _ = unit_columns({k: (np.tanh(v) if k == "c" else v) for k, v in states.items() if k in ("h", "c")})
+    return np.round(np.clip(acts, -1, 1) * 127).astype(np.int8)  # (N, U)
+
+
+def diverging_rgb(values):
+    """Values in [-1, 1] -> uint8 RGB (3, *shape): blue -1, white 0, red +1 (the page's colours)."""
+    a = np.clip(np.abs(values), 0, 1)
+    fade = np.round(255 * (1 - a)).astype(np.uint8)
+    full = np.full_like(fade, 255)
+    pos = values >= 0
+    return np.stack([np.where(pos, full, fade), fade, np.where(pos, fade, full)])
+
+
+def heatmap_image(model, ids):
+    """Every layer's h over a snippet ids (T,), as TensorBoard's hidden-state image: (3, L*H, T)
+    uint8, a row per unit (layer 0 on top), a column per character."""
+    h = trace(model, ids)["h"]  # (L, T, H)
+    return diverging_rgb(h.transpose(0, 2, 1).reshape(-1, len(ids)))
+
+
+def char_label(ch):
+    """A character as a one-line label (TensorBoard's projector metadata is one label per line)."""
+    return {"\n": "\\n", "\t": "\\t", " ": "\u2423", "\r": "\\r"}.get(ch, ch if ch.isprintable() else repr(ch))
+
+
+def analyse(model, vocab, text):
+    """Everything the page shows, as plain data (plus the int8 activation matrix)."""
+    ids = vocab.encode(text)
+    states = trace(model, ids)
+    return {
+        "surprise": surprise(model, ids),
+        "search": search_units(states, text_features(text)),
+        "saturation": saturation(model, states),
+    }, quantized(states)
+
+
+def page_data(model, vocab, ckpt, ckpt_path, text, source):
+    """analyse() plus what the page's header and unit picker need. Returns (data, activations)."""
+    found, acts = analyse(model, vocab, text)
+    groups = [(s, l) for s in ("h", "c") if s == "h" or model.cell == "lstm" for l in range(model.num_layers)]
+    header = {"checkpoint": str(ckpt_path), "step": ckpt.get("step"), "val_loss": ckpt.get("last_val"),
+              "cell": model.cell, "num_layers": model.num_layers, "hidden_size": model.hidden_size,
+              "parameters": sum(p.numel() for p in model.parameters()), "source": source,
+              "chars": len(text), "mean_bits": float(np.mean(found["surprise"]["bits"]))}
+    data = dict(found, header=header, text=text, vocab=list(vocab.chars), groups=groups,
+                units=[[s, l, u] for s, l in groups for u in range(model.hidden_size)])
+    return data, acts

@@ -1,0 +1,132 @@
+"""Proves visualize.py's page works in a real browser (headless Debian Chromium, driven by
+Playwright): it loads from file:// with no console errors and no network requests, hovering a
+character shows the model's top-5 guesses for it, picking a unit recolours the text by that
+unit, clicking a feature's row picks its best unit, and a screenshot is not blank.
+
+Nothing downloads a browser: the tests use /usr/bin/chromium (apt-get install chromium). Without
+it they skip, unless CHARRNN_REQUIRE_BROWSER=1 (set by .ci/run), where a missing browser fails.
+
+Run: pytest -m browser
+"""
+import io
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+import torch
+
+from charrnn_torch import checkpoint
+from charrnn_torch.cli import visualize_main
+from charrnn_torch.data import Vocab
+from charrnn_torch.model import CharRNN
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.browser
+
+
+def _require_browser():
+    missing = None
+    if not os.path.exists(CHROMIUM):
+        missing = f"no {CHROMIUM} (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing = "no playwright (pip install -e '.[dev]')"
+    if missing and os.environ.get("CHARRNN_REQUIRE_BROWSER") == "1":
+        pytest.fail(missing)
+    if missing:
+        pytest.skip(missing)
+
+
+@pytest.fixture(scope="module")
+def page_file(tmp_path_factory):
+    """A page for a small random 2-layer LSTM (so the picker has h and c groups) on a few lines."""
+    d = tmp_path_factory.mktemp("viz")
+    text = "".join(f"LINE {i}:\nthe (quick) brown fox, {i} times.\n" for i in range(40))
+    vocab = Vocab.from_text(text)
+    torch.manual_seed(0)
+    model = CharRNN(len(vocab), 16, num_layers=2, cell="lstm")
+    checkpoint.save({"format": checkpoint.FORMAT, "model": model.state_dict(), "model_args": model.model_args(),
+                     "vocab": list(vocab.chars), "step": 3, "last_val": 2.0}, d / "m.pt")
+    (d / "t.txt").write_text(text)
+    assert visualize_main(["--checkpoint", str(d / "m.pt"), "--text", str(d / "t.txt"), "--out", str(d)]) == 0
+    return d / "index.html"
+
+
+@pytest.fixture(scope="module")
+def browser_page(page_file):
+    """The page, loaded, with what it logged and requested."""
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
+                                                   viewport={"width": 1200, "height": 900})
+        try:
+            page = ctx.new_page()
+            seen = {"errors": [], "requests": []}
+            page.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
+            page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+            page.on("request", lambda r: seen["requests"].append(r.url))
+            page.goto(page_file.as_uri())
+            page.wait_for_selector("body[data-ready='1']", timeout=30000)
+            yield page, seen
+        finally:
+            ctx.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_loads_offline_without_errors(browser_page, page_file):
+    page, seen = browser_page
+    assert seen["errors"] == []
+    assert seen["requests"] == [page_file.as_uri()]  # the page itself, nothing else
+    assert page.inner_text("#header").count("lstm") == 1
+
+
+def test_hover_shows_the_top5_guesses(browser_page, page_file):
+    page, _ = browser_page
+    data = json.loads((page_file.parent / "insight.json").read_text())
+    t = 30
+    page.hover(f"#surprise-text span[data-i='{t}']")
+    assert page.is_visible("#tip")
+    guesses = page.locator("#tip .guess").all_inner_texts()
+    want = [data["vocab"][i] for i in data["surprise"]["top_ids"][t - 1]]
+    assert len(guesses) == 5
+    assert [g.rsplit(":", 1)[0] for g in guesses] == [{"\n": "\\n", " ": "\u2423"}.get(c, c) for c in want]
+    assert f"rank {data['surprise']['rank'][t - 1]}" in page.inner_text("#tip")
+
+
+def _unit_colours(page):
+    return page.eval_on_selector_all("#unit-text span", "spans => spans.map(s => s.style.background)")
+
+
+def test_picking_a_unit_recolours_the_text(browser_page):
+    page, _ = browser_page
+    before = _unit_colours(page)
+    page.select_option("#unit-group", label="c, layer 1")
+    page.fill("#unit-index", "9")
+    after = _unit_colours(page)
+    assert page.inner_text("#unit-label") == "c layer 1 unit 9"
+    assert len(set(after)) > 5 and sum(a != b for a, b in zip(before, after)) > len(before) // 2
+
+
+def test_clicking_a_feature_picks_its_best_unit(browser_page, page_file):
+    page, _ = browser_page
+    best = json.loads((page_file.parent / "insight.json").read_text())["search"]["start of line"]["units"][0]
+    page.click("#features tr.feature-row:has-text('start of line')")
+    assert page.inner_text("#unit-label") == f"{best['state']} layer {best['layer']} unit {best['unit']}"
+
+
+def test_screenshot_is_not_blank(browser_page):
+    from PIL import Image
+
+    page, _ = browser_page
+    img = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+    colours = img.getcolors(maxcolors=1 << 20)
+    assert len(colours) > 50, len(colours)
