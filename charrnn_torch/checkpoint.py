@@ -46,9 +46,43 @@ def write_atomic(path, data, mode=None):
         os.close(dir_fd)
 
 
-def resolve(path, names=("best.pt", "ckpt.pt")):
-    """A checkpoint file, or a run directory in which the first of names that exists is used."""
+def link_atomic(src, dest):
+    """dest becomes another name for src's current content, atomically: a hard link (no copy, and
+    src's later replacement by os.replace leaves it alone), or a copy where links are refused."""
+    src, dest = Path(src), Path(dest)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dest)
+    except OSError:
+        if tmp.exists():
+            tmp.unlink()
+        write_atomic(dest, src.read_bytes())
+
+
+def step_checkpoints(run_dir):
+    """The run's step-stamped checkpoints ckpt-<step>.pt, as (step, path), oldest first."""
+    found = []
+    for p in Path(run_dir).glob("ckpt-*.pt"):
+        step = p.name[len("ckpt-"):-len(".pt")]
+        if step.isdigit():
+            found.append((int(step), p))
+    return sorted(found)
+
+
+def resolve(path, names=("best.pt", "ckpt.pt"), step=None):
+    """A checkpoint file, or a run directory in which the first of names that exists is used
+    (with step: that step's ckpt-<step>.pt, kept by train.keep_checkpoints)."""
     path = Path(path)
+    if step is not None:
+        if not path.is_dir():
+            raise UserError(f"--step needs a run directory, and {path} is not one")
+        steps = step_checkpoints(path)
+        for s, p in steps:
+            if s == step:
+                return p
+        have = ", ".join(str(s) for s, _ in steps) or "none (train with train.keep_checkpoints=N to keep them)"
+        raise UserError(f"no checkpoint of step {step} in {path}; steps kept: {have}")
     if path.is_dir():
         for name in names:
             if (path / name).is_file():

@@ -78,6 +78,12 @@ def number(flag, gt=None, ge=None, le=None):
     return parse
 
 
+def integers(flag, lo, hi):
+    """A comma-separated list of integers, each checked as integer() checks one."""
+    one = integer(flag, lo, hi)
+    return lambda text: [one(part) for part in text.split(",")]
+
+
 def device_name(flag):
     def parse(text):
         from .config import is_device_name
@@ -148,12 +154,17 @@ def _train(argv):
                         "with --resume the run's own stored config is used instead")
     p.add_argument("--resume", metavar="RUN", help="continue a run: its directory or a checkpoint file")
     p.add_argument("--force", action="store_true", help="start over in an out_dir that holds a run")
+    p.add_argument("--init-from", metavar="CKPT", default=None,
+                   help="fine-tune: start from this checkpoint's (or run directory's best) weights, on the "
+                        "config's corpus, with a fresh optimizer and schedule (sets train.init_from)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=3e-3 device=cpu")
     args = p.parse_args(argv)
     _conflicts([(args.resume and args.force, "--force and --resume contradict each other: --force starts a "
-                                             "run over, --resume continues it")])
+                                             "run over, --resume continues it"),
+                (args.resume and args.init_from, "--init-from starts a new run from a checkpoint's weights; "
+                                                 "--resume continues a run: give one")])
 
     keys = config_mod.override_keys(args.overrides)
     resume = resume_dir = None
@@ -165,6 +176,8 @@ def _train(argv):
     else:
         cfg = config_mod.build_config(config_mod.read_yaml(_find_config(args.config or "shakespeare.yaml")),
                                       args.overrides)
+        if args.init_from:
+            cfg.train.init_from = args.init_from
 
     if args.print_config:
         sys.stdout.write(config_mod.dump_yaml(cfg))
@@ -222,14 +235,14 @@ def train_main(argv=None):
 
 # ---------------------------------------------------------------- sample
 
-def _load_model(path, device_name):
-    """(model, vocab, checkpoint dict) from a checkpoint file or run directory."""
+def _load_model(path, device_name, step=None):
+    """(model, vocab, checkpoint dict) from a checkpoint file or run directory (step: its ckpt-<step>.pt)."""
     from . import checkpoint
-    from .data import Vocab
+    from .data import vocab_from_checkpoint
     from .model import CharRNN
     from .trainer import resolve_device
 
-    ckpt = checkpoint.load(checkpoint.resolve(path))
+    ckpt = checkpoint.load(checkpoint.resolve(path, step=step))
     device = resolve_device(device_name)
     try:
         # In the checkpoint's dtype before loading: a float64 model loaded into float32 would be rounded.
@@ -238,7 +251,7 @@ def _load_model(path, device_name):
     except (KeyError, TypeError, RuntimeError, ValueError, StopIteration, AttributeError) as e:
         raise UserError(f"checkpoint {path} does not hold a CharRNN ({' '.join(str(e).split())[:200]})") from None
     model.to(device=device).eval()
-    return model, Vocab(ckpt["vocab"]), ckpt
+    return model, vocab_from_checkpoint(ckpt), ckpt
 
 
 SAMPLE_DEFAULTS = {"length": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "num_samples": 1, "beam_width": 0}
@@ -247,7 +260,11 @@ SAMPLE_DEFAULTS = {"length": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0, 
 def _sample_args(argv):
     p = _Parser(prog="charrnn-sample", description="Generate text from a trained checkpoint, or score a file.")
     p.add_argument("--checkpoint", required=True, help="a .pt file, or a run directory (best.pt, else ckpt.pt)")
+    p.add_argument("--step", type=integer("--step", 0, 2**62), default=None,
+                   help="with a run directory: sample from its ckpt-<step>.pt (kept by train.keep_checkpoints)")
     p.add_argument("--prime", default=None, help="text to condition on (default: a newline)")
+    p.add_argument("--prime-file", type=file_path("--prime-file", existing=True), default=None,
+                   help="read the prime text from this file (UTF-8), for long primes")
     p.add_argument("--length", type=integer("--length", 0, 10**9), help="characters to generate after the prime "
                                                                          "(default 500)")
     p.add_argument("--temperature", type=number("--temperature", gt=0), help="default 0.8")
@@ -268,9 +285,10 @@ def _sample_args(argv):
     given = {k for k in SAMPLE_DEFAULTS if getattr(args, k) is not None}
     sampling = {"temperature", "top_k", "top_p"} & given
     _conflicts([
-        (args.score and (given or args.prime is not None or args.greedy or args.out),
-         "--score scores a file; it takes no generation flags (--prime, --length, --temperature, --top-k, "
-         "--top-p, --greedy, --beam-width, --num-samples, --out)"),
+        (args.prime is not None and args.prime_file, "--prime and --prime-file contradict each other: give one"),
+        (args.score and (given or args.prime is not None or args.prime_file or args.greedy or args.out),
+         "--score scores a file; it takes no generation flags (--prime, --prime-file, --length, --temperature, "
+         "--top-k, --top-p, --greedy, --beam-width, --num-samples, --out)"),
         (args.greedy and args.beam_width, "--greedy and --beam-width contradict each other (--beam-width 1 is "
                                           "greedy)"),
         (args.greedy and (sampling or "num_samples" in given),
@@ -295,7 +313,9 @@ def _sample(argv):
     from .data import read_corpus
 
     score_text = read_corpus(args.score) if args.score else None
-    model, vocab, ckpt = _load_model(args.checkpoint, args.device)
+    if args.prime_file:
+        args.prime = read_corpus(args.prime_file)
+    model, vocab, ckpt = _load_model(args.checkpoint, args.device, args.step)
 
     if score_text is not None:
         r = S.score(model, vocab, score_text)
@@ -413,14 +433,33 @@ def _bench_args(argv):
     p.add_argument("--json", type=file_path("--json", existing=False), default=None, help="also write the results to this file")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the peak-memory measurement (a fresh process per row on CPU): for quick runs")
+    p.add_argument("--corpus-mb", type=integers("--corpus-mb", 1, 100_000), default=None, metavar="MB,...",
+                   help="instead of the model rows: the corpus benchmark, tiny shakespeare repeated to each "
+                        "size (start-up with and without the cache, peak RSS, cache build speed)")
+    p.add_argument("--work", type=output_dir("--work"), default=None,
+                   help="directory for the corpus benchmark's generated files (default: a temporary one)")
+    p.add_argument("--no-ddp", action="store_true", help="corpus benchmark: skip the 2-rank run")
     return p.parse_args(argv)
 
 
 def _bench(argv):
     args = _bench_args(argv)
+    if args.corpus_mb:
+        return _corpus_bench(args)
     from . import bench
     from .trainer import resolve_device
     return bench.main(args, resolve_device(args.device))
+
+
+def _corpus_bench(args):
+    import tempfile
+
+    from . import data_bench
+    from .data import ensure_corpus
+    seed = ensure_corpus("data/tinyshakespeare.txt")
+    with tempfile.TemporaryDirectory(prefix="charrnn-corpus-bench-") as tmp:
+        data_bench.main(args.corpus_mb, args.work or tmp, seed, ddp=not args.no_ddp, json_path=args.json)
+    return 0
 
 
 def bench_main(argv=None):
@@ -457,6 +496,8 @@ def _visualize_args(argv):
     p = _Parser(prog="charrnn-visualize", description="Write an HTML page of what a trained model learned: "
                                                       "per-character surprise, interpretable units, saturation.")
     p.add_argument("--checkpoint", required=True, help="a .pt file, or a run directory (best.pt, else ckpt.pt)")
+    p.add_argument("--step", type=integer("--step", 0, 2**62), default=None,
+                   help="with a run directory: its ckpt-<step>.pt (kept by train.keep_checkpoints)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--text", type=file_path("--text", existing=True), default=None, help="the text to look at")
     src.add_argument("--from-val", type=integer("--from-val", 2, 10**9), default=None, metavar="N",
@@ -488,7 +529,9 @@ def _visualize(argv):
     from . import checkpoint, visualize, viz_page
     from .data import read_corpus
 
-    model, vocab, ckpt = _load_model(args.checkpoint, args.device)
+    model, vocab, ckpt = _load_model(args.checkpoint, args.device, args.step)
+    if vocab.mode != "chars":
+        raise UserError("the page shows characters: it needs a model trained with data.vocab=chars")
     if args.text is not None:
         raw, source = read_corpus(args.text), str(args.text)
     else:
@@ -498,7 +541,8 @@ def _visualize(argv):
         source += f" (the first {len(text):,} of {info['truncated_from']:,} characters)"
     if info["unknown_removed"]:
         source += f" ({info['unknown_removed']} characters outside the vocabulary removed)"
-    data, acts = visualize.page_data(model, vocab, ckpt, checkpoint.resolve(args.checkpoint), text, source)
+    data, acts = visualize.page_data(model, vocab, ckpt, checkpoint.resolve(args.checkpoint, step=args.step), text,
+                                     source)
     args.out.mkdir(parents=True, exist_ok=True)
     # A page to share: readable by all, as a file written with open() would be under the usual umask.
     checkpoint.write_atomic(args.out / "index.html", viz_page.render(data, acts).encode(), mode=0o644)

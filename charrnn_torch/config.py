@@ -20,6 +20,7 @@ IMPLS = ("loop", "fused")
 CELLS = ("rnn", "lstm", "gru")
 AMP = ("none", "bf16")
 DTYPES = ("float32", "float64")  # names of torch dtypes
+VOCABS = ("chars", "bytes")  # data.vocab: the text's sorted characters, or its 256 byte values
 INT_MAX = 2**63 - 1  # torch reads integers as int64: a larger one fails deep inside a call
 SEED_MAX = 2**62  # leaves room for the per-rank and per-step seeds derived from train.seed
 
@@ -27,13 +28,14 @@ SEED_MAX = 2**62  # leaves room for the per-rank and per-step seeds derived from
 # whatever gives the saved state its meaning. Everything else (lr, schedule, max_steps, the
 # budget, intervals, dropout, impl, ...) may be overridden on --resume.
 FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers", "model.cell", "train.optimizer",
-                    "train.dtype", "train.batch_size", "train.seq_len", "train.stateful")
+                    "train.dtype", "train.batch_size", "train.seq_len", "train.stateful", "train.init_from")
 
 
 @dataclass
 class DataConfig:
     path: str = "data/tinyshakespeare.txt"
     val_fraction: float = 0.1  # the last 10% of the text, contiguous, as nanoGPT splits
+    vocab: str = "chars"  # chars: the text's characters; bytes: its raw bytes (V = 256), any file
 
 
 @dataclass
@@ -71,6 +73,8 @@ class TrainConfig:
     max_nonfinite: int = 10  # stop after this many consecutive NaN/Inf steps
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
     dtype: str = "float32"  # float64 for exactness experiments (and the DDP parity test)
+    keep_checkpoints: int = 0  # also keep ckpt-<step>.pt at the last N evaluations; 0: only ckpt.pt, best.pt
+    init_from: str = ""  # fine-tune: start from this checkpoint's weights (set by train.py --init-from)
 
 
 @dataclass
@@ -150,11 +154,12 @@ def validate(cfg):
     need(0 < t.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]")
     need(t.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0 disables)")
     need(t.sample_length > 0, "train.sample_length", "must be > 0")
+    need(t.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0 (0 keeps only ckpt.pt and best.pt)")
     need(0 <= t.threads <= 4096, "train.threads", "must be in [0, 4096] (0 keeps torch's default)")
     need(0 <= t.seed <= SEED_MAX, "train.seed", "must be in [0, 2**62]")
     for key, choices in (("train.optimizer", OPTIMIZERS), ("train.lr_schedule", SCHEDULES),
                          ("model.impl", IMPLS), ("model.cell", CELLS), ("train.amp", AMP),
-                         ("train.dtype", DTYPES)):
+                         ("train.dtype", DTYPES), ("data.vocab", VOCABS)):
         need(eval_key(cfg, key) in choices, key, f"must be one of {', '.join(choices)}")
     need(is_device_name(cfg.device), "device", "must be auto, cpu, cuda or cuda:N")
     need(bool(cfg.out_dir), "out_dir", "must be a non-empty path")

@@ -110,7 +110,11 @@ def generate_batch(model, vocab, prime, length, num_samples=1, temperature=1.0, 
 def generate(model, vocab, prime, length, temperature=1.0, top_k=0, top_p=1.0, generator=None,
              greedy=False, on_text=None):
     """One continuation of prime (prime included). on_text(str) receives each new character."""
-    on_step = None if on_text is None else (lambda ids: on_text(vocab.chars[int(ids[0])]))
+    if on_text is not None:
+        text_of = vocab.streamer()  # bytes mode: waits for a character's last byte before printing it
+        on_step = lambda ids: on_text(text_of(int(ids[0])))  # noqa: E731
+    else:
+        on_step = None
     return generate_batch(model, vocab, prime, length, 1, temperature, top_k, top_p, generator,
                           greedy, on_step)[0]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, config as config_mod, data as data_mod, distributed as D
+from . import cache as cache_mod, checkpoint, config as config_mod, data as data_mod, distributed as D
 from .distributed import DistInfo
 from .errors import RunFailed, UserError
 from .logger import NullLogger, RunLogger
@@ -219,22 +219,64 @@ def stop_on_signals():
 # ---------------------------------------------------------------- setup: data and model
 
 class Corpus:
-    def __init__(self, cfg, progress=True):
-        text = data_mod.read_corpus(data_mod.ensure_corpus(cfg.data.path, progress=progress))
-        self.vocab = data_mod.Vocab.from_text(text)
-        ids = self.vocab.encode(text)
-        self.char_counts = torch.bincount(ids, minlength=len(self.vocab)).tolist()
+    """The run's text as ids: a memory map of the encoded cache (cache.py), with the splits as
+    views of it, never copies. Rank 0 builds the cache if needed while the other ranks wait; then
+    every rank maps the same file, so they share one copy of it in the page cache.
+
+    base_vocab (fine-tuning, and resuming a fine-tuned run): the characters of the checkpoint the
+    run starts from. The run's vocabulary is then those, in their order, followed by the corpus's
+    characters they lack, and lut maps the cache's ids to the run's.
+    """
+
+    def __init__(self, cfg, dist_info=DistInfo(), progress=True, base_vocab=None, log=print):
+        source = data_mod.ensure_corpus(cfg.data.path, progress=progress and dist_info.is_main)
+        if dist_info.world_size == 1:
+            # A new cache stays under a temporary name until the run has passed its checks (keep()),
+            # so that a run refused for bad input leaves nothing behind.
+            path, header, self.pending = cache_mod.ensure(source, cfg.data.vocab, progress, log, install=False)
+        else:
+            # Each node's first rank builds (and installs) it while the others wait, then all map it.
+            if dist_info.local_rank == 0:
+                cache_mod.ensure(source, cfg.data.vocab, progress and dist_info.is_main, log)
+            D.barrier(dist_info)
+            path, header, self.pending = cache_mod.ensure(source, cfg.data.vocab, False, lambda *a: None)
+        ids = torch.from_numpy(cache_mod.open_ids(path, header))
+        corpus_vocab = data_mod.vocab_of(cfg.data.vocab, header["vocab"])
+        counts = header["counts"]
+        self.vocab, self.lut = corpus_vocab, None
+        if base_vocab is not None and cfg.data.vocab == "chars":
+            extra = [c for c in corpus_vocab.chars if c not in set(base_vocab)]
+            self.vocab = data_mod.Vocab(list(base_vocab) + extra)
+            order = [self.vocab.stoi[c] for c in corpus_vocab.chars]
+            if order != list(range(len(order))):
+                self.lut = torch.tensor(order, dtype=torch.long)
+            counts = [0] * len(self.vocab)
+            for c, n in zip(corpus_vocab.chars, header["counts"]):
+                counts[self.vocab.stoi[c]] = n
+        self.char_counts = counts
         self.train_ids, self.val_ids = data_mod.split(ids, cfg.data.val_fraction)
 
+    def keep(self):
+        """Install a cache built by this run in its place (the run passed its checks)."""
+        if self.pending:
+            cache_mod.install(*self.pending)
+            self.pending = None
 
-def make_batcher(train_ids, t, dist_info):
+    def discard(self):
+        if self.pending:
+            cache_mod.discard(self.pending[0])
+            self.pending = None
+
+
+def make_batcher(train_ids, t, dist_info, lut=None):
     if t.batch_size % dist_info.world_size:
         raise UserError(f"train.batch_size={t.batch_size} must be divisible by the number of processes "
                         f"({dist_info.world_size})")
     if t.stateful:
-        return data_mod.StreamBatcher(train_ids, t.batch_size, t.seq_len, dist_info.rank, dist_info.world_size)
+        return data_mod.StreamBatcher(train_ids, t.batch_size, t.seq_len, dist_info.rank, dist_info.world_size,
+                                      lut)
     return data_mod.RandomWindowBatcher(train_ids, t.batch_size, t.seq_len, t.seed, dist_info.rank,
-                                        dist_info.world_size)
+                                        dist_info.world_size, lut)
 
 
 def eval_stream_count(n_val, batch_size, seq_len, world_size):
@@ -254,6 +296,39 @@ def check_resume(ckpt, cfg, vocab):
     if ckpt["vocab"] != vocab.chars:
         raise UserError(f"cannot resume: the vocabulary of {cfg.data.path} ({len(vocab)} characters) differs "
                         f"from the checkpoint's ({len(ckpt['vocab'])} characters)")
+
+
+def load_init(cfg):
+    """The checkpoint a fine-tuning run starts from, checked against the config: the same
+    architecture (cell, layers, hidden size) and the same kind of vocabulary."""
+    path = checkpoint.resolve(cfg.train.init_from)
+    ckpt = checkpoint.load(path)
+    args, m = ckpt.get("model_args", {}), cfg.model
+    theirs = (args.get("cell", "rnn"), args.get("num_layers"), args.get("hidden_size"))
+    if theirs != (m.cell, m.num_layers, m.hidden_size):
+        raise UserError(f"--init-from {path}: its model is {theirs[0]} {theirs[1]}x{theirs[2]}, the config asks for "
+                        f"{m.cell} {m.num_layers}x{m.hidden_size}; fine-tuning keeps the architecture")
+    if ckpt.get("vocab_mode", "chars") != cfg.data.vocab:
+        raise UserError(f"--init-from {path}: it models data.vocab={ckpt.get('vocab_mode', 'chars')}, the config "
+                        f"asks for {cfg.data.vocab}")
+    return ckpt
+
+
+@torch.no_grad()
+def transplant(model, ckpt, vocab):
+    """Load a checkpoint's weights into a model whose vocabulary extends the checkpoint's (its
+    characters first, in their order, then the new ones): every old character keeps its trained
+    column of layer 0's W_xh, row of W_hy and entry of b_y; new characters keep their fresh ones."""
+    old = torch.arange(len(ckpt["vocab"]))  # the old characters' ids, the same in the new vocabulary
+    assert list(vocab.chars[:len(old)]) == list(ckpt["vocab"])
+    own = model.state_dict()
+    for name, w in ckpt["model"].items():
+        if name == "cells.0.W_xh":
+            own[name][:, old] = w.to(own[name].dtype)  # (G·H, V): a column per character
+        elif name in ("W_hy", "b_y"):
+            own[name][old] = w.to(own[name].dtype)  # (V, H) and (V,): a row per character
+        else:
+            own[name].copy_(w)
 
 
 def training_bytes(cfg, vocab_size, world_size=1):
@@ -368,21 +443,31 @@ class Trainer:
         t, self.dist, self.resumed = cfg.train, dist_info, resume is not None
         self.device = resolve_device(cfg.device, dist_info)
         configure_backends(self.device, t)
-        self.corpus = Corpus(cfg, progress=progress and dist_info.is_main)
-        self.batcher = make_batcher(self.corpus.train_ids, t, dist_info)
-        self.n_eval = eval_stream_count(len(self.corpus.val_ids), t.batch_size, t.seq_len, dist_info.world_size)
-        if resume is not None:
-            check_resume(resume, cfg, self.corpus.vocab)
-        check_fits_in_memory(cfg, len(self.corpus.vocab), self.device, dist_info.world_size)
-        # All checks passed: only now touch the file system.
-        self.out_dir = prepare_out_dir(cfg, out_dir_explicit, force, resume_dir if resume is not None else None,
-                                       dist_info)
+        init = load_init(cfg) if resume is None and t.init_from else None
+        base_vocab = (init or resume)["vocab"] if init is not None or (resume is not None and t.init_from) else None
+        self.corpus = Corpus(cfg, dist_info, progress, base_vocab, log)
+        try:
+            self.batcher = make_batcher(self.corpus.train_ids, t, dist_info, self.corpus.lut)
+            self.n_eval = eval_stream_count(len(self.corpus.val_ids), t.batch_size, t.seq_len, dist_info.world_size)
+            if resume is not None:
+                check_resume(resume, cfg, self.corpus.vocab)
+            check_fits_in_memory(cfg, len(self.corpus.vocab), self.device, dist_info.world_size)
+            # All checks passed: only now touch the file system.
+            self.out_dir = prepare_out_dir(cfg, out_dir_explicit, force, resume_dir if resume is not None else None,
+                                           dist_info)
+        except BaseException:
+            self.corpus.discard()
+            raise
+        self.corpus.keep()
         # The config (and every checkpoint) records where the run really lives, numbered sibling or not.
         self.cfg = cfg = dataclasses.replace(cfg, out_dir=str(self.out_dir))
         if dist_info.is_main:
             self.write_file("config.yaml", config_mod.dump_yaml(cfg).encode())
         seed_everything(t.seed + dist_info.rank)
-        self.model = build_model(cfg.model, len(self.corpus.vocab), getattr(torch, t.dtype)).to(self.device)
+        self.model = build_model(cfg.model, len(self.corpus.vocab), getattr(torch, t.dtype))
+        if init is not None:
+            transplant(self.model, init, self.corpus.vocab)
+        self.model.to(self.device)
         self.ddp_model = wrap_ddp(self.model, self.device, dist_info)
         self.params = list(self.model.parameters())
         self.opt = make_optimizer(self.params, t)
@@ -396,7 +481,7 @@ class Trainer:
         self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if t.amp == "bf16" and self.device.type == "cuda"
                     else contextlib.nullcontext())
         self.saved = {}  # checkpoint name -> step, as written by this process
-        self.heatmap_ids = self.corpus.val_ids[:HEATMAP_CHARS]  # a fixed snippet, so the images compare
+        self.heatmap_ids = data_mod.as_ids(self.corpus.val_ids[:HEATMAP_CHARS], self.corpus.lut)  # fixed: images compare
 
     def restore(self, ckpt):
         t = self.cfg.train
@@ -567,7 +652,7 @@ class Trainer:
         self.model.eval()
         total, count, hv = torch.zeros((), dtype=torch.float64, device=self.device), 0, None
         for xv, yv in data_mod.eval_windows(self.corpus.val_ids, self.n_eval, t.seq_len, self.dist.rank,
-                                            self.dist.world_size):
+                                            self.dist.world_size, self.corpus.lut):
             with self.amp:
                 logits, hv = self.model(self.to_device(xv), hv)
             total += cross_entropy(logits, self.to_device(yv), reduction="sum").double()
@@ -588,6 +673,7 @@ class Trainer:
         if self.dist.is_main:
             self.log.hidden_heatmap(s.step, heatmap_image(self.model, self.to_device(self.heatmap_ids)))
         self.save_checkpoint("ckpt.pt", hidden)
+        self.keep_step_checkpoint()
         if improved:
             self.save_checkpoint("best.pt", hidden)  # only ever replaced by a better model
         self.log.flush()
@@ -611,6 +697,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "model_args": self.model.model_args(),
             "vocab": list(self.corpus.vocab.chars),
+            "vocab_mode": self.corpus.vocab.mode,
             "char_counts": self.corpus.char_counts,  # for sampling's default prime when there is no newline
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
@@ -630,6 +717,19 @@ class Trainer:
         except OSError as e:
             raise RunFailed(f"could not write {self.out_dir / name} ({e.strerror or e})") from None
         self.saved[name] = self.state.step
+
+    def keep_step_checkpoint(self):
+        """ckpt-<step>.pt beside ckpt.pt, for sampling from any point of the run; the last
+        train.keep_checkpoints of them are kept."""
+        keep = self.cfg.train.keep_checkpoints
+        if not keep or not self.dist.is_main:
+            return
+        try:
+            checkpoint.link_atomic(self.out_dir / "ckpt.pt", self.out_dir / f"ckpt-{self.state.step}.pt")
+            for _, old in checkpoint.step_checkpoints(self.out_dir)[:-keep]:
+                old.unlink()
+        except OSError as e:
+            raise RunFailed(f"could not keep ckpt-{self.state.step}.pt in {self.out_dir} ({e.strerror or e})") from None
 
     def write_file(self, name, data):
         try:

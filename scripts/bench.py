@@ -4,6 +4,7 @@
     python scripts/bench.py --device cuda         # GPU: gpu and gpu-L3 shapes, fp32, TF32 and bf16
     python scripts/bench.py --shapes smoke --precisions fp32,tf32,bf16 --repeats 1   # a seconds-long dry run
     python scripts/bench.py --shapes tutorial --json out.json
+    python scripts/bench.py --corpus-mb 100,1000  # the corpus: start-up, cache build speed, peak RSS
 """
 import sys
 

@@ -1,0 +1,259 @@
+"""The encoded corpus: the text's ids written once to a file and memory-mapped from then on.
+
+Like nanoGPT's ``train.bin`` and char-rnn's ``data.t7``: the first run on a text encodes it in a
+streaming pass (memory bounded by the chunk and the vocabulary, never the corpus) into a cache
+file next to it; every later run, and every DDP rank, maps that file, so the ids live once in the
+page cache instead of once per process as Python objects.
+
+The file is a header and the ids:
+
+    MAGIC (12 bytes) | header length (8 bytes, little-endian) | header (JSON) | zero padding to 64 | ids
+
+The header records the vocabulary and each symbol's count, the number of ids, their dtype (the
+smallest of uint8, uint16, uint32 that fits) and what the cache was built from (the source's
+path, size, mtime and a hash of its first and last MiB). A cache whose source has changed is
+rebuilt. It is written to a temporary name and renamed into place when complete, so a build that
+is killed is never mistaken for a finished one.
+"""
+import codecs
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+MAGIC = b"CHARRNN-IDS\n"
+VERSION = 1
+SUFFIX = ".ids"  # the cache of corpus.txt in chars mode is corpus.txt.chars.ids
+CHUNK = 16 << 20  # bytes read at a time while building
+ENDS = 1 << 20  # bytes hashed at each end of the source for its fingerprint
+ALIGN = 64
+MAX_CODEPOINT = 0x110000
+
+
+def smallest_dtype(vocab_size):
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    raise UserError(f"a vocabulary of {vocab_size} symbols does not fit uint32")
+
+
+def fingerprint(path):
+    """What identifies the source's content cheaply: size, mtime and a hash of both ends."""
+    st = os.stat(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(ENDS))
+        if st.st_size > ENDS:
+            f.seek(max(ENDS, st.st_size - ENDS))
+            digest.update(f.read(ENDS))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_ends": digest.hexdigest()}
+
+
+def cache_path(source, mode):
+    """Next to the source when its directory is writable, else in the user's cache folder."""
+    source = Path(source)
+    beside = source.with_name(f"{source.name}.{mode}{SUFFIX}")
+    if os.access(source.parent, os.W_OK):
+        return beside
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charrnn_torch"
+    key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
+    return base / f"{key}-{beside.name}"
+
+
+def _chunks(path, progress, desc):
+    from tqdm import tqdm
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=desc, disable=not progress,
+                                     leave=False) as bar:
+        offset = 0
+        while chunk := f.read(CHUNK):
+            yield offset, chunk
+            offset += len(chunk)
+            bar.update(len(chunk))
+
+
+def _codepoints(path, progress, desc):
+    """The source decoded as UTF-8, chunk by chunk: yields each chunk's code points as uint32.
+    Invalid UTF-8 is an error that names the byte offset."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    for offset, chunk in _chunks(path, progress, desc):
+        pending = len(decoder.getstate()[0])  # bytes of a character split across chunks
+        try:
+            text = decoder.decode(chunk)
+        except UnicodeDecodeError as e:
+            raise UserError(f"data file {path} is not valid UTF-8 (bad byte at offset {offset - pending + e.start}); "
+                            f"to model its raw bytes, set data.vocab=bytes") from None
+        yield np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        size = os.path.getsize(path)
+        raise UserError(f"data file {path} is not valid UTF-8 (it ends inside a character, at offset "
+                        f"{size - len(decoder.getstate()[0])}); to model its raw bytes, set data.vocab=bytes") from None
+
+
+def _count_symbols(path, mode, progress):
+    """Pass 1: (the sorted vocabulary as code points or byte values, each one's count)."""
+    if mode == "bytes":
+        counts = np.zeros(256, dtype=np.int64)
+        for _, chunk in _chunks(path, progress, "counting bytes"):
+            counts += np.bincount(np.frombuffer(chunk, dtype=np.uint8), minlength=256)
+        return np.arange(256), counts  # every byte is in the vocabulary, seen or not
+    counts = np.zeros(MAX_CODEPOINT, dtype=np.int64)
+    for cps in _codepoints(path, progress, "counting characters"):
+        counts += np.bincount(cps, minlength=MAX_CODEPOINT)
+    symbols = np.flatnonzero(counts)
+    return symbols, counts[symbols]
+
+
+def _encoded(path, mode, symbols, dtype, progress):
+    """Pass 2: the ids of each chunk, in dtype."""
+    if mode == "bytes":
+        for _, chunk in _chunks(path, progress, "encoding"):
+            yield np.frombuffer(chunk, dtype=np.uint8)
+        return
+    table = np.zeros(MAX_CODEPOINT, dtype=dtype)
+    table[symbols] = np.arange(len(symbols), dtype=dtype)
+    for cps in _codepoints(path, progress, "encoding"):
+        yield table[cps]
+
+
+def _header_bytes(header):
+    blob = json.dumps(header, ensure_ascii=True).encode()
+    head = MAGIC + struct.pack("<Q", len(blob)) + blob
+    return head + b"\0" * (-len(head) % ALIGN)
+
+
+def build(source, dest, mode, progress=True, install=True):
+    """Encode source into the cache file dest. It is written under a temporary name beside dest and
+    renamed into place when complete; with install=False it is left under that name for the caller
+    to install() or discard() once the run has passed its checks. Returns (path, header)."""
+    source, dest = Path(source), Path(dest)
+    fp = fingerprint(source)
+    symbols, counts = _count_symbols(source, mode, progress)
+    if len(symbols) == 0:
+        raise UserError(f"data file {source} is empty")
+    dtype = smallest_dtype(len(symbols))
+    header = {"version": VERSION, "vocab_mode": mode, "length": int(counts.sum()), "dtype": dtype.name,
+              "vocab": [chr(int(c)) for c in symbols] if mode == "chars" else None,
+              "counts": counts.tolist(), "source": {"path": str(source.resolve()), **fp}}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_header_bytes(header))
+            for ids in _encoded(source, mode, symbols, dtype, progress):
+                f.write(ids.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        if fingerprint(source) != fp:
+            raise UserError(f"data file {source} changed while it was being encoded; run again")
+        if install:
+            os.replace(tmp, dest)
+            return dest, read_header(dest)
+        return Path(tmp), read_header(tmp)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def install(tmp, dest):
+    """Put a cache built with install=False in its place (a map of it stays valid: same file)."""
+    os.replace(tmp, dest)
+
+
+def discard(tmp):
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+
+
+def read_header(path):
+    """The header of a cache file, checked against the file: a wrong magic, an unreadable header
+    or a file shorter or longer than its header says is an error."""
+    path = Path(path)
+    fix = f"delete {path} to have it rebuilt from its source"
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC) + 8)
+        if len(head) < len(MAGIC) + 8 or head[:len(MAGIC)] != MAGIC:
+            raise UserError(f"{path} is not a charrnn_torch corpus cache (its header does not match); {fix}")
+        (n,) = struct.unpack("<Q", head[len(MAGIC):])
+        try:
+            header = json.loads(f.read(n))
+            offset = -(-(len(MAGIC) + 8 + n) // ALIGN) * ALIGN
+            itemsize = np.dtype(header["dtype"]).itemsize
+            ok = (header["version"] == VERSION and header["vocab_mode"] in ("chars", "bytes")
+                  and header["dtype"] in ("uint8", "uint16", "uint32") and len(header["counts"]) > 0
+                  and sum(header["counts"]) == header["length"])
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise UserError(f"{path} has a corrupt or foreign header (its header does not match); {fix}")
+    expected = offset + header["length"] * itemsize
+    actual = os.path.getsize(path)
+    if actual != expected:
+        raise UserError(f"{path} is truncated or damaged: {actual:,} bytes where its header promises "
+                        f"{expected:,}; {fix}")
+    header["offset"] = offset
+    return header
+
+
+def is_stale(header):
+    """True when the cache's source still exists and is no longer what the cache was built from."""
+    src = header["source"]
+    try:
+        return fingerprint(src["path"]) != {k: src[k] for k in ("size", "mtime_ns", "sha256_ends")}
+    except OSError:
+        return False  # the source is gone: the cache stands on its own
+
+
+def open_ids(path, header):
+    """The ids as a read-only-in-practice memory map (copy-on-write: nothing ever writes it)."""
+    return np.memmap(path, dtype=np.dtype(header["dtype"]), mode="c", offset=header["offset"],
+                     shape=(header["length"],))
+
+
+def is_cache_file(path):
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
+def ensure(source, mode, progress=True, log=print, install=True):
+    """(path, header, pending): the cache of source in mode, built or rebuilt as needed. A source
+    that is itself a cache file is used as it is, and refused if its own source has since changed.
+    pending is None, or, for a cache just built with install=False, (its temporary path, where it
+    belongs), for install() or discard()."""
+    source = Path(source)
+    if source.is_dir():
+        raise UserError(f"data path is a directory, not a text file: {source}")
+    try:
+        direct = is_cache_file(source)
+    except OSError as e:
+        raise UserError(f"cannot read data file {source}: {e.strerror}") from None
+    if direct:
+        header = read_header(source)
+        if header["vocab_mode"] != mode:
+            raise UserError(f"{source} is a cache of data.vocab={header['vocab_mode']}, not {mode}")
+        if is_stale(header):
+            raise UserError(f"{source} is stale: its source {header['source']['path']} has changed since it was "
+                            f"built; train from the source to rebuild it")
+        return source, header, None
+    dest = cache_path(source, mode)
+    if dest.exists():
+        header = read_header(dest)
+        if header["vocab_mode"] == mode and not is_stale(header) and header["source"]["path"] == str(source.resolve()):
+            return dest, header, None
+        log(f"rebuilding {dest}: {source} has changed since it was encoded")
+    tic = time.perf_counter()
+    path, header = build(source, dest, mode, progress, install)
+    secs, mb = time.perf_counter() - tic, os.path.getsize(source) / 1e6
+    log(f"encoded {source} ({mb:.1f} MB) into {dest} in {secs:.2f} s ({mb / max(secs, 1e-9):.0f} MB/s)")
+    return path, header, (None if install else (path, dest))
