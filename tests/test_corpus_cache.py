@@ -40,7 +40,7 @@ def test_cache_of_the_real_corpus_is_todays_encoding(tmp_path):
     vocab = data.Vocab.from_text(text)
     want = vocab.encode(text)
 
-    path, header = cache.ensure(copy, "chars", progress=False, log=quiet)
+    path, header, _ = cache.ensure(copy, "chars", progress=False, log=quiet)
     assert path == tmp_path / "tinyshakespeare.txt.chars.ids"
     assert header["vocab"] == vocab.chars and header["length"] == len(text) == 1_115_394
     assert header["dtype"] == "uint8"
@@ -57,14 +57,14 @@ def test_cache_of_the_real_corpus_is_todays_encoding(tmp_path):
 def test_rebuilt_when_the_source_changes_and_reused_when_not(tmp_path):
     src = tmp_path / "c.txt"
     src.write_text("hello world\n" * 50)
-    path, first = cache.ensure(src, "chars", progress=False, log=quiet)
+    path, first, _ = cache.ensure(src, "chars", progress=False, log=quiet)
     stamp = os.stat(path).st_mtime_ns
     assert cache.ensure(src, "chars", progress=False, log=quiet)[1] == first
     assert os.stat(path).st_mtime_ns == stamp  # reused, not rewritten
 
     src.write_text("hello there\n" * 50)  # the same size, other content
     said = []
-    _, second = cache.ensure(src, "chars", progress=False, log=said.append)
+    _, second, _ = cache.ensure(src, "chars", progress=False, log=said.append)
     assert said and "rebuilding" in said[0]
     ids = torch.from_numpy(cache.open_ids(path, second)).long()
     assert data.Vocab(second["vocab"]).decode(ids.tolist()) == "hello there\n" * 50
@@ -89,7 +89,7 @@ def test_utf8_split_across_chunks_and_bad_bytes_at_their_offset(tmp_path, monkey
     text = "aé€😀b\n" * 20  # 1-, 2-, 3- and 4-byte characters, cut at every chunk boundary in turn
     src = tmp_path / "u.txt"
     src.write_text(text, encoding="utf-8")
-    path, header = cache.ensure(src, "chars", progress=False, log=quiet)
+    path, header, _ = cache.ensure(src, "chars", progress=False, log=quiet)
     ids = torch.from_numpy(cache.open_ids(path, header)).long()
     assert data.Vocab(header["vocab"]).decode(ids.tolist()) == text
 
@@ -110,7 +110,7 @@ def test_byte_mode_trains_on_any_file_and_samples_decode(tmp_path, capsys):
     blob = ("naïve café ".encode("utf-8") + bytes([0xff, 0xfe, 0x80]) + bytes(rng.randrange(256) for _ in range(20)))
     src = tmp_path / "bin.dat"
     src.write_bytes(blob * 200)
-    path, header = cache.ensure(src, "bytes", progress=False, log=quiet)
+    path, header, _ = cache.ensure(src, "bytes", progress=False, log=quiet)
     assert header["vocab"] is None and header["dtype"] == "uint8" and len(header["counts"]) == 256
     assert bytes(cache.open_ids(path, header)) == blob * 200
 
@@ -130,7 +130,7 @@ def test_a_large_alphabet_is_uint16_and_trains(tmp_path):
     text = "".join(rng.choice(symbols) + ("\n" if rng.random() < 0.05 else "") for _ in range(30000))
     src = tmp_path / "zh.txt"
     src.write_text(text, encoding="utf-8")
-    path, header = cache.ensure(src, "chars", progress=False, log=quiet)
+    path, header, _ = cache.ensure(src, "chars", progress=False, log=quiet)
     vocab = data.Vocab.from_text(text)
     assert header["dtype"] == "uint16" and header["vocab"] == vocab.chars and len(vocab) > 2900
     assert torch.equal(torch.from_numpy(cache.open_ids(path, header)).long(), vocab.encode(text))
@@ -206,7 +206,7 @@ def _error_of(argv, capsys):
 
 
 def test_bad_caches_are_refused_and_left_alone(tmp_path, corpus_file, capsys):
-    path, header = cache.ensure(corpus_file, "chars", progress=False, log=quiet)
+    path, header, _ = cache.ensure(corpus_file, "chars", progress=False, log=quiet)
     good = path.read_bytes()
     args = ["--no-progress", *tiny_overrides(corpus_file, tmp_path / "run", **{"train.max_steps": 2})]
 
@@ -229,7 +229,7 @@ def test_bad_caches_are_refused_and_left_alone(tmp_path, corpus_file, capsys):
 def test_a_cache_alone_trains_when_its_source_is_gone(tmp_path, tiny_text):
     src = tmp_path / "c.txt"
     src.write_text(tiny_text)
-    path, _ = cache.ensure(src, "chars", progress=False, log=quiet)
+    path, _, _ = cache.ensure(src, "chars", progress=False, log=quiet)
     src.unlink()
     summary = train(build_config({}, tiny_overrides(path, tmp_path / "run", **{"train.max_steps": 4})),
                     progress=False, log=quiet)
