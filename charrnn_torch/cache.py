@@ -31,7 +31,7 @@ from .errors import UserError
 MAGIC = b"CHARRNN-IDS\n"
 VERSION = 1
 SUFFIX = ".ids"  # the cache of corpus.txt in chars mode is corpus.txt.chars.ids
-CHUNK = 16 << 20  # bytes read at a time while building
+CHUNK = 2 << 20  # bytes read at a time while building; the transient memory is a small multiple of it
 ENDS = 1 << 20  # bytes hashed at each end of the source for its fingerprint
 ALIGN = 64
 MAX_CODEPOINT = 0x110000
