@@ -99,3 +99,25 @@ def test_numpy_blas_threads_park_before_the_next_impl(monkeypatch):
     bench.run_shape("tiny", torch.device("cpu"), repeats=2)
     parks = [i for i, e in enumerate(events) if e == ("sleep", bench.NUMPY_BLAS_PARK_S)]
     assert len(parks) == 2 and all(events[i - 1] == "NumpyStep" for i in parks)
+
+
+@pytest.mark.slow
+def test_corpus_bench_json(tmp_path):
+    """The corpus benchmark runs end to end on a small generated corpus and reports every row."""
+    from conftest import ROOT
+    if not (ROOT / "data" / "tinyshakespeare.txt").exists():
+        pytest.skip("needs data/tinyshakespeare.txt as the seed text")
+    out = tmp_path / "c.json"
+    r = run_script("bench.py", "--corpus-mb", "3", "--no-ddp", "--work", tmp_path / "w", "--json", out)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())
+    assert [row["run"] for row in rows] == ["tiny shakespeare, first start", "tiny shakespeare, second start",
+                                            "3 MB, first start (builds cache)", "3 MB, second start"]
+    assert rows[2]["built_mb"] == 3.0 and rows[2]["build_mb_per_s"] > 0 and rows[3]["built_mb"] is None
+    assert all(row["startup_s"] > 0 and row["peak_rss_mb"] > 50 for row in rows)
+    assert not list((tmp_path / "w").glob("corpus-*"))  # the generated corpus and its cache are removed
+
+
+def test_corpus_bench_rejects_bad_sizes():
+    r = run_script("bench.py", "--corpus-mb", "100,x")
+    assert r.returncode == 2 and r.stderr.startswith("error: --corpus-mb must be an integer")
