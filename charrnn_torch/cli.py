@@ -512,14 +512,20 @@ def _visualize_args(argv):
 
 
 def _validation_text(ckpt, n):
-    from .data import read_corpus
+    """The first n characters of the run's validation split, read through the corpus cache and cut
+    by data.split, as training cut it."""
+    from . import cache
+    from .data import split
     try:
         path, fraction = ckpt["config"]["data"]["path"], ckpt["config"]["data"]["val_fraction"]
     except (KeyError, TypeError):
         raise UserError("the checkpoint records no data path: pass --text FILE") from None
-    text = read_corpus(path)
-    val = text[len(text) - int(len(text) * fraction):]
-    return val[:n], f"the first {min(n, len(val)):,} characters of the validation split of {path}"
+    if not os.path.exists(path):
+        raise UserError(f"data file not found: {path} (the run's data.path): pass --text FILE")
+    cache_file, header, _ = cache.ensure(path, "chars", progress=False, log=lambda *a: None)
+    _, val = split(cache.open_ids(cache_file, header), fraction)
+    text = "".join(header["vocab"][i] for i in val[:n].tolist())
+    return text, f"the first {len(text):,} characters of the validation split of {path}"
 
 
 def _visualize(argv):

@@ -137,6 +137,13 @@ class ByteVocab:
         return lambda i: decoder.decode(bytes([i]))
 
 
+def drop_unknown(vocab, text):
+    """(text without the characters outside vocab, the sorted list of those characters): scoring
+    and the visualizer skip them and report them, never map them to some other id."""
+    unknown = vocab.unknown(text)
+    return ("".join(c for c in text if c in vocab) if unknown else text), unknown
+
+
 def vocab_of(mode, chars=None):
     """The vocabulary of a data.vocab mode: chars needs its characters."""
     return ByteVocab() if mode == "bytes" else Vocab(chars)

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .data import drop_unknown
 from .errors import UserError
 from .model import map_state
 
@@ -178,8 +179,7 @@ def score(model, vocab, text, chunk_len=1024):
     Characters outside the vocabulary are removed before scoring and reported
     (count and set), never mapped to some other id.
     """
-    unknown = vocab.unknown(text)
-    kept = "".join(c for c in text if c in vocab) if unknown else text
+    kept, unknown = drop_unknown(vocab, text)
     n_unknown = len(text) - len(kept)
     if len(kept) < 2:
         raise UserError(f"nothing to score: the text has {len(kept)} in-vocabulary characters (need >= 2)")

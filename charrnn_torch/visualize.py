@@ -12,6 +12,7 @@ import re
 import numpy as np
 import torch
 
+from .data import drop_unknown
 from .errors import UserError
 from .model import _output, _per_layer
 from .sample import char_losses
@@ -32,8 +33,7 @@ def prepare_text(vocab, text, max_chars):
     capped at max_chars. Returns (text, info dict)."""
     if not text:
         raise UserError("the text is empty")
-    unknown = vocab.unknown(text)
-    kept = "".join(c for c in text if c in vocab) if unknown else text
+    kept, unknown = drop_unknown(vocab, text)
     if len(kept) < 2:
         raise UserError(f"the text has {len(kept)} characters in the model's vocabulary (need >= 2); "
                         f"not in it: {', '.join(repr(c) for c in unknown[:10])}")
