@@ -1,4 +1,4 @@
-"""charrnn_torch: a hand-written character-level tanh RNN, proven against a numpy BPTT."""
+"""charrnn_torch: character-level RNNs (tanh, LSTM, GRU) written by hand, proven against a numpy BPTT."""
 from .model import CharRNN
 
 __all__ = ["CharRNN"]

@@ -7,10 +7,12 @@ each row reports the median over rounds.
 """
 import contextlib
 import gc
+import json
 import math
+import platform
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -18,9 +20,9 @@ import torch.nn as nn
 
 from . import reference
 from .model import GATES, IMPLS, CharRNN, cross_entropy, map_state
-from .runtime import retain_freed_memory
+from .files import write_atomic
+from .runtime import fast_optimizer, retain_freed_memory
 from .sample import sample_ids
-from .trainer import fast_optimizer
 
 SHAPES = {  # name: (V, H, B, T, L)
     "tutorial": (65, 100, 1, 25, 1),
@@ -349,11 +351,7 @@ def format_table(rows):
 
 
 def main(args, device):
-    """The benchmark command (``scripts/bench.py``): args from ``cli._bench_args``."""
-    import json
-    import platform
-    from dataclasses import asdict
-
+    """The benchmark command (``charrnn bench``): args from ``cli.bench_parser``."""
     shapes = args.shapes or (["gpu", "gpu-L3"] if device.type == "cuda" else ["tutorial", "cpu"])
     precisions = args.precisions or (list(PRECISIONS) if device.type == "cuda" else ["fp32"])
     retain = args.malloc == "retain" and retain_freed_memory()
@@ -398,7 +396,6 @@ def main(args, device):
         print(f"sampling ({s}, CharRNN fused): {sampling[s][1]:,.0f} chars/s one stream, "
               f"{sampling[s][64]:,.0f} chars/s batch of 64")
     if args.json:
-        from .checkpoint import write_atomic
         write_atomic(args.json, json.dumps({**extra, "rows": [asdict(r) for r in rows],
                                             "sampling": {s: {str(k): v for k, v in d.items()}
                                                          for s, d in sampling.items()}}, indent=2).encode())

@@ -20,13 +20,14 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .errors import UserError
+from .files import discard, temp_file
 
 MAGIC = b"CHARRNN-IDS\n"
 VERSION = 1
@@ -146,34 +147,20 @@ def build(source, dest, mode, progress=True, install=True):
               "vocab": [chr(int(c)) for c in symbols] if mode == "chars" else None,
               "counts": counts.tolist(), "source": {"path": str(source.resolve()), **fp}}
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    with temp_file(dest) as (f, tmp):
+        f.write(_header_bytes(header))
+        for ids in _encoded(source, mode, symbols, dtype, progress):
+            f.write(ids.tobytes())
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_header_bytes(header))
-            for ids in _encoded(source, mode, symbols, dtype, progress):
-                f.write(ids.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
         if fingerprint(source) != fp:
             raise UserError(f"data file {source} changed while it was being encoded; run again")
-        if install:
-            os.replace(tmp, dest)
-            return dest, read_header(dest)
-        return Path(tmp), read_header(tmp)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        discard(tmp)
         raise
-
-
-def install(tmp, dest):
-    """Put a cache built with install=False in its place (a map of it stays valid: same file)."""
-    os.replace(tmp, dest)
-
-
-def discard(tmp):
-    if os.path.exists(tmp):
-        os.unlink(tmp)
+    if install:
+        files.install(tmp, dest)
+        return dest, read_header(dest)
+    return tmp, read_header(tmp)
 
 
 def read_header(path):

@@ -1,62 +1,40 @@
-"""Checkpoints: plain dicts of tensors and builtins, written atomically, loaded with weights_only=True."""
+"""Checkpoints: plain dicts of tensors and builtins, written atomically, loaded with weights_only=True;
+a model built from one (for sampling, scoring and looking inside), and the weights a fine-tuning
+run starts from."""
 import io
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .data import vocab_from_checkpoint
+from .errors import UserError, one_line
+from .files import TEMP_SUFFIX, discard, write_atomic
+from .model import CharRNN
+from .runtime import resolve_device
 
 FORMAT = "charrnn_torch/1"
 
 
 def save(obj, path):
-    """torch.save, atomically (see write_atomic)."""
+    """torch.save, atomically (files.write_atomic)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     write_atomic(path, buf.getbuffer())
-
-
-def write_atomic(path, data, mode=None):
-    """Write to a temp file in the same directory, fsync, then os.replace: a reader
-    (or a crash) sees either the old file or the new one, never half of one. The file is
-    private to its owner (mkstemp's 0o600) unless mode says otherwise."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if mode is not None:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    # The rename itself must reach the disk too, or a power cut could undo it.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def link_atomic(src, dest):
     """dest becomes another name for src's current content, atomically: a hard link (no copy, and
     src's later replacement by os.replace leaves it alone), or a copy where links are refused."""
     src, dest = Path(src), Path(dest)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
         os.link(src, tmp)
         os.replace(tmp, dest)
     except OSError:
-        if tmp.exists():
-            tmp.unlink()
+        discard(tmp)
         write_atomic(dest, src.read_bytes())
 
 
@@ -112,7 +90,56 @@ def load(path, map_location="cpu"):
         raise UserError(f"refusing to load checkpoint {path}: it holds more than plain tensors "
                         f"and builtins ({why[:200]})") from None
     except Exception as e:  # noqa: BLE001 - torch.load fails on junk in many ways, all meaning "corrupt"
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({' '.join(str(e).split())[:200]})") from None
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({one_line(e)[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a charrnn_torch checkpoint")
     return ckpt
+
+
+def load_model(path, device_name="cpu", step=None):
+    """(model in eval mode, vocab, checkpoint dict) from a checkpoint file or run directory (step:
+    its ckpt-<step>.pt)."""
+    ckpt = load(resolve(path, step=step))
+    device = resolve_device(device_name)
+    try:
+        # In the checkpoint's dtype before loading: a float64 model loaded into float32 would be rounded.
+        model = CharRNN(**ckpt["model_args"]).to(next(iter(ckpt["model"].values())).dtype)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError, ValueError, StopIteration, AttributeError) as e:
+        raise UserError(f"checkpoint {path} does not hold a CharRNN ({one_line(e)[:200]})") from None
+    model.to(device=device).eval()
+    return model, vocab_from_checkpoint(ckpt), ckpt
+
+
+def load_init(cfg):
+    """The checkpoint a fine-tuning run (train.init_from) starts from, checked against the config:
+    the same architecture (cell, layers, hidden size) and the same kind of vocabulary."""
+    path = resolve(cfg.train.init_from)
+    ckpt = load(path)
+    args, model_cfg = ckpt.get("model_args", {}), cfg.model
+    theirs = (args.get("cell", "rnn"), args.get("num_layers"), args.get("hidden_size"))
+    if theirs != (model_cfg.cell, model_cfg.num_layers, model_cfg.hidden_size):
+        raise UserError(f"--init-from {path}: its model is {theirs[0]} {theirs[1]}x{theirs[2]}, the config asks for "
+                        f"{model_cfg.cell} {model_cfg.num_layers}x{model_cfg.hidden_size}; fine-tuning keeps the "
+                        f"architecture")
+    if ckpt.get("vocab_mode", "chars") != cfg.data.vocab:
+        raise UserError(f"--init-from {path}: it models data.vocab={ckpt.get('vocab_mode', 'chars')}, the config "
+                        f"asks for {cfg.data.vocab}")
+    return ckpt
+
+
+@torch.no_grad()
+def transplant(model, ckpt, vocab):
+    """Load a checkpoint's weights into a model whose vocabulary extends the checkpoint's (its
+    characters first, in their order, then the new ones): every old character keeps its trained
+    column of layer 0's W_xh, row of W_hy and entry of b_y; new characters keep their fresh ones."""
+    old = torch.arange(len(ckpt["vocab"]))  # the old characters' ids, the same in the new vocabulary
+    assert list(vocab.chars[:len(old)]) == list(ckpt["vocab"])
+    own = model.state_dict()
+    for name, w in ckpt["model"].items():
+        if name == "cells.0.W_xh":
+            own[name][:, old] = w.to(own[name].dtype)  # (G·H, V): a column per character
+        elif name in ("W_hy", "b_y"):
+            own[name][old] = w.to(own[name].dtype)  # (V, H) and (V,): a row per character
+        else:
+            own[name].copy_(w)

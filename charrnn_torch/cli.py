@@ -1,20 +1,40 @@
-"""Command lines for training, sampling, sweeps and the benchmark: arguments and error reporting only.
+"""The one command, ``charrnn``, and its subcommands: arguments, dispatch and error reporting only.
 
-Each ``*_main(argv)`` returns an exit status. Every value a flag takes is checked by its
-argparse ``type=`` (the validators below) or, for config keys, by the config schema; a mistake
-is a ``UserError``, printed as one line ``error: ...`` on stderr with exit status 2. A run that
-fails under way (a full disk, diverging maths) is a ``RunFailed``: one ``error:`` line that names
-the last good checkpoint, exit status 1. Never a traceback.
+    charrnn train | sample | visualize | sweep | bench | plot  [flags ...]
+
+``COMMANDS`` is the one table of them. The ``charrnn`` console script (``main``), ``python -m
+charrnn_torch`` and the thin ``scripts/<command>.py`` all dispatch through ``run``, each passing
+the words the user typed (``prog``), so that usage lines and hints repeat the command as it was
+run. Every value a flag takes is checked by its argparse ``type=`` (the validators below) or, for
+config keys, by the config schema; a mistake is a ``UserError``, printed as one line ``error:
+...`` on stderr with exit status 2. A run that fails under way (a full disk, diverging maths) is a
+``RunFailed``: one ``error:`` line that names the last good checkpoint, exit status 1. Never a
+traceback.
 """
 import argparse
+import json
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
-from .errors import RunFailed, UserError
+import torch
+from tqdm import tqdm
+
+from . import bench, checkpoint, config as config_mod, data, data_bench, sample, visualize, viz_page
+from .config import SEED_MAX
+from .distributed import DistInfo, barrier
+from .errors import RunFailed, UserError, one_line
+from .files import write_atomic
+from .model import CELLS
+from .plots import plot_runs
+from .runtime import resolve_device, retain_freed_memory
+from .sweep import format_rows, run_sweep
+from .trainer import Interrupted, train
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STEP_MAX = 2**62  # a checkpoint's step number
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,14 +42,15 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def _report(fn, argv):
+def _report(fn):
+    """fn()'s exit status, with every failure turned into one line on stderr."""
     try:
-        return fn(argv)
+        return fn()
     except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except RunFailed as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -46,7 +67,7 @@ def _report(fn, argv):
 # Each returns a parser for argparse's type=. It raises UserError itself (argparse would otherwise
 # reword the message), naming the flag and the value it got.
 
-def integer(flag, lo, hi):
+def int_arg(flag, lo, hi):
     def parse(text):
         try:
             value = int(text)
@@ -60,7 +81,7 @@ def integer(flag, lo, hi):
     return parse
 
 
-def number(flag, gt=None, ge=None, le=None):
+def float_arg(flag, gt=None, ge=None, le=None):
     def parse(text):
         try:
             value = float(text)
@@ -78,22 +99,32 @@ def number(flag, gt=None, ge=None, le=None):
     return parse
 
 
-def integers(flag, lo, hi):
-    """A comma-separated list of integers, each checked as integer() checks one."""
-    one = integer(flag, lo, hi)
+def int_list_arg(flag, lo, hi):
+    """A comma-separated list of integers, each checked as int_arg() checks one."""
+    one = int_arg(flag, lo, hi)
     return lambda text: [one(part) for part in text.split(",")]
 
 
-def device_name(flag):
+def names_arg(flag, what, allowed):
+    """A comma-separated list of names, each one of allowed."""
     def parse(text):
-        from .config import is_device_name
-        if not is_device_name(text):
+        items = [s for s in text.split(",") if s]
+        bad = [s for s in items if s not in allowed] or ([] if items else [text])
+        if bad:
+            raise UserError(f"unknown {what} {bad[0]!r} in {flag}; choose from {', '.join(allowed)}")
+        return items
+    return parse
+
+
+def device_arg(flag):
+    def parse(text):
+        if not config_mod.is_device_name(text):
             raise UserError(f"{flag} must be auto, cpu, cuda or cuda:N, got {text!r}")
         return text
     return parse
 
 
-def file_path(flag, existing):
+def file_arg(flag, existing):
     """A file (never a directory): one that exists, or else one to write in a directory that exists."""
     def parse(text):
         p = Path(text)
@@ -107,7 +138,7 @@ def file_path(flag, existing):
     return parse
 
 
-def output_dir(flag):
+def dir_arg(flag):
     """A directory to write into (made if missing): not an existing file."""
     def parse(text):
         p = Path(text)
@@ -124,14 +155,20 @@ def _conflicts(pairs):
             raise UserError(message)
 
 
-SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes an int64
+def _checkpoint_args(p, device_default="cpu"):
+    """The flags of every command that reads a trained model: --checkpoint, --step, --device."""
+    p.add_argument("--checkpoint", required=True, help="a .pt file, or a run directory (best.pt, else ckpt.pt)")
+    p.add_argument("--step", type=int_arg("--step", 0, STEP_MAX), default=None,
+                   help="with a run directory: its ckpt-<step>.pt (kept by train.keep_checkpoints)")
+    p.add_argument("--device", type=device_arg("--device"), default=device_default,
+                   help=f"auto | cpu | cuda | cuda:N (default {device_default})")
 
 
-def _find_config(name):
-    from .config import resolve_config_path
-    p = resolve_config_path(name, "configs")
+def find_config(name):
+    """A config by path, or by bare name in ./configs, then in the package's configs/."""
+    p = config_mod.resolve_config_path(name, "configs")
     if not p.exists() and PACKAGE_CONFIGS.is_dir():
-        alt = resolve_config_path(name, PACKAGE_CONFIGS)
+        alt = config_mod.resolve_config_path(name, PACKAGE_CONFIGS)
         if alt.exists():
             return alt
     return p
@@ -139,16 +176,8 @@ def _find_config(name):
 
 # ---------------------------------------------------------------- train
 
-def _dist_from_env(env):
-    from .distributed import DistInfo
-    return DistInfo(rank=int(env.get("RANK", 0)), world_size=int(env.get("WORLD_SIZE", 1)),
-                    local_rank=int(env.get("LOCAL_RANK", 0)))
-
-
-def _train(argv):
-    from . import checkpoint, config as config_mod
-
-    p = _Parser(prog="charrnn-train", description="Train a character-level RNN from a YAML config.")
+def train_parser(prog):
+    p = _Parser(prog=prog, description="Train a character-level RNN from a YAML config.")
     p.add_argument("--config", default=None,
                    help="a YAML file, or a bare name looked up in configs/ (default: shakespeare.yaml); "
                         "with --resume the run's own stored config is used instead")
@@ -160,54 +189,50 @@ def _train(argv):
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=3e-3 device=cpu")
-    args = p.parse_args(argv)
+    return p
+
+
+def train_config(args):
+    """(config, the checkpoint to resume and its run directory, or None and None) from train's
+    parsed arguments."""
     _conflicts([(args.resume and args.force, "--force and --resume contradict each other: --force starts a "
                                              "run over, --resume continues it"),
                 (args.resume and args.init_from, "--init-from starts a new run from a checkpoint's weights; "
                                                  "--resume continues a run: give one")])
-
-    keys = config_mod.override_keys(args.overrides)
-    resume = resume_dir = None
     if args.resume:
-        ckpt_path = checkpoint.resolve(args.resume, names=("ckpt.pt", "best.pt"))
-        resume = checkpoint.load(ckpt_path)
-        resume_dir = ckpt_path.parent
-        cfg = config_mod.build_config(resume["config"], args.overrides)
-    else:
-        cfg = config_mod.build_config(config_mod.read_yaml(_find_config(args.config or "shakespeare.yaml")),
-                                      args.overrides)
-        if args.init_from:
-            cfg.train.init_from = args.init_from
+        path = checkpoint.resolve(args.resume, names=("ckpt.pt", "best.pt"))
+        resume = checkpoint.load(path)
+        return config_mod.build_config(resume["config"], args.overrides), resume, path.parent
+    cfg = config_mod.build_config(config_mod.read_yaml(find_config(args.config or "shakespeare.yaml")),
+                                  args.overrides)
+    if args.init_from:
+        cfg.train.init_from = args.init_from
+    return cfg, None, None
 
+
+def train_command(args, prog):
+    cfg, resume, resume_dir = train_config(args)
     if args.print_config:
         sys.stdout.write(config_mod.dump_yaml(cfg))
         return 0
-
-    from .runtime import retain_freed_memory
-    from .trainer import Interrupted, train
     retain_freed_memory()
     dist_info = _dist_from_env(os.environ)
     if dist_info.world_size > 1:
         _init_distributed(cfg, dist_info)
     try:
-        summary = train(cfg, out_dir_explicit="out_dir" in keys, force=args.force, resume=resume,
-                        resume_dir=resume_dir, dist_info=dist_info, progress=not args.no_progress,
-                        log=_console_log if dist_info.is_main else (lambda *a, **k: None))
-        if dist_info.world_size > 1:
-            # Rank 0 finishes last (hparams, final flush) and hosts the rendezvous store: a rank
-            # that tears its process group down first can abort on the store's lost connection.
-            from .distributed import barrier
-            barrier(dist_info)
+        summary = train(cfg, out_dir_explicit="out_dir" in config_mod.override_keys(args.overrides),
+                        force=args.force, resume=resume, resume_dir=resume_dir, dist_info=dist_info,
+                        progress=not args.no_progress, log=_console_log if dist_info.is_main else _silent)
+        # Rank 0 finishes last (hparams, final flush) and hosts the rendezvous store: a rank
+        # that tears its process group down first can abort on the store's lost connection.
+        barrier(dist_info)
     except Interrupted as e:
         if dist_info.is_main:
             print(f"interrupted at step {e.step}: checkpoint saved to {Path(e.out_dir) / 'ckpt.pt'}\n"
-                  f"resume with: python scripts/train.py --resume {e.out_dir}", file=sys.stderr)
+                  f"resume with: {prog} --resume {e.out_dir}", file=sys.stderr)
         return e.exit_code
     finally:
-        if dist_info.world_size > 1:
-            import torch.distributed as dist
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        _finish_distributed(dist_info)
     if dist_info.is_main:
         print(f"done: {summary['step']} steps, val loss {summary['val_loss']:.4f} "
               f"(bpc {summary['val_loss'] / math.log(2):.4f}), best {summary['best_val']:.4f}; "
@@ -215,73 +240,61 @@ def _train(argv):
     return 0
 
 
+def _dist_from_env(env):
+    return DistInfo(rank=int(env.get("RANK", 0)), world_size=int(env.get("WORLD_SIZE", 1)),
+                    local_rank=int(env.get("LOCAL_RANK", 0)))
+
+
+def _init_distributed(cfg, dist_info):
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://",
+                                         rank=dist_info.rank, world_size=dist_info.world_size)
+
+
+def _finish_distributed(dist_info):
+    if dist_info.world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _console_log(line):
-    from tqdm import tqdm
     tqdm.write(line)  # above the progress bar, not through it
     sys.stdout.flush()
 
 
-def _init_distributed(cfg, dist_info):
-    import torch
-    import torch.distributed as dist
-    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://",
-                            rank=dist_info.rank, world_size=dist_info.world_size)
-
-
-def train_main(argv=None):
-    return _report(_train, sys.argv[1:] if argv is None else argv)
+def _silent(*args, **kwargs):
+    return None
 
 
 # ---------------------------------------------------------------- sample
 
-def _load_model(path, device_name, step=None):
-    """(model, vocab, checkpoint dict) from a checkpoint file or run directory (step: its ckpt-<step>.pt)."""
-    from . import checkpoint
-    from .data import vocab_from_checkpoint
-    from .model import CharRNN
-    from .trainer import resolve_device
-
-    ckpt = checkpoint.load(checkpoint.resolve(path, step=step))
-    device = resolve_device(device_name)
-    try:
-        # In the checkpoint's dtype before loading: a float64 model loaded into float32 would be rounded.
-        model = CharRNN(**ckpt["model_args"]).to(next(iter(ckpt["model"].values())).dtype)
-        model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, RuntimeError, ValueError, StopIteration, AttributeError) as e:
-        raise UserError(f"checkpoint {path} does not hold a CharRNN ({' '.join(str(e).split())[:200]})") from None
-    model.to(device=device).eval()
-    return model, vocab_from_checkpoint(ckpt), ckpt
-
-
 SAMPLE_DEFAULTS = {"length": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "num_samples": 1, "beam_width": 0}
 
 
-def _sample_args(argv):
-    p = _Parser(prog="charrnn-sample", description="Generate text from a trained checkpoint, or score a file.")
-    p.add_argument("--checkpoint", required=True, help="a .pt file, or a run directory (best.pt, else ckpt.pt)")
-    p.add_argument("--step", type=integer("--step", 0, 2**62), default=None,
-                   help="with a run directory: sample from its ckpt-<step>.pt (kept by train.keep_checkpoints)")
+def sample_parser(prog):
+    p = _Parser(prog=prog, description="Generate text from a trained checkpoint, or score a file.")
+    _checkpoint_args(p)
     p.add_argument("--prime", default=None, help="text to condition on (default: a newline)")
-    p.add_argument("--prime-file", type=file_path("--prime-file", existing=True), default=None,
+    p.add_argument("--prime-file", type=file_arg("--prime-file", existing=True), default=None,
                    help="read the prime text from this file (UTF-8), for long primes")
-    p.add_argument("--length", type=integer("--length", 0, 10**9), help="characters to generate after the prime "
-                                                                         "(default 500)")
-    p.add_argument("--temperature", type=number("--temperature", gt=0), help="default 0.8")
-    p.add_argument("--top-k", type=integer("--top-k", 0, 2**31 - 1), help="sample only from the k most likely "
-                                                                          "(0: all)")
-    p.add_argument("--top-p", type=number("--top-p", gt=0, le=1), help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--length", type=int_arg("--length", 0, 10**9),
+                   help="characters to generate after the prime (default 500)")
+    p.add_argument("--temperature", type=float_arg("--temperature", gt=0), help="default 0.8")
+    p.add_argument("--top-k", type=int_arg("--top-k", 0, 2**31 - 1), help="sample only from the k most likely (0: all)")
+    p.add_argument("--top-p", type=float_arg("--top-p", gt=0, le=1), help="nucleus sampling mass in (0, 1]")
     p.add_argument("--greedy", action="store_true", help="always take the most likely character")
-    p.add_argument("--beam-width", type=integer("--beam-width", 0, 4096), help="beam search with this many beams")
-    p.add_argument("--num-samples", type=integer("--num-samples", 1, 65536),
+    p.add_argument("--beam-width", type=int_arg("--beam-width", 0, 4096), help="beam search with this many beams")
+    p.add_argument("--num-samples", type=int_arg("--num-samples", 1, 65536),
                    help="independent samples, drawn in one batch")
-    p.add_argument("--seed", type=integer("--seed", 0, SEED_MAX), default=None)
-    p.add_argument("--device", type=device_name("--device"), default="cpu",
-                   help="auto | cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--out", type=file_path("--out", existing=False), default=None, help="also write the text to this file")
-    p.add_argument("--score", metavar="FILE", type=file_path("--score", existing=True), default=None,
+    p.add_argument("--seed", type=int_arg("--seed", 0, SEED_MAX), default=None)
+    p.add_argument("--out", type=file_arg("--out", existing=False), default=None,
+                   help="also write the text to this file")
+    p.add_argument("--score", metavar="FILE", type=file_arg("--score", existing=True), default=None,
                    help="print the model's loss and bits/char on FILE")
-    args = p.parse_args(argv)
+    return p
+
+
+def check_sample_args(args):
+    """Refuse flags that contradict each other, then fill in the defaults of those not given."""
     given = {k for k in SAMPLE_DEFAULTS if getattr(args, k) is not None}
     sampling = {"temperature", "top_k", "top_p"} & given
     _conflicts([
@@ -301,190 +314,154 @@ def _sample_args(argv):
     for k, v in SAMPLE_DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    return args
 
 
-def _sample(argv):
-    args = _sample_args(argv)
-
-    import torch
-
-    from . import sample as S
-    from .data import read_corpus
-
-    score_text = read_corpus(args.score) if args.score else None
+def sample_command(args, prog):
+    check_sample_args(args)
+    score_text = data.read_corpus(args.score) if args.score else None
     if args.prime_file:
-        args.prime = read_corpus(args.prime_file)
-    model, vocab, ckpt = _load_model(args.checkpoint, args.device, args.step)
-
+        args.prime = data.read_corpus(args.prime_file)
+    model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
     if score_text is not None:
-        r = S.score(model, vocab, score_text)
-        print(f"loss {r['loss']:.4f} nats/char | {r['bpc']:.4f} bits/char | {r['chars']} characters scored")
-        if r["unknown_chars"]:
-            print(f"{r['unknown_chars']} characters not in the vocabulary were skipped: "
-                  f"{', '.join(repr(c) for c in r['unknown_set'])}")
-        return 0
-
-    prime = S.default_prime(vocab, ckpt.get("char_counts")) if args.prime is None else args.prime
-    S.check_prime(vocab, prime)
+        return _print_score(sample.score(model, vocab, score_text))
+    prime = sample.default_prime(vocab, ckpt.get("char_counts")) if args.prime is None else args.prime
+    sample.check_prime(vocab, prime)
     generator = torch.Generator()
     if args.seed is not None:
         generator.manual_seed(args.seed)
     else:
         generator.seed()
-
     out_file = open(args.out, "w", encoding="utf-8") if args.out else None
     try:
-        def emit(text):
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            if out_file:
-                out_file.write(text)
-
-        if args.beam_width:
-            text, logp = S.beam_search(model, vocab, prime, args.length, args.beam_width)
-            emit(text + "\n")
-            print(f"log-probability {logp:.4f} nats ({-logp / max(args.length, 1):.4f} nats/char)", file=sys.stderr)
-        elif args.num_samples == 1:
-            emit(prime)
-            S.generate(model, vocab, prime, args.length, args.temperature, args.top_k, args.top_p,
-                       generator=generator, greedy=args.greedy, on_text=emit)
-            emit("\n")
-        else:
-            texts = S.generate_batch(model, vocab, prime, args.length, args.num_samples, args.temperature,
-                                     args.top_k, args.top_p, generator=generator, greedy=args.greedy)
-            for i, text in enumerate(texts):
-                emit((f"\n----- sample {i + 1} -----\n" if i else "") + text + "\n")
+        _generate(args, model, vocab, prime, generator, _emitter(out_file))
     finally:
         if out_file:
             out_file.close()
     return 0
 
 
-def sample_main(argv=None):
-    return _report(_sample, sys.argv[1:] if argv is None else argv)
+def _print_score(r):
+    print(f"loss {r['loss']:.4f} nats/char | {r['bpc']:.4f} bits/char | {r['chars']} characters scored")
+    if r["unknown_chars"]:
+        print(f"{r['unknown_chars']} characters not in the vocabulary were skipped: "
+              f"{', '.join(repr(c) for c in r['unknown_set'])}")
+    return 0
+
+
+def _emitter(out_file):
+    def emit(text):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if out_file:
+            out_file.write(text)
+    return emit
+
+
+def _generate(args, model, vocab, prime, generator, emit):
+    if args.beam_width:
+        text, logp = sample.beam_search(model, vocab, prime, args.length, args.beam_width)
+        emit(text + "\n")
+        print(f"log-probability {logp:.4f} nats ({-logp / max(args.length, 1):.4f} nats/char)", file=sys.stderr)
+    elif args.num_samples == 1:
+        emit(prime)
+        sample.generate(model, vocab, prime, args.length, args.temperature, args.top_k, args.top_p,
+                        generator=generator, greedy=args.greedy, on_text=emit)
+        emit("\n")
+    else:
+        texts = sample.generate_batch(model, vocab, prime, args.length, args.num_samples, args.temperature,
+                                      args.top_k, args.top_p, generator=generator, greedy=args.greedy)
+        for i, text in enumerate(texts):
+            emit((f"\n----- sample {i + 1} -----\n" if i else "") + text + "\n")
 
 
 # ---------------------------------------------------------------- sweep
 
-def _sweep(argv):
-    from .sweep import format_rows, run_sweep
-
-    p = _Parser(prog="charrnn-sweep", description="Train one run per combination of a grid.")
+def sweep_parser(prog):
+    p = _Parser(prog=prog, description="Train one run per combination of a grid.")
     p.add_argument("--config", default="shakespeare.yaml")
     p.add_argument("--grid", nargs="+", required=True, metavar="key=v1,v2",
                    help="e.g. --grid train.lr=1e-3,3e-3 model.hidden_size=256,512")
-    p.add_argument("--parallel", type=integer("--parallel", 1, 256), default=1, help="runs at a time (default 1)")
-    p.add_argument("--sweep-dir", type=output_dir("--sweep-dir"), default=None,
+    p.add_argument("--parallel", type=int_arg("--parallel", 1, 256), default=1, help="runs at a time (default 1)")
+    p.add_argument("--sweep-dir", type=dir_arg("--sweep-dir"), default=None,
                    help="default: runs/sweep-<config name>")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
-    args = p.parse_args(argv)
+    return p
+
+
+def sweep_command(args, prog):
     # argparse hands key=value overrides that follow the grid to --grid too: an entry
     # with a comma-separated list is an axis, one with a single value an override.
     grid = [g for g in args.grid if "," in g.partition("=")[2]]
     overrides = [g for g in args.grid if g not in grid] + args.overrides
     if not grid:
         raise UserError("--grid needs at least one key=v1,v2,... entry")
-    sweep_dir, fields, rows = run_sweep(_find_config(args.config), grid, overrides, args.sweep_dir,
-                                        args.parallel)
+    sweep_dir, fields, rows = run_sweep(find_config(args.config), grid, overrides, args.sweep_dir, args.parallel)
     print()
     print(format_rows(fields, rows))
     print(f"\nsummary: {sweep_dir / 'summary.csv'}; compare runs with: tensorboard --logdir {sweep_dir}")
     return 1 if any(r["status"].startswith("failed") for r in rows) else 0
 
 
-def sweep_main(argv=None):
-    return _report(_sweep, sys.argv[1:] if argv is None else argv)
-
-
 # ---------------------------------------------------------------- bench
 
-def _bench_args(argv):
-    from .bench import PRECISIONS, SHAPES
-    from .config import CELLS
-
-    def names(flag, what, allowed):
-        def parse(text):
-            items = [s for s in text.split(",") if s]
-            bad = [s for s in items if s not in allowed] or ([] if items else [text])
-            if bad:
-                raise UserError(f"unknown {what} {bad[0]!r} in {flag}; choose from {', '.join(allowed)}")
-            return items
-        return parse
-
-    p = _Parser(prog="bench", description="Training throughput of every implementation, side by side in one run.")
-    p.add_argument("--device", type=device_name("--device"), default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--shapes", type=names("--shapes", "shape", SHAPES), default=None,
-                   help=f"comma-separated, from {', '.join(SHAPES)}")
-    p.add_argument("--precisions", type=names("--precisions", "precision", PRECISIONS), default=None,
-                   help=f"comma-separated, from {', '.join(PRECISIONS)} (default: all three on CUDA, fp32 on CPU); "
-                        f"tf32 changes nothing on a CPU")
-    p.add_argument("--cells", type=names("--cells", "cell", CELLS), default=["rnn"],
+def bench_parser(prog):
+    p = _Parser(prog=prog, description="Training throughput of every implementation, side by side in one run.")
+    p.add_argument("--device", type=device_arg("--device"), default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--shapes", type=names_arg("--shapes", "shape", bench.SHAPES), default=None,
+                   help=f"comma-separated, from {', '.join(bench.SHAPES)}")
+    p.add_argument("--precisions", type=names_arg("--precisions", "precision", bench.PRECISIONS), default=None,
+                   help=f"comma-separated, from {', '.join(bench.PRECISIONS)} (default: all three on CUDA, fp32 on "
+                        f"CPU); tf32 changes nothing on a CPU")
+    p.add_argument("--cells", type=names_arg("--cells", "cell", CELLS), default=["rnn"],
                    help=f"comma-separated, from {', '.join(CELLS)} (default rnn); each against its torch module")
-    p.add_argument("--repeats", type=integer("--repeats", 1, 1000), default=5,
+    p.add_argument("--repeats", type=int_arg("--repeats", 1, 1000), default=5,
                    help="timed rounds per implementation (median reported)")
-    p.add_argument("--threads", type=integer("--threads", 0, 4096), default=0,
+    p.add_argument("--threads", type=int_arg("--threads", 0, 4096), default=0,
                    help="torch intra-op threads (0: torch's default)")
-    p.add_argument("--small-threads", type=integer("--small-threads", 1, 4096), default=1,
+    p.add_argument("--small-threads", type=int_arg("--small-threads", 1, 4096), default=1,
                    help="threads for the tutorial shape, where thread hand-offs cost more than they save")
     p.add_argument("--malloc", choices=("retain", "default"), default="retain",
                    help="retain: keep freed memory for reuse, as training does (default); default: glibc's "
                         "own policy, to see what that setting is worth")
-    p.add_argument("--json", type=file_path("--json", existing=False), default=None, help="also write the results to this file")
+    p.add_argument("--json", type=file_arg("--json", existing=False), default=None,
+                   help="also write the results to this file")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the peak-memory measurement (a fresh process per row on CPU): for quick runs")
-    p.add_argument("--corpus-mb", type=integers("--corpus-mb", 1, 100_000), default=None, metavar="MB,...",
+    p.add_argument("--corpus-mb", type=int_list_arg("--corpus-mb", 1, 100_000), default=None, metavar="MB,...",
                    help="instead of the model rows: the corpus benchmark, tiny shakespeare repeated to each "
                         "size (start-up with and without the cache, peak RSS, cache build speed)")
-    p.add_argument("--work", type=output_dir("--work"), default=None,
+    p.add_argument("--work", type=dir_arg("--work"), default=None,
                    help="directory for the corpus benchmark's generated files (default: a temporary one)")
     p.add_argument("--no-ddp", action="store_true", help="corpus benchmark: skip the 2-rank run")
-    return p.parse_args(argv)
+    return p
 
 
-def _bench(argv):
-    args = _bench_args(argv)
-    if args.corpus_mb:
-        return _corpus_bench(args)
-    from . import bench
-    from .trainer import resolve_device
-    return bench.main(args, resolve_device(args.device))
-
-
-def _corpus_bench(args):
-    import tempfile
-
-    from . import data_bench
-    from .data import ensure_corpus
-    seed = ensure_corpus("data/tinyshakespeare.txt")
+def bench_command(args, prog):
+    if not args.corpus_mb:
+        return bench.main(args, resolve_device(args.device))
+    seed = data.ensure_corpus(data.DEFAULT_PATH)
     with tempfile.TemporaryDirectory(prefix="charrnn-corpus-bench-") as tmp:
         data_bench.main(args.corpus_mb, args.work or tmp, seed, ddp=not args.no_ddp, json_path=args.json)
     return 0
 
 
-def bench_main(argv=None):
-    return _report(_bench, sys.argv[1:] if argv is None else argv)
-
-
 # ---------------------------------------------------------------- plot
 
-def _plot(argv):
-    p = _Parser(prog="plot_runs", description="Validation loss against wall-clock minutes, runs side by side.")
-    p.add_argument("runs", nargs="+", type=output_dir("RUN"), help="run directories (TensorBoard events)")
-    p.add_argument("--out", type=file_path("--out", existing=False), default="runs.png", help="the PNG to write")
+def plot_parser(prog):
+    p = _Parser(prog=prog, description="Validation loss against minutes of training, runs side by side.")
+    p.add_argument("runs", nargs="+", type=dir_arg("RUN"), help="run directories (TensorBoard events)")
+    p.add_argument("--out", type=file_arg("--out", existing=False), default="runs.png", help="the PNG to write")
     p.add_argument("--labels", default=None, help="comma-separated, one per run (default: the directory names)")
-    p.add_argument("--title", default="validation loss against wall-clock time")
-    args = p.parse_args(argv)
+    p.add_argument("--title", default="validation loss against minutes of training")
+    return p
+
+
+def plot_command(args, prog):
     labels = args.labels.split(",") if args.labels else None
     if labels is not None and len(labels) != len(args.runs):
         raise UserError(f"--labels has {len(labels)} names for {len(args.runs)} runs")
-    from .plots import plot_runs
     print(plot_runs(args.runs, args.out, labels, args.title))
     return 0
-
-
-def plot_main(argv=None):
-    return _report(_plot, sys.argv[1:] if argv is None else argv)
 
 
 # ---------------------------------------------------------------- visualize
@@ -492,75 +469,103 @@ def plot_main(argv=None):
 VIZ_MAX_CHARS = 3000
 
 
-def _visualize_args(argv):
-    p = _Parser(prog="charrnn-visualize", description="Write an HTML page of what a trained model learned: "
-                                                      "per-character surprise, interpretable units, saturation.")
-    p.add_argument("--checkpoint", required=True, help="a .pt file, or a run directory (best.pt, else ckpt.pt)")
-    p.add_argument("--step", type=integer("--step", 0, 2**62), default=None,
-                   help="with a run directory: its ckpt-<step>.pt (kept by train.keep_checkpoints)")
+def visualize_parser(prog):
+    p = _Parser(prog=prog, description="Write an HTML page of what a trained model learned: per-character "
+                                       "surprise, interpretable units, saturation.")
+    _checkpoint_args(p)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--text", type=file_path("--text", existing=True), default=None, help="the text to look at")
-    src.add_argument("--from-val", type=integer("--from-val", 2, 10**9), default=None, metavar="N",
+    src.add_argument("--text", type=file_arg("--text", existing=True), default=None, help="the text to look at")
+    src.add_argument("--from-val", type=int_arg("--from-val", 2, 10**9), default=None, metavar="N",
                      help="the first N characters of the run's validation split (the default, N = --max-chars)")
-    p.add_argument("--max-chars", type=integer("--max-chars", 2, 10**6), default=VIZ_MAX_CHARS,
+    p.add_argument("--max-chars", type=int_arg("--max-chars", 2, 10**6), default=VIZ_MAX_CHARS,
                    help=f"cap on the characters shown (default {VIZ_MAX_CHARS}); the page holds every unit's "
                         "activation for each")
-    p.add_argument("--out", type=output_dir("--out"), default=Path("viz"), help="directory for index.html and "
-                                                                              "insight.json (default viz)")
-    p.add_argument("--device", type=device_name("--device"), default="cpu", help="auto | cpu | cuda | cuda:N")
-    return p.parse_args(argv)
+    p.add_argument("--out", type=dir_arg("--out"), default=Path("viz"),
+                   help="directory for index.html and insight.json (default viz)")
+    return p
 
 
-def _validation_text(ckpt, n):
-    """The first n characters of the run's validation split, read through the corpus cache and cut
-    by data.split, as training cut it."""
-    from . import cache
-    from .data import split
+def validation_text(ckpt, n):
+    """The first n characters of the run's validation split, through load_corpus, as training read it."""
     try:
-        path, fraction = ckpt["config"]["data"]["path"], ckpt["config"]["data"]["val_fraction"]
-    except (KeyError, TypeError):
-        raise UserError("the checkpoint records no data path: pass --text FILE") from None
-    if not os.path.exists(path):
-        raise UserError(f"data file not found: {path} (the run's data.path): pass --text FILE")
-    cache_file, header, _ = cache.ensure(path, "chars", progress=False, log=lambda *a: None)
-    _, val = split(cache.open_ids(cache_file, header), fraction)
-    text = "".join(header["vocab"][i] for i in val[:n].tolist())
-    return text, f"the first {len(text):,} characters of the validation split of {path}"
+        data_cfg = config_mod.build_config(ckpt["config"]).data
+    except (KeyError, TypeError, UserError):
+        raise UserError("the checkpoint records no usable data config: pass --text FILE") from None
+    if not os.path.exists(data_cfg.path):
+        raise UserError(f"data file not found: {data_cfg.path} (the run's data.path): pass --text FILE")
+    corpus = data.load_corpus(data_cfg, progress=False, base_vocab=ckpt["vocab"], log=_silent)
+    text = corpus.vocab.decode(data.as_ids(corpus.val_ids[:n], corpus.lut).tolist())
+    return text, f"the first {len(text):,} characters of the validation split of {data_cfg.path}"
 
 
-def _visualize(argv):
-    args = _visualize_args(argv)
-    import json
-
-    from . import checkpoint, visualize, viz_page
-    from .data import read_corpus
-
-    model, vocab, ckpt = _load_model(args.checkpoint, args.device, args.step)
+def visualize_command(args, prog):
+    model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
     if vocab.mode != "chars":
         raise UserError("the page shows characters: it needs a model trained with data.vocab=chars")
     if args.text is not None:
-        raw, source = read_corpus(args.text), str(args.text)
+        raw, source = data.read_corpus(args.text), str(args.text)
     else:
-        raw, source = _validation_text(ckpt, args.from_val or args.max_chars)
+        raw, source = validation_text(ckpt, args.from_val or args.max_chars)
     text, info = visualize.prepare_text(vocab, raw, args.max_chars)
     if info["truncated_from"]:
         source += f" (the first {len(text):,} of {info['truncated_from']:,} characters)"
     if info["unknown_removed"]:
         source += f" ({info['unknown_removed']} characters outside the vocabulary removed)"
-    data, acts = visualize.page_data(model, vocab, ckpt, checkpoint.resolve(args.checkpoint, step=args.step), text,
+    page, acts = visualize.page_data(model, vocab, ckpt, checkpoint.resolve(args.checkpoint, step=args.step), text,
                                      source)
     args.out.mkdir(parents=True, exist_ok=True)
     # A page to share: readable by all, as a file written with open() would be under the usual umask.
-    checkpoint.write_atomic(args.out / "index.html", viz_page.render(data, acts).encode(), mode=0o644)
-    checkpoint.write_atomic(args.out / "insight.json", json.dumps(data).encode(), mode=0o644)
+    write_atomic(args.out / "index.html", viz_page.render(page, acts).encode(), mode=0o644)
+    write_atomic(args.out / "insight.json", json.dumps(page).encode(), mode=0o644)
     print(f"wrote {args.out / 'index.html'} and insight.json: {len(text):,} characters, "
-          f"{data['header']['mean_bits']:.3f} bits/char")
-    for name, f in data["search"].items():
+          f"{page['header']['mean_bits']:.3f} bits/char")
+    for name, f in page["search"].items():
         if f["occurs"]:
             b = f["units"][0]
             print(f"  {name:<20} {b['state']} layer {b['layer']} unit {b['unit']:<4} corr {b['corr']:+.3f}")
     return 0
 
 
-def visualize_main(argv=None):
-    return _report(_visualize, sys.argv[1:] if argv is None else argv)
+# ---------------------------------------------------------------- the table, and dispatch
+
+# name -> (parser(prog), command(args, prog), one line for `charrnn --help`)
+COMMANDS = {
+    "train": (train_parser, train_command, "train a model from a YAML config (or resume, or fine-tune one)"),
+    "sample": (sample_parser, sample_command, "generate text from a checkpoint, or score a file"),
+    "visualize": (visualize_parser, visualize_command, "write an HTML page of what a model learned"),
+    "sweep": (sweep_parser, sweep_command, "train one run per combination of a grid"),
+    "bench": (bench_parser, bench_command, "training throughput of every implementation, side by side"),
+    "plot": (plot_parser, plot_command, "draw runs' validation loss against minutes of training"),
+}
+
+
+def parse(name, argv, prog=None):
+    """A command's arguments, checked (a UserError for any mistake), without running it. Flags and
+    key=value overrides may come in any order."""
+    parser = COMMANDS[name][0](prog or f"charrnn {name}")
+    return parser.parse_intermixed_args(argv)
+
+
+def run(name, argv, prog):
+    """Run one command as the user typed it (prog: the words before its arguments); its exit status."""
+    return _report(lambda: COMMANDS[name][1](parse(name, argv, prog), prog))
+
+
+def usage(prog):
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: {prog} {{{','.join(COMMANDS)}}} ...", "", "commands:"]
+    lines += [f"  {name:<{width}}  {entry[2]}" for name, entry in COMMANDS.items()]
+    return "\n".join(lines + ["", f"{prog} COMMAND --help shows a command's flags"])
+
+
+def main(argv=None, prog="charrnn"):
+    """The charrnn console script: charrnn COMMAND [flags ...]."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage(prog))
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        got = f"unknown command {argv[0]!r}" if argv else "no command given"
+        print(f"error: {got}; choose from {', '.join(COMMANDS)} ({prog} --help lists them)", file=sys.stderr)
+        return 2
+    return run(argv[0], argv[1:], f"{prog} {argv[0]}")

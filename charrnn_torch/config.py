@@ -11,18 +11,19 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError
+from .data import DEFAULT_PATH
+from .errors import UserError, one_line
+from .model import CELLS, IMPLS
 
-# The one list of each set of allowed values; model.py, trainer.py and cli.py import these.
+# The one list of each set of allowed values (the cells and impls are model.py's).
 OPTIMIZERS = {"adagrad": "Adagrad", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}
 SCHEDULES = ("constant", "cosine", "step")
-IMPLS = ("loop", "fused")
-CELLS = ("rnn", "lstm", "gru")
 AMP = ("none", "bf16")
 DTYPES = ("float32", "float64")  # names of torch dtypes
 VOCABS = ("chars", "bytes")  # data.vocab: the text's sorted characters, or its 256 byte values
 INT_MAX = 2**63 - 1  # torch reads integers as int64: a larger one fails deep inside a call
-SEED_MAX = 2**62  # leaves room for the per-rank and per-step seeds derived from train.seed
+SEED_BITS = 62  # every seed, config key or flag, is in [0, 2**62]: room for the per-rank and per-step seeds derived from it
+SEED_MAX = 2**SEED_BITS
 
 # What a resumed run may not change: the architecture, the data, its layout in streams, and
 # whatever gives the saved state its meaning. Everything else (lr, schedule, max_steps, the
@@ -33,7 +34,7 @@ FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers",
 
 @dataclass
 class DataConfig:
-    path: str = "data/tinyshakespeare.txt"
+    path: str = DEFAULT_PATH
     val_fraction: float = 0.1  # the last 10% of the text, contiguous, as nanoGPT splits
     vocab: str = "chars"  # chars: the text's characters; bytes: its raw bytes (V = 256), any file
 
@@ -133,34 +134,34 @@ def _fill(obj, values, prefix):
 
 
 def validate(cfg):
-    t, m = cfg.train, cfg.model
+    train, model = cfg.train, cfg.model
 
     def need(cond, key, what):
         if not cond:
-            raise UserError(f"{key}: {what}, got {eval_key(cfg, key)!r}")
+            raise UserError(f"{key}: {what}, got {get_key(cfg, key)!r}")
 
     for key in ("model.hidden_size", "model.num_layers", "train.batch_size", "train.seq_len",
                 "train.max_steps", "train.eval_interval", "train.log_interval", "train.max_nonfinite"):
-        need(eval_key(cfg, key) > 0, key, "must be > 0")
-    need(math.isfinite(t.lr) and t.lr > 0, "train.lr", "must be > 0")
-    need(math.isfinite(t.max_minutes) and t.max_minutes >= 0, "train.max_minutes", "must be >= 0 (0: no budget)")
-    need(math.isfinite(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)")
+        need(get_key(cfg, key) > 0, key, "must be > 0")
+    need(math.isfinite(train.lr) and train.lr > 0, "train.lr", "must be > 0")
+    need(math.isfinite(train.max_minutes) and train.max_minutes >= 0, "train.max_minutes", "must be >= 0 (0: no budget)")
+    need(math.isfinite(train.grad_clip) and train.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)")
     need(0 < cfg.data.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
-    need(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
-    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-    need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
-    need(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
-    need(t.lr_step_size > 0, "train.lr_step_size", "must be > 0")
-    need(0 < t.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]")
-    need(t.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0 disables)")
-    need(t.sample_length > 0, "train.sample_length", "must be > 0")
-    need(t.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0 (0 keeps only ckpt.pt and best.pt)")
-    need(0 <= t.threads <= 4096, "train.threads", "must be in [0, 4096] (0 keeps torch's default)")
-    need(0 <= t.seed <= SEED_MAX, "train.seed", "must be in [0, 2**62]")
+    need(0 <= model.dropout < 1, "model.dropout", "must be in [0, 1)")
+    need(train.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    need(train.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    need(0 <= train.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+    need(train.lr_step_size > 0, "train.lr_step_size", "must be > 0")
+    need(0 < train.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]")
+    need(train.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0 disables)")
+    need(train.sample_length > 0, "train.sample_length", "must be > 0")
+    need(train.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0 (0 keeps only ckpt.pt and best.pt)")
+    need(0 <= train.threads <= 4096, "train.threads", "must be in [0, 4096] (0 keeps torch's default)")
+    need(0 <= train.seed <= SEED_MAX, "train.seed", f"must be in [0, 2**{SEED_BITS}]")
     for key, choices in (("train.optimizer", OPTIMIZERS), ("train.lr_schedule", SCHEDULES),
                          ("model.impl", IMPLS), ("model.cell", CELLS), ("train.amp", AMP),
                          ("train.dtype", DTYPES), ("data.vocab", VOCABS)):
-        need(eval_key(cfg, key) in choices, key, f"must be one of {', '.join(choices)}")
+        need(get_key(cfg, key) in choices, key, f"must be one of {', '.join(choices)}")
     need(is_device_name(cfg.device), "device", "must be auto, cpu, cuda or cuda:N")
     need(bool(cfg.out_dir), "out_dir", "must be a non-empty path")
     need(bool(cfg.data.path), "data.path", "must be a non-empty path")
@@ -182,7 +183,8 @@ def check_resume(stored, cfg):
                             f"start a new run instead")
 
 
-def eval_key(cfg, dotted):
+def get_key(cfg, dotted):
+    """cfg's value at a dotted key such as train.lr."""
     obj = cfg
     for part in dotted.split("."):
         obj = getattr(obj, part)
@@ -197,7 +199,7 @@ def parse_override(text):
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise UserError(f"malformed override {text!r}: cannot parse value ({_one_line(e)})") from None
+        raise UserError(f"malformed override {text!r}: cannot parse value ({one_line(e)})") from None
     if isinstance(value, (dict, list)):
         raise UserError(f"malformed override {text!r}: expected a single value")
     return key.strip(), value
@@ -219,10 +221,6 @@ def _merge(base, extra):
     return base
 
 
-def _one_line(exc):
-    return " ".join(str(exc).split())
-
-
 def resolve_config_path(name, config_dir):
     """A bare name is looked up in configs/; a path (or a name with a directory) is used as is."""
     p = Path(name)
@@ -241,11 +239,11 @@ def read_yaml(path):
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read config file {path}: {_one_line(e)}") from None
+        raise UserError(f"cannot read config file {path}: {one_line(e)}") from None
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise UserError(f"config file {path} is not valid YAML: {_one_line(e)}") from None
+        raise UserError(f"config file {path} is not valid YAML: {one_line(e)}") from None
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -270,10 +268,6 @@ def override_keys(overrides):
 
 def to_dict(cfg):
     return dataclasses.asdict(cfg)
-
-
-def from_dict(values):
-    return build_config(values)
 
 
 def flatten(d, prefix=""):

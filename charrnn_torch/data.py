@@ -1,15 +1,17 @@
-"""The corpus: fetching it once, reading it, the vocabulary, and the two batchers."""
+"""The corpus: fetching it once, reading it, the vocabulary, the run's corpus (load_corpus), and
+the batchers."""
 import codecs
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from . import cache as cache_mod, files
+from .distributed import DistInfo, barrier
+from .errors import UserError, one_line
 
 DEFAULT_PATH = "data/tinyshakespeare.txt"
 CORPUS_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -23,10 +25,10 @@ def download(url, dest, sha256, timeout=30, progress=True):
     dest = Path(dest)
     where = f"download it from {url} and save it as {dest.resolve()}"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with files.temp_file(dest, mode=0o644, suffix=".part") as (f, tmp), \
+                urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"fetching {dest.name}",
                       disable=not progress) as bar:
@@ -34,17 +36,12 @@ def download(url, dest, sha256, timeout=30, progress=True):
                     f.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
-            f.flush()
-            os.fsync(f.fileno())
-        if digest.hexdigest() != sha256:
-            raise UserError(f"downloaded {url} but its sha256 is {digest.hexdigest()}, expected {sha256}; "
-                            f"{where}")
-        os.replace(tmp, dest)
+            if digest.hexdigest() != sha256:
+                raise UserError(f"downloaded {url} but its sha256 is {digest.hexdigest()}, expected {sha256}; "
+                                f"{where}")
+        files.install(tmp, dest)
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise UserError(f"cannot download {url} ({' '.join(str(e).split())}); {where}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        raise UserError(f"cannot download {url} ({one_line(e)}); {where}") from None
     return dest
 
 
@@ -165,6 +162,86 @@ def split(ids, val_fraction):
     """A contiguous split: the first (1 - val_fraction) for training, the rest for validation."""
     n_val = int(len(ids) * val_fraction)
     return ids[: len(ids) - n_val], ids[len(ids) - n_val:]
+
+
+class Corpus:
+    """The run's text as ids: a memory map of the encoded cache (cache.py), with the splits as
+    views of it, never copies. Rank 0 builds the cache if needed while the other ranks wait; then
+    every rank maps the same file, so they share one copy of it in the page cache.
+
+    base_vocab (fine-tuning, and resuming a fine-tuned run): the characters of the checkpoint the
+    run starts from. The run's vocabulary is then those, in their order, followed by the corpus's
+    characters they lack, and lut maps the cache's ids to the run's.
+    """
+
+    def __init__(self, data_cfg, dist_info=DistInfo(), progress=True, base_vocab=None, log=print, defer_install=False):
+        source = ensure_corpus(data_cfg.path, progress=progress and dist_info.is_main)
+        if dist_info.world_size == 1:
+            # defer_install: a new cache stays under a temporary name until the run has passed its
+            # checks (keep()), so that a run refused for bad input leaves nothing behind.
+            path, header, self.pending = cache_mod.ensure(source, data_cfg.vocab, progress, log,
+                                                          install=not defer_install)
+        else:
+            # Each node's first rank builds (and installs) it while the others wait, then all map it.
+            if dist_info.local_rank == 0:
+                cache_mod.ensure(source, data_cfg.vocab, progress and dist_info.is_main, log)
+            barrier(dist_info)
+            path, header, self.pending = cache_mod.ensure(source, data_cfg.vocab, False, lambda *a: None)
+        ids = torch.from_numpy(cache_mod.open_ids(path, header))
+        corpus_vocab = vocab_of(data_cfg.vocab, header["vocab"])
+        counts = header["counts"]
+        self.vocab, self.lut = corpus_vocab, None
+        if base_vocab is not None and data_cfg.vocab == "chars":
+            extra = [c for c in corpus_vocab.chars if c not in set(base_vocab)]
+            self.vocab = Vocab(list(base_vocab) + extra)
+            order = [self.vocab.stoi[c] for c in corpus_vocab.chars]
+            if order != list(range(len(order))):
+                self.lut = torch.tensor(order, dtype=torch.long)
+            counts = [0] * len(self.vocab)
+            for c, n in zip(corpus_vocab.chars, header["counts"]):
+                counts[self.vocab.stoi[c]] = n
+        self.char_counts = counts
+        self.train_ids, self.val_ids = split(ids, data_cfg.val_fraction)
+
+    def keep(self):
+        """Install a cache built by this run in its place (the run passed its checks)."""
+        if self.pending:
+            files.install(*self.pending)
+            self.pending = None
+
+    def discard(self):
+        if self.pending:
+            files.discard(self.pending[0])
+            self.pending = None
+
+
+def make_batcher(train_ids, train_cfg, dist_info, lut=None):
+    """The stream batcher (train.stateful) or the random-window one, for this rank."""
+    if train_cfg.batch_size % dist_info.world_size:
+        raise UserError(f"train.batch_size={train_cfg.batch_size} must be divisible by the number of processes "
+                        f"({dist_info.world_size})")
+    if train_cfg.stateful:
+        return StreamBatcher(train_ids, train_cfg.batch_size, train_cfg.seq_len, dist_info.rank, dist_info.world_size,
+                                      lut)
+    return RandomWindowBatcher(train_ids, train_cfg.batch_size, train_cfg.seq_len, train_cfg.seed, dist_info.rank,
+                                        dist_info.world_size, lut)
+
+
+def eval_stream_count(n_val, batch_size, seq_len, world_size):
+    """As many validation streams as the batch, fewer when the split is short; a multiple of world_size."""
+    streams = min(batch_size, max(1, n_val // (seq_len + 1)))
+    streams = max(world_size, streams // world_size * world_size)
+    if n_val // streams < 2:
+        raise UserError(f"validation split is too short: {n_val} characters "
+                        f"(data.val_fraction) for {streams} stream(s); use a longer corpus or a larger "
+                        f"data.val_fraction")
+    return streams
+
+
+def load_corpus(data_cfg, dist_info=DistInfo(), progress=True, base_vocab=None, log=print, defer_install=False):
+    """The corpus of a config's data section, as ids: fetched on first use if it is the default
+    one, encoded into its cache if needed, and split. See Corpus."""
+    return Corpus(data_cfg, dist_info, progress, base_vocab, log, defer_install)
 
 
 def batchify(ids, num_streams):

@@ -1,17 +1,17 @@
-"""The tanh recurrence with a hand-written BPTT backward (``model.impl: fused``).
+"""The three recurrences with hand-written BPTT backwards (``model.impl: fused``): the tanh
+cell, the LSTM and the GRU.
 
-The recurrent part lives here: h_t = tanh(a_t + W_hh h_{t-1}) for all t,
-where a_t = W_xh x_t + b_h was already computed for every step in one gather
-or GEMM. For the top layer the output projection y = W_hy h + b_y comes along,
-so that its backward can write dL/dh straight into the buffer BPTT works in.
+Each runs the recurrent part of one layer over all T steps, from pre = W_xh x_t + b_h, which was
+already computed for every step in one gather or GEMM. For the top layer the output projection
+y = W_hy h + b_y comes along, so that its backward can write dL/dh straight into the buffer BPTT
+works in. All three return the same thing: ``(h (T*B, H), the final state, logits (T*B, V) or
+None)``, the final state being h_T, or (h_T, c_T) for the LSTM.
 
-Why hand-write it: autograd's unrolled loop records ~5 nodes per step and
-allocates a fresh tensor for each; here each step is two in-place kernels
-forward (a beta=1 GEMM, tanh_) and two backward (tanh_backward, a beta=1 GEMM),
-all in place in one time-major (T*B, H) buffer, and dW_hh is one large GEMM
-after the loop instead of T small ones. This is torch-rnn's recipe. The step
-GEMMs all multiply by the same W_hh, so on CPU they use MKL's packed GEMM
-where torch has it (``packed_gemm.py``), and ``addmm_`` elsewhere.
+Why hand-write them: autograd's unrolled loop records several nodes per step and allocates a
+fresh tensor for each; here each step is one GEMM into all of the cell's gates and the gate maths
+in place, in time-major (T*B, ·) buffers, and dW_hh is one large GEMM after the loop instead of T
+small ones. This is torch-rnn's recipe. The step GEMMs all multiply by the same W_hh, so on CPU
+they use MKL's packed GEMM where torch has it (``packed_gemm.py``), and ``addmm_`` elsewhere.
 """
 import torch
 from torch.autograd.function import once_differentiable
@@ -39,7 +39,7 @@ class _TanhRecurrence(torch.autograd.Function):
                 h = add_h_W_hh_t(pre_t, h).tanh_()
             if W_hy is None:
                 ctx.save_for_backward(W_hh, h0, pre)
-                return pre
+                return (pre,)
             logits = _head_forward(pre, W_hy, b_y)  # one GEMM over all T*B rows
         ctx.save_for_backward(W_hh, h0, pre, W_hy.to(pre.dtype))
         return pre, logits
@@ -96,12 +96,13 @@ def _head_grads(out, grad_logits, head):
 
 
 def rnn_recurrence(pre, W_hh, h0, W_hy=None, b_y=None):
-    """h_t = tanh(pre_t + W_hh h_{t-1}) for all t, time-major: (T*B, H) -> (T*B, H), in pre's memory.
-
-    With W_hy (V, H) and b_y (V,), returns (h, logits), logits = W_hy h_t + b_y as (T*B, V).
-    pre must be a fresh tensor, not a view, that nothing else reads (it is overwritten).
+    """h_t = tanh(pre_t + W_hh h_{t-1}) for all t, time-major: pre (T*B, H) -> (h (T*B, H), h_T,
+    logits), h in pre's memory. logits = W_hy h_t + b_y as (T*B, V) when W_hy (V, H) and b_y (V,)
+    are given, else None. pre must be a fresh tensor, not a view, that nothing else reads (it is
+    overwritten).
     """
-    return _TanhRecurrence.apply(pre, W_hh, h0, W_hy, b_y)
+    h, *logits = _TanhRecurrence.apply(pre, W_hh, h0, W_hy, b_y)
+    return h, h[-h0.shape[0]:], logits[0] if logits else None
 
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input  # grad * y (1 - y), into grad_input
@@ -173,11 +174,10 @@ class _LSTMRecurrence(torch.autograd.Function):
 
 
 def lstm_recurrence(pre, W_hh, h0, c0, W_hy=None, b_y=None):
-    """The LSTM over all t, time-major: pre (T*B, 4H) -> (h (T*B, H), c_T (B, H)), overwriting pre.
-
-    With W_hy (V, H) and b_y (V,), returns (h, c_T, logits), logits = W_hy h_t + b_y as (T*B, V).
-    """
-    return _LSTMRecurrence.apply(pre, W_hh, h0, c0, W_hy, b_y)[1:]
+    """The LSTM over all t, time-major: pre (T*B, 4H) -> (h (T*B, H), (h_T, c_T), logits),
+    overwriting pre. logits as in rnn_recurrence."""
+    _, h, c_T, *logits = _LSTMRecurrence.apply(pre, W_hh, h0, c0, W_hy, b_y)
+    return h, (h[-h0.shape[0]:], c_T), logits[0] if logits else None
 
 
 class _GRURecurrence(torch.autograd.Function):
@@ -244,9 +244,7 @@ class _GRURecurrence(torch.autograd.Function):
 
 
 def gru_recurrence(pre, W_hh, b_hn, h0, W_hy=None, b_y=None):
-    """The GRU over all t, time-major: pre (T*B, 3H) -> h (T*B, H), overwriting pre.
-
-    With W_hy (V, H) and b_y (V,), returns (h, logits), logits = W_hy h_t + b_y as (T*B, V).
-    """
-    out = _GRURecurrence.apply(pre, W_hh, b_hn, h0, W_hy, b_y)[1:]
-    return out if W_hy is not None else out[0]
+    """The GRU over all t, time-major: pre (T*B, 3H) -> (h (T*B, H), h_T, logits), overwriting
+    pre. logits as in rnn_recurrence."""
+    _, h, *logits = _GRURecurrence.apply(pre, W_hh, b_hn, h0, W_hy, b_y)
+    return h, h[-h0.shape[0]:], logits[0] if logits else None

@@ -7,16 +7,15 @@ import threading
 
 from . import config as config_mod
 from .errors import RunFailed
+from .files import could_not_write
 
 
 def _guarded(method):
     """A failed TensorBoard write (a full disk, say) ends the run with one clear error."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        try:
+        with could_not_write(f"TensorBoard events in {self.out_dir}"):
             return method(self, *args, **kwargs)
-        except OSError as e:
-            raise RunFailed(f"could not write TensorBoard events in {self.out_dir} ({e.strerror or e})") from None
     return wrapper
 
 
@@ -35,20 +34,22 @@ def _quiet_writer_threads():
 
 
 class RunLogger:
-    @_guarded
     def __init__(self, out_dir, cfg, start_step, resumed, progress, console):
+        self.out_dir, self.console = out_dir, console
+        self.open(cfg, start_step, resumed, progress)
+
+    @_guarded
+    def open(self, cfg, start_step, resumed, progress):
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        self.out_dir = out_dir
         _quiet_writer_threads()
         # purge_step drops events a killed run logged after its last checkpoint,
         # so the resumed steps follow on with no duplicates.
-        self.writer = SummaryWriter(str(out_dir), purge_step=start_step + 1 if resumed else None)
+        self.writer = SummaryWriter(str(self.out_dir), purge_step=start_step + 1 if resumed else None)
         self.writer.add_text("config", "```yaml\n" + config_mod.dump_yaml(cfg) + "```", start_step)
         self.bar = tqdm(total=cfg.train.max_steps, initial=start_step, disable=not progress,
                         dynamic_ncols=True, desc="train")
-        self.console = console
 
     def line(self, text):
         self.console(text)
@@ -68,8 +69,10 @@ class RunLogger:
         self.writer.add_scalar("train/nonfinite_steps", total, step)
 
     @_guarded
-    def validation(self, step, val, best, improved, model):
+    def validation(self, step, val, best, improved, model, train_seconds):
         self.writer.add_scalar("loss/val", val, step)
+        # Training time, not wall-clock: a resumed run's pause and its evaluations do not count.
+        self.writer.add_scalar("time/train_minutes", train_seconds / 60, step)
         self.writer.add_scalar("bpc/val", val / math.log(2), step)
         for name, p in model.named_parameters():
             self.writer.add_histogram(f"params/{name}", p.detach().float().cpu(), step)

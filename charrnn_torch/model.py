@@ -10,15 +10,18 @@ as the maths:
 
 Read this file side by side with ``reference.py``, its numpy twin.
 """
+import contextlib
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import CELLS, IMPLS
 from .fused import gru_recurrence, lstm_recurrence, rnn_recurrence
 
+# The one list of cells and of implementations; config.py validates against these.
+CELLS = ("rnn", "lstm", "gru")  # rnn: the tutorial's tanh cell
+IMPLS = ("loop", "fused")  # loop: the readable unroll; fused: the same maths with hand-written BPTT
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # rows of W_xh, W_hh and b_h, in units of H
 
 
@@ -75,9 +78,7 @@ class RNNCell(Cell):
 
     def recurrence(self, pre, h0, head):
         """impl fused: all T steps from pre = W_xh x + b_h (T*B, G·H) -> (h (T*B, H), h_T, logits or None)."""
-        out = rnn_recurrence(pre, self.W_hh, h0, *head)
-        out, logits = out if head else (out, None)
-        return out, out[-h0.shape[0]:], logits
+        return rnn_recurrence(pre, self.W_hh, h0, *head)
 
     def forward(self, x_t, h_prev):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
@@ -103,8 +104,7 @@ class LSTMCell(Cell):
     saturating = ("input", "forget", "output")  # the sigmoid gates
 
     def recurrence(self, pre, state0, head):
-        out, c_T, *logits = lstm_recurrence(pre, self.W_hh, *state0, *head)
-        return out, (out[-c_T.shape[0]:], c_T), (logits or [None])[0]
+        return lstm_recurrence(pre, self.W_hh, *state0, *head)
 
     def reset_biases(self):
         H = self.hidden_size
@@ -144,9 +144,7 @@ class GRUCell(Cell):
         self.b_hn = nn.Parameter(torch.empty(hidden_size))  # (H,)
 
     def recurrence(self, pre, h0, head):
-        out = gru_recurrence(pre, self.W_hh, self.b_hn, h0, *head)
-        out, logits = out if head else (out, None)
-        return out, out[-h0.shape[0]:], logits
+        return gru_recurrence(pre, self.W_hh, self.b_hn, h0, *head)
 
     def gate_values(self, x_t, h_prev):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> r, z, n, each (B, H)
@@ -171,6 +169,17 @@ def map_state(fn, state):
     if isinstance(state, (tuple, list)):
         return tuple(fn(s) for s in state)
     return fn(state)
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """model.eval() for the block (no dropout), then the mode it had before."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def _output(state):
@@ -261,14 +270,34 @@ class CharRNN(nn.Module):
         logits = top @ self.W_hy.t() + self.b_y  # (B, T, H) -> (B, T, V)
         return logits, h
 
-    def _forward_loop(self, x, state0):
+    @torch.no_grad()
+    def trace(self, x, h0=None):
+        """The loop unroll in eval mode, keeping every layer's state and gates at every step, for
+        looking inside: x (B, T) ids -> {name: (L, B, T, H)}, with "h" ("h" and "c" for the LSTM)
+        and one entry per gate of the cell's gate_names."""
+        record = {}
+
+        def keep(l, names, values):
+            for name, value in zip(names, values):
+                record.setdefault(name, [[] for _ in self.cells])[l].append(value)
+
+        with evaluating(self):
+            self._forward_loop(x, self.init_hidden(x.shape[0]) if h0 is None else h0, keep)
+        return {name: torch.stack([torch.stack(steps, 1) for steps in layers]) for name, layers in record.items()}
+
+    def _forward_loop(self, x, state0, record=None):
+        # record(layer, names, values), if given, sees each layer's gates and new state at each step.
         B, T = x.shape
         states = _per_layer(state0)  # h (B, H), or (h, c) for the LSTM, of each layer
         outputs = []
         for t in range(T):
             inp = x[:, t]  # (B,) ids
             for l, cell in enumerate(self.cells):
+                if record is not None:
+                    record(l, cell.gate_names, cell.gate_values(inp, _output(states[l])))
                 states[l] = cell(inp, states[l])
+                if record is not None:
+                    record(l, ("h", "c"), states[l] if isinstance(states[l], tuple) else (states[l],))
                 inp = self._between_layers(_output(states[l]), l)
             outputs.append(inp)
         return torch.stack(outputs, dim=1), _stacked(states)  # (B, T, H), (L, B, H) or (h, c) of them

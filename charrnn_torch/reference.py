@@ -1,6 +1,6 @@
 """The numpy reference: the tutorial's char-RNN forward, BPTT, sampler and Adagrad step.
 
-numpy only (no torch), written to be read beside ``model.py``: the same
+The maths is numpy only (no torch), written to be read beside ``model.py``: the same
 names (``cells.{l}.W_xh``, ``W_hy`` ...), the same row-vector batch layout
 (B, T, V, H, L), the same loop order. It generalises the tutorial's single
 stream and single layer to a batch B >= 1 and L >= 1 layers; with B=1, L=1 it
@@ -8,8 +8,7 @@ is the tutorial's ``lossFun`` line for line.
 """
 import numpy as np
 
-
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+from .model import GATES
 
 
 def param_names(num_layers, cell="rnn"):
@@ -72,6 +71,22 @@ def forward(params, x, h0):
     return logits, hs
 
 
+def output_loss_and_grads(params, top, targets, grads):
+    """The output layer, shared by every cell: y = W_hy h + b_y over the top layer's h (B, T, H),
+    the summed cross-entropy against targets (B, T), and its backward. Fills grads["W_hy"] and
+    grads["b_y"]; returns (loss, logits (B, T, V), dL/dtop (B, T, H))."""
+    B, T, H = top.shape
+    logits = top @ params["W_hy"].T + params["b_y"]  # (B, T, V)
+    p = softmax(logits)
+    b_idx, t_idx = np.meshgrid(np.arange(B), np.arange(T), indexing="ij")
+    loss = -np.log(p[b_idx, t_idx, targets]).sum()
+    dy = p.copy()
+    dy[b_idx, t_idx, targets] -= 1  # backprop into y: softmax minus one-hot
+    grads["W_hy"] = dy.reshape(-1, dy.shape[-1]).T @ top.reshape(-1, H)
+    grads["b_y"] = dy.sum(axis=(0, 1))
+    return loss, logits, dy @ params["W_hy"]
+
+
 def loss_and_grads(params, x, targets, h0):
     """The tutorial's lossFun, batched and stacked.
 
@@ -84,20 +99,10 @@ def loss_and_grads(params, x, targets, h0):
         return gated_loss_and_grads(params, x, targets, h0)
     L = num_layers_of(params)
     B, T = x.shape
-    logits, hs = forward(params, x, h0)
-    V = logits.shape[-1]
+    _, hs = forward(params, x, h0)
     H = h0.shape[-1]
-    p = softmax(logits)  # (B, T, V)
-    b_idx, t_idx = np.meshgrid(np.arange(B), np.arange(T), indexing="ij")
-    loss = -np.log(p[b_idx, t_idx, targets]).sum()
-
     grads = {k: np.zeros_like(v) for k, v in params.items()}
-    dy = p.copy()
-    dy[b_idx, t_idx, targets] -= 1  # backprop into y: softmax minus one-hot
-    top = np.stack(hs[L - 1], axis=1)  # (B, T, H)
-    grads["W_hy"] = dy.reshape(-1, V).T @ top.reshape(-1, H)
-    grads["b_y"] = dy.sum(axis=(0, 1))
-    dtop = dy @ params["W_hy"]  # (B, T, H)
+    loss, logits, dtop = output_loss_and_grads(params, np.stack(hs[L - 1], axis=1), targets, grads)
 
     dhnext = [np.zeros((B, H)) for _ in range(L)]
     for t in reversed(range(T)):
@@ -243,19 +248,9 @@ def gated_loss_and_grads(params, x, targets, state0):
                 h[l], cache = gru_step(ax, h_prev @ W_hh.T, params[f"cells.{l}.b_hn"], h_prev)
             caches[l][t] = (cache, h_prev, inp)
             hs[l][t] = inp = h[l]
-    top = np.stack(hs[L - 1], axis=1)  # (B, T, H)
-    logits = top @ params["W_hy"].T + params["b_y"]  # (B, T, V)
-    V, H = logits.shape[-1], top.shape[-1]
-
-    p = softmax(logits)
-    b_idx, t_idx = np.meshgrid(np.arange(B), np.arange(T), indexing="ij")
-    loss = -np.log(p[b_idx, t_idx, targets]).sum()
+    H = h[0].shape[-1]
     grads = {k: np.zeros_like(v) for k, v in params.items()}
-    dy = p.copy()
-    dy[b_idx, t_idx, targets] -= 1
-    grads["W_hy"] = dy.reshape(-1, V).T @ top.reshape(-1, H)
-    grads["b_y"] = dy.sum(axis=(0, 1))
-    dtop = dy @ params["W_hy"]
+    loss, logits, dtop = output_loss_and_grads(params, np.stack(hs[L - 1], axis=1), targets, grads)
 
     dh_next = [np.zeros((B, H)) for _ in range(L)]
     dc_next = [np.zeros((B, H)) for _ in range(L)]

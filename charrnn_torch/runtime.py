@@ -1,7 +1,21 @@
-"""Process-wide CPU settings that make training faster without changing any result."""
+"""The process a run lives in: its device and backends, the optimizer built for it, its random
+number generators, its signals, its memory."""
+import contextlib
 import ctypes
 import ctypes.util
+import os
 import platform
+import random
+import signal
+import threading
+
+import numpy as np
+import torch
+
+from . import config as config_mod
+from .distributed import DistInfo
+from .errors import UserError
+from .model import GATES
 
 # glibc's mallopt() parameter numbers (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -32,3 +46,127 @@ def retain_freed_memory():
         return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     except (OSError, AttributeError):
         return False
+
+
+def resolve_device(name, dist_info=DistInfo()):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device={name} but CUDA is not available on this machine; use device=cpu or auto")
+        index = int(name[5:]) if ":" in name else dist_info.local_rank
+        if index >= torch.cuda.device_count():
+            raise UserError(f"device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def configure_backends(device, train_cfg):
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = train_cfg.tf32
+        torch.backends.cudnn.allow_tf32 = train_cfg.tf32
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+
+
+# Optimizers whose fused kernel torch has for CPU only. Asked for on CUDA, they fail at the
+# first step(), not when built, so the fallback below would never see the error.
+CPU_ONLY_FUSED = (torch.optim.Adagrad,)
+
+
+def make_optimizer(params, train_cfg):
+    cls = getattr(torch.optim, config_mod.OPTIMIZERS[train_cfg.optimizer])
+    return fast_optimizer(cls, params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
+                          **({"momentum": 0.9} if train_cfg.optimizer == "sgd" else {}))
+
+
+def fast_optimizer(cls, params, **kw):
+    """The fused (one kernel for all parameters) variant where this torch and device have
+    one: at char-RNN sizes the per-parameter loop of the default costs more than the maths."""
+    params = list(params)
+    if not (issubclass(cls, CPU_ONLY_FUSED) and any(p.is_cuda for p in params)):
+        try:
+            return cls(params, fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return cls(params, **kw)
+
+
+def rng_state(device):
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        "numpy": [x.tolist() if isinstance(x, np.ndarray) else x for x in np.random.get_state()],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second SIGINT exits at once."""
+    flag = {"signum": None}
+
+    def handler(signum, frame):
+        if flag["signum"] is not None and signum == signal.SIGINT:
+            os._exit(130)  # the user insists: leave now, touch no file
+        flag["signum"] = signum
+
+    # Signal handlers can only be installed from the main thread (not, say, under a test runner's worker).
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def training_bytes(cfg, vocab_size, world_size=1):
+    """About how much memory training needs per process: weights, gradients and two optimizer
+    moments (Adam's; an upper bound for the others), and the (T·B, ·) buffers of each layer's
+    G gates and of the logits with their gradients."""
+    model_cfg, train_cfg = cfg.model, cfg.train
+    H, L, V, G = model_cfg.hidden_size, model_cfg.num_layers, vocab_size, GATES[model_cfg.cell]
+    params = G * (V * H + (L - 1) * H * H + L * (H * H + H)) + V * H + V
+    rows = train_cfg.seq_len * (train_cfg.batch_size // world_size)
+    itemsize = torch.finfo(getattr(torch, train_cfg.dtype)).bits // 8
+    return (4 * params + rows * (3 * G * H * L + 3 * V)) * itemsize
+
+
+def available_bytes(device):
+    """Free memory on the device, or None where it cannot be read (then nothing is refused)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_fits_in_memory(cfg, vocab_size, device, world_size=1):
+    """Refuse, before allocating anything, a run that cannot fit: a clear line, not an allocator crash."""
+    need, free = training_bytes(cfg, vocab_size, world_size), available_bytes(device)
+    if free is not None and need > free:
+        model_cfg, train_cfg = cfg.model, cfg.train
+        raise UserError(f"this run needs about {need / 2**30:.1f} GiB (model.hidden_size={model_cfg.hidden_size}, "
+                        f"model.num_layers={model_cfg.num_layers}, train.batch_size={train_cfg.batch_size}, "
+                        f"train.seq_len={train_cfg.seq_len}, {vocab_size} characters), more than the "
+                        f"{free / 2**30:.1f} GiB free on {device}; make one of them smaller")

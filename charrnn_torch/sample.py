@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .data import drop_unknown
 from .errors import UserError
-from .model import map_state
+from .model import evaluating, map_state
 
 
 def check_prime(vocab, prime):
@@ -70,9 +70,7 @@ def sample_ids(model, prime_ids, length, temperature=1.0, top_k=0, top_p=1.0, gr
 
     on_step(ids) is called with each new (N,) column as soon as it exists.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         logits, h = model(prime_ids.to(_device(model)))
         last = logits[:, -1]
         out = []
@@ -88,9 +86,7 @@ def sample_ids(model, prime_ids, length, temperature=1.0, top_k=0, top_p=1.0, gr
             if i + 1 < length:
                 logits, h = model(nxt[:, None], h)  # one step, state carried
                 last = logits[:, -1]
-        return torch.stack(out, 1).cpu() if out else torch.zeros(prime_ids.shape[0], 0, dtype=torch.long)
-    finally:
-        model.train(was_training)
+    return torch.stack(out, 1).cpu() if out else torch.zeros(prime_ids.shape[0], 0, dtype=torch.long)
 
 
 def torch_draw(generator=None):
@@ -128,9 +124,7 @@ def beam_search(model, vocab, prime, length, beam_width):
     With beam_width=1 it is greedy decoding.
     """
     check_prime(vocab, prime)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         logits, h = model(vocab.encode(prime)[None].to(_device(model)))  # h: (L, 1, H)
         logp = F.log_softmax(logits[:, -1].double(), -1)  # (K, V), K beams (1 at first)
         scores = torch.zeros(1, dtype=torch.float64, device=logp.device)
@@ -144,11 +138,9 @@ def beam_search(model, vocab, prime, length, beam_width):
             if i + 1 < length:
                 logits, h = model(char[:, None], map_state(lambda s: s[:, beam], h))
                 logp = F.log_softmax(logits[:, -1].double(), -1)
-        best = int(scores.argmax()) if length else 0
-        text = prime + vocab.decode(seqs[best].tolist()) if length else prime
-        return text, float(scores[best]) if length else 0.0
-    finally:
-        model.train(was_training)
+    best = int(scores.argmax()) if length else 0
+    text = prime + vocab.decode(seqs[best].tolist()) if length else prime
+    return text, float(scores[best]) if length else 0.0
 
 
 @torch.no_grad()
@@ -156,9 +148,7 @@ def char_losses(model, ids, chunk_len=1024, keep_logits=False):
     """The loss (nats, float64) of each character ids[1:] given those before it: (N-1,), state
     carried across chunks of chunk_len from the zero state. With keep_logits, also the (N-1, V)
     logits that predicted them."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         ids = ids.to(_device(model))
         losses, kept, h = [], [], None
         for i in range(0, len(ids) - 1, chunk_len):
@@ -167,8 +157,6 @@ def char_losses(model, ids, chunk_len=1024, keep_logits=False):
             losses.append(F.cross_entropy(logits[0].double(), y[0], reduction="none"))
             if keep_logits:
                 kept.append(logits[0])
-    finally:
-        model.train(was_training)
     losses = torch.cat(losses).cpu()
     return (losses, torch.cat(kept).cpu()) if keep_logits else losses
 

@@ -3,8 +3,7 @@ Understanding Recurrent Networks": per-character surprise with the model's top g
 for hidden units that track simple features of the text, and gate saturation.
 
 Everything here is numbers; ``viz_page.py`` turns them into the HTML page. Activations are
-recorded with the readable per-step unroll (each cell's ``gate_values`` and ``forward``); the
-surprise comes from ``sample.char_losses``, the function ``--score`` sums, so the two agree.
+recorded by the model's own readable unroll (``CharRNN.trace``); the surprise comes from ``sample.char_losses``, the function ``--score`` sums, so the two agree.
 """
 import math
 import re
@@ -14,7 +13,6 @@ import torch
 
 from .data import drop_unknown
 from .errors import UserError
-from .model import _output, _per_layer
 from .sample import char_losses
 
 TOP_GUESSES = 5
@@ -75,34 +73,11 @@ def text_features(text):
 
 # ---------------------------------------------------------------- the model
 
-@torch.no_grad()
 def trace(model, ids):
-    """Run ids (N,) through the model one character at a time from the zero state, recording
-    every layer's state and gates. Returns {name: (L, N, H) float64 array}: "h", "c" for the
-    LSTM, and one entry per gate named by the cell's gate_names."""
-    was_training = model.training
-    model.eval()
-    try:
-        states = _per_layer(model.init_hidden(1))
-        record = {}
-        for t in range(len(ids)):
-            inp = ids[t:t + 1]  # (1,) id
-            for l, cell in enumerate(model.cells):
-                for name, value in zip(cell.gate_names, cell.gate_values(inp, _output(states[l]))):
-                    record.setdefault(name, []).append((l, value[0]))
-                states[l] = cell(inp, states[l])
-                parts = states[l] if isinstance(states[l], tuple) else (states[l],)
-                for name, value in zip(("h", "c"), parts):
-                    record.setdefault(name, []).append((l, value[0]))
-                inp = _output(states[l])  # eval mode: no dropout between layers
-    finally:
-        model.train(was_training)
-    L, N = model.num_layers, len(ids)
-    out = {}
-    for name, rows in record.items():
-        arr = torch.stack([v for _, v in rows]).double().cpu().numpy()  # (N*L, H), time-major
-        out[name] = arr.reshape(N, L, -1).transpose(1, 0, 2).copy()  # (L, N, H)
-    return out
+    """Run ids (N,) through the model one character at a time from the zero state (the model's own
+    loop unroll, CharRNN.trace), recording every layer's state and gates. Returns {name: (L, N, H)
+    float64 array}: "h", "c" for the LSTM, and one entry per gate named by the cell's gate_names."""
+    return {name: v[:, 0].double().cpu().numpy() for name, v in model.trace(ids[None]).items()}
 
 
 def surprise(model, ids):

@@ -146,7 +146,7 @@ stage_quality() {  # the shipped config, and beside it one variant
 }
 
 # The three cells at about 1.9M parameters each (2 layers: tanh H=768, LSTM H=384, GRU H=448),
-# the same 2-minute budget, side by side; scripts/plot_runs.py draws their curves afterwards.
+# the same 2-minute budget, side by side; scripts/plot.py draws their curves afterwards.
 stage_compare() {
     local budget=train.max_minutes=2
     [ "$dry" = 1 ] && budget=train.max_minutes=0.05

@@ -1,7 +1,9 @@
-"""Generate from a checkpoint: python scripts/sample.py --checkpoint runs/shakespeare --prime "ROMEO:" """
+"""Generate from a checkpoint: python scripts/sample.py --checkpoint runs/shakespeare --prime "ROMEO:"
+
+The same as `charrnn sample`; `--help` lists the flags."""
 import sys
 
-from charrnn_torch.cli import sample_main
+from charrnn_torch.cli import run
 
 if __name__ == "__main__":
-    sys.exit(sample_main(sys.argv[1:]))
+    sys.exit(run("sample", sys.argv[1:], "python scripts/sample.py"))

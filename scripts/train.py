@@ -1,7 +1,9 @@
-"""Train a char-RNN: python scripts/train.py --config shakespeare.yaml [key=value ...]"""
+"""Train a char-RNN: python scripts/train.py --config shakespeare.yaml [key=value ...]
+
+The same as `charrnn train`; `--help` lists the flags."""
 import sys
 
-from charrnn_torch.cli import train_main
+from charrnn_torch.cli import run
 
 if __name__ == "__main__":
-    sys.exit(train_main(sys.argv[1:]))
+    sys.exit(run("train", sys.argv[1:], "python scripts/train.py"))

@@ -72,8 +72,8 @@ def main(argv):
         fail_replacing(hooks["fail_write"])
     trainer.Trainer = functools.partial(HookedTrainer, nan_steps=hooks.get("nan_steps", ()),
                                         interrupt_at=hooks.get("interrupt_at", 0))
-    from charrnn_torch.cli import train_main
-    return train_main(argv[1:])
+    from charrnn_torch.cli import run
+    return run("train", argv[1:], "python scripts/train.py")
 
 
 if __name__ == "__main__":

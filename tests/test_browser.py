@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from charrnn_torch import checkpoint
-from charrnn_torch.cli import visualize_main
+from charrnn_torch.cli import main
 from charrnn_torch.data import Vocab
 from charrnn_torch.model import CharRNN
 
@@ -57,7 +57,7 @@ def page_file(tmp_path_factory):
     checkpoint.save({"format": checkpoint.FORMAT, "model": model.state_dict(), "model_args": model.model_args(),
                      "vocab": list(vocab.chars), "step": 3, "last_val": 2.0}, d / "m.pt")
     (d / "t.txt").write_text(text)
-    assert visualize_main(["--checkpoint", str(d / "m.pt"), "--text", str(d / "t.txt"), "--out", str(d)]) == 0
+    assert main(["visualize", "--checkpoint", str(d / "m.pt"), "--text", str(d / "t.txt"), "--out", str(d)]) == 0
     return d / "index.html"
 
 

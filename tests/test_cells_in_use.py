@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from charrnn_torch import checkpoint
-from charrnn_torch.cli import sample_main, train_main
+from charrnn_torch.cli import main
 from charrnn_torch.config import build_config
 from charrnn_torch.trainer import Interrupted, train
 from conftest import run_script, tiny_overrides
@@ -45,7 +45,7 @@ def test_train_checkpoint_sample_beam_score(tmp_path, corpus_file, cell, capsys)
     for args in (["--num-samples", "3", "--length", "20", "--seed", "1"],
                  ["--beam-width", "3", "--length", "20", "--prime", "the"],
                  ["--score", text]):
-        assert sample_main(["--checkpoint", str(out), *map(str, args)]) == 0, capsys.readouterr().err
+        assert main(["sample", "--checkpoint", str(out), *map(str, args)]) == 0, capsys.readouterr().err
     captured = capsys.readouterr()
     assert captured.out.count("----- sample") == 2 and "log-probability" in captured.err
     assert "bits/char" in captured.out
@@ -77,8 +77,8 @@ def test_old_checkpoint_without_a_cell_is_the_tanh_cell(tmp_path, corpus_file, c
     del ck["model_args"]["cell"], ck["config"]["model"]["cell"]  # as written before the gated cells
     checkpoint.save(ck, out / "ckpt.pt")
     (out / "best.pt").unlink()
-    assert sample_main(["--checkpoint", str(out), "--length", "10", "--seed", "1"]) == 0
-    assert train_main(["--resume", str(out), "train.max_steps=12", "--no-progress"]) == 0
+    assert main(["sample", "--checkpoint", str(out), "--length", "10", "--seed", "1"]) == 0
+    assert main(["train", "--resume", str(out), "train.max_steps=12", "--no-progress"]) == 0
     assert checkpoint.load(out / "ckpt.pt")["config"]["model"]["cell"] == "rnn"
 
 
@@ -86,7 +86,7 @@ def test_resume_may_not_change_the_cell(tmp_path, corpus_file, capsys):
     out = tmp_path / "r"
     train(build_config({}, cell_overrides(corpus_file, out, "lstm", **{"train.max_steps": 4})),
           progress=False, log=lambda *a: None)
-    assert train_main(["--resume", str(out), "model.cell=gru", "--no-progress"]) == 2
+    assert main(["train", "--resume", str(out), "model.cell=gru", "--no-progress"]) == 2
     assert "cannot change model.cell" in capsys.readouterr().err
 
 

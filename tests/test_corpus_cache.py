@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from charrnn_torch import cache, checkpoint, data
-from charrnn_torch.cli import sample_main, train_main
+from charrnn_torch.cli import main
 from charrnn_torch.config import build_config
 from charrnn_torch.errors import UserError
-from charrnn_torch.trainer import Corpus, Trainer, train
+from charrnn_torch.data import load_corpus
+from charrnn_torch.trainer import Trainer, train
 from conftest import SHARED_CORPUS, ROOT, tiny_overrides
 
 REAL = ROOT / "data" / "tinyshakespeare.txt"
@@ -48,7 +49,7 @@ def test_cache_of_the_real_corpus_is_todays_encoding(tmp_path):
     ids = torch.from_numpy(cache.open_ids(path, header))
     assert torch.equal(ids.long(), want)
 
-    corpus = Corpus(build_config({}, [f"data.path={copy}"]), progress=False, log=quiet)
+    corpus = load_corpus(build_config({}, [f"data.path={copy}"]).data, progress=False, log=quiet)
     old_train, old_val = data.split(want, 0.1)
     assert torch.equal(corpus.train_ids.long(), old_train) and torch.equal(corpus.val_ids.long(), old_val)
     assert corpus.val_ids.untyped_storage().data_ptr() == corpus.train_ids.untyped_storage().data_ptr()  # views
@@ -115,11 +116,11 @@ def test_byte_mode_trains_on_any_file_and_samples_decode(tmp_path, capsys):
     assert bytes(cache.open_ids(path, header)) == blob * 200
 
     out = tmp_path / "run"
-    assert train_main(["--no-progress", *tiny_overrides(src, out, **{"data.vocab": "bytes", "train.max_steps": 10})]) == 0
+    assert main(["train", "--no-progress", *tiny_overrides(src, out, **{"data.vocab": "bytes", "train.max_steps": 10})]) == 0
     ck = checkpoint.load(out / "ckpt.pt")
     assert ck["vocab_mode"] == "bytes" and ck["model_args"]["vocab_size"] == 256
     capsys.readouterr()
-    assert sample_main(["--checkpoint", str(out), "--length", "200", "--seed", "3", "--prime", "naïve"]) == 0
+    assert main(["sample", "--checkpoint", str(out), "--length", "200", "--seed", "3", "--prime", "naïve"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("naïve") and len(printed) > 20  # bytes decoded (U+FFFD where not UTF-8)
 
@@ -168,7 +169,7 @@ def test_fine_tuning_carries_the_shared_characters_over(tmp_path, corpus_file):
     assert ck["config"]["train"]["init_from"] == str(src_run) and ck["vocab"] == vocab.chars
     assert summary["step"] == 10
     # resuming the fine-tuned run keeps its vocabulary
-    assert train_main(["--resume", str(tmp_path / "ft"), "--no-progress", "train.max_steps=12"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "ft"), "--no-progress", "train.max_steps=12"]) == 0
 
 
 def test_step_checkpoints_are_kept_pruned_and_sampled(tmp_path, corpus_file, capsys):
@@ -177,9 +178,9 @@ def test_step_checkpoints_are_kept_pruned_and_sampled(tmp_path, corpus_file, cap
           progress=False, log=quiet)
     assert sorted(p.name for p in out.glob("ckpt-*.pt")) == ["ckpt-30.pt", "ckpt-40.pt"]
     assert checkpoint.load(out / "ckpt-30.pt")["step"] == 30
-    assert sample_main(["--checkpoint", str(out), "--step", "30", "--length", "10", "--seed", "1"]) == 0
+    assert main(["sample", "--checkpoint", str(out), "--step", "30", "--length", "10", "--seed", "1"]) == 0
     capsys.readouterr()
-    assert sample_main(["--checkpoint", str(out), "--step", "10", "--length", "10"]) == 2
+    assert main(["sample", "--checkpoint", str(out), "--step", "10", "--length", "10"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no checkpoint of step 10") and "30, 40" in err and err.count("\n") == 1
 
@@ -190,16 +191,16 @@ def test_prime_file(tmp_path, corpus_file, capsys):
     prime = tmp_path / "prime.txt"
     prime.write_text(corpus_file.read_text()[:3000])
     capsys.readouterr()
-    assert sample_main(["--checkpoint", str(out), "--prime-file", str(prime), "--length", "20", "--seed", "2"]) == 0
+    assert main(["sample", "--checkpoint", str(out), "--prime-file", str(prime), "--length", "20", "--seed", "2"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(prime.read_text()) and len(printed) == 3000 + 20 + 1
-    assert sample_main(["--checkpoint", str(out), "--prime-file", str(prime), "--prime", "x"]) == 2
+    assert main(["sample", "--checkpoint", str(out), "--prime-file", str(prime), "--prime", "x"]) == 2
     assert "contradict" in capsys.readouterr().err
 
 
 def _error_of(argv, capsys):
     capsys.readouterr()
-    code = train_main(argv)
+    code = main(["train", *argv])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     return err

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from charrnn_torch import CharRNN, bench, checkpoint, reference
-from charrnn_torch.config import CELLS, OPTIMIZERS, build_config
+from charrnn_torch.config import OPTIMIZERS, build_config
 from charrnn_torch.data import Vocab
-from charrnn_torch.model import IMPLS, cross_entropy, map_state
+from charrnn_torch.model import CELLS, IMPLS, cross_entropy, map_state
 from charrnn_torch.sample import generate
-from charrnn_torch.trainer import make_optimizer, train
+from charrnn_torch.runtime import make_optimizer
+from charrnn_torch.trainer import train
 from conftest import rel_err, run_script, tiny_overrides
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -1,5 +1,5 @@
-"""Proves scripts/plot_runs.py draws what the runs logged: the curve it reads is each run's loss/val
-at increasing wall-clock minutes, the PNG it writes is a real, non-blank image, and a run
+"""Proves `charrnn plot` draws what the runs logged: the curve it reads is each run's loss/val
+at increasing minutes of training, the PNG it writes is a real, non-blank image, and a run
 directory without events, a mismatched --labels or an --out that is a directory get one `error:`
 line and exit 2.
 
@@ -7,7 +7,7 @@ Run: pytest tests/test_plots.py
 """
 import pytest
 
-from charrnn_torch.cli import plot_main
+from charrnn_torch.cli import main
 from charrnn_torch.config import build_config
 from charrnn_torch.plots import val_curve
 from charrnn_torch.trainer import train
@@ -41,7 +41,7 @@ def test_curve_is_what_the_run_logged(two_runs):
 def test_png_is_a_real_non_blank_image(two_runs, capsys):
     tmp, runs = two_runs
     out = tmp / "cells.png"
-    assert plot_main([str(r) for r, _ in runs] + ["--out", str(out), "--labels", "tanh,GRU"]) == 0
+    assert main(["plot", *[str(r) for r, _ in runs], "--out", str(out), "--labels", "tanh,GRU"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import numpy as np
     from matplotlib.image import imread
@@ -56,6 +56,6 @@ def test_bad_input(two_runs, capsys):
     for argv, needle in (([str(empty)], "holds no TensorBoard events"),
                          ([str(runs[0][0]), "--labels", "a,b"], "--labels has 2 names for 1 runs"),
                          ([str(runs[0][0]), "--out", str(tmp)], "is a directory")):
-        assert plot_main(argv) == 2
+        assert main(["plot", *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and needle in err and err.count("\n") == 1

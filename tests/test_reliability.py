@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from charrnn_torch import checkpoint
-from charrnn_torch.cli import sample_main, train_main
+from charrnn_torch.cli import main
 from charrnn_torch.config import build_config
 from charrnn_torch.trainer import TrainingDiverged, train
 from conftest import ROOT, read_scalars, run_script, tiny_overrides
@@ -360,8 +360,7 @@ def test_every_bad_input_is_one_line_exit_2_and_changes_nothing(world, capsys):
     before = snapshot(world["tmp"])
     failures = []
     for name, argv, needle in _cases(world):
-        main = train_main if argv[0] == "train" else sample_main
-        code = main([str(a) for a in argv[1:]] + (["--no-progress"] if argv[0] == "train" else []))
+        code = main([str(a) for a in argv] + (["--no-progress"] if argv[0] == "train" else []))
         out, err = capsys.readouterr()
         ok = code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err
         if not ok:
@@ -377,7 +376,7 @@ def test_vocabulary_change_refused_on_resume(world, capsys):
     original = corpus.read_text()
     corpus.write_text(original + "QZ")  # same path, new characters
     before = snapshot(world["run"])
-    assert train_main(["--resume", str(world["run"]), "train.max_steps=8", "--no-progress"]) == 2
+    assert main(["train", "--resume", str(world["run"]), "train.max_steps=8", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot resume: the vocabulary") and err.count("\n") == 1
     assert snapshot(world["run"]) == before

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from charrnn_torch import checkpoint
-from charrnn_torch.cli import visualize_main
+from charrnn_torch.cli import main
 from charrnn_torch.config import build_config
 from charrnn_torch.data import Vocab
 from charrnn_torch.model import CharRNN
@@ -154,7 +154,7 @@ def test_surprise_sums_to_the_score_and_guesses_are_the_models(tmp_path):
     model = planted_model(vocab)
     ck = save_model(model, vocab, tmp_path / "m.pt")
     (tmp_path / "t.txt").write_text(text)
-    assert visualize_main(["--checkpoint", str(ck), "--text", str(tmp_path / "t.txt"), "--out",
+    assert main(["visualize", "--checkpoint", str(ck), "--text", str(tmp_path / "t.txt"), "--out",
                            str(tmp_path / "viz"), "--max-chars", "5000"]) == 0
     data = json.loads((tmp_path / "viz" / "insight.json").read_text())
     S = data["surprise"]
@@ -176,7 +176,7 @@ def test_max_chars_caps_the_text(tmp_path):
     vocab = Vocab.from_text(BRACKETS)
     ck = save_model(planted_model(vocab), vocab, tmp_path / "m.pt")
     (tmp_path / "t.txt").write_text(bracket_text(900))
-    assert visualize_main(["--checkpoint", str(ck), "--text", str(tmp_path / "t.txt"), "--out",
+    assert main(["visualize", "--checkpoint", str(ck), "--text", str(tmp_path / "t.txt"), "--out",
                            str(tmp_path / "viz"), "--max-chars", "300"]) == 0
     data = json.loads((tmp_path / "viz" / "insight.json").read_text())
     assert len(data["text"]) == 300 and len(data["surprise"]["bits"]) == 299
@@ -190,7 +190,7 @@ def test_from_val_reads_the_runs_validation_split(tmp_path, corpus_file):
     train(build_config({}, tiny_overrides(corpus_file, out, **{"train.max_steps": 10, "model.cell": "gru",
                                                                 "model.num_layers": 2})),
           progress=False, log=lambda *a: None)
-    assert visualize_main(["--checkpoint", str(out), "--from-val", "400", "--out", str(tmp_path / "viz")]) == 0
+    assert main(["visualize", "--checkpoint", str(out), "--from-val", "400", "--out", str(tmp_path / "viz")]) == 0
     data = json.loads((tmp_path / "viz" / "insight.json").read_text())
     text = corpus_file.read_text()
     assert data["text"] == text[len(text) - int(len(text) * 0.1):][:400]
@@ -237,7 +237,7 @@ def test_bad_input_is_one_error_line(tmp_path, case, capsys):
         out.write_text("keep me")
     elif case == "two-sources":
         args["--from-val"] = 100
-    code = visualize_main([str(a) for kv in args.items() for a in kv])
+    code = main(["visualize", *[str(a) for kv in args.items() for a in kv]])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err

@@ -1,0 +1,61 @@
+"""The run directory: a fresh one for a new run, never an earlier run's, and checked writable
+before anything is written."""
+from pathlib import Path
+
+from .distributed import broadcast_path
+from .errors import UserError
+from .files import TEMP_SUFFIX
+
+
+def holds_run(path):
+    """Whether path is a directory that a run has written to."""
+    markers = ("config.yaml", "ckpt.pt", "best.pt")
+    return path.is_dir() and (any((path / n).exists() for n in markers) or any(path.glob("events.out.tfevents.*")))
+
+
+def choose_out_dir(out_dir, explicit, force):
+    """A fresh directory for a new run; never an earlier run's.
+
+    Left at the config's value, an occupied out_dir gives way to a numbered
+    sibling (runs/x-2, runs/x-3, ...). Named explicitly, it is refused unless --force.
+    """
+    path = Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"out_dir {path} is a file, not a directory")
+    if holds_run(path):
+        if force:
+            for f in list(path.glob("events.out.tfevents.*")) + [path / n for n in ("ckpt.pt", "best.pt")]:
+                if f.exists():
+                    f.unlink()
+        elif explicit:
+            raise UserError(f"out_dir {path} already holds a run; continue it with --resume {path}, "
+                            f"or start over in it with --force")
+        else:
+            n = 2
+            while holds_run(path.with_name(f"{path.name}-{n}")) or path.with_name(f"{path.name}-{n}").is_file():
+                n += 1
+            path = path.with_name(f"{path.name}-{n}")
+    check_writable(path)
+    return path
+
+
+def check_writable(path):
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"out_dir {path} is not writable ({e.strerror})") from None
+
+
+def prepare_out_dir(cfg, explicit, force, resume_dir, dist_info):
+    """Rank 0 picks (and checks) the directory; every rank gets its choice."""
+    if dist_info.is_main:
+        out_dir = Path(resume_dir) if resume_dir is not None else choose_out_dir(cfg.out_dir, explicit, force)
+        check_writable(out_dir)
+        for stale in out_dir.glob(f".*{TEMP_SUFFIX}"):
+            stale.unlink()  # left by a process killed mid-write; the real file is intact
+    else:
+        out_dir = Path(resume_dir or cfg.out_dir)
+    return broadcast_path(out_dir, dist_info)

@@ -1,0 +1,169 @@
+"""Proves the house rules that keep the code readable, and that the front page tells the truth:
+
+- every function is at most 60 lines, and trainer.py at most 550;
+- no module imports another module's private (_underscore) names, and model.py imports nothing
+  from config.py (the config layer sits above the model);
+- the three ways in (the ``charrnn`` console script, ``python -m charrnn_torch`` and the thin
+  ``scripts/<command>.py``) offer the same commands, from cli.COMMANDS, and each prints its own
+  name in its usage line;
+- the README is at most 250 lines, and every command in its ```bash blocks is one this project
+  has, with flags its parser accepts (and, for training, config keys and values the schema
+  accepts). The commands are parsed, not run.
+"""
+import ast
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from charrnn_torch import cli, config as config_mod
+from conftest import ROOT
+
+PACKAGE = ROOT / "charrnn_torch"
+MAX_FUNCTION_LINES = 60
+SCRIPTS_NOT_COMMANDS = {"gpu_summary.py"}  # the GPU run's own helper, called by gpu_check.sh
+
+
+def _modules():
+    return sorted(PACKAGE.glob("*.py")) + sorted((ROOT / "scripts").glob("*.py"))
+
+
+def test_functions_are_short():
+    long = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{path.name}:{node.lineno} {node.name} is {n} lines")
+    assert not long, "\n".join(long)
+
+
+def test_trainer_stays_a_loop():
+    assert len((PACKAGE / "trainer.py").read_text().splitlines()) <= 550
+
+
+def _imports(path):
+    """(module, name) for every `from .module import name` and `from . import module` in path."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("charrnn_torch")):
+            module = (node.module or "").replace("charrnn_torch.", "").replace("charrnn_torch", "")
+            out += [(module, alias.name) for alias in node.names]
+    return out
+
+
+def test_no_module_imports_anothers_private_names():
+    bad = [f"{path.name}: {module}.{name}" for path in _modules() for module, name in _imports(path)
+           if name.startswith("_") and name != "__version__"]
+    assert not bad, bad
+
+
+def test_model_does_not_import_the_config_layer():
+    assert all(module != "config" and name != "config" for module, name in _imports(PACKAGE / "model.py"))
+
+
+def test_one_table_of_commands_behind_every_way_in():
+    scripts = {p.stem for p in (ROOT / "scripts").glob("*.py") if p.name not in SCRIPTS_NOT_COMMANDS}
+    assert scripts == set(cli.COMMANDS)
+    entry_points = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert entry_points == {"charrnn": "charrnn_torch.cli:main"}
+    listing = subprocess.run([sys.executable, "-m", "charrnn_torch", "--help"], capture_output=True, text=True,
+                             cwd=ROOT).stdout
+    assert all(re.search(rf"^  {name} ", listing, re.M) for name in cli.COMMANDS), listing
+    for name in cli.COMMANDS:
+        script = ROOT / "scripts" / f"{name}.py"
+        done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0 and done.stdout.startswith(f"usage: python scripts/{name}.py"), done.stderr
+        assert f'run("{name}", sys.argv[1:], "python scripts/{name}.py")' in script.read_text()
+
+
+def test_unknown_or_missing_command_is_one_error_line(capsys):
+    for argv in (["trian"], []):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "train, sample" in err
+
+
+# ---------------------------------------------------------------- the README
+
+README = ROOT / "README.md"
+
+
+def readme_commands():
+    """Every command of every ```bash block of the README: one list of words per command."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+    commands = []
+    for line in (ln.strip() for block in blocks for ln in block.splitlines()):
+        if line and not line.startswith("#"):
+            assert not line.endswith("\\"), f"one command per line: {line}"
+            commands += [shlex.split(part) for part in line.split("&&")]
+    return commands
+
+
+def _command_of(words):
+    """(cli command, its arguments) for a command of this project, else None."""
+    if words[0] == "charrnn":
+        return words[1], words[2:]
+    if words[:3] == ["python", "-m", "charrnn_torch"]:
+        return words[3], words[4:]
+    if words[0] == "python" and words[1].startswith("scripts/") and words[1].endswith(".py"):
+        return Path(words[1]).stem, words[2:]
+    return None
+
+
+def _check_other(words):
+    """The commands around ours: installing, testing, TensorBoard, the GPU script."""
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    if words[:2] == ["pip", "install"]:
+        for word in words[2:]:
+            wanted = re.findall(r"\[(.*?)\]", word)
+            assert all(set(w.split(",")) <= extras for w in wanted), f"unknown extra in {word}"
+    elif words[:3] == ["python", "-m", "pytest"] or words[0] == "tensorboard":
+        pass
+    elif words[0] == "bash":
+        assert (ROOT / words[1]).is_file(), words
+    else:
+        pytest.fail(f"the README runs a command this test does not know: {' '.join(words)}")
+
+
+def test_readme_is_a_front_page():
+    assert len(README.read_text().splitlines()) <= 250
+
+
+def test_every_readme_command_parses(tmp_path, monkeypatch):
+    # Parsed where a user runs them after training: a checkout with a runs/ folder.
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    commands = readme_commands()
+    assert commands, "the README has no ```bash block"
+    for words in commands:
+        ours = _command_of(words)
+        if ours is None:
+            _check_other(words)
+            continue
+        name, argv = ours
+        assert name in cli.COMMANDS, f"no command {name!r}: {' '.join(words)}"
+        args = cli.parse(name, argv)
+        if name == "train" and not args.resume:
+            config_mod.build_config(config_mod.read_yaml(cli.find_config(args.config or "shakespeare.yaml")),
+                                    args.overrides)
+        with pytest.raises(SystemExit) as done:
+            cli.parse(name, ["--help"])
+        assert done.value.code == 0
+
+
+def test_readme_shows_the_one_command():
+    assert any(_command_of(words) and words[0] == "charrnn" for words in readme_commands())
+
+
+@pytest.mark.parametrize("text", ["issue", "session"])
+def test_readme_speaks_to_a_reader(text):
+    # A reader cannot place "issue 14" or "an earlier session".
+    hits = [ln for ln in README.read_text().splitlines() if re.search(rf"\b{text}s?\b", ln, re.I)]
+    assert not hits, hits
