@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 
 from . import reference
-from .model import GATES, IMPLS, CharRNN, cross_entropy, map_state
+from .errors import one_line
 from .files import write_atomic
+from .model import GATES, IMPLS, CharRNN, cross_entropy, map_state
 from .runtime import fast_optimizer, retain_freed_memory
 from .sample import sample_ids
 
@@ -270,7 +271,7 @@ def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, f
             except Exception as e:  # only the graphed row may fail alone; the others' errors propagate
                 if failures is None or name != GRAPHED:
                     raise
-                failures[name] = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                failures[name] = f"{type(e).__name__}: {one_line(e)[:200]}"
     return impls
 
 

@@ -49,22 +49,22 @@ class TrainingDiverged(RunFailed):
 
 # ---------------------------------------------------------------- setup
 
-def lr_factor(step, t, train_seconds=0.0):
+def lr_factor(step, train_cfg, train_seconds=0.0):
     """The multiplier on train.lr before optimizer step `step` (0-based).
 
     With a wall-clock budget (train.max_minutes) the cosine's progress is the larger of the
     fractions of steps and of the budget spent, so it reaches its floor at whichever ends the run.
     """
-    if step < t.warmup_steps:
-        return (step + 1) / t.warmup_steps
-    if t.lr_schedule == "cosine":
-        progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-        if t.max_minutes:
-            progress = max(progress, train_seconds / (60 * t.max_minutes))
+    if step < train_cfg.warmup_steps:
+        return (step + 1) / train_cfg.warmup_steps
+    if train_cfg.lr_schedule == "cosine":
+        progress = (step - train_cfg.warmup_steps) / max(1, train_cfg.max_steps - train_cfg.warmup_steps)
+        if train_cfg.max_minutes:
+            progress = max(progress, train_seconds / (60 * train_cfg.max_minutes))
         progress = min(1.0, progress)
-        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    if t.lr_schedule == "step":
-        return t.lr_gamma ** ((step - t.warmup_steps) // t.lr_step_size)
+        return train_cfg.min_lr_ratio + (1 - train_cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if train_cfg.lr_schedule == "step":
+        return train_cfg.lr_gamma ** ((step - train_cfg.warmup_steps) // train_cfg.lr_step_size)
     return 1.0
 
 
