@@ -4,6 +4,10 @@ One training step = forward + backward + clip_grad_norm_ + optimizer step (Adagr
 the tutorial's optimizer, for every implementation). Implementations are
 alternated round by round, so a noisy neighbour slows all of them alike, and
 each row reports the median over rounds.
+
+``--train-steps`` measures instead the step a GPU user's ``train.py`` runs: Adam, the
+non-finite check, the carried state, eager or as one CUDA graph (graphs.py), against the
+torch modules eager and graphed the same way.
 """
 import contextlib
 import gc
@@ -18,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import reference
-from .errors import one_line
+from . import graphs, reference
+from .errors import UserError, one_line
 from .files import write_atomic
 from .model import GATES, IMPLS, CharRNN, cross_entropy, map_state
 from .runtime import fast_optimizer, retain_freed_memory
@@ -30,12 +34,21 @@ SHAPES = {  # name: (V, H, B, T, L)
     "cpu": (65, 512, 64, 128, 1),
     "gpu": (65, 1024, 256, 128, 1),
     "gpu-L3": (65, 1024, 256, 128, 3),
+    "gpu-512": (65, 512, 64, 128, 1),  # where cuDNN's persistent fp16 kernels apply (B <= 128, H % 128 == 0)
     "smoke": (11, 32, 4, 16, 2),  # seconds on any CPU: for dry runs of the GPU script and tests
 }
 
 # How float32 matrix products run: fp32 (exact float32), tf32 (CUDA's TensorFloat-32 matmuls
-# and cuDNN), bf16 (autocast; the fused recurrence keeps fp32 inside, see fused.py).
-PRECISIONS = ("fp32", "tf32", "bf16")
+# and cuDNN), bf16 and fp16 (autocast; the fused recurrence keeps fp32 inside, see fused.py).
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# What a run measures when --shapes and --precisions are not given: (shapes, precisions).
+DEFAULTS = {("cpu", False): (("tutorial", "cpu"), ("fp32",)),
+            ("cuda", False): (("gpu", "gpu-L3"), ("fp32", "tf32", "bf16")),
+            ("cpu", True): (("smoke",), ("fp32",)),
+            ("cuda", True): (("gpu", "gpu-512"), ("tf32", "fp16"))}
+# --train-steps with fp16: only the torch module runs it, for cuDNN's persistent kernels (fp16 only).
+YARDSTICK_ONLY = ("fp16",)
 
 
 def set_precision(precision):
@@ -43,7 +56,7 @@ def set_precision(precision):
     tf32 = precision != "fp32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
-    return torch.bfloat16 if precision == "bf16" else None
+    return AUTOCAST.get(precision)
 
 
 @dataclass
@@ -109,6 +122,11 @@ class NNStack(nn.Module):
         out, h = self.rnn(self.emb(x), h0)
         return self.head(out), h
 
+    def init_hidden(self, batch_size):
+        p = self.head.weight
+        zeros = torch.zeros(self.rnn.num_layers, batch_size, self.rnn.hidden_size, device=p.device, dtype=p.dtype)
+        return (zeros, zeros.clone()) if isinstance(self.rnn, nn.LSTM) else zeros
+
 
 class TorchStep:
     def __init__(self, model, V, B, T, device, amp_dtype=None, amp_cache=True):
@@ -153,6 +171,44 @@ class GraphedStep(TorchStep):
         self.mem_base = torch.cuda.memory_allocated(device)
         with self.amp or contextlib.nullcontext():
             self.model = torch.cuda.make_graphed_callables(self.model, (self.x, self.h))
+
+
+class TrainStep:
+    """A whole training step as train.py runs it on a GPU: forward, loss, backward, clip_grad_norm_
+    and Adam, with the carried state; eager (with the trainer's one host sync, the non-finite check)
+    or as one CUDA graph (graphs.WholeStepGraph; on a CPU the same sync-free step, uncaptured)."""
+
+    def __init__(self, model, V, B, T, device, graphed, amp_dtype=None):
+        self.model = model.to(device)
+        self.params = list(self.model.parameters())
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(V, (B, T), generator=g).to(device)
+        self.y = torch.randint(V, (B, T), generator=g).to(device)
+        # A graph cannot hold autocast's weight cache (make_graphed_callables refuses it too).
+        amp = torch.autocast(device.type, dtype=amp_dtype, cache_enabled=not graphed) if amp_dtype else None
+        self.amp, self.h, self.graph = amp or contextlib.nullcontext(), None, None
+        if graphed:
+            lr = torch.tensor(2e-3, device=device)
+            opt = torch.optim.Adam(self.params, lr=lr, fused=True, capturable=True)
+            self.graph = graphs.WholeStepGraph(self.model, opt, self.params, 5.0, (B, T), 0.999, 0.0, self.amp,
+                                               capture=device.type == "cuda")
+            _sync(device)
+            self.mem_base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        else:
+            self.opt = fast_optimizer(torch.optim.Adam, self.params, lr=2e-3)
+
+    def __call__(self):
+        if self.graph is not None:
+            return self.graph.step(self.x, self.y, self.graph.state)
+        self.opt.zero_grad(set_to_none=True)
+        with self.amp:
+            logits, h = self.model(self.x, self.h)
+            loss = cross_entropy(logits, self.y)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, 5.0)
+        if bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
+            self.opt.step()
+        self.h = map_state(torch.Tensor.detach, h)
 
 
 GRAPHED = "CharRNN fused+graphs"
@@ -275,12 +331,32 @@ def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, f
     return impls
 
 
+def step_impl_names(device, cell, yardstick_only=False):
+    """The rows of --train-steps: CharRNN fused and the torch module, each eager and graphed."""
+    mode = "graphed" if device.type == "cuda" else "sync-free"  # a CPU has no graphs to capture
+    names = [] if yardstick_only else ["CharRNN eager", f"CharRNN {mode}"]
+    return names + [f"{yardstick_name(cell)} eager", f"{yardstick_name(cell)} {mode}"][:1 if yardstick_only else 2]
+
+
+def build_step_impls(shape, device, amp_dtype=None, cell="rnn", yardstick_only=False):
+    """name -> a whole training step (TrainStep) for --train-steps."""
+    V, H, B, T, L = SHAPES[shape]
+    impls = {}
+    for name in step_impl_names(device, cell, yardstick_only):
+        torch.manual_seed(0)
+        model = CharRNN(V, H, L, impl="fused", cell=cell) if name.startswith("CharRNN") else NNStack(V, H, L, cell)
+        impls[name] = TrainStep(model, V, B, T, device, graphed=not name.endswith("eager"), amp_dtype=amp_dtype)
+    return impls
+
+
 def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, threads=None, retain_memory=False,
-              cell="rnn", memory=True):
-    """Rows for every implementation of `cell` at one shape, plus the matmul peak measured alongside."""
+              cell="rnn", memory=True, impls=None):
+    """Rows for every implementation of `cell` at one shape (or for the given impls: name -> step),
+    plus the matmul peak measured alongside."""
     V, H, B, T, L = SHAPES[shape]
     failures = {}
-    impls = build_impls(shape, device, dtype, amp_dtype, failures=failures, cell=cell)
+    if impls is None:
+        impls = build_impls(shape, device, dtype, amp_dtype, failures=failures, cell=cell)
     peak = MatmulPeak(device, amp_dtype or dtype, n=256 if shape == "smoke" else None)
     n = _steps_for(shape, device)
     for step in [*impls.values(), peak]:  # warm-up (allocator, caches, cuDNN heuristics)
@@ -299,6 +375,8 @@ def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, thr
         peak_times.append(time_steps(peak, device, 10 if device.type == "cpu" else 20))
     peak_gflops = peak.gflops(statistics.median(peak_times))
     threads = threads or torch.get_num_threads()
+    # A fresh process per CPU row rebuilds only build_impls' rows; --train-steps rows are measured on CUDA only.
+    memory = memory and (device.type == "cuda" or not isinstance(next(iter(impls.values())), TrainStep))
     mems = {name: measure_peak_mem(shape, name, step, device, threads, retain_memory, cell) if memory
             else float("nan") for name, step in impls.items()}
     fpc = flops_per_char(V, H, L, GATES[cell])
@@ -334,7 +412,7 @@ def format_table(rows):
     """One block per shape; "vs nn" is the ratio to that shape's torch-module stack (nn.RNN,
     nn.LSTM or nn.GRU)."""
     lines = []
-    head = f"{'shape':<14} {'impl':<22} {'chars/s':>10} {'vs nn.RNN/LSTM/GRU':>18} {'vs numpy':>9} {'GFLOP/s':>8} {'% peak':>7} {'peak MB':>8} {'thr':>4}"
+    head = f"{'shape':<14} {'impl':<26} {'chars/s':>10} {'vs nn.RNN/LSTM/GRU':>18} {'vs numpy':>9} {'GFLOP/s':>8} {'% peak':>7} {'peak MB':>8} {'thr':>4}"
     lines.append(head)
     lines.append("-" * len(head))
     for shape in dict.fromkeys(r.shape for r in rows):
@@ -343,61 +421,78 @@ def format_table(rows):
         npy = next((r.chars_per_sec for r in group if r.impl == "numpy reference"), float("nan"))
         for r in group:
             if r.note:
-                lines.append(f"{r.shape:<14} {r.impl:<22} {r.note}")
+                lines.append(f"{r.shape:<14} {r.impl:<26} {r.note}")
                 continue
             vs_np = f"{r.chars_per_sec / npy:9.2f}" if not math.isnan(npy) else f"{'-':>9}"
-            lines.append(f"{r.shape:<14} {r.impl:<22} {r.chars_per_sec:10,.0f} {r.chars_per_sec / base:18.2f} "
+            lines.append(f"{r.shape:<14} {r.impl:<26} {r.chars_per_sec:10,.0f} {r.chars_per_sec / base:18.2f} "
                          f"{vs_np} {r.gflops:8.1f} {r.pct_peak:6.1f}% {r.peak_mem_mb:8.1f} {r.threads:4d}")
     return "\n".join(lines)
 
 
 def main(args, device):
     """The benchmark command (``charrnn bench``): args from ``cli.bench_parser``."""
-    shapes = args.shapes or (["gpu", "gpu-L3"] if device.type == "cuda" else ["tutorial", "cpu"])
-    precisions = args.precisions or (list(PRECISIONS) if device.type == "cuda" else ["fp32"])
+    shapes, precisions = DEFAULTS[(device.type, args.train_steps)]
+    shapes, precisions = args.shapes or list(shapes), args.precisions or list(precisions)
+    if device.type == "cpu" and "fp16" in precisions:
+        raise UserError("--precisions fp16 runs on CUDA only (a CPU has no fp16 kernels for these cells)")
     retain = args.malloc == "retain" and retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
-    default_threads = torch.get_num_threads()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"device: {device} ({name}); torch {torch.__version__}; {default_threads} threads; "
-          f"freed memory {'retained' if retain else 'returned to the OS (glibc default)'}")
+    print(f"device: {device} ({name}); torch {torch.__version__}; {torch.get_num_threads()} threads; "
+          f"freed memory {'retained' if retain else 'returned to the OS (glibc default)'}"
+          f"{'; whole training steps' if args.train_steps else ''}")
+    extra = {"device": str(device), "device_name": name, "torch": torch.__version__,
+             "malloc": "retain" if retain else "default", "train_steps": args.train_steps, "peaks": {}}
+    rows = measure(args, device, shapes, precisions, retain, extra["peaks"])
+    print()
+    print(format_table(rows))
+    print()
+    sampling = {} if args.train_steps else measure_sampling(args, device, shapes, precisions)
+    if args.json:
+        write_atomic(args.json, json.dumps({**extra, "rows": [asdict(r) for r in rows],
+                                            "sampling": {s: {str(k): v for k, v in d.items()}
+                                                         for s, d in sampling.items()}}, indent=2).encode())
+    return 0
 
-    def threads_for(shape):
-        return args.small_threads if shape == "tutorial" and device.type == "cpu" else default_threads
 
-    rows, extra = [], {"device": str(device), "device_name": name, "torch": torch.__version__,
-                       "malloc": "retain" if retain else "default", "peaks": {}}
+def _threads_for(args, shape, device, default_threads):
+    # The tutorial shape: thread hand-offs cost more than they save.
+    return args.small_threads if shape == "tutorial" and device.type == "cpu" else default_threads
+
+
+def measure(args, device, shapes, precisions, retain, peaks):
+    """Every row: for each precision, cell and shape, its implementations side by side."""
+    rows, default_threads = [], torch.get_num_threads()
     for prec in precisions:
         amp = set_precision(prec)
         suffix = "" if precisions == ["fp32"] and device.type == "cpu" else f"-{prec}"
         for cell in args.cells:
             for s in shapes:
                 label = s + ("" if cell == "rnn" else f"-{cell}") + suffix
-                torch.set_num_threads(threads_for(s))
-                shape_rows, peak = run_shape(s, device, args.repeats, amp_dtype=amp, threads=threads_for(s),
-                                             retain_memory=retain, cell=cell, memory=not args.no_memory)
+                threads = _threads_for(args, s, device, default_threads)
+                torch.set_num_threads(threads)
+                impls = (build_step_impls(s, device, amp, cell, yardstick_only=prec in YARDSTICK_ONLY)
+                         if args.train_steps else None)
+                shape_rows, peak = run_shape(s, device, args.repeats, amp_dtype=amp, threads=threads,
+                                             retain_memory=retain, cell=cell, memory=not args.no_memory, impls=impls)
                 torch.set_num_threads(default_threads)
                 for r in shape_rows:
                     r.shape = label
                 rows += shape_rows
-                extra["peaks"][label] = peak
-                print(f"{label}: measured {'bf16' if amp else 'fp32'} matmul peak {peak:.1f} GFLOP/s"
-                      f"{' (TF32 on)' if device.type == 'cuda' and prec == 'tf32' else ''} with "
-                      f"{threads_for(s)} thread(s)")
-    print()
-    print(format_table(rows))
-    print()
-    sampling = {}
+                peaks[label] = peak
+                print(f"{label}: measured {prec if amp else 'fp32'} matmul peak {peak:.1f} GFLOP/s"
+                      f"{' (TF32 on)' if device.type == 'cuda' and prec != 'fp32' else ''} with {threads} thread(s)")
+    return rows
+
+
+def measure_sampling(args, device, shapes, precisions):
+    sampling, default_threads = {}, torch.get_num_threads()
     set_precision("tf32" if "tf32" in precisions else precisions[0])
     for s in shapes:
-        torch.set_num_threads(threads_for(s))
+        torch.set_num_threads(_threads_for(args, s, device, default_threads))
         sampling[s] = sampling_throughput(s, device)
         torch.set_num_threads(default_threads)
         print(f"sampling ({s}, CharRNN fused): {sampling[s][1]:,.0f} chars/s one stream, "
               f"{sampling[s][64]:,.0f} chars/s batch of 64")
-    if args.json:
-        write_atomic(args.json, json.dumps({**extra, "rows": [asdict(r) for r in rows],
-                                            "sampling": {s: {str(k): v for k, v in d.items()}
-                                                         for s, d in sampling.items()}}, indent=2).encode())
-    return 0
+    return sampling

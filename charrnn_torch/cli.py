@@ -410,8 +410,8 @@ def bench_parser(prog):
     p.add_argument("--shapes", type=names_arg("--shapes", "shape", bench.SHAPES), default=None,
                    help=f"comma-separated, from {', '.join(bench.SHAPES)}")
     p.add_argument("--precisions", type=names_arg("--precisions", "precision", bench.PRECISIONS), default=None,
-                   help=f"comma-separated, from {', '.join(bench.PRECISIONS)} (default: all three on CUDA, fp32 on "
-                        f"CPU); tf32 changes nothing on a CPU")
+                   help=f"comma-separated, from {', '.join(bench.PRECISIONS)} (default: fp32, tf32, bf16 on CUDA; fp32 on "
+                        f"CPU; tf32, fp16 with --train-steps on CUDA); tf32 changes nothing on a CPU")
     p.add_argument("--cells", type=names_arg("--cells", "cell", CELLS), default=["rnn"],
                    help=f"comma-separated, from {', '.join(CELLS)} (default rnn); each against its torch module")
     p.add_argument("--repeats", type=int_arg("--repeats", 1, 1000), default=5,
@@ -425,6 +425,9 @@ def bench_parser(prog):
                         "own policy, to see what that setting is worth")
     p.add_argument("--json", type=file_arg("--json", existing=False), default=None,
                    help="also write the results to this file")
+    p.add_argument("--train-steps", action="store_true",
+                   help="whole training steps as train.py runs them (Adam, the non-finite check), eager and as one "
+                        "CUDA graph, against the torch module eager and graphed (default shapes: gpu, gpu-512)")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the peak-memory measurement (a fresh process per row on CPU): for quick runs")
     p.add_argument("--corpus-mb", type=int_list_arg("--corpus-mb", 1, 100_000), default=None, metavar="MB,...",

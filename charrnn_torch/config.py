@@ -19,6 +19,7 @@ from .model import CELLS, IMPLS
 OPTIMIZERS = {"adagrad": "Adagrad", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}
 SCHEDULES = ("constant", "cosine", "step")
 AMP = ("none", "bf16")
+CUDA_GRAPHS = ("off", "on", "auto")  # on: refuse a run that cannot be captured; auto: fall back to eager steps
 DTYPES = ("float32", "float64")  # names of torch dtypes
 VOCABS = ("chars", "bytes")  # data.vocab: the text's sorted characters, or its 256 byte values
 INT_MAX = 2**63 - 1  # torch reads integers as int64: a larger one fails deep inside a call
@@ -71,6 +72,7 @@ class TrainConfig:
     seed: int = 1337
     tf32: bool = True  # CUDA only
     amp: str = "none"  # CUDA only: none | bf16 autocast
+    cuda_graphs: str = "off"  # off | on | auto: the whole training step as one CUDA graph (graphs.py)
     max_nonfinite: int = 10  # stop after this many consecutive NaN/Inf steps
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
     dtype: str = "float32"  # float64 for exactness experiments (and the DDP parity test)
@@ -111,6 +113,9 @@ def _coerce(key, value, tp):
         if ok and not math.isfinite(value):
             raise UserError(f"{key}: must be a finite number, got {value}")
     else:
+        if isinstance(value, bool):
+            # YAML 1.1 reads on/off (and yes/no, true/false) as booleans; as a string, on/off is meant.
+            value = "on" if value else "off"
         ok = isinstance(value, str)
     if not ok:
         raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
@@ -159,7 +164,7 @@ def validate(cfg):
     need(0 <= train.threads <= 4096, "train.threads", "must be in [0, 4096] (0 keeps torch's default)")
     need(0 <= train.seed <= SEED_MAX, "train.seed", f"must be in [0, 2**{SEED_BITS}]")
     for key, choices in (("train.optimizer", OPTIMIZERS), ("train.lr_schedule", SCHEDULES),
-                         ("model.impl", IMPLS), ("model.cell", CELLS), ("train.amp", AMP),
+                         ("model.impl", IMPLS), ("model.cell", CELLS), ("train.amp", AMP), ("train.cuda_graphs", CUDA_GRAPHS),
                          ("train.dtype", DTYPES), ("data.vocab", VOCABS)):
         need(get_key(cfg, key) in choices, key, f"must be one of {', '.join(choices)}")
     need(is_device_name(cfg.device), "device", "must be auto, cpu, cuda or cuda:N")

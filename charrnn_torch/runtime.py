@@ -75,8 +75,14 @@ def configure_backends(device, train_cfg):
 CPU_ONLY_FUSED = (torch.optim.Adagrad,)
 
 
-def make_optimizer(params, train_cfg):
+def make_optimizer(params, train_cfg, capturable=False):
+    """train.optimizer over params. capturable: for a CUDA graph of the whole step (graphs.py), fused
+    (so that found_inf skips a step on the device) and with the learning rate a tensor on the
+    parameters' device, which the scheduler fills in place."""
     cls = getattr(torch.optim, config_mod.OPTIMIZERS[train_cfg.optimizer])
+    if capturable:
+        lr = torch.tensor(train_cfg.lr, dtype=params[0].dtype, device=params[0].device)
+        return cls(params, lr=lr, weight_decay=train_cfg.weight_decay, fused=True, capturable=True)
     return fast_optimizer(cls, params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
                           **({"momentum": 0.9} if train_cfg.optimizer == "sgd" else {}))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import checkpoint, config as config_mod, data as data_mod, distributed
+from . import checkpoint, config as config_mod, data as data_mod, distributed, graphs
 from .distributed import DistInfo
 from .errors import RunFailed, UserError
 from .files import could_not_write, write_atomic
@@ -182,12 +182,24 @@ class Trainer:
             if resume is not None:
                 check_resume(resume, cfg, self.corpus.vocab)
             check_fits_in_memory(cfg, len(self.corpus.vocab), self.device, dist_info.world_size)
+            self.graphed = self.check_graphs(cfg)
             self.out_dir = prepare_out_dir(cfg, out["explicit"], out["force"],
                                            out["resume_dir"] if resume is not None else None, dist_info)
         except BaseException:
             self.corpus.discard()
             raise
         self.corpus.keep()
+
+    def check_graphs(self, cfg):
+        """Whether the training step runs as one CUDA graph (train.cuda_graphs, graphs.py). on refuses
+        a run that cannot be captured; auto runs it eagerly and says why once."""
+        mode = cfg.train.cuda_graphs
+        why = graphs.refusal(cfg, self.device, self.dist.world_size) if mode != "off" else None
+        if mode == "on" and why:
+            raise UserError(f"train.cuda_graphs=on: {why}; use train.cuda_graphs=auto to fall back to eager "
+                            f"steps, or off")
+        self.notices = [f"train.cuda_graphs=auto: eager training steps, since {why}"] if why else []
+        return mode != "off" and why is None
 
     def build(self, init):
         """The model (from init's weights when fine-tuning), its optimizer and schedule, a fresh RunState."""
@@ -199,12 +211,16 @@ class Trainer:
         self.model.to(self.device)
         self.ddp_model = wrap_ddp(self.model, self.device, self.dist)
         self.params = list(self.model.parameters())
-        self.opt = make_optimizer(self.params, train_cfg)
+        self.opt = make_optimizer(self.params, train_cfg, capturable=self.graphed)
         self.state = RunState(smooth_loss=math.log(len(self.corpus.vocab)))  # the tutorial starts at ln V
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda step: lr_factor(step, self.cfg.train, self.state.train_seconds))
+        self.sched.base_lrs = [train_cfg.lr for _ in self.opt.param_groups]  # floats: no device read per step
         bf16 = train_cfg.amp == "bf16" and self.device.type == "cuda"
-        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        # A graph cannot hold autocast's weight cache: it would be filled at capture, never again.
+        amp = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not self.graphed) if bf16 else None
+        self.amp = amp or contextlib.nullcontext()
+        self.graph = None  # graphs.WholeStepGraph, made at the first step when self.graphed
 
     def restore(self, ckpt):
         train_cfg = self.cfg.train
@@ -224,7 +240,8 @@ class Trainer:
         self.sched.base_lrs = [train_cfg.lr for _ in self.opt.param_groups]
         for g in self.opt.param_groups:
             g["initial_lr"], g["weight_decay"] = train_cfg.lr, train_cfg.weight_decay
-            g["lr"] = train_cfg.lr * lr_factor(self.state.step, train_cfg, self.state.train_seconds)
+            lr = train_cfg.lr * lr_factor(self.state.step, train_cfg, self.state.train_seconds)
+            g["lr"] = torch.tensor(lr, dtype=self.params[0].dtype, device=self.device) if self.graphed else lr
         if ckpt["hidden"] is not None and train_cfg.stateful:
             dtype = getattr(torch, train_cfg.dtype)
             self.state.hidden = map_state(lambda h: distributed.my_streams(h, self.dist).to(self.device, dtype), ckpt["hidden"])
@@ -237,19 +254,21 @@ class Trainer:
         try:
             with stop_on_signals() as stop:
                 self.log.line(self.start_line())  # only once Ctrl-C is ours to handle
+                for notice in self.notices:
+                    self.log.line(notice)
                 out_of_time = self.budget_spent()  # a resumed run whose budget is spent trains no more
                 while state.step < train_cfg.max_steps and not out_of_time:
                     tick = time.perf_counter()
                     x, y = self.next_batch()                           # fetch the next window of every stream
-                    loss, norm, h_new, finite = self.train_step(x, y)  # forward, backward, clip, update
+                    outcome = self.train_step(x, y)                    # forward, backward, clip, update
                     state.train_seconds += time.perf_counter() - tick
                     out_of_time = self.budget_spent()
                     self.sched.step()
                     state.step += 1
                     meter.chars += x.numel() * self.dist.world_size
                     self.log.step_done()
-                    self.account(loss, norm, h_new, finite)            # carry the state; smooth; NaN guard
-                    if state.step % train_cfg.log_interval == 0 and state.log_acc["n"]:
+                    self.account(outcome)                              # carry the state; smooth; NaN guard
+                    if state.step % train_cfg.log_interval == 0:
                         self.log_training(meter)
                     with meter.paused():                               # sampling and evaluation are not training
                         if train_cfg.sample_interval and state.step % train_cfg.sample_interval == 0:
@@ -290,7 +309,10 @@ class Trainer:
             return cross_entropy(logits, y), h_new
 
     def train_step(self, x, y):
-        """One update. A NaN/Inf loss or gradient norm skips it: parameters are left untouched."""
+        """One update. A NaN/Inf loss or gradient norm skips it: parameters are left untouched.
+        Returns (loss, norm, new state, finite), or None from a graph, which keeps its own books."""
+        if self.graphed:
+            return self.graph_step(x, y)
         train_cfg = self.cfg.train
         self.opt.zero_grad(set_to_none=True)
         loss, h_new = self.compute_loss(x, y)
@@ -302,7 +324,41 @@ class Trainer:
             self.opt.step()
         return loss, norm, h_new, finite
 
-    def account(self, loss, norm, h_new, finite):
+    def graph_step(self, x, y):
+        if self.graph is None:
+            self.graph = graphs.WholeStepGraph(self.model, self.opt, self.params, self.cfg.train.grad_clip, x.shape,
+                                               SMOOTHING, self.state.smooth_loss, self.amp,
+                                               capture=self.device.type == "cuda")
+        self.graph.step(x, y, self.state.hidden)
+        self.state.hidden = self.graph.state
+        return None
+
+    def collect_graph(self):
+        """Fold what the graph counted on the device since the last call into the run's state."""
+        if self.graph is None:
+            return
+        sums, longest, smooth = self.graph.collect()
+        state, acc = self.state, self.state.log_acc
+        acc["loss"] += sums["loss"]
+        acc["norm"] += sums["norm"]
+        acc["n"] += int(sums["finite"])
+        state.smooth_loss = smooth
+        if sums["nonfinite"]:
+            state.nonfinite_total += int(sums["nonfinite"])
+            self.log.nonfinite(state.step, state.nonfinite_total)
+        if longest >= self.cfg.train.max_nonfinite:
+            self.diverged(int(longest))
+
+    def diverged(self, consecutive):
+        raise TrainingDiverged(
+            f"{consecutive} consecutive steps with a non-finite loss or gradient norm "
+            f"(up to step {self.state.step}); parameters were not updated on those steps; "
+            f"try a lower train.lr or train.grad_clip")
+
+    def account(self, outcome):
+        if outcome is None:
+            return  # a graph's step: collect_graph() reads its books at the log interval
+        loss, norm, h_new, finite = outcome
         state = self.state
         if finite:
             # Keep the values so the next window starts where this one ended, but cut the graph:
@@ -321,10 +377,7 @@ class Trainer:
         state.consecutive_bad += 1
         self.log.nonfinite(state.step, state.nonfinite_total)
         if state.consecutive_bad >= self.cfg.train.max_nonfinite:
-            raise TrainingDiverged(
-                f"{state.consecutive_bad} consecutive steps with a non-finite loss or gradient norm "
-                f"(up to step {state.step}); parameters were not updated on those steps; "
-                f"try a lower train.lr or train.grad_clip")
+            self.diverged(state.consecutive_bad)
 
     def budget_spent(self):
         train_cfg, state = self.cfg.train, self.state
@@ -349,7 +402,10 @@ class Trainer:
                 f"from step {self.state.step} to {train_cfg.max_steps}{budget}; run directory {self.out_dir}")
 
     def log_training(self, meter):
+        self.collect_graph()
         state, acc = self.state, self.state.log_acc
+        if not acc["n"]:
+            return  # every step since the last log was skipped: nothing to average
         # .item() only here: reading the loss every step would sync a GPU every step.
         mean_loss, mean_norm = float(acc["loss"]) / acc["n"], float(acc["norm"]) / acc["n"]
         state.smooth_loss = float(state.smooth_loss)
@@ -384,6 +440,7 @@ class Trainer:
         return (total / count).item()
 
     def evaluate_and_checkpoint(self):
+        self.collect_graph()  # the checkpoint holds the books up to this step
         state = self.state
         state.last_val = val = self.evaluate()
         state.val_log.append((state.step, val))
@@ -462,6 +519,7 @@ class Trainer:
         return f"the last good checkpoint is {path}" + (f" (step {step})" if step is not None else "")
 
     def interrupt(self, signum):
+        self.collect_graph()
         if self.state.last_eval_step != self.state.step:
             self.save_checkpoint("ckpt.pt", self.gathered_state())
         raise Interrupted(signum or signal.SIGTERM, self.state.step, self.out_dir)
