@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# One prepared GPU run: the CUDA tests (all three cells), the benchmark against cuDNN (nn.RNN,
-# nn.LSTM, nn.GRU), shakespeare_gpu.yaml trained on a wall-clock budget (quality), and the three
-# cells trained side by side for the same budget at about equal parameter counts (compare). Each
-# stage has its own time limit and writes its output into RESULTS_DIR; a stage that fails does not
-# stop the next. summary.json gathers the results.
+# One prepared GPU run: the CUDA tests (all three cells, the whole-step CUDA graph among them), the
+# benchmark against cuDNN (nn.RNN, nn.LSTM, nn.GRU), shakespeare_gpu.yaml trained on a wall-clock
+# budget (quality), the three cells trained side by side for the same budget at about equal
+# parameter counts (compare), whole training steps eager and graphed against cuDNN (steps),
+# train.py's speed with and without train.cuda_graphs (graphed), and candidates for a GPU record
+# trained side by side for 5 minutes with graphs on (record). Each stage has its own time limit and
+# writes its output into RESULTS_DIR; a stage that fails does not stop the next. summary.json
+# gathers the results.
 #
 #   bash scripts/gpu_check.sh RESULTS_DIR                     # env,tests,bench,compare: about 7 minutes
+#   bash scripts/gpu_check.sh --stages steps,graphed,record RESULTS_DIR   # then these: about 8 minutes
 #   bash scripts/gpu_check.sh --dry-run RESULTS_DIR           # every stage at tiny sizes on the CPU
 #   bash scripts/gpu_check.sh --stages bench,quality RESULTS_DIR   # only some stages (a rerun)
 #
@@ -15,8 +19,8 @@
 # The corpus must be at data/tinyshakespeare.txt (it is sha-checked; a GPU machine cannot fetch it).
 set -uo pipefail
 
-usage="usage: scripts/gpu_check.sh [--dry-run] [--stages env,tests,bench,quality,compare] RESULTS_DIR"
-all_stages="env,tests,bench,quality,compare"
+usage="usage: scripts/gpu_check.sh [--dry-run] [--stages env,tests,bench,quality,compare,steps,graphed,record] RESULTS_DIR"
+all_stages="env,tests,bench,quality,compare,steps,graphed,record"
 if [ "${1:-}" != --run-stage ]; then
     dry=0
     stages="env,tests,bench,compare"  # quality (part 1's) ran on an H200 on 2026-11-26
@@ -46,8 +50,10 @@ py="${PYTHON:-python3}"
 # The quality stage trains for the config's train.max_minutes (a dry run: 3 seconds).
 if [ "$dry" = 1 ]; then
     device=cpu; limit_env=60; limit_tests=300; limit_bench=300; limit_quality=300; limit_compare=300
+    limit_steps=300; limit_graphed=300; limit_record=300
 else
-    device=cuda; limit_env=45; limit_tests=150; limit_bench=200; limit_quality=290; limit_compare=200
+    device=cuda; limit_env=45; limit_tests=200; limit_bench=200; limit_quality=290; limit_compare=200
+    limit_steps=120; limit_graphed=100; limit_record=360
 fi
 run_stage() {  # name limit_s command...: run with a time limit, log its output, record rc and time
     local name=$1 limit=$2
@@ -97,6 +103,15 @@ stage_bench() {
             --repeats 1 --no-memory --json "$results/bench.json"
     else
         "$py" scripts/bench.py --device cuda --cells rnn,lstm,gru --json "$results/bench.json"
+    fi
+}
+
+stage_steps() {  # whole training steps, eager and as one CUDA graph, against cuDNN eager and graphed
+    if [ "$dry" = 1 ]; then
+        "$py" scripts/bench.py --device cpu --train-steps --shapes smoke --cells rnn,lstm,gru --repeats 1 \
+            --no-memory --json "$results/steps.json"
+    else
+        "$py" scripts/bench.py --device cuda --train-steps --cells rnn,lstm,gru --repeats 3 --json "$results/steps.json"
     fi
 }
 
@@ -153,6 +168,28 @@ stage_compare() {
     train_side_by_side "cmp_rnn=model.cell=rnn model.hidden_size=768 $budget" \
         "cmp_lstm=model.cell=lstm model.hidden_size=384 $budget" \
         "cmp_gru=model.cell=gru model.hidden_size=448 $budget"
+}
+
+stage_graphed() {  # train.py's own speed, eager then graphed, one after the other on the card
+    local rc=0 mode budget=train.max_minutes=0.6 cuda_graphs
+    [ "$dry" = 1 ] && budget=train.max_minutes=0.02
+    for mode in off on; do
+        cuda_graphs=$mode
+        [ "$dry" = 1 ] && [ "$mode" = on ] && cuda_graphs=auto  # a CPU has no graphs: auto says so and runs eagerly
+        train_side_by_side "graphs_$mode=train.cuda_graphs=$cuda_graphs $budget train.eval_interval=100000" || rc=$?
+    done
+    return $rc
+}
+
+# Candidates for the GPU record (<= 5 minutes of training), side by side with graphs on: at graphed
+# speed 5 minutes is hundreds of epochs, so regularisation, not speed, decides.
+stage_record() {
+    local budget=train.max_minutes=5 graphs=train.cuda_graphs=on
+    [ "$dry" = 1 ] && budget=train.max_minutes=0.05 && graphs=train.cuda_graphs=auto
+    train_side_by_side \
+        "rec_gru=model.cell=gru model.hidden_size=1024 model.dropout=0.4 train.weight_decay=0.1 $budget $graphs" \
+        "rec_lstm=model.cell=lstm model.hidden_size=1024 model.dropout=0.4 train.weight_decay=0.1 $budget $graphs" \
+        "rec_gru3=model.cell=gru model.num_layers=3 model.hidden_size=768 model.dropout=0.4 $budget $graphs"
 }
 
 if [ "${1:-}" = --run-stage ]; then  # one stage, in its own process so that timeout can stop it

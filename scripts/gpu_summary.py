@@ -62,8 +62,9 @@ def main(argv):
     results = Path(argv[0])
     summary = {"run": json.loads((results / "run.json").read_text()) if (results / "run.json").exists() else {},
                "stages": stages(results), "tests": tests(results)}
-    if (results / "bench.json").exists():
-        summary["bench"] = json.loads((results / "bench.json").read_text())
+    for name in ("bench", "steps"):
+        if (results / f"{name}.json").exists():
+            summary[name] = json.loads((results / f"{name}.json").read_text())
     runs = sorted((results / "runs").glob("*")) if (results / "runs").is_dir() else []
     summary["quality"] = [run_result(r, results / f"train_{r.name}.log") for r in runs]
     summary["samples"] = {p.stem: p.read_text(errors="replace") for p in sorted(results.glob("sample_*.txt"))}
@@ -75,9 +76,10 @@ def main(argv):
         t = summary["tests"]
         print(f"tests: {t['tests']} run, {t['failures']} failed, {t['errors']} errors, {t['skipped']} skipped "
               f"{' '.join(t['failed'])}")
-    for r in summary.get("bench", {}).get("rows", []):
-        print(f"bench {r['shape']:<12} {r['impl']:<22} {r['chars_per_sec']:>12,.0f} chars/s "
-              f"{r['pct_peak']:6.1f}% peak {r['peak_mem_mb']:8.1f} MB {r.get('note', '')}")
+    for name in ("bench", "steps"):
+        for r in summary.get(name, {}).get("rows", []):
+            print(f"{name} {r['shape']:<12} {r['impl']:<26} {r['chars_per_sec']:>12,.0f} chars/s "
+                  f"{r['pct_peak']:6.1f}% peak {r['peak_mem_mb']:8.1f} MB {r.get('note', '')}")
     for q in summary["quality"]:
         print(f"quality {q['run']:<12} steps={q.get('steps')} val={q.get('val_loss')} best={q.get('best_val')} "
               f"chars/s={q.get('median_chars_per_sec', float('nan')):,.0f}")

@@ -56,6 +56,24 @@ def test_every_impl_step_trains(monkeypatch):
             assert any(not torch.equal(a, b) for a, b in zip(before, step.params)), name
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_train_step_rows_train_and_match(monkeypatch, cell):
+    # --train-steps: on a CPU the "graphed" rows run graphs.py's sync-free step uncaptured. Eager and
+    # sync-free start from the same weights and data: after two steps they hold the same weights.
+    monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 2))
+    impls = bench.build_step_impls("tiny", torch.device("cpu"), cell=cell)
+    assert list(impls) == bench.step_impl_names(torch.device("cpu"), cell)
+    before = {name: [p.detach().clone() for p in step.params] for name, step in impls.items()}
+    for step in impls.values():
+        step()
+        step()
+    for name, step in impls.items():
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], step.params)), name
+    for eager, sync_free in (list(impls)[:2], list(impls)[2:]):
+        for a, b in zip(impls[eager].params, impls[sync_free].params):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (eager, sync_free)
+
+
 def test_run_shape_rows(monkeypatch):
     monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 1))
     rows, peak = bench.run_shape("tiny", torch.device("cpu"), repeats=2)

@@ -173,3 +173,13 @@ def test_graphed_step_matches_eager_step():
     for a, b in zip(eager.params, graphed.params):
         assert rel_err(a.detach().cpu().numpy(), b.detach().cpu().numpy()) <= 1e-5
     assert rel_err(eager.h.cpu().numpy(), graphed.h.cpu().numpy()) <= 1e-5
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bench_cuda_train_step_rows(cell):
+    # --train-steps: eager and captured whole steps, for CharRNN and the cuDNN module alike.
+    device = torch.device("cuda")
+    impls = bench.build_step_impls("smoke", device, cell=cell)
+    rows, _ = bench.run_shape("smoke", device, repeats=2, cell=cell, impls=impls)
+    assert [r.impl for r in rows] == bench.step_impl_names(device, cell)
+    assert all(not r.note and r.chars_per_sec > 0 and r.peak_mem_mb >= 0 for r in rows), rows

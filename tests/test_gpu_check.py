@@ -24,17 +24,24 @@ def run_check(*args, python=sys.executable, timeout=900):
 
 @pytest.mark.slow
 def test_dry_run_runs_every_stage(tmp_path):
-    r = run_check("--dry-run", "--stages", "env,tests,bench,quality,compare", tmp_path / "res")
+    stages = ["env", "tests", "bench", "quality", "compare", "steps", "graphed", "record"]
+    r = run_check("--dry-run", "--stages", ",".join(stages), tmp_path / "res")
     assert r.returncode == 0, r.stdout + r.stderr
     summary = json.loads((tmp_path / "res" / "summary.json").read_text())
-    assert [s["stage"] for s in summary["stages"]] == ["env", "tests", "bench", "quality", "compare"]
+    assert [s["stage"] for s in summary["stages"]] == stages
     assert all(s["rc"] == 0 for s in summary["stages"])
     assert summary["tests"]["tests"] > 0 and not summary["tests"]["failed"]
     shapes = {row["shape"] for row in summary["bench"]["rows"]}
     assert shapes == {f"smoke{c}-{p}" for c in ("", "-lstm", "-gru") for p in ("fp32", "tf32", "bf16")}
     assert all(row["chars_per_sec"] > 0 for row in summary["bench"]["rows"])
+    steps = {(row["shape"], row["impl"]) for row in summary["steps"]["rows"]}
+    assert {impl for _, impl in steps} == {"CharRNN eager", "CharRNN sync-free", *(
+        f"nn.{m} stack {mode}" for m in ("RNN", "LSTM", "GRU") for mode in ("eager", "sync-free"))}
+    assert all(row["chars_per_sec"] > 0 for row in summary["steps"]["rows"])
     runs = {q["run"]: q for q in summary["quality"]}
-    assert set(runs) == {"gpu", "gpu_variant", "cmp_rnn", "cmp_lstm", "cmp_gru"}
+    assert set(runs) == {"gpu", "gpu_variant", "cmp_rnn", "cmp_lstm", "cmp_gru", "graphs_off", "graphs_on",
+                         "rec_gru", "rec_lstm", "rec_gru3"}
+    assert "train.cuda_graphs=auto: eager training steps" in (tmp_path / "res" / "train_graphs_on.log").read_text()
     assert all(q["steps"] > 0 and q["best_val"] > 0 and q["val_curve"] for q in runs.values())
     assert all(text.startswith("ROMEO:") and len(text) > 300 for text in summary["samples"].values())
 
