@@ -44,7 +44,10 @@ class DataConfig:
 class ModelConfig:
     hidden_size: int = 512
     num_layers: int = 1
-    dropout: float = 0.0
+    dropout: float = 0.0  # on each layer's h where it feeds the layer above (needs num_layers >= 2)
+    dropout_output: float = 0.0  # on the top layer's h before W_hy, as char-rnn: a 1-layer model regularises too
+    variational_dropout: bool = False  # one mask per window for dropout and dropout_output, not one per step
+    weight_drop: float = 0.0  # DropConnect on every W_hh, one mask per window (AWD-LSTM)
     impl: str = "fused"  # loop: the readable unroll; fused: same maths, hand-written BPTT
     cell: str = "rnn"  # rnn: the tutorial's tanh cell; lstm; gru
 
@@ -152,7 +155,8 @@ def validate(cfg):
     need(math.isfinite(train.max_minutes) and train.max_minutes >= 0, "train.max_minutes", "must be >= 0 (0: no budget)")
     need(math.isfinite(train.grad_clip) and train.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)")
     need(0 < cfg.data.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
-    need(0 <= model.dropout < 1, "model.dropout", "must be in [0, 1)")
+    for key in ("model.dropout", "model.dropout_output", "model.weight_drop"):
+        need(0 <= get_key(cfg, key) < 1, key, "must be in [0, 1)")
     need(train.weight_decay >= 0, "train.weight_decay", "must be >= 0")
     need(train.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
     need(0 <= train.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")

@@ -12,6 +12,7 @@ Read this file side by side with ``reference.py``, its numpy twin.
 """
 import contextlib
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -43,7 +44,7 @@ class Cell(nn.Module):
         self.W_hh = nn.Parameter(torch.empty(G, hidden_size))  # (G·H, H)
         self.b_h = nn.Parameter(torch.empty(G))  # (G·H,)
 
-    def gate_values(self, x_t, state):
+    def gate_values(self, x_t, h_prev, W_hh):
         return ()
 
     def reset_biases(self):
@@ -76,14 +77,15 @@ class Cell(nn.Module):
 class RNNCell(Cell):
     """The tutorial's tanh cell: h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h). Its state is h."""
 
-    def recurrence(self, pre, h0, head):
-        """impl fused: all T steps from pre = W_xh x + b_h (T*B, G·H) -> (h (T*B, H), h_T, logits or None)."""
-        return rnn_recurrence(pre, self.W_hh, h0, *head)
+    def recurrence(self, pre, h0, head, W_hh):
+        """impl fused: all T steps from pre = W_xh x + b_h (T*B, G·H) -> (h (T*B, H), h_T, logits or None).
+        W_hh is the cell's own, or a DropConnect-masked copy of it (CharRNN.forward)."""
+        return rnn_recurrence(pre, W_hh, h0, *head)
 
-    def forward(self, x_t, h_prev):
+    def forward(self, x_t, h_prev, W_hh):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
         # Row-vector form of tanh(W_xh x + W_hh h + b_h): batch rows times W^T.
-        return torch.tanh(self.input_projection(x_t) + h_prev @ self.W_hh.t() + self.b_h)
+        return torch.tanh(self.input_projection(x_t) + h_prev @ W_hh.t() + self.b_h)
 
 
 class LSTMCell(Cell):
@@ -103,23 +105,23 @@ class LSTMCell(Cell):
     gate_names = ("input", "forget", "candidate", "output")  # what gate_values returns, in order
     saturating = ("input", "forget", "output")  # the sigmoid gates
 
-    def recurrence(self, pre, state0, head):
-        return lstm_recurrence(pre, self.W_hh, *state0, *head)
+    def recurrence(self, pre, state0, head, W_hh):
+        return lstm_recurrence(pre, W_hh, *state0, *head)
 
     def reset_biases(self):
         H = self.hidden_size
         self.b_h[H:2 * H].fill_(1.0)
 
-    def gate_values(self, x_t, h_prev):
+    def gate_values(self, x_t, h_prev, W_hh):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> i, f, g, o, each (B, H)
-        a = self.input_projection(x_t) + h_prev @ self.W_hh.t() + self.b_h  # (B, 4H)
+        a = self.input_projection(x_t) + h_prev @ W_hh.t() + self.b_h  # (B, 4H)
         i, f, g, o = a.chunk(4, dim=1)
         return torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
 
-    def forward(self, x_t, state):
+    def forward(self, x_t, state, W_hh):
         # x_t: (B,) ids or (B, H); state: (h, c), each (B, H) -> (h_t, c_t)
         h_prev, c_prev = state
-        i, f, g, o = self.gate_values(x_t, h_prev)
+        i, f, g, o = self.gate_values(x_t, h_prev, W_hh)
         c = f * c_prev + i * g
         return o * torch.tanh(c), c
 
@@ -143,19 +145,19 @@ class GRUCell(Cell):
         super().__init__(input_size, hidden_size, onehot_input)
         self.b_hn = nn.Parameter(torch.empty(hidden_size))  # (H,)
 
-    def recurrence(self, pre, h0, head):
-        return gru_recurrence(pre, self.W_hh, self.b_hn, h0, *head)
+    def recurrence(self, pre, h0, head, W_hh):
+        return gru_recurrence(pre, W_hh, self.b_hn, h0, *head)
 
-    def gate_values(self, x_t, h_prev):
+    def gate_values(self, x_t, h_prev, W_hh):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> r, z, n, each (B, H)
         xr, xz, xn = (self.input_projection(x_t) + self.b_h).chunk(3, dim=1)
-        hr, hz, hn = (h_prev @ self.W_hh.t()).chunk(3, dim=1)
+        hr, hz, hn = (h_prev @ W_hh.t()).chunk(3, dim=1)
         r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
         return r, z, torch.tanh(xn + r * (hn + self.b_hn))
 
-    def forward(self, x_t, h_prev):
+    def forward(self, x_t, h_prev, W_hh):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
-        r, z, n = self.gate_values(x_t, h_prev)
+        r, z, n = self.gate_values(x_t, h_prev, W_hh)
         return (1 - z) * n + z * h_prev
 
 
@@ -180,6 +182,39 @@ def evaluating(model):
         yield model
     finally:
         model.train(was_training)
+
+
+@dataclass
+class Masks:
+    """The dropout masks of one training forward, each already scaled by 1/(1-p); None where that
+    dropout is off. A mask over time is (B, T, H), or (B, 1, H) when locked: the same at every
+    step of the window (variational dropout, Gal & Ghahramani 2016).
+
+    between: L-1 masks on layer l's h where it feeds layer l+1. None: model.dropout's own fresh
+    mask at every step (F.dropout), as nn.RNN's dropout does. output: on the top layer's h before
+    W_hy (char-rnn's dropout). W_hh: L masks (G·H, H), DropConnect on each layer's W_hh, one per
+    forward (AWD-LSTM's weight drop). CharRNN.draw_masks draws them; the gradient proofs give the
+    same masks to the model and to the numpy reference."""
+    between: list = None
+    output: torch.Tensor = None
+    W_hh: list = None
+
+
+def _draw_mask(shape, p, like):
+    """Keep with probability 1 - p, scaled by 1/(1-p); None when p is 0."""
+    if p == 0:
+        return None
+    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1 - p).div_(1 - p)
+
+
+def _step_mask(mask, t):
+    """A (B, T|1, H) mask at step t: (B, H)."""
+    return None if mask is None else mask[:, t if mask.shape[1] > 1 else 0]
+
+
+def _time_major(mask, T, B):
+    """A (B, T|1, H) mask as the fused impl's time-major rows (T*B, H)."""
+    return None if mask is None else mask.transpose(0, 1).expand(T, B, -1).reshape(T * B, -1)
 
 
 def _output(state):
@@ -210,7 +245,8 @@ class CharRNN(nn.Module):
     for each cell (``fused.py``). Both pass the same tests against the numpy reference.
     """
 
-    def __init__(self, vocab_size, hidden_size, num_layers=1, dropout=0.0, impl="loop", cell="rnn"):
+    def __init__(self, vocab_size, hidden_size, num_layers=1, dropout=0.0, impl="loop", cell="rnn",
+                 dropout_output=0.0, variational=False, weight_drop=0.0):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"unknown impl {impl!r}; expected one of {', '.join(IMPLS)}")
@@ -219,7 +255,10 @@ class CharRNN(nn.Module):
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
-        self.dropout = dropout
+        self.dropout = dropout  # on each layer's h where it feeds the layer above
+        self.dropout_output = dropout_output  # on the top layer's h before W_hy
+        self.variational = variational  # one mask per window for both, not one per step
+        self.weight_drop = weight_drop  # DropConnect on W_hh, one mask per forward
         self.impl = impl
         self.cell = cell
         self.cells = nn.ModuleList(
@@ -232,8 +271,9 @@ class CharRNN(nn.Module):
 
     def model_args(self):
         """The constructor arguments, as plain data for checkpoints."""
-        return dict(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
-                    num_layers=self.num_layers, dropout=self.dropout, impl=self.impl, cell=self.cell)
+        return dict(vocab_size=self.vocab_size, hidden_size=self.hidden_size, num_layers=self.num_layers,
+                    dropout=self.dropout, impl=self.impl, cell=self.cell, dropout_output=self.dropout_output,
+                    variational=self.variational, weight_drop=self.weight_drop)
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -260,15 +300,34 @@ class CharRNN(nn.Module):
                             device=device or p.device, dtype=dtype or p.dtype)
         return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
 
-    def forward(self, x, h0=None):
-        # x: (B, T) ids; h0: (L, B, H), (h0, c0) for the LSTM, or None
+    def forward(self, x, h0=None, masks=None):
+        # x: (B, T) ids; h0: (L, B, H), (h0, c0) for the LSTM, or None; masks: Masks, or None to
+        # draw them when training (evaluation, sampling and scoring never drop anything)
         if h0 is None:
             h0 = self.init_hidden(x.shape[0])
+        if masks is None and self.training:
+            masks = self.draw_masks(*x.shape)
         if self.impl == "fused":
-            return self._forward_fused(x, h0)
-        top, h = self._forward_loop(x, h0)
+            return self._forward_fused(x, h0, masks)
+        top, h = self._forward_loop(x, h0, masks)
         logits = top @ self.W_hy.t() + self.b_y  # (B, T, H) -> (B, T, V)
         return logits, h
+
+    def draw_masks(self, B, T):
+        """Fresh Masks for a training window, from the model's rates; None when only model.dropout
+        (drawn per step by F.dropout, as it always was) or nothing is on."""
+        if not (self.variational or self.dropout_output or self.weight_drop):
+            return None
+        steps, H, like = 1 if self.variational else T, self.hidden_size, self.W_hy
+        between = [_draw_mask((B, steps, H), self.dropout, like) for _ in range(self.num_layers - 1)]
+        return Masks(between=between if self.variational else None,
+                     output=_draw_mask((B, steps, H), self.dropout_output, like),
+                     W_hh=[_draw_mask(cell.W_hh.shape, self.weight_drop, like) for cell in self.cells])
+
+    def recurrent_weights(self, masks):
+        """Each layer's W_hh for this forward: its own, or its DropConnect-masked copy."""
+        drop = masks.W_hh if masks is not None and masks.W_hh is not None else [None] * self.num_layers
+        return [cell.W_hh if m is None else cell.W_hh * m for cell, m in zip(self.cells, drop)]
 
     @torch.no_grad()
     def trace(self, x, h0=None):
@@ -282,43 +341,61 @@ class CharRNN(nn.Module):
                 record.setdefault(name, [[] for _ in self.cells])[l].append(value)
 
         with evaluating(self):
-            self._forward_loop(x, self.init_hidden(x.shape[0]) if h0 is None else h0, keep)
+            self._forward_loop(x, self.init_hidden(x.shape[0]) if h0 is None else h0, record=keep)
         return {name: torch.stack([torch.stack(steps, 1) for steps in layers]) for name, layers in record.items()}
 
-    def _forward_loop(self, x, state0, record=None):
+    def _forward_loop(self, x, state0, masks=None, record=None):
         # record(layer, names, values), if given, sees each layer's gates and new state at each step.
         B, T = x.shape
+        W_hh, between = self.recurrent_weights(masks), self._between_masks(masks)
         states = _per_layer(state0)  # h (B, H), or (h, c) for the LSTM, of each layer
         outputs = []
         for t in range(T):
             inp = x[:, t]  # (B,) ids
             for l, cell in enumerate(self.cells):
                 if record is not None:
-                    record(l, cell.gate_names, cell.gate_values(inp, _output(states[l])))
-                states[l] = cell(inp, states[l])
+                    record(l, cell.gate_names, cell.gate_values(inp, _output(states[l]), W_hh[l]))
+                states[l] = cell(inp, states[l], W_hh[l])
                 if record is not None:
                     record(l, ("h", "c"), states[l] if isinstance(states[l], tuple) else (states[l],))
-                inp = self._between_layers(_output(states[l]), l)
+                inp = self._between_layers(_output(states[l]), l, _step_mask(between[l], t))
             outputs.append(inp)
-        return torch.stack(outputs, dim=1), _stacked(states)  # (B, T, H), (L, B, H) or (h, c) of them
+        top = torch.stack(outputs, dim=1)  # (B, T, H)
+        if masks is not None and masks.output is not None:
+            top = top * masks.output
+        return top, _stacked(states)  # (B, T, H), (L, B, H) or (h, c) of them
 
-    def _forward_fused(self, x, state0):
+    def _forward_fused(self, x, state0, masks=None):
         # Time-major rows (T*B, ·): each step's B rows are contiguous for the in-place GEMMs.
         T, B = x.shape[1], x.shape[0]
+        W_hh, between = self.recurrent_weights(masks), self._between_masks(masks)
+        out_mask = _time_major(masks.output if masks is not None else None, T, B)
         inp = x.t().reshape(T * B)  # ids, time-major
         finals = []
         for l, (cell, s0) in enumerate(zip(self.cells, _per_layer(state0))):
-            # the top layer also runs the output projection, one GEMM over all T*B rows
-            head = (self.W_hy, self.b_y) if l == self.num_layers - 1 else ()
-            out, final, logits = cell.recurrence(cell.pre_activation(inp), s0, head)  # (T*B, H), state, (T*B, V)
+            # the top layer also runs the output projection, one GEMM over all T*B rows (unless
+            # its h is dropped first)
+            head = (self.W_hy, self.b_y) if l == self.num_layers - 1 and out_mask is None else ()
+            out, final, logits = cell.recurrence(cell.pre_activation(inp), s0, head, W_hh[l])  # (T*B, H), ·, (T*B, V)
             finals.append(final)
-            inp = self._between_layers(out, l)
+            inp = self._between_layers(out, l, _time_major(between[l], T, B))
+        if out_mask is not None:
+            logits = torch.addmm(self.b_y, inp * out_mask, self.W_hy.t())
         return logits.view(T, B, -1).transpose(0, 1), _stacked(finals)  # (B, T, V), (L, B, H) or (h, c)
 
-    def _between_layers(self, h, l):
-        # Dropout only feeds the layer above, as in nn.RNN: the recurrent path
-        # and the output projection see the undropped state.
-        if l < self.num_layers - 1 and self.dropout > 0:
+    def _between_masks(self, masks):
+        """L masks over time (the top layer's None): layer l's mask where it feeds layer l+1."""
+        given = masks.between if masks is not None and masks.between is not None else []
+        return [*given, *[None] * (self.num_layers - len(given))]
+
+    def _between_layers(self, h, l, mask=None):
+        # Dropout only feeds the layer above, as in nn.RNN: the recurrent path sees the undropped
+        # state (the output projection sees it too unless dropout_output is on).
+        if l == self.num_layers - 1:
+            return h
+        if mask is not None:
+            return h * mask
+        if self.dropout > 0:
             return F.dropout(h, self.dropout, self.training)
         return h
 

@@ -49,24 +49,44 @@ def softmax(y):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def forward(params, x, h0):
+def unpack_masks(masks, L):
+    """(between, output, W_hh) from a masks dict, as model.Masks holds them: between, L masks
+    over time (B, T|1, H) on layer l's h where it feeds layer l+1 (the top layer's None); output,
+    one on the top layer's h before W_hy; W_hh, L masks on each layer's W_hh. Each is already
+    scaled by 1/(1-p); a missing one is None (no dropout there)."""
+    masks = masks or {}
+    between = list(masks.get("between") or [])
+    return between + [None] * (L - len(between)), masks.get("output"), list(masks.get("W_hh") or [None] * L)
+
+
+def at_step(mask, t):
+    """A (B, T|1, H) mask at step t (a locked mask is the same at every step), or 1 for none."""
+    return 1.0 if mask is None else mask[:, t if mask.shape[1] > 1 else 0]
+
+
+def recurrent_weights(params, W_drop):
+    """Each layer's W_hh as the forward uses it: times its DropConnect mask, if any."""
+    return [params[f"cells.{l}.W_hh"] * (1.0 if m is None else m) for l, m in enumerate(W_drop)]
+
+
+def forward(params, x, h0, masks=None):
     """x: (B, T) ids; h0: (L, B, H). Returns logits (B, T, V) and hs[l][t] = h_t of layer l (B, H)."""
     L = num_layers_of(params)
     B, T = x.shape
+    between, out_mask, W_drop = unpack_masks(masks, L)
+    W_hhs = recurrent_weights(params, W_drop)
     h = [h0[l] for l in range(L)]
     hs = [[None] * T for _ in range(L)]
-    top = []
     for t in range(T):
         inp = x[:, t]  # (B,) ids
         for l in range(L):
-            W_xh, W_hh, b_h = (params[f"cells.{l}.{n}"] for n in ("W_xh", "W_hh", "b_h"))
+            W_xh, b_h = params[f"cells.{l}.W_xh"], params[f"cells.{l}.b_h"]
             # one-hot x_t: W_xh x_t is column x_t of W_xh
             xproj = W_xh.T[inp] if l == 0 else inp @ W_xh.T
-            h[l] = np.tanh(xproj + h[l] @ W_hh.T + b_h)
+            h[l] = np.tanh(xproj + h[l] @ W_hhs[l].T + b_h)
             hs[l][t] = h[l]
-            inp = h[l]
-        top.append(inp)
-    top = np.stack(top, axis=1)  # (B, T, H)
+            inp = h[l] * at_step(between[l], t)
+    top = np.stack(hs[L - 1], axis=1) * (1.0 if out_mask is None else out_mask)  # (B, T, H)
     logits = top @ params["W_hy"].T + params["b_y"]  # (B, T, V)
     return logits, hs
 
@@ -87,40 +107,47 @@ def output_loss_and_grads(params, top, targets, grads):
     return loss, logits, dy @ params["W_hy"]
 
 
-def loss_and_grads(params, x, targets, h0):
+def loss_and_grads(params, x, targets, h0, masks=None):
     """The tutorial's lossFun, batched and stacked.
 
     loss = sum over b, t of -log p_t[target] (a sum, as in the tutorial, not a mean).
     Returns (loss, grads, dh0, h_last, logits); h_last (L, B, H) chains into the
-    next chunk as the tutorial's hprev does. Gated cells (LSTM, GRU) go to
-    gated_loss_and_grads, below.
+    next chunk as the tutorial's hprev does. masks: dropout masks fixed in advance
+    (unpack_masks). Gated cells (LSTM, GRU) go to gated_loss_and_grads, below.
     """
     if cell_of(params) != "rnn":
-        return gated_loss_and_grads(params, x, targets, h0)
+        return gated_loss_and_grads(params, x, targets, h0, masks)
     L = num_layers_of(params)
     B, T = x.shape
-    _, hs = forward(params, x, h0)
+    between, out_mask, W_drop = unpack_masks(masks, L)
+    W_hhs = recurrent_weights(params, W_drop)
+    _, hs = forward(params, x, h0, masks)
     H = h0.shape[-1]
     grads = {k: np.zeros_like(v) for k, v in params.items()}
-    loss, logits, dtop = output_loss_and_grads(params, np.stack(hs[L - 1], axis=1), targets, grads)
+    out_mask = 1.0 if out_mask is None else out_mask
+    loss, logits, dtop = output_loss_and_grads(params, np.stack(hs[L - 1], axis=1) * out_mask, targets, grads)
+    dtop = dtop * out_mask  # through the output dropout
 
     dhnext = [np.zeros((B, H)) for _ in range(L)]
     for t in reversed(range(T)):
         dinp = dtop[:, t]  # gradient reaching layer l's h_t from above
         for l in reversed(range(L)):
-            W_xh, W_hh = params[f"cells.{l}.W_xh"], params[f"cells.{l}.W_hh"]
+            W_xh = params[f"cells.{l}.W_xh"]
             dh = dinp + dhnext[l]
             dhraw = (1 - hs[l][t] ** 2) * dh  # backprop through tanh
             hprev = hs[l][t - 1] if t > 0 else h0[l]
             grads[f"cells.{l}.b_h"] += dhraw.sum(axis=0)
-            grads[f"cells.{l}.W_hh"] += dhraw.T @ hprev
+            grads[f"cells.{l}.W_hh"] += dhraw.T @ hprev  # the masked W_hh's gradient, for now
             if l == 0:
                 # dW_xh x_t^T with one-hot x_t adds dhraw into the columns x_t.
                 np.add.at(grads[f"cells.{l}.W_xh"].T, x[:, t], dhraw)
             else:
-                grads[f"cells.{l}.W_xh"] += dhraw.T @ hs[l - 1][t]
-                dinp = dhraw @ W_xh
-            dhnext[l] = dhraw @ W_hh
+                keep = at_step(between[l - 1], t)  # the dropout on the input from below
+                grads[f"cells.{l}.W_xh"] += dhraw.T @ (hs[l - 1][t] * keep)
+                dinp = (dhraw @ W_xh) * keep
+            dhnext[l] = dhraw @ W_hhs[l]
+    for l, m in enumerate(W_drop):
+        grads[f"cells.{l}.W_hh"] *= 1.0 if m is None else m  # d(W_hh * m)/dW_hh
     dh0 = np.stack(dhnext)
     h_last = np.stack([hs[l][T - 1] for l in range(L)])
     return loss, grads, dh0, h_last, logits
@@ -224,14 +251,11 @@ def gru_step_back(cache, dh):
     return np.concatenate([dr, dz, dn], axis=1), np.concatenate([dr, dz, dn * r], axis=1), dh * z
 
 
-def gated_loss_and_grads(params, x, targets, state0):
-    """loss_and_grads for the LSTM (state0 = (h0, c0)) and the GRU (state0 = h0), each (L, B, H).
-
-    Returns (loss, grads, dstate0, state_last, logits), the states shaped like state0.
-    """
-    cell, L = cell_of(params), num_layers_of(params)
+def gated_forward(params, x, state0, W_hhs, between):
+    """The LSTM's or GRU's forward over all layers and steps: (h, c (None for the GRU), hs, caches),
+    hs[l][t] = h_t of layer l and caches[l][t] what its step's backward needs."""
+    L, lstm = num_layers_of(params), cell_of(params) == "lstm"
     B, T = x.shape
-    lstm = cell == "lstm"
     h = [state0[0][l] if lstm else state0[l] for l in range(L)]
     c = [state0[1][l] for l in range(L)] if lstm else None
     hs = [[None] * T for _ in range(L)]  # h_t of each layer
@@ -239,25 +263,41 @@ def gated_loss_and_grads(params, x, targets, state0):
     for t in range(T):
         inp = x[:, t]  # (B,) ids
         for l in range(L):
-            W_xh, W_hh, b_h = (params[f"cells.{l}.{n}"] for n in ("W_xh", "W_hh", "b_h"))
+            W_xh, b_h = params[f"cells.{l}.W_xh"], params[f"cells.{l}.b_h"]
             ax = (W_xh.T[inp] if l == 0 else inp @ W_xh.T) + b_h  # one-hot x_t: column x_t of W_xh
             h_prev = h[l]
             if lstm:
-                h[l], c[l], cache = lstm_step(ax + h_prev @ W_hh.T, c[l])
+                h[l], c[l], cache = lstm_step(ax + h_prev @ W_hhs[l].T, c[l])
             else:
-                h[l], cache = gru_step(ax, h_prev @ W_hh.T, params[f"cells.{l}.b_hn"], h_prev)
-            caches[l][t] = (cache, h_prev, inp)
-            hs[l][t] = inp = h[l]
+                h[l], cache = gru_step(ax, h_prev @ W_hhs[l].T, params[f"cells.{l}.b_hn"], h_prev)
+            caches[l][t] = (cache, h_prev, inp)  # inp: layer l's input, after the dropout on it
+            hs[l][t] = h[l]
+            inp = h[l] * at_step(between[l], t)
+    return h, c, hs, caches
+
+
+def gated_loss_and_grads(params, x, targets, state0, masks=None):
+    """loss_and_grads for the LSTM (state0 = (h0, c0)) and the GRU (state0 = h0), each (L, B, H).
+
+    Returns (loss, grads, dstate0, state_last, logits), the states shaped like state0.
+    """
+    L, lstm = num_layers_of(params), cell_of(params) == "lstm"
+    B, T = x.shape
+    between, out_mask, W_drop = unpack_masks(masks, L)
+    W_hhs = recurrent_weights(params, W_drop)
+    out_mask = 1.0 if out_mask is None else out_mask
+    h, c, hs, caches = gated_forward(params, x, state0, W_hhs, between)
     H = h[0].shape[-1]
     grads = {k: np.zeros_like(v) for k, v in params.items()}
-    loss, logits, dtop = output_loss_and_grads(params, np.stack(hs[L - 1], axis=1), targets, grads)
+    loss, logits, dtop = output_loss_and_grads(params, np.stack(hs[L - 1], axis=1) * out_mask, targets, grads)
+    dtop = dtop * out_mask  # through the output dropout
 
     dh_next = [np.zeros((B, H)) for _ in range(L)]
     dc_next = [np.zeros((B, H)) for _ in range(L)]
     for t in reversed(range(T)):
         dinp = dtop[:, t]
         for l in reversed(range(L)):
-            W_xh, W_hh = params[f"cells.{l}.W_xh"], params[f"cells.{l}.W_hh"]
+            W_xh = params[f"cells.{l}.W_xh"]
             cache, h_prev, inp = caches[l][t]
             dh = dinp + dh_next[l]
             if lstm:
@@ -267,13 +307,15 @@ def gated_loss_and_grads(params, x, targets, state0):
                 dax, dah, dh_skip = gru_step_back(cache, dh)
                 grads[f"cells.{l}.b_hn"] += dah[:, 2 * H:].sum(axis=0)
             grads[f"cells.{l}.b_h"] += dax.sum(axis=0)
-            grads[f"cells.{l}.W_hh"] += dah.T @ h_prev
+            grads[f"cells.{l}.W_hh"] += dah.T @ h_prev  # the masked W_hh's gradient, for now
             if l == 0:
                 np.add.at(grads[f"cells.{l}.W_xh"].T, inp, dax)
             else:
                 grads[f"cells.{l}.W_xh"] += dax.T @ inp
-                dinp = dax @ W_xh
-            dh_next[l] = dh_skip + dah @ W_hh
+                dinp = (dax @ W_xh) * at_step(between[l - 1], t)
+            dh_next[l] = dh_skip + dah @ W_hhs[l]
+    for l, m in enumerate(W_drop):
+        grads[f"cells.{l}.W_hh"] *= 1.0 if m is None else m  # d(W_hh * m)/dW_hh
     h_last = np.stack(h)
     if lstm:
         return loss, grads, (np.stack(dh_next), np.stack(dc_next)), (h_last, np.stack(c)), logits

@@ -77,8 +77,9 @@ def check_resume(ckpt, cfg, vocab):
 
 
 def build_model(model_cfg, vocab_size, dtype=torch.float32):
-    return CharRNN(vocab_size, model_cfg.hidden_size, model_cfg.num_layers, model_cfg.dropout,
-                   impl=model_cfg.impl, cell=model_cfg.cell).to(dtype)
+    return CharRNN(vocab_size, model_cfg.hidden_size, model_cfg.num_layers, model_cfg.dropout, impl=model_cfg.impl,
+                   cell=model_cfg.cell, dropout_output=model_cfg.dropout_output,
+                   variational=model_cfg.variational_dropout, weight_drop=model_cfg.weight_drop).to(dtype)
 
 
 def wrap_ddp(model, device, dist_info):

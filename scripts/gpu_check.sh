@@ -127,7 +127,8 @@ train_side_by_side() {
     local -a tiny=()
     if [ "$dry" = 1 ]; then
         corpus="$results/tiny_corpus.txt"
-        "$py" -c "import sys; open(sys.argv[1], 'w').write(''.join(
+        # Written once: rewriting it would make the runs side by side rebuild its cache at once.
+        [ -f "$corpus" ] || "$py" -c "import sys; open(sys.argv[1], 'w').write(''.join(
             'ROMEO: the quick brown fox jumps over the lazy dog. '[i:] + '\n' for i in range(40)) * 20)" "$corpus"
         tiny=(device=cpu model.hidden_size=32 train.batch_size=4 train.seq_len=16 train.eval_interval=20
               train.sample_interval=20 train.log_interval=5 train.max_minutes=0.05)

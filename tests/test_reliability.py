@@ -58,6 +58,8 @@ def train_losses(run_dir):
 MODES = {
     "stateful": {},
     "dropout": {"model.num_layers": 2, "model.dropout": 0.3},
+    "regularisers": {"model.num_layers": 2, "model.dropout": 0.3, "model.dropout_output": 0.2,
+                     "model.weight_drop": 0.2, "model.variational_dropout": "true", "model.cell": "lstm"},
     "random_windows": {"train.stateful": "false", "model.dropout": 0.0},
 }
 
