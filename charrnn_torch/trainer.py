@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import checkpoint, config as config_mod, data as data_mod, distributed
+from . import checkpoint, code_corpus, config as config_mod, data as data_mod, distributed
 from .distributed import DistInfo
 from .errors import RunFailed, UserError
 from .files import could_not_write, write_atomic
@@ -68,9 +68,11 @@ def lr_factor(step, train_cfg, train_seconds=0.0):
     return 1.0
 
 
-def check_resume(ckpt, cfg, vocab):
-    """What may change on resume: config.check_resume's rule, and the same vocabulary."""
+def check_resume(ckpt, cfg, corpus):
+    """What may change on resume: config.check_resume's rule, and the same corpus and vocabulary."""
     config_mod.check_resume(ckpt["config"], cfg)
+    code_corpus.check_same(ckpt.get("data_source"), corpus.source_info, "resume")
+    vocab = corpus.vocab
     if ckpt["vocab"] != vocab.chars:
         raise UserError(f"cannot resume: the vocabulary of {cfg.data.path} ({len(vocab)} characters) differs "
                         f"from the checkpoint's ({len(ckpt['vocab'])} characters)")
@@ -159,7 +161,7 @@ class Trainer:
         # The config (and every checkpoint) records where the run really lives, numbered sibling or not.
         self.cfg = cfg = dataclasses.replace(cfg, out_dir=str(self.out_dir))
         if dist_info.is_main:
-            self.write_file("config.yaml", config_mod.dump_yaml(cfg).encode())
+            self.write_file("config.yaml", self.config_text().encode())
         self.build(init)                                                  # model, optimizer, schedule, state
         if resume is not None:
             self.restore(resume)
@@ -180,7 +182,7 @@ class Trainer:
             self.n_eval = data_mod.eval_stream_count(len(self.corpus.val_ids), train_cfg.batch_size,
                                                      train_cfg.seq_len, dist_info.world_size)
             if resume is not None:
-                check_resume(resume, cfg, self.corpus.vocab)
+                check_resume(resume, cfg, self.corpus)
             check_fits_in_memory(cfg, len(self.corpus.vocab), self.device, dist_info.world_size)
             self.out_dir = prepare_out_dir(cfg, out["explicit"], out["force"],
                                            out["resume_dir"] if resume is not None else None, dist_info)
@@ -188,6 +190,12 @@ class Trainer:
             self.corpus.discard()
             raise
         self.corpus.keep()
+
+    def config_text(self):
+        """config.yaml: the resolved config, and in a comment what a built-in corpus was built from."""
+        text = config_mod.dump_yaml(self.cfg)
+        info = self.corpus.source_info
+        return text + (f"# data.path: {code_corpus.describe(info)}\n" if info else "")
 
     def build(self, init):
         """The model (from init's weights when fine-tuning), its optimizer and schedule, a fresh RunState."""
@@ -427,6 +435,7 @@ class Trainer:
             "hidden": hidden,
             "rng": rng_state(self.device),
             "config": config_mod.to_dict(self.cfg),
+            "data_source": self.corpus.source_info,  # what python-stdlib was built from; None for a file
             "world_size": self.dist.world_size,
             **self.state.to_checkpoint(),
         }
