@@ -86,7 +86,7 @@ def concatenate(paths, max_bytes):
 
 def cached_names(root, max_bytes):
     """(the text file, its JSON record) in the user's cache folder, for this interpreter, root and cap."""
-    digest = hashlib.sha256(f"{RULES}\n{root}\n{max_bytes}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{RULES}\n{root}".encode()).hexdigest()[:12]
     stem = f"{NAME}-{platform.python_implementation().lower()}-{platform.python_version()}-{max_bytes}-{digest}"
     base = cache.user_cache_dir()
     return base / f"{stem}.txt", base / f"{stem}.json"
