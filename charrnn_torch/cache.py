@@ -57,15 +57,19 @@ def fingerprint(path):
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_ends": digest.hexdigest()}
 
 
+def user_cache_dir():
+    """The user's cache folder for this project: $XDG_CACHE_HOME/charrnn_torch, else ~/.cache/charrnn_torch."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charrnn_torch"
+
+
 def cache_path(source, mode):
     """Next to the source when its directory is writable, else in the user's cache folder."""
     source = Path(source)
     beside = source.with_name(f"{source.name}.{mode}{SUFFIX}")
     if os.access(source.parent, os.W_OK):
         return beside
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charrnn_torch"
     key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
-    return base / f"{key}-{beside.name}"
+    return user_cache_dir() / f"{key}-{beside.name}"
 
 
 def _chunks(path, progress, desc):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from . import code_corpus, config as config_mod
 from .data import vocab_from_checkpoint
 from .errors import UserError, one_line
 from .files import TEMP_SUFFIX, discard, write_atomic
@@ -143,3 +144,13 @@ def transplant(model, ckpt, vocab):
             own[name][old] = w.to(own[name].dtype)  # (V, H) and (V,): a row per character
         else:
             own[name].copy_(w)
+
+
+def check_resume(ckpt, cfg, corpus):
+    """What may change on resume: config.check_resume's rule, and the same corpus and vocabulary."""
+    config_mod.check_resume(ckpt["config"], cfg)
+    code_corpus.check_same(ckpt.get("data_source"), corpus.source_info, "resume")
+    vocab = corpus.vocab
+    if ckpt["vocab"] != vocab.chars:
+        raise UserError(f"cannot resume: the vocabulary of {cfg.data.path} ({len(vocab)} characters) differs "
+                        f"from the checkpoint's ({len(ckpt['vocab'])} characters)")

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import bench, checkpoint, config as config_mod, data, data_bench, sample, visualize, viz_page
+from . import bench, checkpoint, code_corpus, config as config_mod, data, data_bench, sample, visualize, viz_page
 from .config import SEED_MAX
 from .distributed import DistInfo, barrier
 from .errors import RunFailed, UserError, one_line
@@ -494,9 +494,10 @@ def validation_text(ckpt, n):
         data_cfg = config_mod.build_config(ckpt["config"]).data
     except (KeyError, TypeError, UserError):
         raise UserError("the checkpoint records no usable data config: pass --text FILE") from None
-    if not os.path.exists(data_cfg.path):
+    if not code_corpus.is_builtin(data_cfg.path) and not os.path.exists(data_cfg.path):
         raise UserError(f"data file not found: {data_cfg.path} (the run's data.path): pass --text FILE")
     corpus = data.load_corpus(data_cfg, progress=False, base_vocab=ckpt["vocab"], log=_silent)
+    code_corpus.check_same(ckpt.get("data_source"), corpus.source_info, "show its validation split (pass --text FILE)")
     text = corpus.vocab.decode(data.as_ids(corpus.val_ids[:n], corpus.lut).tolist())
     return text, f"the first {len(text):,} characters of the validation split of {data_cfg.path}"
 
@@ -522,10 +523,11 @@ def visualize_command(args, prog):
     write_atomic(args.out / "insight.json", json.dumps(page).encode(), mode=0o644)
     print(f"wrote {args.out / 'index.html'} and insight.json: {len(text):,} characters, "
           f"{page['header']['mean_bits']:.3f} bits/char")
+    width = max(map(len, page["search"]))
     for name, f in page["search"].items():
         if f["occurs"]:
             b = f["units"][0]
-            print(f"  {name:<20} {b['state']} layer {b['layer']} unit {b['unit']:<4} corr {b['corr']:+.3f}")
+            print(f"  {name:<{width}} {b['state']} layer {b['layer']} unit {b['unit']:<4} corr {b['corr']:+.3f}")
     return 0
 
 

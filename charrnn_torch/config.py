@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from .code_corpus import DEFAULT_MAX_BYTES
 from .data import DEFAULT_PATH
 from .errors import UserError, one_line
 from .model import CELLS, IMPLS
@@ -35,9 +36,10 @@ FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers",
 
 @dataclass
 class DataConfig:
-    path: str = DEFAULT_PATH
+    path: str = DEFAULT_PATH  # a text file, or python-stdlib: this Python's standard library (code_corpus.py)
     val_fraction: float = 0.1  # the last 10% of the text, contiguous, as nanoGPT splits
     vocab: str = "chars"  # chars: the text's characters; bytes: its raw bytes (V = 256), any file
+    stdlib_max_bytes: int = DEFAULT_MAX_BYTES  # the size of the python-stdlib corpus; a text file is used whole
 
 
 @dataclass
@@ -155,6 +157,7 @@ def validate(cfg):
     need(math.isfinite(train.max_minutes) and train.max_minutes >= 0, "train.max_minutes", "must be >= 0 (0: no budget)")
     need(math.isfinite(train.grad_clip) and train.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)")
     need(0 < cfg.data.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
+    need(cfg.data.stdlib_max_bytes > 0, "data.stdlib_max_bytes", "must be a positive number of bytes")
     for key in ("model.dropout", "model.dropout_output", "model.weight_drop"):
         need(0 <= get_key(cfg, key) < 1, key, "must be in [0, 1)")
     need(train.weight_decay >= 0, "train.weight_decay", "must be >= 0")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from . import cache as cache_mod, files
+from . import cache as cache_mod, code_corpus, files
 from .distributed import DistInfo, barrier
 from .errors import UserError, one_line
 
@@ -53,6 +53,15 @@ def ensure_corpus(path, default_path=DEFAULT_PATH, url=CORPUS_URL, sha256=CORPUS
     if os.path.normpath(str(path)) == os.path.normpath(default_path) or path.resolve() == Path(default_path).resolve():
         return download(url, path, sha256, progress=progress)
     raise UserError(f"data file not found: {path}")
+
+
+def corpus_source(data_cfg, progress=True, log=print):
+    """(the text file a data config names, its record): python-stdlib is built on first use and
+    comes with code_corpus.ensure's record; a path comes with None (the default one is fetched on
+    first use)."""
+    if code_corpus.is_builtin(data_cfg.path):
+        return code_corpus.ensure(data_cfg.stdlib_max_bytes, log)
+    return ensure_corpus(data_cfg.path, progress=progress), None
 
 
 def read_corpus(path):
@@ -172,10 +181,12 @@ class Corpus:
     base_vocab (fine-tuning, and resuming a fine-tuned run): the characters of the checkpoint the
     run starts from. The run's vocabulary is then those, in their order, followed by the corpus's
     characters they lack, and lut maps the cache's ids to the run's.
+
+    source_info: what a built-in corpus was built from (code_corpus.ensure's record), else None.
     """
 
     def __init__(self, data_cfg, dist_info=DistInfo(), progress=True, base_vocab=None, log=print, defer_install=False):
-        source = ensure_corpus(data_cfg.path, progress=progress and dist_info.is_main)
+        source, self.source_info = corpus_source(data_cfg, progress and dist_info.is_main, log)
         if dist_info.world_size == 1:
             # defer_install: a new cache stays under a temporary name until the run has passed its
             # checks (keep()), so that a run refused for bad input leaves nothing behind.

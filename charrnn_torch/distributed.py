@@ -75,3 +75,10 @@ def agree_max(value, info, device):
 def barrier(info):
     if info.world_size > 1:
         dist.barrier()
+
+
+def wrap_ddp(model, device, dist_info):
+    """The model under DistributedDataParallel when there is more than one process."""
+    if dist_info.world_size == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -400,6 +400,14 @@ class CharRNN(nn.Module):
         return h
 
 
+def build_model(model_cfg, vocab_size, dtype=torch.float32):
+    """The CharRNN a config's model section describes (any object with its fields: this module
+    does not import the config layer)."""
+    return CharRNN(vocab_size, model_cfg.hidden_size, model_cfg.num_layers, model_cfg.dropout, impl=model_cfg.impl,
+                   cell=model_cfg.cell, dropout_output=model_cfg.dropout_output,
+                   variational=model_cfg.variational_dropout, weight_drop=model_cfg.weight_drop).to(dtype)
+
+
 def cross_entropy(logits, targets, reduction="mean"):
     """The training loss: mean (or summed) nats per character of logits (B, T, V) against
     targets (B, T). bf16 logits from autocast are scored in fp32."""

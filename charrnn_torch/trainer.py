@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import checkpoint, config as config_mod, data as data_mod, distributed, graphs
-from .distributed import DistInfo
+from . import checkpoint, code_corpus, config as config_mod, data as data_mod, distributed, graphs
+from .distributed import DistInfo, wrap_ddp
 from .errors import RunFailed, UserError
 from .files import could_not_write, write_atomic
 from .logger import NullLogger, RunLogger
-from .model import CharRNN, cross_entropy, evaluating, map_state
+from .model import build_model, cross_entropy, evaluating, map_state
 from .rundir import prepare_out_dir
 from .runtime import (check_fits_in_memory, configure_backends, make_optimizer, resolve_device, seed_everything,
                       set_rng_state, rng_state, stop_on_signals)
@@ -66,26 +66,6 @@ def lr_factor(step, train_cfg, train_seconds=0.0):
     if train_cfg.lr_schedule == "step":
         return train_cfg.lr_gamma ** ((step - train_cfg.warmup_steps) // train_cfg.lr_step_size)
     return 1.0
-
-
-def check_resume(ckpt, cfg, vocab):
-    """What may change on resume: config.check_resume's rule, and the same vocabulary."""
-    config_mod.check_resume(ckpt["config"], cfg)
-    if ckpt["vocab"] != vocab.chars:
-        raise UserError(f"cannot resume: the vocabulary of {cfg.data.path} ({len(vocab)} characters) differs "
-                        f"from the checkpoint's ({len(ckpt['vocab'])} characters)")
-
-
-def build_model(model_cfg, vocab_size, dtype=torch.float32):
-    return CharRNN(vocab_size, model_cfg.hidden_size, model_cfg.num_layers, model_cfg.dropout, impl=model_cfg.impl,
-                   cell=model_cfg.cell, dropout_output=model_cfg.dropout_output,
-                   variational=model_cfg.variational_dropout, weight_drop=model_cfg.weight_drop).to(dtype)
-
-
-def wrap_ddp(model, device, dist_info):
-    if dist_info.world_size == 1:
-        return model
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 HEATMAP_CHARS = 100  # the validation snippet whose hidden states TensorBoard shows at each evaluation
@@ -160,7 +140,7 @@ class Trainer:
         # The config (and every checkpoint) records where the run really lives, numbered sibling or not.
         self.cfg = cfg = dataclasses.replace(cfg, out_dir=str(self.out_dir))
         if dist_info.is_main:
-            self.write_file("config.yaml", config_mod.dump_yaml(cfg).encode())
+            self.write_file("config.yaml", self.config_text().encode())
         self.build(init)                                                  # model, optimizer, schedule, state
         if resume is not None:
             self.restore(resume)
@@ -181,7 +161,7 @@ class Trainer:
             self.n_eval = data_mod.eval_stream_count(len(self.corpus.val_ids), train_cfg.batch_size,
                                                      train_cfg.seq_len, dist_info.world_size)
             if resume is not None:
-                check_resume(resume, cfg, self.corpus.vocab)
+                checkpoint.check_resume(resume, cfg, self.corpus)
             check_fits_in_memory(cfg, len(self.corpus.vocab), self.device, dist_info.world_size)
             self.graphed = self.check_graphs(cfg)
             self.out_dir = prepare_out_dir(cfg, out["explicit"], out["force"],
@@ -201,6 +181,12 @@ class Trainer:
                             f"steps, or off")
         self.notices = [f"train.cuda_graphs=auto: eager training steps, since {why}"] if why else []
         return mode != "off" and why is None
+
+    def config_text(self):
+        """config.yaml: the resolved config, and in a comment what a built-in corpus was built from."""
+        text = config_mod.dump_yaml(self.cfg)
+        info = self.corpus.source_info
+        return text + (f"# data.path: {code_corpus.describe(info)}\n" if info else "")
 
     def build(self, init):
         """The model (from init's weights when fine-tuning), its optimizer and schedule, a fresh RunState."""
@@ -485,6 +471,7 @@ class Trainer:
             "hidden": hidden,
             "rng": rng_state(self.device),
             "config": config_mod.to_dict(self.cfg),
+            "data_source": self.corpus.source_info,  # what python-stdlib was built from; None for a file
             "world_size": self.dist.world_size,
             **self.state.to_checkpoint(),
         }

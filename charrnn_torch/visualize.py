@@ -11,6 +11,7 @@ import re
 import numpy as np
 import torch
 
+from .code_corpus import describe
 from .data import drop_unknown
 from .errors import UserError
 from .sample import char_losses
@@ -22,6 +23,13 @@ TANH_SATURATED = 0.9  # |h| above this counts as saturated for the tanh cell
 
 OPENING, CLOSING = "([{", ")]}"
 SPEAKER_LINE = re.compile(r"[A-Za-z][A-Za-z' ]*:")  # "ROMEO:", "First Citizen:" on a line of their own
+# Where scan_python leaves each character: in code, in a '...', "..." or triple-quoted string, in a comment.
+CODE, SINGLE, DOUBLE, TRIPLE, COMMENT = range(5)
+TAB = 8  # Python's tab stops
+# The features of text read as Python source (scan_python, indentation), beside the prose ones:
+# name -> the scanner's state it marks.
+CODE_STRINGS = {"code: inside '...'": SINGLE, 'code: inside "..."': DOUBLE,
+                "code: inside a triple-quoted string": TRIPLE, "code: inside a comment": COMMENT}
 
 
 # ---------------------------------------------------------------- the text
@@ -42,7 +50,9 @@ def prepare_text(vocab, text, max_chars):
 
 def text_features(text):
     """Simple properties of the text at each position, for the unit search: name -> (N,) float64.
-    Each describes the moment just after character t is read, which is when h_t exists."""
+    Each describes the moment just after character t is read, which is when h_t exists. The prose
+    ones read quotes as double quotes (across lines) and count brackets wherever they are; those
+    named "code: ..." read the text as Python source (scan_python, indentation)."""
     n = len(text)
     f = {name: np.zeros(n) for name in ("inside quotes", "inside brackets", "position in line", "start of line",
                                         "inside a word", "position in word", "uppercase", "speaker line",
@@ -68,7 +78,68 @@ def text_features(text):
         if SPEAKER_LINE.fullmatch(line):
             f["speaker line"][start:start + len(line)] = 1
         start += len(line) + 1
+    state, depth = scan_python(text)
+    for name, code in CODE_STRINGS.items():
+        f[name] = (state == code).astype(np.float64)
+    f["code: indentation"] = indentation(text)
+    f["code: bracket depth"] = depth
     return f
+
+
+def scan_python(text):
+    """Read text as Python source. Returns (state, depth), each (N,): the state just after character
+    t is read (CODE; SINGLE, DOUBLE: inside a '...' or "..." string; TRIPLE: inside a triple-quoted
+    one; COMMENT: from # to the end of its line) and how many brackets are open in the code.
+
+    A string's opening quotes are inside it, its closing quote (the last of three) is not; a
+    backslash in a string takes the next character with it; brackets in strings and comments do not
+    count, nor does a stray closer; a '...' or "..." string still open at the end of its line ends
+    there (Python would refuse it; in prose it is an apostrophe). The newline that ends a comment
+    is code. Prefixes (r, b, f) need nothing: the string starts at its quote."""
+    n = len(text)
+    state, depth = np.full(n, CODE), np.zeros(n)
+    s, quote, d, t = CODE, "", 0, 0
+    while t < n:
+        ch, end = text[t], t + 1  # this step reads characters t .. end - 1
+        if s == CODE:
+            if ch in "'\"":
+                quote = ch * 3 if text.startswith(ch * 3, t) else ch
+                s, end = (TRIPLE if len(quote) == 3 else SINGLE if ch == "'" else DOUBLE), t + len(quote)
+            elif ch == "#":
+                s = COMMENT
+            else:
+                d = max(0, d + (ch in OPENING) - (ch in CLOSING))
+        elif s == COMMENT:
+            s = CODE if ch == "\n" else s
+        elif ch == "\\":
+            end = t + 2
+        elif text.startswith(quote, t):  # the closing quote(s): the string ends with the last one
+            end = t + len(quote)
+            state[t:end - 1], depth[t:end] = s, d
+            s, t = CODE, end
+            continue
+        elif ch == "\n" and s != TRIPLE:
+            s = CODE
+        state[t:end], depth[t:end] = s, d
+        t = end
+    return state, depth
+
+
+def indentation(text):
+    """Per position: the indentation, in columns (a tab to the next multiple of 8, as Python reads
+    it), of the last line whose first non-blank character has been read. It changes at that
+    character, so a line's leading blanks, and a blank line, still show the line before."""
+    out, level, start = np.zeros(len(text)), 0, 0
+    for line in text.split("\n"):
+        body = line.lstrip(" \t")
+        if body.strip():
+            lead = len(line) - len(body)
+            out[start:start + lead] = level
+            level, start = len(line[:lead].expandtabs(TAB)), start + lead
+            line = body
+        out[start:start + len(line) + 1] = level  # with its newline
+        start += len(line) + 1
+    return out
 
 
 # ---------------------------------------------------------------- the model
@@ -199,6 +270,7 @@ def page_data(model, vocab, ckpt, ckpt_path, text, source):
     header = {"checkpoint": str(ckpt_path), "step": ckpt.get("step"), "val_loss": ckpt.get("last_val"),
               "cell": model.cell, "num_layers": model.num_layers, "hidden_size": model.hidden_size,
               "parameters": sum(p.numel() for p in model.parameters()), "source": source,
+              "corpus": describe(ckpt["data_source"]) if ckpt.get("data_source") else None,
               "chars": len(text), "mean_bits": float(np.mean(found["surprise"]["bits"]))}
     data = dict(found, header=header, text=text, vocab=list(vocab.chars), groups=groups,
                 units=[[s, l, u] for s, l in groups for u in range(model.hidden_size)])

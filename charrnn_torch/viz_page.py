@@ -81,7 +81,7 @@ function header() {
   const rows = [["checkpoint", D.header.checkpoint], ["step", D.header.step],
     ["validation loss", D.header.val_loss == null ? "n/a" : D.header.val_loss.toFixed(4)], ["cell", D.header.cell],
     ["size", `${D.header.num_layers} x ${D.header.hidden_size} (${D.header.parameters.toLocaleString()} parameters)`],
-    ["text", D.header.source]];
+    ["text", D.header.source], ...(D.header.corpus ? [["trained on", D.header.corpus]] : [])];
   const table = document.getElementById("header");
   for (const [k, v] of rows) table.insertRow().innerHTML = `<th>${k}</th><td></td>`;
   rows.forEach(([k, v], i) => { table.rows[i].cells[1].textContent = v; });

@@ -1,7 +1,8 @@
 """Proves visualize.py's page works in a real browser (headless Debian Chromium, driven by
 Playwright): it loads from file:// with no console errors and no network requests, hovering a
-character shows the model's top-5 guesses for it, picking a unit recolours the text by that
-unit, clicking a feature's row picks its best unit, and a screenshot is not blank.
+character shows the model's top-5 guesses for it, the header names what a built-in corpus was
+built from, picking a unit recolours the text by that unit, clicking a feature's row picks its
+best unit, and a screenshot is not blank.
 
 Nothing downloads a browser: the tests use /usr/bin/chromium (apt-get install chromium). Without
 it they skip, unless CHARRNN_REQUIRE_BROWSER=1 (set by .ci/run), where a missing browser fails.
@@ -19,6 +20,7 @@ import torch
 
 from charrnn_torch import checkpoint
 from charrnn_torch.cli import main
+from charrnn_torch.code_corpus import describe
 from charrnn_torch.data import Vocab
 from charrnn_torch.model import CharRNN
 
@@ -26,6 +28,8 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 pytestmark = pytest.mark.browser
+SOURCE = {"name": "python-stdlib", "python": "CPython 3.0.1", "stdlib": "/opt/lib/python3.0", "max_bytes": 5000,
+          "files": 12, "skipped": 1, "bytes": 4999}  # what a run on the built-in corpus records
 
 
 def _require_browser():
@@ -55,7 +59,7 @@ def page_file(tmp_path_factory):
         for p in model.parameters():
             p.mul_(4)  # strong weights, so the guesses change from character to character
     checkpoint.save({"format": checkpoint.FORMAT, "model": model.state_dict(), "model_args": model.model_args(),
-                     "vocab": list(vocab.chars), "step": 3, "last_val": 2.0}, d / "m.pt")
+                     "vocab": list(vocab.chars), "step": 3, "last_val": 2.0, "data_source": SOURCE}, d / "m.pt")
     (d / "t.txt").write_text(text)
     assert main(["visualize", "--checkpoint", str(d / "m.pt"), "--text", str(d / "t.txt"), "--out", str(d)]) == 0
     return d / "index.html"
@@ -90,6 +94,7 @@ def test_loads_offline_without_errors(browser_page, page_file):
     assert seen["errors"] == []
     assert seen["requests"] == [page_file.as_uri()]  # the page itself, nothing else
     assert page.inner_text("#header").count("lstm") == 1
+    assert f"trained on\t{describe(SOURCE)}" in page.inner_text("#header")
 
 
 def test_hover_shows_the_top5_guesses(browser_page, page_file):

@@ -48,6 +48,7 @@ def test_resolved_config_round_trips():
     ({}, ["train.grad_clip=-1"], "train.grad_clip: must be >= 0"),
     ({}, ["data.val_fraction=0"], "data.val_fraction: must be in (0, 1)"),
     ({}, ["data.val_fraction=1"], "data.val_fraction: must be in (0, 1)"),
+    ({}, ["data.stdlib_max_bytes=0"], "data.stdlib_max_bytes: must be a positive number of bytes"),
     ({}, ["train.optimizer=adamax"], "train.optimizer: must be one of adagrad, adam, adamw, rmsprop, sgd"),
     ({}, ["train.lr_schedule=linear"], "train.lr_schedule: must be one of constant, cosine, step"),
     ({}, ["device=tpu"], "device: must be auto, cpu, cuda or cuda:N"),

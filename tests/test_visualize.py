@@ -1,6 +1,10 @@
 """Proves what visualize.py shows is right, without a browser: planted units (a bistable
 "inside brackets" switch, a "start of line" detector in the layer above) are ranked first by the
-search with correlation near 1; the page's per-character losses sum to --score's total and its
+search with correlation near 1, and so are GRU units wired by hand to track each code feature on
+Python-like text (a toggle inside '...', "..." and triple-quoted strings, a switch inside a comment,
+a counter of bracket depth, and three units that read a line's indentation); the Python scanner
+reads strings, escapes, comments, brackets and indentation as the snippets' known answers say, and
+the code features do not occur in prose; the page's per-character losses sum to --score's total and its
 top-5 guesses and ranks are the model's; the recorded states and gates are the ones the model
 computes (the trace ends in the model's own final state, and an LSTM's recorded gates rebuild its
 recorded c); saturation counts left and right the right way round; the text features mark what
@@ -24,7 +28,8 @@ from charrnn_torch.data import Vocab
 from charrnn_torch.model import CharRNN
 from charrnn_torch.sample import score
 from charrnn_torch.trainer import train
-from charrnn_torch.visualize import (diverging_rgb, saturation, search_units, text_features, trace)
+from charrnn_torch.visualize import (CODE_STRINGS, diverging_rgb, indentation, saturation, scan_python, search_units,
+                                     text_features, trace)
 from conftest import tiny_overrides
 
 BRACKETS = "abc de(f)\n"  # V = 10
@@ -75,6 +80,139 @@ def test_planted_units_are_found_first():
     assert found["inside quotes"] == {"occurs": False, "units": [], "best_per_layer": []}
 
 
+WORDS = ("x", "self", "return", "len", "data", "if", "i", "0", "1", "None", "=", "+", ",", ".", ":")
+PAIRS = {"(": ")", "[": "]", "{": "}"}
+
+
+def code_text(n, seed=0):
+    """Random Python-like lines after a newline: indentation in steps of 4 spaces, blank lines,
+    brackets nested up to 4 deep and open across lines, '...' and "..." strings and # comments.
+    Strings and comments hold only words: no quotes, brackets, # or backslashes."""
+    rng, out, stack, indent = random.Random(seed), ["\n"], [], 0
+    while sum(map(len, out)) < n:
+        indent = max(0, min(12, indent + rng.choice((-4, 0, 0, 4))))
+        line = [" " * indent]
+        for _ in range(rng.randint(1, 8)):
+            r = rng.random()
+            if r < 0.15 and len(stack) < 4:
+                stack.append(rng.choice(list(PAIRS)))
+                line.append(stack[-1])
+            elif r < 0.3 and stack:
+                line.append(PAIRS[stack.pop()] + " ")
+            elif r < 0.45:
+                q = rng.choice("'\"")
+                line.append(q + " ".join(rng.choices(WORDS, k=rng.randint(0, 4))) + q + " ")
+            else:
+                line.append(rng.choice(WORDS) + " ")
+        if rng.random() < 0.3:
+            line.append("# " + " ".join(rng.choices(WORDS, k=rng.randint(1, 6))))
+        out.append("".join(line) + "\n" + "\n" * (rng.random() < 0.1))
+    return "".join(out) + "".join(PAIRS[c] for c in reversed(stack))
+
+
+def docstring_text(n, seed=0):
+    """Long '''...''' strings across lines, the first at the start, and between them lines of code
+    without quotes."""
+    rng, out = random.Random(seed), []
+    while sum(map(len, out)) < n:
+        out.append("'''" + "".join(rng.choice(WORDS) + rng.choice(" \n") for _ in range(rng.randint(60, 120))) + "'''")
+        out.append("".join(rng.choice(WORDS) + rng.choice(" \n") for _ in range(rng.randint(60, 120))))
+    return "".join(out)
+
+
+GATE_ROWS = {"r": 0, "z": 1, "n": 2}  # a GRU layer's rows: (r, z, n) blocks of H
+OPEN, SHUT = 20.0, -20.0  # sigmoid(20) = 1 - 2e-9
+
+
+def wire(cell, vocab, k, gate, weights):
+    """Unit k's row of one gate of a GRU layer that reads characters: every character's weight is
+    weights["other"] unless it is named; an int names a recurrent weight from that unit, "bias" the bias."""
+    row = GATE_ROWS[gate] * cell.hidden_size + k
+    cell.W_xh[row] = weights.get("other", 0.0)
+    cell.W_hh[row] = 0.0
+    cell.b_h[row] = weights.get("bias", 0.0)
+    cell.b_hn[k] = 0.0
+    for key, w in weights.items():
+        if isinstance(key, int):
+            cell.W_hh[row, key] = w
+        elif len(key) == 1:
+            cell.W_xh[row, vocab.stoi[key]] = w
+
+
+def toggle(cell, vocab, k, quote, reset_at_newline):
+    """Flips between -1 and +1 at each quote (n = tanh(5 - 10 h), let through by z = 0), holds
+    otherwise (z = 1); at a newline, -1."""
+    ends = {quote: SHUT, **({"\n": SHUT} if reset_at_newline else {})}
+    wire(cell, vocab, k, "r", {"bias": OPEN})
+    wire(cell, vocab, k, "z", {"other": OPEN, **ends})
+    wire(cell, vocab, k, "n", {quote: 5.0, k: -10.0, **({"\n": -30.0} if reset_at_newline else {})})
+
+
+def switch(cell, vocab, k, on, off):
+    """A bistable tanh unit (z = 0): `on` drives it to +1, `off` to -1, its self-weight holds it."""
+    wire(cell, vocab, k, "r", {"bias": OPEN})
+    wire(cell, vocab, k, "z", {"other": SHUT})
+    wire(cell, vocab, k, "n", {on: 10.0, off: -10.0, k: 3.0, "bias": -0.5})
+
+
+def counter(cell, vocab, k, step):
+    """h = tanh(h + step[ch]): a sum of steps while it stays small, where tanh is the identity."""
+    wire(cell, vocab, k, "r", {"bias": OPEN})
+    wire(cell, vocab, k, "z", {"other": SHUT})
+    wire(cell, vocab, k, "n", {k: 1.0, **step})
+
+
+def indenter(cell, vocab, line, spaces, out):
+    """Three units: `line` (+1 from a newline until a line's first non-blank character, else -1);
+    `spaces` (0.001 per space since the newline, which empties it through r = 0); `out` takes
+    `spaces` at a line's first non-blank character (z = 0 there) and holds it otherwise."""
+    wire(cell, vocab, line, "r", {"bias": OPEN})
+    wire(cell, vocab, line, "z", {"other": SHUT})
+    wire(cell, vocab, line, "n", {"other": -10.0, " ": 0.0, "\n": 10.0, line: 3.0, "bias": -0.5})
+    wire(cell, vocab, spaces, "r", {"bias": OPEN, "\n": 2 * SHUT})
+    wire(cell, vocab, spaces, "z", {"other": SHUT})
+    wire(cell, vocab, spaces, "n", {" ": 0.001, spaces: 1.0})
+    wire(cell, vocab, out, "r", {"bias": OPEN})
+    wire(cell, vocab, out, "z", {"other": -20.0, " ": 40.0, "\n": 40.0, line: -20.0, "bias": 15.0})
+    wire(cell, vocab, out, "n", {spaces: 1.0})
+
+
+PLANTED = {  # feature -> (its text, the wiring of unit 5 (and helpers) of layer 0 of a 1x7 GRU)
+    "code: inside '...'": (code_text, lambda c, v: toggle(c, v, 5, "'", reset_at_newline=True)),
+    'code: inside "..."': (code_text, lambda c, v: toggle(c, v, 5, '"', reset_at_newline=True)),
+    # toggled by every quote, it is out after the second of three: 2 characters per string wrong
+    "code: inside a triple-quoted string": (docstring_text, lambda c, v: toggle(c, v, 5, "'", reset_at_newline=False)),
+    "code: inside a comment": (code_text, lambda c, v: switch(c, v, 5, "#", "\n")),
+    "code: bracket depth": (code_text, lambda c, v: counter(c, v, 5, {**{o: 1e-3 for o in PAIRS},
+                                                                       **{c: -1e-3 for c in PAIRS.values()}})),
+    "code: indentation": (code_text, lambda c, v: indenter(c, v, 2, 3, 5)),
+}
+
+
+@pytest.mark.parametrize("feature", PLANTED)
+def test_planted_code_units_are_found_first(feature):
+    make_text, plant = PLANTED[feature]
+    text = make_text(4000, seed=1)
+    vocab = Vocab.from_text(text)
+    torch.manual_seed(0)
+    model = CharRNN(len(vocab), 7, cell="gru").double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+        plant(model.cells[0], vocab)
+    found = search_units(trace(model, vocab.encode(text)), text_features(text))[feature]
+    best = found["units"][0]
+    assert (best["state"], best["layer"], best["unit"]) == ("h", 0, 5) and best["corr"] > 0.99, found
+    assert abs(found["units"][1]["corr"]) < best["corr"]
+
+
+def test_code_features_do_not_occur_in_prose():
+    text = "ROMEO:\nWhat light (through yonder window) breaks?\nJULIET:\nAy me.\n" * 10
+    vocab = Vocab.from_text(text)
+    found = search_units(trace(planted_model(vocab), vocab.encode(text)), text_features(text))
+    assert [name for name, f in found.items() if name.startswith("code:") and f["occurs"]] == ["code: bracket depth"]
+
+
 def test_text_features_mark_what_they_say():
     text = 'To be (or [not])\nROMEO:\nSay "hi". Ok'
     f = text_features(text)
@@ -88,6 +226,44 @@ def test_text_features_mark_what_they_say():
     assert f["position in line"][17] == 1
     assert f["position in word"][:4].tolist() == [1, 2, 0, 1]
     assert at("after sentence end")[31:] == "01100"  # the closing quote, then ". " until the O
+
+
+def digits(values):
+    return "".join(str(int(v)) for v in values)
+
+
+@pytest.mark.parametrize("text,states,depths", [
+    # strings and a comment, brackets in neither counted; a closing quote is code again
+    ("x = 'a(b' + \"c#d\" # e (f)\ny(", "000011110000222200444444400" + "0", "0" * 27 + "1"),
+    # a triple-quoted string across lines, quotes and brackets inside it; then nested brackets
+    ('s = """doc \'x\' (\n z"""\nf(a[b])', "0000" + "3" * 17 + "0" + "0" * 8, "0" * 23 + "0112210"),
+    ("''' a '''b", "3333333300", "0" * 10),  # the last quote of three closes the string
+    ("'' '", "1001", "0000"),  # an empty string, then one left open
+    # escapes: \' and \" stay inside, and a backslash-newline continues the string
+    ("'it\\'s' \"a\\\"b\" 'c\\\nd'", "1111110" + "0" + "222220" + "0" + "111110", "0" * 21),
+    # prose: an apostrophe opens a string that its line's end closes; a stray closer is not -1 deep
+    ("don't (x)\ny) (", "000111111000" + "00", "0" * 10 + "0001"),
+    ("# it's (\nx'#'", "44444444" + "0" + "0" + "110", "0" * 13),
+])
+def test_scan_python_reads_strings_comments_and_brackets(text, states, depths):
+    state, depth = scan_python(text)
+    assert (digits(state), digits(depth)) == (states, depths)
+
+
+def test_indentation_changes_at_a_lines_first_character():
+    text = "def f():\n    x = 1\n\n    if x:\n\ty\n  \n z"
+    want = [0] * 9 + [0] * 4 + [4] * 6 + [4] + [4] * 4 + [4] * 6 + [4] + [8] * 2 + [8] * 3 + [8] + [1]
+    assert indentation(text).tolist() == want
+
+
+def test_code_features_are_the_scanners():
+    text = "def f(a):\n    '''Doc.'''\n    return [a, \"b\", 'e']  # c 'd'\n"
+    f = text_features(text)
+    state, depth = scan_python(text)
+    for name, code in CODE_STRINGS.items():
+        assert (f[name] == (state == code)).all() and f[name].any(), name
+    assert (f["code: bracket depth"] == depth).all() and f["code: bracket depth"].max() == 1
+    assert (f["code: indentation"] == indentation(text)).all() and f["code: indentation"].max() == 4
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
