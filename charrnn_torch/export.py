@@ -274,8 +274,8 @@ def export(model, vocab, ckpt, source, fmt, half=False):
     """(the file's bytes, a line saying what they hold) for one format. Nothing is written here."""
     if fmt == "html":
         data = html_bytes(model, vocab, ckpt, source, half)
-        return data, (f"the playground for a {model.cell} {model.num_layers}x{model.hidden_size}, weights in "
-                      f"{'float16' if half else 'float32'}")
+        return data, (f"the playground for the {model.cell} {model.num_layers}x{model.hidden_size} model, weights "
+                      f"in {'float16' if half else 'float32'}")
     step = step_module(model)
     meta = metadata(model, vocab, ckpt, source)
     io_names = f"({meta['charrnn.inputs']}) -> ({meta['charrnn.outputs']})"

@@ -121,14 +121,21 @@ const WHY = T["W_hy"], BY = T["b_y"];
 // ------------------------------------------------------------------ the forward pass
 
 function matvec(W, x, rows, cols, out) {  // out = W x, W row-major (rows, cols)
-  for (let i = 0; i < rows; i++) {
-    const o = i * cols;
-    let s0 = 0, s1 = 0, s2 = 0, s3 = 0, k = 0;
-    for (; k + 3 < cols; k += 4) {
-      s0 += W[o + k] * x[k]; s1 += W[o + k + 1] * x[k + 1]; s2 += W[o + k + 2] * x[k + 2]; s3 += W[o + k + 3] * x[k + 3];
+  let i = 0;
+  for (; i + 3 < rows; i += 4) {  // four rows at a time: each x[k] is read once for the four
+    const a = i * cols, b = a + cols, c = b + cols, d = c + cols;
+    let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (let k = 0; k < cols; k++) {
+      const v = x[k];
+      s0 += W[a + k] * v; s1 += W[b + k] * v; s2 += W[c + k] * v; s3 += W[d + k] * v;
     }
-    for (; k < cols; k++) s0 += W[o + k] * x[k];
-    out[i] = (s0 + s1) + (s2 + s3);
+    out[i] = s0; out[i + 1] = s1; out[i + 2] = s2; out[i + 3] = s3;
+  }
+  for (; i < rows; i++) {
+    const o = i * cols;
+    let s = 0;
+    for (let k = 0; k < cols; k++) s += W[o + k] * x[k];
+    out[i] = s;
   }
 }
 
