@@ -28,7 +28,7 @@ h1 { font-size: 1.35em; margin-bottom: .3em; }
 #controls { display: flex; flex-wrap: wrap; gap: 8px 16px; align-items: end; margin: 1em 0 .6em; }
 #controls label { display: flex; flex-direction: column; font-size: 12px; color: #555; }
 #controls input { font: 14px ui-monospace, monospace; padding: 3px 5px; }
-#prime { width: 22em; } .num { width: 5.5em; }
+#prime { width: 16em; } .num { width: 5em; }
 button { font-size: 14px; padding: 5px 16px; cursor: pointer; }
 #out { font: 13px/1.55 ui-monospace, monospace; white-space: pre-wrap; border: 1px solid #ccc; padding: 10px;
        min-height: 14em; max-height: 32em; overflow-y: auto; background: #fcfcfa; }
@@ -230,13 +230,13 @@ function primed(kept) {  // the state after the prime, and the logits it predict
   return {st, logits: Float64Array.from(logits)};
 }
 
-function sampler(opts) {  // next() -> [character, top-5 of the distribution it was drawn from]
+function sampler(opts) {  // next() -> [character, its probability, top-5 of the distribution it was drawn from]
   const prime = splitPrime(opts.prime), rng = mulberry32(opts.seed);
   let {st, logits} = primed(prime.kept);
   return {prime, next() {
     const p = probabilities(logits, opts.temperature, opts.topK), id = pick(p, rng());
     logits = step(st, id);
-    return [D.vocab[id], top5(p)];
+    return [D.vocab[id], p[id], top5(p)];
   }};
 }
 
@@ -258,7 +258,8 @@ function label(ch) { return ch === "\n" ? "\\n" : ch === " " ? "\u2423" : ch ===
 function pct(p) { return (100 * p).toFixed(p < 0.001 ? 3 : 1) + "%"; }
 
 function header() {
-  const rows = [["checkpoint", HD.checkpoint], ["step", HD.step == null ? "n/a" : HD.step], ["cell", HD.cell],
+  const rows = [["checkpoint", HD.checkpoint], ["step", HD.step == null ? "n/a" : HD.step],
+    ["cell", CELL === "rnn" ? "rnn (the tanh cell)" : CELL],
     ["size", `${HD.num_layers} x ${HD.hidden_size}, ${HD.parameters.toLocaleString("en")} parameters, ` +
              `vocabulary of ${HD.vocab_size}, weights in ${HD.weights}`],
     ["validation loss", HD.val_loss == null ? "n/a" : `${HD.val_loss.toFixed(4)} nats/char`]];
@@ -310,9 +311,9 @@ function generateClicked() {
     if (me !== run) return;
     const frag = document.createDocumentFragment(), until = performance.now() + 25;
     while (n < opts.length && performance.now() < until) {
-      const [ch, top] = s.next(), span = document.createElement("span");
+      const [ch, p, top] = s.next(), span = document.createElement("span");
       span.className = "gen"; span.textContent = ch; span.dataset.i = n++;
-      TOPS.push(top); frag.appendChild(span);
+      TOPS.push([p, top]); frag.appendChild(span);
     }
     out.appendChild(frag);
     out.scrollTop = out.scrollHeight;
@@ -329,9 +330,9 @@ function hover() {
   const out = document.getElementById("out"), tip = document.getElementById("tip");
   out.addEventListener("mouseover", e => {
     if (!e.target.classList.contains("gen")) { tip.style.display = "none"; return; }
-    const ch = e.target.textContent, top = TOPS[Number(e.target.dataset.i)];
+    const ch = e.target.textContent, [p, top] = TOPS[Number(e.target.dataset.i)];
     tip.innerHTML = "<div></div><ol></ol>";
-    tip.firstChild.textContent = `sampled ${label(ch)}; the five most likely here:`;
+    tip.firstChild.textContent = `sampled ${label(ch)} (${pct(p)}); the five most likely here:`;
     for (const [c, p] of top) {
       const li = document.createElement("li");
       li.className = "alt" + (c === ch ? " picked" : "");
