@@ -307,9 +307,9 @@ function generateClicked() {
   document.body.dataset.done = "";
   const t0 = performance.now();
   let n = 0;
-  function pump() {  // ~25 ms of sampling, then the page is drawn: the text streams in
+  function pump() {  // 40 ms of sampling, then the page is drawn: the text streams in
     if (me !== run) return;
-    const frag = document.createDocumentFragment(), until = performance.now() + 25;
+    const frag = document.createDocumentFragment(), until = performance.now() + 40;
     while (n < opts.length && performance.now() < until) {
       const [ch, p, top] = s.next(), span = document.createElement("span");
       span.className = "gen"; span.textContent = ch; span.dataset.i = n++;

@@ -131,7 +131,7 @@ def _fill(page, prime, length, seed, temperature="1", topk="0"):
 
 def test_generate_streams_the_text_into_the_page(pages, open_page):
     page = open_page(pages["gru2"][1])
-    n = 30000  # more than one 25 ms slice of sampling, even for a 2x7 model
+    n = 30000  # more than one 40 ms slice of sampling, even for a 2x7 model
     page.evaluate("""() => { window.appends = 0;
         new MutationObserver(r => { window.appends += r.length; }).observe(document.getElementById('out'),
                                                                            {childList: true}); }""")
