@@ -11,8 +11,8 @@ fused impl's hand-written autograd Functions do not trace, and the maths is the 
 both against the numpy reference). The window function over (B, T) is not exported: the loop
 unroll is a Python loop over T, which torch.export fixes to the example's T.
 
-Each file is made in memory, run against torch for CHECK_STEPS steps with the state carried, and
-only then written (atomically): a failed export leaves no file, and an old file at --out stays.
+Each file is made in memory, run against torch's step for CHECK_STEPS steps (largest_difference),
+and only then written (atomically): a failed export leaves no file, and an old file at --out stays.
 """
 import base64
 import contextlib
@@ -34,7 +34,7 @@ from .sample import default_prime
 FORMATS = ("onnx", "pt2", "html")
 EXTRA = 'pip install -e ".[export]"'
 ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")  # onnxscript: torch's (dynamo) ONNX exporter needs it
-ONNX_OPSET = 20  # torch 2.13's default; onnxruntime >= 1.17, and onnxruntime-web, run it
+ONNX_OPSET = 20  # torch 2.13's own default, pinned so that a newer torch writes the same file
 METADATA_KEY = "charrnn.json"  # the pt2 archive's extra file holding what the ONNX metadata holds
 EXAMPLE_BATCH = 2  # not 0 or 1, which torch.export would fix the batch dimension to
 CHECK_STEPS = 20
