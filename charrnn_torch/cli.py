@@ -1,6 +1,6 @@
 """The one command, ``charrnn``, and its subcommands: arguments, dispatch and error reporting only.
 
-    charrnn train | sample | visualize | sweep | bench | plot  [flags ...]
+    charrnn train | sample | visualize | export | sweep | bench | plot  [flags ...]
 
 ``COMMANDS`` is the one table of them. The ``charrnn`` console script (``main``), ``python -m
 charrnn_torch`` and the thin ``scripts/<command>.py`` all dispatch through ``run``, each passing
@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import bench, checkpoint, code_corpus, config as config_mod, data, data_bench, sample, visualize, viz_page
+from . import (bench, checkpoint, code_corpus, config as config_mod, data, data_bench, export, sample, visualize,
+               viz_page)
 from .config import SEED_MAX
 from .distributed import DistInfo, barrier
 from .errors import RunFailed, UserError, one_line
-from .files import write_atomic
+from .files import could_not_write, write_atomic
 from .model import CELLS
 from .plots import plot_runs
 from .runtime import resolve_device, retain_freed_memory
@@ -531,6 +532,33 @@ def visualize_command(args, prog):
     return 0
 
 
+# ---------------------------------------------------------------- export
+
+def export_parser(prog):
+    p = _Parser(prog=prog, description="Take a trained model anywhere: its one-step function as ONNX or a "
+                                       "torch.export program, or a self-contained HTML page that runs it.")
+    _checkpoint_args(p)
+    p.add_argument("--format", required=True, choices=export.FORMATS,
+                   help="onnx (needs the [export] extra) | pt2 (torch.export.save) | html (the playground)")
+    p.add_argument("--out", required=True, type=file_arg("--out", existing=False), help="the file to write")
+    p.add_argument("--half", action="store_true", help="html: embed the weights as float16 (half the size)")
+    return p
+
+
+def export_command(args, prog):
+    _conflicts([(args.half and args.format != "html", "--half is for --format html: onnx and pt2 keep the "
+                                                      "checkpoint's dtype")])
+    if args.format == "onnx":
+        export.require_onnx()
+    model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
+    source = checkpoint.resolve(args.checkpoint, step=args.step)
+    data, what = export.export(model, vocab, ckpt, source, args.format, args.half)
+    with could_not_write(args.out):
+        write_atomic(args.out, data, mode=0o644)  # a file to share: readable by all, as open() would make it
+    print(f"wrote {args.out} ({len(data):,} bytes): {what}")
+    return 0
+
+
 # ---------------------------------------------------------------- the table, and dispatch
 
 # name -> (parser(prog), command(args, prog), one line for `charrnn --help`)
@@ -538,6 +566,7 @@ COMMANDS = {
     "train": (train_parser, train_command, "train a model from a YAML config (or resume, or fine-tune one)"),
     "sample": (sample_parser, sample_command, "generate text from a checkpoint, or score a file"),
     "visualize": (visualize_parser, visualize_command, "write an HTML page of what a model learned"),
+    "export": (export_parser, export_command, "a model as ONNX, a torch.export program or an HTML playground"),
     "sweep": (sweep_parser, sweep_command, "train one run per combination of a grid"),
     "bench": (bench_parser, bench_command, "training throughput of every implementation, side by side"),
     "plot": (plot_parser, plot_command, "draw runs' validation loss against minutes of training"),

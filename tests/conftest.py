@@ -1,5 +1,8 @@
+import contextlib
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +72,52 @@ def central_differences(loss, array, eps=1e-5):
         array[i] = old
         grad[i] = (lp - lm) / (2 * eps)
     return grad
+
+
+# ---------------------------------------------------------------- the browser tests' Chromium
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's: nothing downloads a browser build
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+def require_browser():
+    """Skip without Chromium or Playwright, unless CHARRNN_REQUIRE_BROWSER=1 (set by .ci/run): then fail."""
+    missing = None
+    if not os.path.exists(CHROMIUM):
+        missing = f"no {CHROMIUM} (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            missing = "no playwright (pip install -e '.[dev]')"
+    if missing and os.environ.get("CHARRNN_REQUIRE_BROWSER") == "1":
+        pytest.fail(missing)
+    if missing:
+        pytest.skip(missing)
+
+
+@contextlib.contextmanager
+def chromium(viewport):
+    """A headless Chromium context on a throwaway profile, driven by Playwright."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
+                                                   args=CHROMIUM_FLAGS, viewport=viewport)
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def watch(page):
+    """What a page logs as errors and every URL it requests, from now on."""
+    seen = {"errors": [], "requests": []}
+    page.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
+    page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+    page.on("request", lambda r: seen["requests"].append(r.url))
+    return seen

@@ -11,9 +11,6 @@ Run: pytest -m browser
 """
 import io
 import json
-import os
-import shutil
-import tempfile
 
 import pytest
 import torch
@@ -23,28 +20,11 @@ from charrnn_torch.cli import main
 from charrnn_torch.code_corpus import describe
 from charrnn_torch.data import Vocab
 from charrnn_torch.model import CharRNN
+from conftest import chromium, watch
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 pytestmark = pytest.mark.browser
 SOURCE = {"name": "python-stdlib", "python": "CPython 3.0.1", "stdlib": "/opt/lib/python3.0", "max_bytes": 5000,
           "files": 12, "skipped": 1, "bytes": 4999}  # what a run on the built-in corpus records
-
-
-def _require_browser():
-    missing = None
-    if not os.path.exists(CHROMIUM):
-        missing = f"no {CHROMIUM} (apt-get install chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            missing = "no playwright (pip install -e '.[dev]')"
-    if missing and os.environ.get("CHARRNN_REQUIRE_BROWSER") == "1":
-        pytest.fail(missing)
-    if missing:
-        pytest.skip(missing)
 
 
 @pytest.fixture(scope="module")
@@ -68,25 +48,12 @@ def page_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser_page(page_file):
     """The page, loaded, with what it logged and requested."""
-    _require_browser()
-    from playwright.sync_api import sync_playwright
-
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
-                                                   viewport={"width": 1200, "height": 900})
-        try:
-            page = ctx.new_page()
-            seen = {"errors": [], "requests": []}
-            page.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
-            page.on("pageerror", lambda e: seen["errors"].append(str(e)))
-            page.on("request", lambda r: seen["requests"].append(r.url))
-            page.goto(page_file.as_uri())
-            page.wait_for_selector("body[data-ready='1']", timeout=30000)
-            yield page, seen
-        finally:
-            ctx.close()
-            shutil.rmtree(profile, ignore_errors=True)
+    with chromium({"width": 1200, "height": 900}) as ctx:
+        page = ctx.new_page()
+        seen = watch(page)
+        page.goto(page_file.as_uri())
+        page.wait_for_selector("body[data-ready='1']", timeout=30000)
+        yield page, seen
 
 
 def test_loads_offline_without_errors(browser_page, page_file):

@@ -1,0 +1,195 @@
+"""Proves the playground `charrnn export --format html` writes (playground.py) in a real browser,
+headless Debian Chromium driven by Playwright, as test_browser.py drives the visualiser's page:
+
+- its JavaScript forward pass is model.py's: after three different primes its next-character
+  probabilities equal torch's to <= 1e-5, for the tanh cell, the LSTM and the GRU (1 and 2 layers),
+  and with --half equal those of the model with its weights rounded to float16; with top-k 1 it
+  generates torch's greedy text, so the state is carried as torch carries it;
+- Generate streams text of the asked length from the vocabulary into the page, the same text the
+  page's API gives, and a seed gives the same text twice (another seed, another text);
+- hovering a generated character shows the five likeliest characters at that point, most likely
+  first; prime characters outside the vocabulary are shown, dropped and counted;
+- the header names the checkpoint, cell, size and validation loss; no console errors, no request
+  beyond the file itself, and a screenshot that is not blank.
+
+Without /usr/bin/chromium or Playwright the tests skip, unless CHARRNN_REQUIRE_BROWSER=1 (.ci/run).
+"""
+import io
+
+import pytest
+import torch
+
+from charrnn_torch import checkpoint, sample
+from charrnn_torch.cli import main
+from conftest import chromium, watch
+from test_export import H, V_CHARS, save_model
+
+pytestmark = pytest.mark.browser
+PRIMES = ["a", "bad cafe\n", "hi\nhe faced a big dice; "]  # in V_CHARS but ';', dropped
+TOL = 1e-5
+PAGES = {"rnn1": ("rnn", 1, False), "lstm2": ("lstm", 2, False), "gru2": ("gru", 2, False),
+         "gru1": ("gru", 1, False), "lstm1": ("lstm", 1, False), "gru2-half": ("gru", 2, True)}
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    """name -> (checkpoint, page) for each of PAGES, written by the command."""
+    d = tmp_path_factory.mktemp("playground")
+    out = {}
+    for name, (cell, L, half) in PAGES.items():
+        ckpt = save_model(d / f"{name}.pt", cell, L)
+        page = d / f"{name}.html"
+        assert main(["export", "--checkpoint", str(ckpt), "--format", "html", "--out", str(page)]
+                    + (["--half"] if half else [])) == 0
+        out[name] = (ckpt, page)
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium({"width": 1000, "height": 760}) as ctx:
+        yield ctx
+
+
+@pytest.fixture
+def open_page(browser):
+    """open_page(path) -> the page, loaded; on leaving the test, it must have logged no error and
+    requested nothing but itself."""
+    opened = []
+
+    def open_(path):
+        page = browser.new_page()
+        seen = watch(page)
+        page.goto(path.as_uri())
+        page.wait_for_selector("body[data-ready='1']", timeout=30000)
+        opened.append((page, seen, path))
+        return page
+    yield open_
+    for page, seen, path in opened:
+        assert seen["errors"] == [], seen["errors"]
+        assert seen["requests"] == [path.as_uri()], seen["requests"]
+        page.close()
+
+
+def torch_probs(model, vocab, prime):
+    kept = "".join(c for c in prime if c in vocab)
+    with torch.no_grad():
+        logits, _ = model(vocab.encode(kept)[None])
+    return torch.softmax(logits[0, -1], -1)
+
+
+@pytest.mark.parametrize("name", ["rnn1", "lstm2", "gru2", "lstm1", "gru1"])
+def test_probabilities_equal_torch_after_three_primes(pages, open_page, name):
+    ckpt, path = pages[name]
+    page = open_page(path)
+    model, vocab, _ = checkpoint.load_model(ckpt)
+    for prime in PRIMES:
+        got = torch.tensor(page.evaluate("p => window.charrnn.probsAfter(p)", prime), dtype=torch.float64)
+        want = torch_probs(model, vocab, prime).double()
+        assert float((got - want).abs().max()) <= TOL, (prime, float((got - want).abs().max()))
+
+
+def test_half_page_equals_the_model_with_float16_weights(pages, open_page):
+    ckpt, path = pages["gru2-half"]
+    page = open_page(path)
+    model, vocab, _ = checkpoint.load_model(ckpt)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    assert "float16" in page.inner_text("#header")
+    for prime in PRIMES:
+        got = torch.tensor(page.evaluate("p => window.charrnn.probsAfter(p)", prime), dtype=torch.float64)
+        assert float((got - torch_probs(model, vocab, prime).double()).abs().max()) <= TOL, prime
+
+
+@pytest.mark.parametrize("name", ["rnn1", "lstm2", "gru2"])
+def test_top_k_1_generates_torchs_greedy_text(pages, open_page, name):
+    ckpt, path = pages[name]
+    page = open_page(path)
+    model, vocab, _ = checkpoint.load_model(ckpt)
+    got = page.evaluate("() => window.charrnn.generate({prime: 'bad cafe', topK: 1, length: 60, seed: 3}).text")
+    assert "bad cafe" + got == sample.generate(model, vocab, "bad cafe", 60, greedy=True)
+
+
+def test_generate_gives_the_asked_length_from_the_vocabulary_and_a_seed_repeats(pages, open_page):
+    page = open_page(pages["lstm2"][1])
+    run = "o => window.charrnn.generate(o).text"
+    a = page.evaluate(run, {"prime": "dice", "temperature": 1.0, "length": 400, "seed": 11})
+    again = page.evaluate(run, {"prime": "dice", "temperature": 1.0, "length": 400, "seed": 11})
+    other = page.evaluate(run, {"prime": "dice", "temperature": 1.0, "length": 400, "seed": 12})
+    assert len(a) == 400 and set(a) <= set(V_CHARS)
+    assert again == a and other != a
+    k2 = page.evaluate(run, {"prime": "dice", "temperature": 1.0, "topK": 2, "length": 400, "seed": 11})
+    assert k2 != a  # top-k changes what is drawn from the same uniforms
+
+
+def _fill(page, prime, length, seed, temperature="1", topk="0"):
+    for sel, value in (("#prime", prime), ("#length", str(length)), ("#seed", str(seed)),
+                       ("#temperature", temperature), ("#topk", topk)):
+        page.fill(sel, value)
+
+
+def test_generate_streams_the_text_into_the_page(pages, open_page):
+    page = open_page(pages["gru2"][1])
+    n = 30000  # more than one 40 ms slice of sampling, even for a 2x7 model
+    page.evaluate("""() => { window.appends = 0;
+        new MutationObserver(r => { window.appends += r.length; }).observe(document.getElementById('out'),
+                                                                           {childList: true}); }""")
+    _fill(page, "fed", n, 5)
+    page.click("#generate")
+    page.wait_for_selector("body[data-done='1']", timeout=60000)
+    shown = page.eval_on_selector_all("#out span.gen", "s => s.map(e => e.textContent).join('')")
+    want = page.evaluate("o => window.charrnn.generate(o).text",
+                         {"prime": "fed", "temperature": 1, "topK": 0, "length": n, "seed": 5})
+    assert shown == want and len(shown) == n
+    assert page.evaluate("() => window.appends") >= 1 + 2  # the prime, then the text in several pieces
+    assert f"{n:,} of {n:,} characters" in page.inner_text("#status") and "characters/s" in page.inner_text("#status")
+
+
+def test_hover_shows_the_five_likeliest_characters(pages, open_page):
+    page = open_page(pages["rnn1"][1])
+    _fill(page, "ace", 50, 2)
+    page.click("#generate")
+    page.wait_for_selector("body[data-done='1']")
+    span = page.locator("#out span.gen").nth(10)
+    span.hover()
+    alts = page.locator("#tip li.alt").all_inner_texts()
+    assert page.is_visible("#tip") and len(alts) == 5
+    probs = [float(a.rsplit(": ", 1)[1].rstrip("%")) for a in alts]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100.5
+    picked = page.locator("#tip li.picked").all_inner_texts()
+    label = {"\n": "\\n", " ": "\u2423"}.get(span.inner_text(), span.inner_text())
+    assert all(p.startswith(label + ":") for p in picked)
+
+
+def test_prime_outside_the_vocabulary_is_shown_dropped_and_counted(pages, open_page):
+    page = open_page(pages["gru2"][1])
+    _fill(page, "ab€c€d", 20, 1)
+    page.click("#generate")
+    page.wait_for_selector("body[data-done='1']")
+    assert page.locator("#out span.dropped").all_inner_texts() == ["€", "€"]
+    assert "".join(page.locator("#out span.prime").all_inner_texts()) == "abcd"
+    assert '2 prime characters not in the vocabulary, dropped: "€" x2' in page.inner_text("#note")
+    same = page.evaluate("() => [window.charrnn.probsAfter('ab€c€d'), window.charrnn.probsAfter('abcd')]")
+    assert same[0] == same[1]
+    _fill(page, "€!", 20, 1)
+    page.click("#generate")
+    page.wait_for_selector("body[data-done='2']")
+    assert "Nothing of the prime is in the vocabulary" in page.inner_text("#note")
+
+
+def test_header_and_screenshot(pages, open_page):
+    from PIL import Image
+
+    ckpt, path = pages["lstm2"]
+    page = open_page(path)
+    header = page.inner_text("#header")
+    for want in (str(ckpt), "lstm", f"2 x {H}", "1.5000 nats/char", "vocabulary of 11"):
+        assert want in header, (want, header)
+    assert "c_t = f * c_{t-1} + i * g" in page.inner_text("#equations")
+    _fill(page, "bad", 300, 9)
+    page.click("#generate")
+    page.wait_for_selector("body[data-done='1']")
+    page.locator("#out span.gen").nth(40).hover()
+    img = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    assert len(img.getcolors(maxcolors=1 << 20)) > 50
