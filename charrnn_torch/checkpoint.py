@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import code_corpus, config as config_mod
-from .data import vocab_from_checkpoint
+from .data import load_corpus, vocab_from_checkpoint
 from .errors import UserError, one_line
 from .files import TEMP_SUFFIX, discard, write_atomic
 from .model import CharRNN
@@ -154,3 +154,17 @@ def check_resume(ckpt, cfg, corpus):
     if ckpt["vocab"] != vocab.chars:
         raise UserError(f"cannot resume: the vocabulary of {cfg.data.path} ({len(vocab)} characters) differs "
                         f"from the checkpoint's ({len(ckpt['vocab'])} characters)")
+
+
+def run_corpus(ckpt, purpose):
+    """The corpus the checkpoint's run trained on (data.Corpus, in the checkpoint's vocabulary), for
+    what needs it again: purpose finishes the sentence of the error when it cannot be had."""
+    try:
+        data_cfg = config_mod.build_config(ckpt["config"]).data
+    except (KeyError, TypeError, UserError):
+        raise UserError(f"the checkpoint records no usable data config, needed to {purpose}") from None
+    if not code_corpus.is_builtin(data_cfg.path) and not os.path.exists(data_cfg.path):
+        raise UserError(f"data file not found: {data_cfg.path} (the run's data.path), needed to {purpose}")
+    corpus = load_corpus(data_cfg, progress=False, base_vocab=ckpt["vocab"], log=lambda *a: None)
+    code_corpus.check_same(ckpt.get("data_source"), corpus.source_info, purpose)
+    return corpus

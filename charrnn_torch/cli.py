@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import (bench, checkpoint, code_corpus, config as config_mod, data, data_bench, export, sample, visualize,
+from . import (bench, checkpoint, config as config_mod, data, data_bench, dynamic, export, sample, visualize,
                viz_page)
 from .config import SEED_MAX
 from .distributed import DistInfo, barrier
@@ -291,6 +291,14 @@ def sample_parser(prog):
                    help="also write the text to this file")
     p.add_argument("--score", metavar="FILE", type=file_arg("--score", existing=True), default=None,
                    help="print the model's loss and bits/char on FILE")
+    defaults = dynamic.Settings()
+    p.add_argument("--dynamic", action="store_true",
+                   help="with --score: dynamic evaluation, the model adapting to the text as it scores it (Krause "
+                        "et al. 2018); its gradient statistics come from the run's training text")
+    p.add_argument("--dynamic-lr", type=float_arg("--dynamic-lr", ge=0), default=defaults.lr,
+                   help=f"with --dynamic: the step size (default {defaults.lr:g}; 0 gives the plain score)")
+    p.add_argument("--dynamic-decay", type=float_arg("--dynamic-decay", ge=0), default=defaults.decay,
+                   help=f"with --dynamic: the pull back toward the trained weights (default {defaults.decay:g})")
     return p
 
 
@@ -303,6 +311,7 @@ def check_sample_args(args):
         (args.score and (given or args.prime is not None or args.prime_file or args.greedy or args.out),
          "--score scores a file; it takes no generation flags (--prime, --prime-file, --length, --temperature, "
          "--top-k, --top-p, --greedy, --beam-width, --num-samples, --out)"),
+        (args.dynamic and not args.score, "--dynamic changes how --score scores a file: give --score FILE"),
         (args.greedy and args.beam_width, "--greedy and --beam-width contradict each other (--beam-width 1 is "
                                           "greedy)"),
         (args.greedy and (sampling or "num_samples" in given),
@@ -323,6 +332,10 @@ def sample_command(args, prog):
     if args.prime_file:
         args.prime = data.read_corpus(args.prime_file)
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
+    if score_text is not None and args.dynamic:
+        corpus = checkpoint.run_corpus(ckpt, "gather dynamic evaluation's gradient statistics")
+        settings = dynamic.Settings(lr=args.dynamic_lr, decay=args.dynamic_decay)
+        return _print_score(dynamic.score(model, vocab, score_text, corpus.train_ids, settings, corpus.lut), "dynamic ")
     if score_text is not None:
         return _print_score(sample.score(model, vocab, score_text))
     prime = sample.default_prime(vocab, ckpt.get("char_counts")) if args.prime is None else args.prime
@@ -341,8 +354,8 @@ def sample_command(args, prog):
     return 0
 
 
-def _print_score(r):
-    print(f"loss {r['loss']:.4f} nats/char | {r['bpc']:.4f} bits/char | {r['chars']} characters scored")
+def _print_score(r, kind=""):
+    print(f"{kind}loss {r['loss']:.4f} nats/char | {r['bpc']:.4f} bits/char | {r['chars']} characters scored")
     if r["unknown_chars"]:
         print(f"{r['unknown_chars']} characters not in the vocabulary were skipped: "
               f"{', '.join(repr(c) for c in r['unknown_set'])}")
@@ -491,16 +504,9 @@ def visualize_parser(prog):
 
 def validation_text(ckpt, n):
     """The first n characters of the run's validation split, through load_corpus, as training read it."""
-    try:
-        data_cfg = config_mod.build_config(ckpt["config"]).data
-    except (KeyError, TypeError, UserError):
-        raise UserError("the checkpoint records no usable data config: pass --text FILE") from None
-    if not code_corpus.is_builtin(data_cfg.path) and not os.path.exists(data_cfg.path):
-        raise UserError(f"data file not found: {data_cfg.path} (the run's data.path): pass --text FILE")
-    corpus = data.load_corpus(data_cfg, progress=False, base_vocab=ckpt["vocab"], log=_silent)
-    code_corpus.check_same(ckpt.get("data_source"), corpus.source_info, "show its validation split (pass --text FILE)")
+    corpus = checkpoint.run_corpus(ckpt, "show its validation split (pass --text FILE)")
     text = corpus.vocab.decode(data.as_ids(corpus.val_ids[:n], corpus.lut).tolist())
-    return text, f"the first {len(text):,} characters of the validation split of {data_cfg.path}"
+    return text, f"the first {len(text):,} characters of the validation split of {ckpt['config']['data']['path']}"
 
 
 def visualize_command(args, prog):

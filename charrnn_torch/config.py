@@ -81,6 +81,7 @@ class TrainConfig:
     max_nonfinite: int = 10  # stop after this many consecutive NaN/Inf steps
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
     dtype: str = "float32"  # float64 for exactness experiments (and the DDP parity test)
+    dynamic_eval: bool = False  # at the end, also score the validation split with dynamic evaluation (dynamic.py)
     keep_checkpoints: int = 0  # also keep ckpt-<step>.pt at the last N evaluations; 0: only ckpt.pt, best.pt
     init_from: str = ""  # fine-tune: start from this checkpoint's weights (set by train.py --init-from)
 

@@ -80,6 +80,12 @@ class RunLogger:
                 self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
 
     @_guarded
+    def dynamic(self, step, val_dynamic, val):
+        self.writer.add_scalar("loss/val_dynamic", val_dynamic, step)
+        self.console(f"dynamic evaluation at step {step}: loss/val_dynamic {val_dynamic:.4f} "
+                     f"(bpc {val_dynamic / math.log(2):.4f}), against loss/val {val:.4f}: {val - val_dynamic:+.4f}")
+
+    @_guarded
     def hidden_heatmap(self, step, image):
         self.writer.add_image("hidden/units_by_time", image, step, dataformats="CHW")
 

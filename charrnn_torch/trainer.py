@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import checkpoint, code_corpus, config as config_mod, data as data_mod, distributed, graphs
+from . import checkpoint, code_corpus, config as config_mod, data as data_mod, distributed, dynamic, graphs
 from .distributed import DistInfo, wrap_ddp
 from .errors import RunFailed, UserError
 from .files import could_not_write, write_atomic
@@ -88,6 +88,7 @@ class RunState:
     # Not saved: they describe this process's part of the run.
     consecutive_bad: int = 0
     last_eval_step: int = None
+    val_dynamic: float = None  # train.dynamic_eval's figure, at the end of the run
     train_log: list = field(default_factory=list)
     val_log: list = field(default_factory=list)
 
@@ -272,6 +273,8 @@ class Trainer:
         except BaseException:
             self.log.close_quietly()
             raise
+        if train_cfg.dynamic_eval and self.dist.is_main:
+            self.evaluate_dynamic()
         self.log_char_embedding()
         self.log.hparams(self.cfg, state.last_val)
         self.log.close()
@@ -426,6 +429,14 @@ class Trainer:
         total, count = distributed.sum_total_and_count(total, count, self.dist)
         return (total / count).item()
 
+    def evaluate_dynamic(self):
+        """train.dynamic_eval: the validation split scored by dynamic evaluation, as its own figure."""
+        settings, corpus = dynamic.Settings(), self.corpus
+        stats = dynamic.gradient_stats(self.model, corpus.train_ids, settings, corpus.lut)
+        total, count = dynamic.dynamic_score(self.model, corpus.val_ids, stats, settings, corpus.lut)
+        self.state.val_dynamic = total / count
+        self.log.dynamic(self.state.step, self.state.val_dynamic, self.state.last_val)
+
     def evaluate_and_checkpoint(self):
         self.collect_graph()  # the checkpoint holds the books up to this step
         state = self.state
@@ -514,8 +525,9 @@ class Trainer:
 
     def summary(self):
         state = self.state
-        return {"out_dir": str(self.out_dir), "step": state.step, "val_loss": state.last_val, "best_val": state.best_val,
-                "train_log": state.train_log, "val_log": state.val_log, "nonfinite_steps": state.nonfinite_total,
+        return {"out_dir": str(self.out_dir), "step": state.step, "val_loss": state.last_val,
+                "val_dynamic": state.val_dynamic, "best_val": state.best_val, "train_log": state.train_log,
+                "val_log": state.val_log, "nonfinite_steps": state.nonfinite_total,
                 "train_seconds": state.train_seconds}
 
 
