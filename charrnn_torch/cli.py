@@ -124,10 +124,19 @@ def device_arg(flag):
     return parse
 
 
+def path_arg(flag, check=None):
+    """A path (config.check_path: never empty), then check(Path) if given. Every flag that takes a
+    path is built on this one; its is_path mark lets the tests find them all."""
+    def parse(text):
+        config_mod.check_path(flag, text)
+        return check(Path(text)) if check else text
+    parse.is_path = True
+    return parse
+
+
 def file_arg(flag, existing):
     """A file (never a directory): one that exists, or else one to write in a directory that exists."""
-    def parse(text):
-        p = Path(text)
+    def check(p):
         if p.is_dir():
             raise UserError(f"{flag} {p} is a directory, not a file")
         if existing and not p.is_file():
@@ -135,17 +144,16 @@ def file_arg(flag, existing):
         if not existing and not p.parent.is_dir():
             raise UserError(f"{flag} {p}: directory {p.parent} does not exist")
         return p
-    return parse
+    return path_arg(flag, check)
 
 
 def dir_arg(flag):
     """A directory to write into (made if missing): not an existing file."""
-    def parse(text):
-        p = Path(text)
+    def check(p):
         if p.exists() and not p.is_dir():
             raise UserError(f"{flag} {p} is a file, not a directory")
         return p
-    return parse
+    return path_arg(flag, check)
 
 
 def _conflicts(pairs):
@@ -157,7 +165,7 @@ def _conflicts(pairs):
 
 def _checkpoint_args(p, device_default="cpu"):
     """The flags of every command that reads a trained model: --checkpoint, --step, --device."""
-    p.add_argument("--checkpoint", required=True, help="a .pt file, or a run directory (best.pt, else ckpt.pt)")
+    p.add_argument("--checkpoint", required=True, type=path_arg("--checkpoint"), help="a .pt file, or a run directory (best.pt, else ckpt.pt)")
     p.add_argument("--step", type=int_arg("--step", 0, STEP_MAX), default=None,
                    help="with a run directory: its ckpt-<step>.pt (kept by train.keep_checkpoints)")
     p.add_argument("--device", type=device_arg("--device"), default=device_default,
@@ -178,12 +186,12 @@ def find_config(name):
 
 def train_parser(prog):
     p = _Parser(prog=prog, description="Train a character-level RNN from a YAML config.")
-    p.add_argument("--config", default=None,
+    p.add_argument("--config", type=path_arg("--config"), default=None,
                    help="a YAML file, or a bare name looked up in configs/ (default: shakespeare.yaml); "
                         "with --resume the run's own stored config is used instead")
-    p.add_argument("--resume", metavar="RUN", help="continue a run: its directory or a checkpoint file")
+    p.add_argument("--resume", metavar="RUN", type=path_arg("--resume"), help="continue a run: its directory or a checkpoint file")
     p.add_argument("--force", action="store_true", help="start over in an out_dir that holds a run")
-    p.add_argument("--init-from", metavar="CKPT", default=None,
+    p.add_argument("--init-from", metavar="CKPT", type=path_arg("--init-from"), default=None,
                    help="fine-tune: start from this checkpoint's (or run directory's best) weights, on the "
                         "config's corpus, with a fresh optimizer and schedule (sets train.init_from)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -199,13 +207,13 @@ def train_config(args):
                                              "run over, --resume continues it"),
                 (args.resume and args.init_from, "--init-from starts a new run from a checkpoint's weights; "
                                                  "--resume continues a run: give one")])
-    if args.resume:
+    if args.resume is not None:
         path = checkpoint.resolve(args.resume, names=("ckpt.pt", "best.pt"))
         resume = checkpoint.load(path)
         return config_mod.build_config(resume["config"], args.overrides), resume, path.parent
-    cfg = config_mod.build_config(config_mod.read_yaml(find_config(args.config or "shakespeare.yaml")),
-                                  args.overrides)
-    if args.init_from:
+    name = "shakespeare.yaml" if args.config is None else args.config
+    cfg = config_mod.build_config(config_mod.read_yaml(find_config(name)), args.overrides)
+    if args.init_from is not None:
         cfg.train.init_from = args.init_from
     return cfg, None, None
 
@@ -378,7 +386,7 @@ def _generate(args, model, vocab, prime, generator, emit):
 
 def sweep_parser(prog):
     p = _Parser(prog=prog, description="Train one run per combination of a grid.")
-    p.add_argument("--config", default="shakespeare.yaml")
+    p.add_argument("--config", type=path_arg("--config"), default="shakespeare.yaml")
     p.add_argument("--grid", nargs="+", required=True, metavar="key=v1,v2",
                    help="e.g. --grid train.lr=1e-3,3e-3 model.hidden_size=256,512")
     p.add_argument("--parallel", type=int_arg("--parallel", 1, 256), default=1, help="runs at a time (default 1)")
@@ -449,7 +457,7 @@ def bench_command(args, prog):
 
 def plot_parser(prog):
     p = _Parser(prog=prog, description="Validation loss against minutes of training, runs side by side.")
-    p.add_argument("runs", nargs="+", type=dir_arg("RUN"), help="run directories (TensorBoard events)")
+    p.add_argument("runs", nargs="+", metavar="RUN", type=dir_arg("RUN"), help="run directories (TensorBoard events)")
     p.add_argument("--out", type=file_arg("--out", existing=False), default="runs.png", help="the PNG to write")
     p.add_argument("--labels", default=None, help="comma-separated, one per run (default: the directory names)")
     p.add_argument("--title", default="validation loss against minutes of training")
