@@ -378,8 +378,8 @@ def _generate(args, model, vocab, prime, generator, emit):
     else:
         texts = sample.generate_batch(model, vocab, prime, args.length, args.num_samples, args.temperature,
                                       args.top_k, args.top_p, generator=generator, greedy=args.greedy)
-        for i, text in enumerate(texts):
-            emit((f"\n----- sample {i + 1} -----\n" if i else "") + text + "\n")
+        for i, text in enumerate(texts):  # every sample under its header, the first one too
+            emit(("\n" if i else "") + f"----- sample {i + 1} -----\n" + text + "\n")
 
 
 # ---------------------------------------------------------------- sweep

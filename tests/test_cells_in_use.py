@@ -47,7 +47,7 @@ def test_train_checkpoint_sample_beam_score(tmp_path, corpus_file, cell, capsys)
                  ["--score", text]):
         assert main(["sample", "--checkpoint", str(out), *map(str, args)]) == 0, capsys.readouterr().err
     captured = capsys.readouterr()
-    assert captured.out.count("----- sample") == 2 and "log-probability" in captured.err
+    assert captured.out.count("----- sample") == 3 and "log-probability" in captured.err
     assert "bits/char" in captured.out
 
 
