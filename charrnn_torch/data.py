@@ -158,6 +158,9 @@ def as_ids(window, lut=None):
     return window if lut is None else lut[window]
 
 
+EXTRA_SHOWN = 40  # new characters named in the fine-tuning notice; a larger alphabet is counted, not listed
+
+
 def split(ids, val_fraction):
     """A contiguous split: the first (1 - val_fraction) for training, the rest for validation."""
     n_val = int(len(ids) * val_fraction)
@@ -189,19 +192,26 @@ class Corpus:
             path, header, self.pending = cache_mod.ensure(source, data_cfg.vocab, False, lambda *a: None)
         ids = torch.from_numpy(cache_mod.open_ids(path, header))
         corpus_vocab = vocab_of(data_cfg.vocab, header["vocab"])
-        counts = header["counts"]
-        self.vocab, self.lut = corpus_vocab, None
+        self.vocab, self.lut, self.char_counts = corpus_vocab, None, header["counts"]
         if base_vocab is not None and data_cfg.vocab == "chars":
-            extra = [c for c in corpus_vocab.chars if c not in set(base_vocab)]
-            self.vocab = Vocab(list(base_vocab) + extra)
-            order = [self.vocab.stoi[c] for c in corpus_vocab.chars]
-            if order != list(range(len(order))):
-                self.lut = torch.tensor(order, dtype=torch.long)
-            counts = [0] * len(self.vocab)
-            for c, n in zip(corpus_vocab.chars, header["counts"]):
-                counts[self.vocab.stoi[c]] = n
-        self.char_counts = counts
+            self.extend(base_vocab, corpus_vocab, header["counts"], log)
         self.train_ids, self.val_ids = split(ids, data_cfg.val_fraction)
+
+    def extend(self, base_vocab, corpus_vocab, counts, log):
+        """The run's vocabulary: base_vocab's characters, in their order, then the corpus's others
+        (said in one line: the model grows a column for each)."""
+        extra = [c for c in corpus_vocab.chars if c not in set(base_vocab)]
+        if extra:
+            shown = ", ".join(repr(c) for c in extra[:EXTRA_SHOWN])
+            more = f" and {len(extra) - EXTRA_SHOWN} more" if len(extra) > EXTRA_SHOWN else ""
+            log(f"vocabulary extended by {len(extra)} character{'s' * (len(extra) != 1)}: {shown}{more}")
+        self.vocab = Vocab(list(base_vocab) + extra)
+        order = [self.vocab.stoi[c] for c in corpus_vocab.chars]
+        if order != list(range(len(order))):
+            self.lut = torch.tensor(order, dtype=torch.long)
+        self.char_counts = [0] * len(self.vocab)
+        for c, n in zip(corpus_vocab.chars, counts):
+            self.char_counts[self.vocab.stoi[c]] = n
 
     def keep(self):
         """Install a cache built by this run in its place (the run passed its checks)."""

@@ -3,9 +3,10 @@ the ids, vocabulary and counts of today's in-memory encoding; it is rebuilt when
 changes and reused when not; a failed build leaves nothing that could pass for a cache; UTF-8
 split across read chunks encodes right and bad UTF-8 is reported at its byte offset; byte mode
 trains on any file and samples decode with replacement; a large alphabet is stored as uint16 and
-trains; fine-tuning carries the shared characters' weights over (and refuses another
-architecture); step checkpoints are kept, pruned and sampled from; --prime-file primes; and every
-bad cache or flag is one error line with exit status 2 that leaves the files as they were.
+trains; fine-tuning carries the shared characters' weights over and says which characters it
+adds (and refuses another architecture); step checkpoints are kept, pruned and sampled from;
+--prime-file primes; and every bad cache or flag is one error line with exit status 2 that leaves
+the files as they were.
 
 Run: pytest tests/test_corpus_cache.py
 """
@@ -151,10 +152,13 @@ def test_fine_tuning_carries_the_shared_characters_over(tmp_path, corpus_file):
     letters.write_text("Dear Sir, the fox is QUICK; yours, Z.\n" * 100)  # new: D S , Q U I C K ; Z ...
     cfg = build_config({}, tiny_overrides(letters, tmp_path / "ft", **{"train.max_steps": 10}))
     cfg.train.init_from = str(src_run)
-    trainer = Trainer(cfg, progress=False, log=quiet)
+    said = []
+    trainer = Trainer(cfg, progress=False, log=said.append)
     vocab, model = trainer.corpus.vocab, trainer.model
     n_old = len(old["vocab"])
     assert vocab.chars[:n_old] == old["vocab"] and set(vocab.chars[n_old:]) == set("DS,QUICK;Z") - set(old["vocab"])
+    new = vocab.chars[n_old:]  # the growth is said, not silent
+    assert f"vocabulary extended by {len(new)} characters: {', '.join(map(repr, new))}" in said, said
     W = old["model"]
     assert torch.equal(model.cells[0].W_xh[:, :n_old], W["cells.0.W_xh"])
     assert torch.equal(model.W_hy[:n_old], W["W_hy"]) and torch.equal(model.b_y[:n_old], W["b_y"])
