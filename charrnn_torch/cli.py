@@ -388,7 +388,8 @@ def sweep_parser(prog):
     p = _Parser(prog=prog, description="Train one run per combination of a grid.")
     p.add_argument("--config", type=path_arg("--config"), default="shakespeare.yaml")
     p.add_argument("--grid", nargs="+", required=True, metavar="key=v1,v2",
-                   help="e.g. --grid train.lr=1e-3,3e-3 model.hidden_size=256,512")
+                   help="e.g. --grid train.lr=1e-3,3e-3 model.hidden_size=256,512; the first entry and every "
+                        "list are axes (one value: a grid of one), later single values apply to every run")
     p.add_argument("--parallel", type=int_arg("--parallel", 1, 256), default=1, help="runs at a time (default 1)")
     p.add_argument("--sweep-dir", type=dir_arg("--sweep-dir"), default=None,
                    help="default: runs/sweep-<config name>")
@@ -396,13 +397,17 @@ def sweep_parser(prog):
     return p
 
 
+def split_grid(entries):
+    """(axes, overrides) of --grid's entries. argparse hands key=value overrides that follow the
+    grid to --grid too: an entry with a comma-separated list is an axis, one with a single value
+    an override; but the first entry is always an axis, so `--grid train.lr=1e-3` is a grid of one."""
+    axes = [g for i, g in enumerate(entries) if i == 0 or "," in g.partition("=")[2]]
+    return axes, [g for g in entries if g not in axes]
+
+
 def sweep_command(args, prog):
-    # argparse hands key=value overrides that follow the grid to --grid too: an entry
-    # with a comma-separated list is an axis, one with a single value an override.
-    grid = [g for g in args.grid if "," in g.partition("=")[2]]
-    overrides = [g for g in args.grid if g not in grid] + args.overrides
-    if not grid:
-        raise UserError("--grid needs at least one key=v1,v2,... entry")
+    grid, overrides = split_grid(args.grid)
+    overrides += args.overrides
     sweep_dir, fields, rows = run_sweep(find_config(args.config), grid, overrides, args.sweep_dir, args.parallel)
     print()
     print(format_rows(fields, rows))

@@ -1,8 +1,8 @@
 """Proves the experiment tooling: 2-process DDP over gloo on 127.0.0.1 equals a
 single-process run with the same global batch (float64, 1e-10), also when resumed with
 another number of ranks; a 2x2 sweep runs, summarises, survives a failing combination
-and resumes; and a real `tensorboard` server serves exactly the scalars and hparams
-that training logged.
+and resumes; a grid of one value is one run; and a real `tensorboard` server serves exactly
+the scalars and hparams that training logged.
 
 Run: pytest tests/test_experiments.py   (starts subprocesses and a TensorBoard server)
 """
@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from charrnn_torch import checkpoint
+from charrnn_torch.cli import split_grid
 from charrnn_torch.config import build_config
 from charrnn_torch.trainer import train
 from conftest import ROOT, read_scalars, run_script, tiny_overrides
@@ -129,6 +130,22 @@ def test_sweep_2x2_summary_failure_and_resume(tmp_path, corpus_file):
     with open(tmp_path / "sweep2" / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["status"] == "done" and rows[1]["status"].startswith("failed")
+
+
+def test_a_grid_of_one_value_is_one_run(tmp_path, corpus_file):
+    # The first entry is an axis even with one value; later single values are settings for every run.
+    assert split_grid(["train.lr=1e-3", "train.max_steps=5", "model.hidden_size=8,16"]) == (
+        ["train.lr=1e-3", "model.hidden_size=8,16"], ["train.max_steps=5"])
+    base = [o for o in tiny_overrides(corpus_file, tmp_path, **{"train.max_steps": 2, "train.eval_interval": 2,
+                                                                "train.sample_interval": 0})
+            if not o.startswith("out_dir=")]
+    r = run_script("sweep.py", "--config", "shakespeare.yaml", "--sweep-dir", tmp_path / "s", "--grid", "train.lr=0.01",
+                   *base)
+    assert r.returncode == 0, r.stderr + r.stdout
+    with open(tmp_path / "s" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(x["run"], x["train.lr"], x["status"]) for x in rows] == [("lr=0.01", "0.01", "done")]
+    assert checkpoint.load(tmp_path / "s" / "lr=0.01" / "ckpt.pt")["config"]["train"]["lr"] == 0.01
 
 
 def test_sweep_rejects_bad_grid_before_running(tmp_path):
