@@ -1,10 +1,11 @@
 """Proves that every flag of train.py, sample.py, sweep.py and bench.py, and every kind of bad
 config value (non-finite, beyond int64, out of range), is refused where it is parsed, with one
 `error:` line and exit 2, no traceback and no file written; that flags which contradict each
-other are refused; that a run too large for the machine's memory is refused before anything is
-allocated; that an empty path, for any flag or config key that takes one, is an error
-naming it, never "not given"; and that a machine failing under a run (a full disk, the run directory removed) ends
-it with one `error:` line that names the file and the last good checkpoint, and exit 1.
+other are refused; that an empty path, for any flag or config key that takes one, is an error
+naming it, never "not given"; that flags and key=value overrides mix in any order; that a run
+too large for the machine's memory is refused before anything is allocated; and that a machine
+failing under a run (a full disk, the run directory removed) ends it with one `error:` line that
+names the file and the last good checkpoint, and exit 1.
 
 Run: pytest tests/test_cli_values.py
 """
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
 from charrnn_torch import checkpoint, cli, config as config_mod
 from charrnn_torch.cli import main
@@ -136,6 +138,19 @@ def test_an_empty_path_is_an_error_for_every_path_flag_and_key(world, tmp_path, 
     assert not failures, "\n".join(failures)
     assert snapshot(world) == before and not (world / "new").exists() and not (world / "s").exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_flags_and_overrides_in_any_order(world, capsys):
+    """`--config X model.cell=gru --no-progress out_dir=runs/x`: overrides on both sides of a flag
+    (argparse's plain parse_args refused the second group as "unrecognized arguments")."""
+    assert main(["train", "--config", "shakespeare.yaml", "model.cell=gru", "--no-progress", "out_dir=runs/x",
+                 "train.lr=0.01", "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["model"]["cell"], cfg["out_dir"], cfg["train"]["lr"]) == ("gru", "runs/x", 0.01)
+    assert main(["train", "--resume", str(world / "run"), "train.max_steps=8", "--no-progress", "train.lr=0.005",
+                 "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["train"]["max_steps"], cfg["train"]["lr"]) == (8, 0.005)
 
 
 def test_memory_is_refused_before_allocating(world, monkeypatch):
