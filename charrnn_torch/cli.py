@@ -326,12 +326,11 @@ def check_sample_args(args):
 
 def sample_command(args, prog):
     check_sample_args(args)
-    score_text = data.read_corpus(args.score) if args.score else None
     if args.prime_file:
         args.prime = data.read_corpus(args.prime_file)
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
-    if score_text is not None:
-        return _print_score(sample.score(model, vocab, score_text))
+    if args.score:  # a byte-mode model reads the file's bytes, as its training did
+        return _print_score(sample.score(model, vocab, data.read_corpus(args.score, vocab.mode)))
     prime = sample.default_prime(vocab, ckpt.get("char_counts")) if args.prime is None else args.prime
     sample.check_prime(vocab, prime)
     generator = torch.Generator()
@@ -349,7 +348,9 @@ def sample_command(args, prog):
 
 
 def _print_score(r):
-    print(f"loss {r['loss']:.4f} nats/char | {r['bpc']:.4f} bits/char | {r['chars']} characters scored")
+    unit = r["unit"]
+    print(f"loss {r['loss']:.4f} nats/{unit} | {r['bpc']:.4f} bits/{unit} | {r['count']} "
+          f"{'characters' if unit == 'char' else 'bytes'} scored")
     if r["unknown_chars"]:
         print(f"{r['unknown_chars']} characters not in the vocabulary were skipped: "
               f"{', '.join(repr(c) for c in r['unknown_set'])}")

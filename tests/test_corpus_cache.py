@@ -2,7 +2,7 @@
 the ids, vocabulary and counts of today's in-memory encoding; it is rebuilt when its source
 changes and reused when not; a failed build leaves nothing that could pass for a cache; UTF-8
 split across read chunks encodes right and bad UTF-8 is reported at its byte offset; byte mode
-trains on any file and samples decode with replacement; a large alphabet is stored as uint16 and
+trains on any file, samples decode with replacement and scores count bytes; a large alphabet is stored as uint16 and
 trains; fine-tuning carries the shared characters' weights over and says which characters it
 adds (and refuses another architecture); step checkpoints are kept, pruned and sampled from;
 --prime-file primes; and every bad cache or flag is one error line with exit status 2 that leaves
@@ -10,6 +10,7 @@ the files as they were.
 
 Run: pytest tests/test_corpus_cache.py
 """
+import math
 import os
 import random
 
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn_torch import cache, checkpoint, data
+from charrnn_torch import cache, checkpoint, data, sample
 from charrnn_torch.cli import main
 from charrnn_torch.config import build_config
 from charrnn_torch.errors import UserError
@@ -124,6 +125,28 @@ def test_byte_mode_trains_on_any_file_and_samples_decode(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(out), "--length", "200", "--seed", "3", "--prime", "naïve"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("naïve") and len(printed) > 20  # bytes decoded (U+FFFD where not UTF-8)
+
+
+def test_byte_mode_scores_bytes(tmp_path, capsys):
+    """A byte-mode model scores the file it trained on, UTF-8 or not, per byte: a file of N bytes
+    makes N - 1 predictions."""
+    rng = random.Random(2)
+    src = tmp_path / "bin.dat"
+    src.write_bytes(bytes(rng.randrange(256) for _ in range(3000)))  # not UTF-8
+    out = tmp_path / "run"
+    assert main(["train", "--no-progress", *tiny_overrides(src, out, **{"data.vocab": "bytes", "train.max_steps": 4,
+                                                                         "train.sample_interval": 0})]) == 0
+    model, _, _ = checkpoint.load_model(out)
+    utf8 = tmp_path / "u.txt"
+    utf8.write_text("naïve café, déjà vu — " * 40, encoding="utf-8")
+    assert len(utf8.read_text(encoding="utf-8")) < len(utf8.read_bytes())
+    for f in (src, utf8):
+        raw = f.read_bytes()
+        want = float(sample.char_losses(model, torch.tensor(list(raw))).sum()) / (len(raw) - 1)
+        capsys.readouterr()
+        assert main(["sample", "--checkpoint", str(out), "--score", str(f)]) == 0, capsys.readouterr().err
+        assert capsys.readouterr().out == (f"loss {want:.4f} nats/byte | {want / math.log(2):.4f} bits/byte | "
+                                           f"{len(raw) - 1} bytes scored\n")
 
 
 def test_a_large_alphabet_is_uint16_and_trains(tmp_path):

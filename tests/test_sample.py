@@ -154,7 +154,7 @@ def test_score_reports_unknown_characters():
     model, _ = model_from_reference()
     vocab = Vocab("abcdefghijk")
     r = score(model, vocab, "abcXdefgZhij")
-    assert r["unknown_chars"] == 2 and r["unknown_set"] == ["X", "Z"] and r["chars"] == 9
+    assert r["unknown_chars"] == 2 and r["unknown_set"] == ["X", "Z"] and r["count"] == 9
     ids = vocab.encode("abcdefghij")[None]
     want = F.cross_entropy(model(ids[:, :-1])[0][0], ids[0, 1:]).item()
     assert r["loss"] == pytest.approx(want, rel=1e-12)
