@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import bench, checkpoint, config as config_mod, data, data_bench, sample, visualize, viz_page
+from . import bench, checkpoint, config as config_mod, data, data_bench, files, sample, visualize, viz_page
 from .config import SEED_MAX
 from .distributed import DistInfo, barrier
 from .errors import RunFailed, UserError, one_line
@@ -139,6 +139,8 @@ def file_arg(flag, existing):
     def check(p):
         if p.is_dir():
             raise UserError(f"{flag} {p} is a directory, not a file")
+        if existing:
+            files.check_regular(p, flag)
         if existing and not p.is_file():
             raise UserError(f"{flag} {p}: file not found")
         if not existing and not p.parent.is_dir():

@@ -13,6 +13,7 @@ import yaml
 
 from .data import DEFAULT_PATH
 from .errors import UserError, one_line
+from .files import check_regular
 from .model import CELLS, IMPLS
 
 # The one list of each set of allowed values (the cells and impls are model.py's).
@@ -247,6 +248,7 @@ def resolve_config_path(name, config_dir):
 
 def read_yaml(path):
     path = Path(path)
+    check_regular(path, "config file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -25,6 +25,7 @@ def download(url, dest, sha256, timeout=30, progress=True):
     dest = Path(dest)
     where = f"download it from {url} and save it as {dest.resolve()}"
     dest.parent.mkdir(parents=True, exist_ok=True)
+    files.remove_abandoned(dest, suffix=".part")  # a download killed half way
     digest = hashlib.sha256()
     try:
         with files.temp_file(dest, mode=0o644, suffix=".part") as (f, tmp), \
@@ -61,6 +62,7 @@ def read_corpus(path, mode="chars"):
     path = Path(path)
     if path.is_dir():
         raise UserError(f"data path is a directory, not a text file: {path}")
+    files.check_regular(path, "data file")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -186,18 +188,19 @@ class Corpus:
 
     def __init__(self, data_cfg, dist_info=DistInfo(), progress=True, base_vocab=None, log=print, defer_install=False):
         source = ensure_corpus(data_cfg.path, progress=progress and dist_info.is_main)
+        self.pending = None
         if dist_info.world_size == 1:
             # defer_install: a new cache stays under a temporary name until the run has passed its
             # checks (keep()), so that a run refused for bad input leaves nothing behind.
-            path, header, self.pending = cache_mod.ensure(source, data_cfg.vocab, progress, log,
-                                                          install=not defer_install)
+            ids, header, self.pending = cache_mod.load(source, data_cfg.vocab, progress, log, install=not defer_install)
         else:
             # Each node's first rank builds (and installs) it while the others wait, then all map it.
             if dist_info.local_rank == 0:
-                cache_mod.ensure(source, data_cfg.vocab, progress and dist_info.is_main, log)
+                ids, header, _ = cache_mod.load(source, data_cfg.vocab, progress and dist_info.is_main, log)
             barrier(dist_info)
-            path, header, self.pending = cache_mod.ensure(source, data_cfg.vocab, False, lambda *a: None)
-        ids = torch.from_numpy(cache_mod.open_ids(path, header))
+            if dist_info.local_rank != 0:
+                ids, header, _ = cache_mod.load(source, data_cfg.vocab, False, lambda *a: None)
+        ids = torch.from_numpy(ids)
         corpus_vocab = vocab_of(data_cfg.vocab, header["vocab"])
         self.vocab, self.lut, self.char_counts = corpus_vocab, None, header["counts"]
         if base_vocab is not None and data_cfg.vocab == "chars":

@@ -8,9 +8,12 @@ from .files import TEMP_SUFFIX
 
 
 def holds_run(path):
-    """Whether path is a directory that a run has written to."""
-    markers = ("config.yaml", "ckpt.pt", "best.pt")
-    return path.is_dir() and (any((path / n).exists() for n in markers) or any(path.glob("events.out.tfevents.*")))
+    """Whether path holds a run that can be continued: a checkpoint. A run that ended before its
+    first one (killed, diverged, a full disk) leaves only config.yaml and its TensorBoard events:
+    nothing to resume, so nothing to protect from the next run, which starts there. Its events stay
+    (TensorBoard reads the new run's steps as superseding them); cleaning up instead on failure
+    could never cover a run killed with SIGKILL, and would delete the record of why it failed."""
+    return path.is_dir() and any((path / n).exists() for n in ("ckpt.pt", "best.pt"))
 
 
 def choose_out_dir(out_dir, explicit, force):
