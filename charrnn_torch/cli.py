@@ -12,6 +12,7 @@ config keys, by the config schema; a mistake is a ``UserError``, printed as one 
 traceback.
 """
 import argparse
+import gc
 import json
 import math
 import os
@@ -242,7 +243,7 @@ def train_command(args, prog):
                   f"resume with: {prog} --resume {e.out_dir}", file=sys.stderr)
         return e.exit_code
     finally:
-        _finish_distributed(dist_info)
+        finish_distributed(dist_info)
     if dist_info.is_main:
         print(f"done: {summary['step']} steps, val loss {summary['val_loss']:.4f} "
               f"(bpc {summary['val_loss'] / math.log(2):.4f}), best {summary['best_val']:.4f}; "
@@ -256,13 +257,23 @@ def _dist_from_env(env):
 
 
 def _init_distributed(cfg, dist_info):
+    # DDP imports torch._dynamo on its first use. Imported once a process group exists, it keeps
+    # references to the group that destroy_process_group() cannot drop (see finish_distributed).
+    import torch._dynamo  # noqa: F401
     cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     torch.distributed.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://",
                                          rank=dist_info.rank, world_size=dist_info.world_size)
 
 
-def _finish_distributed(dist_info):
+def finish_distributed(dist_info):
+    """Free the process group before Python exits, its threads joined. A group still alive at exit
+    keeps gloo's worker threads running; one that then releases the last collective's tensors
+    needs the GIL while the interpreter is finalizing, and the process aborts ("terminate called
+    without an active exception", pytorch/pytorch#190489). So nothing may still hold the group:
+    not the run's DDP wrapper (dropped by the trainer, and in reference cycles until collected),
+    not torch._dynamo (imported before the group, in _init_distributed)."""
     if dist_info.world_size > 1 and torch.distributed.is_initialized():
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 

@@ -266,6 +266,8 @@ class Trainer:
         except BaseException:
             self.log.close_quietly()
             raise
+        finally:
+            self.ddp_model = self.model  # the DDP wrapper holds the process group: see cli.finish_distributed
         self.log_char_embedding()
         self.log.hparams(self.cfg, state.last_val)
         self.log.close()
