@@ -88,7 +88,7 @@ def remove_abandoned(dest, suffix=TEMP_SUFFIX):
     whose process no longer exists are removed; a live writer's (a run still building the same
     cache), another host's (a shared folder) and any other name are left alone. Returns the paths
     removed."""
-    dest, host = Path(dest), socket.gethostname()
+    dest = Path(dest)
     try:
         found = list(dest.parent.glob(f".{glob.escape(dest.name)}.*{suffix}"))
     except OSError:
@@ -97,12 +97,19 @@ def remove_abandoned(dest, suffix=TEMP_SUFFIX):
     for path in found:
         writer = path.name[len(dest.name) + 2:-len(suffix)].rpartition(".")[0]  # <host>-<pid>
         who, _, pid = writer.rpartition("-")
-        if who != host or not pid.isdigit() or process_exists(int(pid)):
+        if not writer_gone(who, pid):
             continue
         with contextlib.suppress(OSError):  # gone already, or not ours to remove
             path.unlink()
             removed.append(path)
     return removed
+
+
+def writer_gone(host, pid):
+    """Whether the process that wrote a file, named by its host and pid (strings, as read from the
+    file's name), is known to be gone: it ran on this host and no process has its pid now. Another
+    host's writer, or a name that does not parse, may be alive."""
+    return host == socket.gethostname() and pid.isdigit() and not process_exists(int(pid))
 
 
 def process_exists(pid):

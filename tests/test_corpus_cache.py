@@ -2,11 +2,12 @@
 the ids, vocabulary and counts of today's in-memory encoding; it is rebuilt when its source
 changes and reused when not; a failed build leaves nothing that could pass for a cache; UTF-8
 split across read chunks encodes right and bad UTF-8 is reported at its byte offset; byte mode
-trains on any file, samples decode with replacement and scores count bytes; a large alphabet is stored as uint16 and
-trains; fine-tuning carries the shared characters' weights over and says which characters it
-adds (and refuses another architecture); step checkpoints are kept, pruned and sampled from;
---prime-file primes; and every bad cache or flag is one error line with exit status 2 that leaves
-the files as they were.
+trains on any file, samples decode with replacement and scores count bytes; a large alphabet is
+stored as uint16 and trains; fine-tuning carries the shared characters' weights over and says
+which characters it adds (and refuses another architecture); step checkpoints are kept, pruned
+and sampled from; --prime-file primes; and every bad cache or flag is one error line with exit
+status 2 that leaves the files as they were. (Other users, odd files and crashes:
+test_corpus_robustness.py.)
 
 Run: pytest tests/test_corpus_cache.py
 """

@@ -11,7 +11,8 @@
   it, so nothing hangs;
 - a cache whose ids do not fit its vocabulary under an intact header is refused when it is opened,
   before a run directory exists;
-- a run that fails before its first checkpoint leaves a folder that does not block the next run;
+- a run that fails before its first checkpoint leaves a folder that does not block the next run,
+  while one still running before its first checkpoint is not shared;
 - a cache build killed with SIGKILL leaks its temporary file only until the next start, which
   removes it (and leaves a live writer's, and another host's, alone).
 
@@ -40,10 +41,8 @@ from charrnn_torch import cache, files
 from charrnn_torch.cli import main
 from charrnn_torch.config import build_config
 from charrnn_torch.data import load_corpus
-from charrnn_torch.trainer import TrainingDiverged
 from conftest import ROOT, tiny_overrides
-from hooks import hooked_train
-from test_reliability import _wait_for
+from test_reliability import _start_long_run, _wait_for, run_train
 
 OTHER_UID = 54321  # a user with no other files on this machine
 TEXT = "the quick brown fox jumps over the lazy dog.\n" * 200
@@ -286,14 +285,29 @@ def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_the_next(t
     out = tmp_path / "r"
     args = tiny_overrides(corpus_file, out, **{"train.max_steps": 6, "train.eval_interval": 6,
                                                 "train.max_nonfinite": 2, "train.sample_interval": 0})
-    with pytest.raises(TrainingDiverged):  # at step 2, before any evaluation
-        hooked_train(build_config({}, args), nan_steps={1, 2}, progress=False, log=quiet)
+    failed = run_train(*args, hooks={"nan_steps": [1, 2]})  # diverges at step 2, before any evaluation
+    assert failed.returncode == 1 and "no checkpoint is left" in failed.stderr, failed.stderr
     assert sorted(p.name.split(".")[0] for p in out.iterdir()) == ["config", "events"]
     capsys.readouterr()
     assert main(["train", "--no-progress", *args]) == 0, capsys.readouterr().err  # out_dir given: the same folder
     assert not (tmp_path / "r-2").exists()
     assert main(["train", "--no-progress", *args]) == 2  # now it holds a run, which --resume continues
     assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+
+
+def test_a_run_still_running_before_its_first_checkpoint_is_not_shared(tmp_path, corpus_file, capsys):
+    out = tmp_path / "r"
+    proc = _start_long_run(out, corpus_file)  # no checkpoint until it is stopped
+    try:
+        assert not (out / "ckpt.pt").exists()
+        args = ["--no-progress", *tiny_overrides(corpus_file, out, **{"train.max_steps": 2})]
+        capsys.readouterr()
+        assert main(["train", *args]) == 2
+        assert "already holds a run" in capsys.readouterr().err
+    finally:
+        proc.kill()
+        proc.wait()
+    assert main(["train", *args]) == 0  # its writer is gone: the folder is free again
 
 
 # ---------------------------------------------------------------- 6. a build killed with SIGKILL
