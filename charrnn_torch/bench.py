@@ -408,6 +408,14 @@ def sampling_throughput(shape, device, length=200):
     return out
 
 
+def shown(value, spec):
+    """A number in a column's format, or "-" where there is none (NaN or None: not measured under
+    --no-memory, no torch module row to compare with), padded to the column's width."""
+    if value is None or math.isnan(value):
+        return f"{'-':>{int(spec.split('.')[0].lstrip(',') or 0)}}"
+    return f"{value:{spec}}"
+
+
 def format_table(rows):
     """One block per shape; "vs nn" is the ratio to that shape's torch-module stack (nn.RNN,
     nn.LSTM or nn.GRU)."""
@@ -423,9 +431,9 @@ def format_table(rows):
             if r.note:
                 lines.append(f"{r.shape:<14} {r.impl:<26} {r.note}")
                 continue
-            vs_np = f"{r.chars_per_sec / npy:9.2f}" if not math.isnan(npy) else f"{'-':>9}"
-            lines.append(f"{r.shape:<14} {r.impl:<26} {r.chars_per_sec:10,.0f} {r.chars_per_sec / base:18.2f} "
-                         f"{vs_np} {r.gflops:8.1f} {r.pct_peak:6.1f}% {r.peak_mem_mb:8.1f} {r.threads:4d}")
+            lines.append(f"{r.shape:<14} {r.impl:<26} {r.chars_per_sec:10,.0f} {shown(r.chars_per_sec / base, '18.2f')} "
+                         f"{shown(r.chars_per_sec / npy, '9.2f')} {r.gflops:8.1f} {r.pct_peak:6.1f}% "
+                         f"{shown(r.peak_mem_mb, '8.1f')} {r.threads:4d}")
     return "\n".join(lines)
 
 

@@ -13,7 +13,12 @@ The header records the vocabulary and each symbol's count, the number of ids, th
 smallest of uint8, uint16, uint32 that fits) and what the cache was built from (the source's
 path, size, mtime and a hash of its first and last MiB). A cache whose source has changed is
 rebuilt. It is written to a temporary name and renamed into place when complete, so a build that
-is killed is never mistaken for a finished one.
+is killed is never mistaken for a finished one; the next start removes what a killed build left.
+
+The cache is readable by whoever can read its source. One that cannot be read (another user's,
+private to them) is left alone and another place is used: the user's own cache folder. A cache
+whose ids do not fit its vocabulary is refused when it is opened. Where no place can be written at
+all, the run encodes the corpus in memory and says so in one line (load).
 """
 import codecs
 import hashlib
@@ -26,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from . import files
-from .errors import UserError
-from .files import discard, temp_file
+from .errors import RunFailed, UserError
+from .files import temp_file
 
 MAGIC = b"CHARRNN-IDS\n"
 VERSION = 1
@@ -62,14 +67,19 @@ def user_cache_dir():
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charrnn_torch"
 
 
-def cache_path(source, mode):
-    """Next to the source when its directory is writable, else in the user's cache folder."""
+def cache_places(source, mode):
+    """Where the cache of source may live, in the order tried: beside it (shared by everyone who
+    reads the source), then in the user's own cache folder (a source folder one cannot write)."""
     source = Path(source)
     beside = source.with_name(f"{source.name}.{mode}{SUFFIX}")
-    if os.access(source.parent, os.W_OK):
-        return beside
     key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
-    return user_cache_dir() / f"{key}-{beside.name}"
+    return [beside, user_cache_dir() / f"{key}-{beside.name}"]
+
+
+def readable_like(source):
+    """A cache's mode: whoever may read the source may read its cache (which tells them nothing
+    the source does not), and its owner may write it."""
+    return (os.stat(source).st_mode & 0o444) | 0o200
 
 
 def _chunks(path, progress, desc):
@@ -137,11 +147,9 @@ def _header_bytes(header):
     return head + b"\0" * (-len(head) % ALIGN)
 
 
-def build(source, dest, mode, progress=True, install=True):
-    """Encode source into the cache file dest. It is written under a temporary name beside dest and
-    renamed into place when complete; with install=False it is left under that name for the caller
-    to install() or discard() once the run has passed its checks. Returns (path, header)."""
-    source, dest = Path(source), Path(dest)
+def describe(source, mode, progress=True):
+    """Pass 1 over source: (the cache's header, the symbols, their dtype, the source's fingerprint
+    before reading)."""
     fp = fingerprint(source)
     symbols, counts = _count_symbols(source, mode, progress)
     if len(symbols) == 0:
@@ -149,22 +157,44 @@ def build(source, dest, mode, progress=True, install=True):
     dtype = smallest_dtype(len(symbols))
     header = {"version": VERSION, "vocab_mode": mode, "length": int(counts.sum()), "dtype": dtype.name,
               "vocab": [chr(int(c)) for c in symbols] if mode == "chars" else None,
-              "counts": counts.tolist(), "source": {"path": str(source.resolve()), **fp}}
+              "counts": counts.tolist(), "source": {"path": str(Path(source).resolve()), **fp}}
+    return header, symbols, dtype, fp
+
+
+def _check_unchanged(source, fp):
+    if fingerprint(source) != fp:
+        raise UserError(f"data file {source} changed while it was being encoded; run again")
+
+
+def build(source, dest, mode, progress=True, install=True):
+    """Encode source into the cache file dest. It is written under a temporary name beside dest and
+    renamed into place when complete; with install=False it is left under that name for the caller
+    to install() or discard() once the run has passed its checks. Returns (path, header). An
+    OSError means dest's place cannot be written (the temporary file is made first, so that is
+    known before any pass over the source)."""
+    source, dest = Path(source), Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with temp_file(dest) as (f, tmp):
+    with temp_file(dest, mode=readable_like(source)) as (f, tmp):
+        header, symbols, dtype, fp = describe(source, mode, progress)
         f.write(_header_bytes(header))
         for ids in _encoded(source, mode, symbols, dtype, progress):
             f.write(ids.tobytes())
-    try:
-        if fingerprint(source) != fp:
-            raise UserError(f"data file {source} changed while it was being encoded; run again")
-    except BaseException:
-        discard(tmp)
-        raise
+        _check_unchanged(source, fp)  # inside the block: a failure removes the temporary file
     if install:
         files.install(tmp, dest)
         return dest, read_header(dest)
     return tmp, read_header(tmp)
+
+
+def encode_in_memory(source, mode, progress=True):
+    """(ids, header): source encoded into an array, for a run that has nowhere to write its cache."""
+    header, symbols, dtype, fp = describe(source, mode, progress)
+    ids, at = np.empty(header["length"], dtype=dtype), 0
+    for chunk in _encoded(source, mode, symbols, dtype, progress):
+        ids[at:at + len(chunk)] = chunk
+        at += len(chunk)
+    _check_unchanged(source, fp)
+    return ids, header
 
 
 def read_header(path):
@@ -212,39 +242,112 @@ def open_ids(path, header):
                      shape=(header["length"],))
 
 
+def check_ids(path, header, chunk=CHUNK * 32):
+    """Refuse a cache whose ids do not fit its vocabulary: a header intact over damaged ids would
+    otherwise fail mid-run, at the first batch that reads one. One vectorised pass over the map."""
+    size = len(header["counts"])
+    if size > np.iinfo(np.dtype(header["dtype"])).max:
+        return  # every value of the dtype is an id (bytes mode: 256 symbols in uint8)
+    ids = open_ids(path, header)
+    top = max(int(ids[i:i + chunk].max()) for i in range(0, len(ids), chunk))
+    if top >= size:
+        raise UserError(f"{path} is corrupt: it holds id {top} where its vocabulary has {size} symbols; "
+                        f"delete {path} to have it rebuilt from its source")
+
+
 def is_cache_file(path):
     with open(path, "rb") as f:
         return f.read(len(MAGIC)) == MAGIC
 
 
+class NoCachePlace(RunFailed):
+    """No place for the cache could be read or written (the message says why, for each)."""
+
+
 def ensure(source, mode, progress=True, log=print, install=True):
-    """(path, header, pending): the cache of source in mode, built or rebuilt as needed. A source
-    that is itself a cache file is used as it is, and refused if its own source has since changed.
-    pending is None, or, for a cache just built with install=False, (its temporary path, where it
-    belongs), for install() or discard()."""
+    """(path, header, pending): the cache of source in mode, built or rebuilt as needed, beside the
+    source or else in the user's cache folder (cache_places). A source that is itself a cache file
+    is used as it is, and refused if its own source has since changed. pending is None, or, for a
+    cache just built with install=False, (its temporary path, where it belongs), for install() or
+    discard(). NoCachePlace when no place could be read or written; load() then encodes in memory."""
     source = Path(source)
-    if source.is_dir():
-        raise UserError(f"data path is a directory, not a text file: {source}")
-    try:
-        direct = is_cache_file(source)
-    except OSError as e:
-        raise UserError(f"cannot read data file {source}: {e.strerror}") from None
-    if direct:
+    if _given_a_cache(source):
         header = read_header(source)
         if header["vocab_mode"] != mode:
             raise UserError(f"{source} is a cache of data.vocab={header['vocab_mode']}, not {mode}")
         if is_stale(header):
             raise UserError(f"{source} is stale: its source {header['source']['path']} has changed since it was "
                             f"built; train from the source to rebuild it")
+        check_ids(source, header)
         return source, header, None
-    dest = cache_path(source, mode)
-    if dest.exists():
-        header = read_header(dest)
-        if header["vocab_mode"] == mode and not is_stale(header) and header["source"]["path"] == str(source.resolve()):
+    problems, writable, stale = [], [], set()
+    for dest in cache_places(source, mode):
+        files.remove_abandoned(dest)
+        try:
+            header = _current(dest, source, mode)
+        except OSError as e:  # never replaced: it may be someone else's, private to them
+            problems.append(f"cannot read {dest} ({e.strerror or e})")
+            continue
+        if header is not None:
+            if problems:
+                log(f"{'; '.join(problems)}: using {dest}")
             return dest, header, None
-        log(f"rebuilding {dest}: {source} has changed since it was encoded")
-    tic = time.perf_counter()
-    path, header = build(source, dest, mode, progress, install)
-    secs, mb = time.perf_counter() - tic, os.path.getsize(source) / 1e6
-    log(f"encoded {source} ({mb:.1f} MB) into {dest} in {secs:.2f} s ({mb / max(secs, 1e-9):.0f} MB/s)")
-    return path, header, (None if install else (path, dest))
+        writable.append(dest)
+        if dest.exists():
+            stale.add(dest)
+    return _build_somewhere(source, mode, writable, stale, problems, progress, log, install)
+
+
+def _given_a_cache(source):
+    """Whether data.path names a cache file itself; refuses what is not a readable regular file."""
+    if source.is_dir():
+        raise UserError(f"data path is a directory, not a text file: {source}")
+    files.check_regular(source, "data file", "zcat corpus.gz > corpus.txt")
+    try:
+        return is_cache_file(source)
+    except OSError as e:
+        raise UserError(f"cannot read data file {source}: {e.strerror}") from None
+
+
+def _current(dest, source, mode):
+    """dest's header if it is a finished cache of source, as it is now, in mode (its ids checked);
+    None if it is missing or stale. OSError: it cannot be read."""
+    if not dest.exists():
+        return None
+    header = read_header(dest)
+    if header["vocab_mode"] != mode or is_stale(header) or header["source"]["path"] != str(source.resolve()):
+        return None
+    check_ids(dest, header)
+    return header
+
+
+def _build_somewhere(source, mode, places, stale, problems, progress, log, install):
+    """Build the cache at the first of places that can be written; NoCachePlace if none can."""
+    for dest in places:
+        if dest in stale:
+            log(f"rebuilding {dest}: {source} has changed since it was encoded")
+        tic = time.perf_counter()
+        try:
+            path, header = build(source, dest, mode, progress, install)
+        except OSError as e:
+            problems.append(f"cannot write {dest} ({e.strerror or e})")
+            continue
+        secs, mb = time.perf_counter() - tic, os.path.getsize(source) / 1e6
+        if problems:
+            log(f"{'; '.join(problems)}: using {dest}")
+        log(f"encoded {source} ({mb:.1f} MB) into {dest} in {secs:.2f} s ({mb / max(secs, 1e-9):.0f} MB/s)")
+        return path, header, (None if install else (path, dest))
+    raise NoCachePlace("; ".join(problems))
+
+
+def load(source, mode, progress=True, log=print, install=True):
+    """(ids, header, pending): the corpus's ids, memory-mapped from its cache (see ensure). Where no
+    cache can be read or written anywhere (read-only folders, as in some containers), the source is
+    encoded in memory for this run instead, and a line says so."""
+    try:
+        path, header, pending = ensure(source, mode, progress, log, install)
+    except NoCachePlace as e:
+        log(f"no place for the corpus cache of {source} ({e}); encoding it in memory for this run")
+        ids, header = encode_in_memory(source, mode, progress)
+        return ids, header, None
+    return open_ids(path, header), header, pending

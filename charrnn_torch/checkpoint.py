@@ -12,7 +12,7 @@ import torch
 from . import code_corpus, config as config_mod
 from .data import load_corpus, vocab_from_checkpoint
 from .errors import UserError, one_line
-from .files import TEMP_SUFFIX, discard, write_atomic
+from .files import TEMP_SUFFIX, check_regular, discard, write_atomic
 from .model import CharRNN
 from .runtime import resolve_device
 
@@ -76,6 +76,7 @@ def load(path, map_location="cpu"):
     """Load a checkpoint as plain data. Anything else (a pickled object, a truncated
     or foreign file) is refused with a UserError: weights_only=True never runs code."""
     path = Path(path)
+    check_regular(path, "checkpoint")
     if path.is_file() and not zipfile.is_zipfile(path):
         # torch.save writes a zip archive; anything else is a partial write or a foreign file.
         raise UserError(f"checkpoint {path} is truncated or corrupt (not a torch.save archive)")

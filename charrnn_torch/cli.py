@@ -12,6 +12,7 @@ config keys, by the config schema; a mistake is a ``UserError``, printed as one 
 traceback.
 """
 import argparse
+import gc
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import (bench, checkpoint, config as config_mod, data, data_bench, dynamic, export, sample, visualize,
+from . import (bench, checkpoint, config as config_mod, data, data_bench, dynamic, export, files, sample, visualize,
                viz_page)
 from .config import SEED_MAX
 from .distributed import DistInfo, barrier
@@ -125,28 +126,38 @@ def device_arg(flag):
     return parse
 
 
+def path_arg(flag, check=None):
+    """A path (config.check_path: never empty), then check(Path) if given. Every flag that takes a
+    path is built on this one; its is_path mark lets the tests find them all."""
+    def parse(text):
+        config_mod.check_path(flag, text)
+        return check(Path(text)) if check else text
+    parse.is_path = True
+    return parse
+
+
 def file_arg(flag, existing):
     """A file (never a directory): one that exists, or else one to write in a directory that exists."""
-    def parse(text):
-        p = Path(text)
+    def check(p):
         if p.is_dir():
             raise UserError(f"{flag} {p} is a directory, not a file")
+        if existing:
+            files.check_regular(p, flag)
         if existing and not p.is_file():
             raise UserError(f"{flag} {p}: file not found")
         if not existing and not p.parent.is_dir():
             raise UserError(f"{flag} {p}: directory {p.parent} does not exist")
         return p
-    return parse
+    return path_arg(flag, check)
 
 
 def dir_arg(flag):
     """A directory to write into (made if missing): not an existing file."""
-    def parse(text):
-        p = Path(text)
+    def check(p):
         if p.exists() and not p.is_dir():
             raise UserError(f"{flag} {p} is a file, not a directory")
         return p
-    return parse
+    return path_arg(flag, check)
 
 
 def _conflicts(pairs):
@@ -158,7 +169,7 @@ def _conflicts(pairs):
 
 def _checkpoint_args(p, device_default="cpu"):
     """The flags of every command that reads a trained model: --checkpoint, --step, --device."""
-    p.add_argument("--checkpoint", required=True, help="a .pt file, or a run directory (best.pt, else ckpt.pt)")
+    p.add_argument("--checkpoint", required=True, type=path_arg("--checkpoint"), help="a .pt file, or a run directory (best.pt, else ckpt.pt)")
     p.add_argument("--step", type=int_arg("--step", 0, STEP_MAX), default=None,
                    help="with a run directory: its ckpt-<step>.pt (kept by train.keep_checkpoints)")
     p.add_argument("--device", type=device_arg("--device"), default=device_default,
@@ -179,12 +190,12 @@ def find_config(name):
 
 def train_parser(prog):
     p = _Parser(prog=prog, description="Train a character-level RNN from a YAML config.")
-    p.add_argument("--config", default=None,
+    p.add_argument("--config", type=path_arg("--config"), default=None,
                    help="a YAML file, or a bare name looked up in configs/ (default: shakespeare.yaml); "
                         "with --resume the run's own stored config is used instead")
-    p.add_argument("--resume", metavar="RUN", help="continue a run: its directory or a checkpoint file")
+    p.add_argument("--resume", metavar="RUN", type=path_arg("--resume"), help="continue a run: its directory or a checkpoint file")
     p.add_argument("--force", action="store_true", help="start over in an out_dir that holds a run")
-    p.add_argument("--init-from", metavar="CKPT", default=None,
+    p.add_argument("--init-from", metavar="CKPT", type=path_arg("--init-from"), default=None,
                    help="fine-tune: start from this checkpoint's (or run directory's best) weights, on the "
                         "config's corpus, with a fresh optimizer and schedule (sets train.init_from)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -200,13 +211,13 @@ def train_config(args):
                                              "run over, --resume continues it"),
                 (args.resume and args.init_from, "--init-from starts a new run from a checkpoint's weights; "
                                                  "--resume continues a run: give one")])
-    if args.resume:
+    if args.resume is not None:
         path = checkpoint.resolve(args.resume, names=("ckpt.pt", "best.pt"))
         resume = checkpoint.load(path)
         return config_mod.build_config(resume["config"], args.overrides), resume, path.parent
-    cfg = config_mod.build_config(config_mod.read_yaml(find_config(args.config or "shakespeare.yaml")),
-                                  args.overrides)
-    if args.init_from:
+    name = "shakespeare.yaml" if args.config is None else args.config
+    cfg = config_mod.build_config(config_mod.read_yaml(find_config(name)), args.overrides)
+    if args.init_from is not None:
         cfg.train.init_from = args.init_from
     return cfg, None, None
 
@@ -233,7 +244,7 @@ def train_command(args, prog):
                   f"resume with: {prog} --resume {e.out_dir}", file=sys.stderr)
         return e.exit_code
     finally:
-        _finish_distributed(dist_info)
+        finish_distributed(dist_info)
     if dist_info.is_main:
         print(f"done: {summary['step']} steps, val loss {summary['val_loss']:.4f} "
               f"(bpc {summary['val_loss'] / math.log(2):.4f}), best {summary['best_val']:.4f}; "
@@ -247,13 +258,23 @@ def _dist_from_env(env):
 
 
 def _init_distributed(cfg, dist_info):
+    # DDP imports torch._dynamo on its first use. Imported once a process group exists, it keeps
+    # references to the group that destroy_process_group() cannot drop (see finish_distributed).
+    import torch._dynamo  # noqa: F401
     cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     torch.distributed.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://",
                                          rank=dist_info.rank, world_size=dist_info.world_size)
 
 
-def _finish_distributed(dist_info):
+def finish_distributed(dist_info):
+    """Free the process group before Python exits, its threads joined. A group still alive at exit
+    keeps gloo's worker threads running; one that then releases the last collective's tensors
+    needs the GIL while the interpreter is finalizing, and the process aborts ("terminate called
+    without an active exception", pytorch/pytorch#190489). So nothing may still hold the group:
+    not the run's DDP wrapper (dropped by the trainer, and in reference cycles until collected),
+    not torch._dynamo (imported before the group, in _init_distributed)."""
     if dist_info.world_size > 1 and torch.distributed.is_initialized():
+        gc.collect()
         torch.distributed.destroy_process_group()
 
 
@@ -328,16 +349,11 @@ def check_sample_args(args):
 
 def sample_command(args, prog):
     check_sample_args(args)
-    score_text = data.read_corpus(args.score) if args.score else None
     if args.prime_file:
         args.prime = data.read_corpus(args.prime_file)
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
-    if score_text is not None and args.dynamic:
-        corpus = checkpoint.run_corpus(ckpt, "gather dynamic evaluation's gradient statistics")
-        settings = dynamic.Settings(lr=args.dynamic_lr, decay=args.dynamic_decay)
-        return _print_score(dynamic.score(model, vocab, score_text, corpus.train_ids, settings, corpus.lut), "dynamic ")
-    if score_text is not None:
-        return _print_score(sample.score(model, vocab, score_text))
+    if args.score:  # a byte-mode model reads the file's bytes, as its training did
+        return _print_score(_score(args, model, vocab, ckpt, data.read_corpus(args.score, vocab.mode)))
     prime = sample.default_prime(vocab, ckpt.get("char_counts")) if args.prime is None else args.prime
     sample.check_prime(vocab, prime)
     generator = torch.Generator()
@@ -354,8 +370,18 @@ def sample_command(args, prog):
     return 0
 
 
-def _print_score(r, kind=""):
-    print(f"{kind}loss {r['loss']:.4f} nats/char | {r['bpc']:.4f} bits/char | {r['chars']} characters scored")
+def _score(args, model, vocab, ckpt, text):
+    if not args.dynamic:
+        return sample.score(model, vocab, text)
+    corpus = checkpoint.run_corpus(ckpt, "gather dynamic evaluation's gradient statistics")
+    settings = dynamic.Settings(lr=args.dynamic_lr, decay=args.dynamic_decay)
+    return dynamic.score(model, vocab, text, corpus.train_ids, settings, corpus.lut)
+
+
+def _print_score(r):
+    unit = r["unit"]
+    print(f"{'dynamic ' if r.get('dynamic') else ''}loss {r['loss']:.4f} nats/{unit} | {r['bpc']:.4f} bits/{unit} | "
+          f"{r['count']} {'characters' if unit == 'char' else 'bytes'} scored")
     if r["unknown_chars"]:
         print(f"{r['unknown_chars']} characters not in the vocabulary were skipped: "
               f"{', '.join(repr(c) for c in r['unknown_set'])}")
@@ -384,17 +410,18 @@ def _generate(args, model, vocab, prime, generator, emit):
     else:
         texts = sample.generate_batch(model, vocab, prime, args.length, args.num_samples, args.temperature,
                                       args.top_k, args.top_p, generator=generator, greedy=args.greedy)
-        for i, text in enumerate(texts):
-            emit((f"\n----- sample {i + 1} -----\n" if i else "") + text + "\n")
+        for i, text in enumerate(texts):  # every sample under its header, the first one too
+            emit(("\n" if i else "") + f"----- sample {i + 1} -----\n" + text + "\n")
 
 
 # ---------------------------------------------------------------- sweep
 
 def sweep_parser(prog):
     p = _Parser(prog=prog, description="Train one run per combination of a grid.")
-    p.add_argument("--config", default="shakespeare.yaml")
+    p.add_argument("--config", type=path_arg("--config"), default="shakespeare.yaml")
     p.add_argument("--grid", nargs="+", required=True, metavar="key=v1,v2",
-                   help="e.g. --grid train.lr=1e-3,3e-3 model.hidden_size=256,512")
+                   help="e.g. --grid train.lr=1e-3,3e-3 model.hidden_size=256,512; the first entry and every "
+                        "list are axes (one value: a grid of one), later single values apply to every run")
     p.add_argument("--parallel", type=int_arg("--parallel", 1, 256), default=1, help="runs at a time (default 1)")
     p.add_argument("--sweep-dir", type=dir_arg("--sweep-dir"), default=None,
                    help="default: runs/sweep-<config name>")
@@ -402,13 +429,17 @@ def sweep_parser(prog):
     return p
 
 
+def split_grid(entries):
+    """(axes, overrides) of --grid's entries. argparse hands key=value overrides that follow the
+    grid to --grid too: an entry with a comma-separated list is an axis, one with a single value
+    an override; but the first entry is always an axis, so `--grid train.lr=1e-3` is a grid of one."""
+    axes = [g for i, g in enumerate(entries) if i == 0 or "," in g.partition("=")[2]]
+    return axes, [g for g in entries if g not in axes]
+
+
 def sweep_command(args, prog):
-    # argparse hands key=value overrides that follow the grid to --grid too: an entry
-    # with a comma-separated list is an axis, one with a single value an override.
-    grid = [g for g in args.grid if "," in g.partition("=")[2]]
-    overrides = [g for g in args.grid if g not in grid] + args.overrides
-    if not grid:
-        raise UserError("--grid needs at least one key=v1,v2,... entry")
+    grid, overrides = split_grid(args.grid)
+    overrides += args.overrides
     sweep_dir, fields, rows = run_sweep(find_config(args.config), grid, overrides, args.sweep_dir, args.parallel)
     print()
     print(format_rows(fields, rows))
@@ -466,7 +497,7 @@ def bench_command(args, prog):
 
 def plot_parser(prog):
     p = _Parser(prog=prog, description="Validation loss against minutes of training, runs side by side.")
-    p.add_argument("runs", nargs="+", type=dir_arg("RUN"), help="run directories (TensorBoard events)")
+    p.add_argument("runs", nargs="+", metavar="RUN", type=dir_arg("RUN"), help="run directories (TensorBoard events)")
     p.add_argument("--out", type=file_arg("--out", existing=False), default="runs.png", help="the PNG to write")
     p.add_argument("--labels", default=None, help="comma-separated, one per run (default: the directory names)")
     p.add_argument("--title", default="validation loss against minutes of training")

@@ -14,6 +14,7 @@ import yaml
 from .code_corpus import DEFAULT_MAX_BYTES
 from .data import DEFAULT_PATH
 from .errors import UserError, one_line
+from .files import check_regular
 from .model import CELLS, IMPLS
 
 # The one list of each set of allowed values (the cells and impls are model.py's).
@@ -30,6 +31,11 @@ SEED_MAX = 2**SEED_BITS
 # What a resumed run may not change: the architecture, the data, its layout in streams, and
 # whatever gives the saved state its meaning. Everything else (lr, schedule, max_steps, the
 # budget, intervals, dropout, impl, ...) may be overridden on --resume.
+# The config keys that hold a path. An empty one is an error wherever it is given (an unset shell
+# variable expands to nothing), never read as "not given": train.init_from's default "" means not
+# set, so an explicit empty value is caught where the overrides are read.
+PATH_KEYS = ("data.path", "out_dir", "train.init_from")
+
 FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers", "model.cell", "train.optimizer",
                     "train.dtype", "train.batch_size", "train.seq_len", "train.stateful", "train.init_from")
 
@@ -176,9 +182,17 @@ def validate(cfg):
                          ("train.dtype", DTYPES), ("data.vocab", VOCABS)):
         need(get_key(cfg, key) in choices, key, f"must be one of {', '.join(choices)}")
     need(is_device_name(cfg.device), "device", "must be auto, cpu, cuda or cuda:N")
-    need(bool(cfg.out_dir), "out_dir", "must be a non-empty path")
-    need(bool(cfg.data.path), "data.path", "must be a non-empty path")
+    check_path("out_dir", cfg.out_dir)
+    check_path("data.path", cfg.data.path)
     return cfg
+
+
+def check_path(name, value):
+    """The one rule for every path, flag (name: --init-from) or config key (name: data.path): it
+    may not be empty."""
+    if value == "":
+        raise UserError(f"{name} is an empty path; give a path (an unset shell variable expands to nothing)")
+    return value
 
 
 def is_device_name(name):
@@ -247,6 +261,7 @@ def resolve_config_path(name, config_dir):
 
 def read_yaml(path):
     path = Path(path)
+    check_regular(path, "config file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -269,6 +284,8 @@ def build_config(values=None, overrides=()):
     merged = copy.deepcopy(values or {})  # the caller's dict (a checkpoint's config, say) stays as it was
     for text in overrides:
         key, value = parse_override(text)
+        if key in PATH_KEYS:
+            check_path(key, value)
         _merge(merged, _nest(key, value))
     cfg = Config()
     _fill(cfg, merged, "")

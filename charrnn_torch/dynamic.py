@@ -107,10 +107,11 @@ def score(model, vocab, text, train_ids, settings, lut=None):
     """sample.score's report for text under dynamic evaluation; train_ids (the run's training
     split, with lut if its ids differ from the model's) give the gradient statistics."""
     kept, unknown = drop_unknown(vocab, text)
-    if len(kept) < 2:
-        raise UserError(f"nothing to score: the text has {len(kept)} in-vocabulary characters (need >= 2)")
+    ids = vocab.encode(kept)
+    if len(ids) < 2:
+        raise UserError(f"nothing to score: the text has {len(ids)} in-vocabulary {vocab.unit}s (need >= 2)")
     stats = gradient_stats(model, train_ids, settings, lut)
-    total, count = dynamic_score(model, vocab.encode(kept), stats, settings)
+    total, count = dynamic_score(model, ids, stats, settings)
     loss = total / count
-    return {"loss": loss, "bpc": loss / math.log(2), "chars": count, "total_nats": total,
-            "unknown_chars": len(text) - len(kept), "unknown_set": unknown}
+    return {"loss": loss, "bpc": loss / math.log(2), "count": count, "unit": vocab.unit, "total_nats": total,
+            "unknown_chars": len(text) - len(kept), "unknown_set": unknown, "dynamic": True}

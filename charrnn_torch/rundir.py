@@ -4,13 +4,27 @@ from pathlib import Path
 
 from .distributed import broadcast_path
 from .errors import UserError
-from .files import TEMP_SUFFIX
+from .files import TEMP_SUFFIX, writer_gone
 
 
 def holds_run(path):
-    """Whether path is a directory that a run has written to."""
-    markers = ("config.yaml", "ckpt.pt", "best.pt")
-    return path.is_dir() and (any((path / n).exists() for n in markers) or any(path.glob("events.out.tfevents.*")))
+    """Whether path holds a run: one that can be continued (a checkpoint), or one that may still be
+    running (TensorBoard events whose writer is alive, or on another host). A run that ended before
+    its first checkpoint (killed, diverged, a full disk) leaves only config.yaml and its events:
+    nothing to resume and nobody writing, so the next run starts there, and its events stay
+    (TensorBoard reads a restarted run's steps as superseding them). Cleaning up on failure instead
+    could not cover a run killed with SIGKILL, and would delete the record of why it failed."""
+    if not path.is_dir():
+        return False
+    if any((path / n).exists() for n in ("ckpt.pt", "best.pt")):
+        return True
+    return any(not _events_writer_gone(p.name) for p in path.glob("events.out.tfevents.*"))
+
+
+def _events_writer_gone(name):
+    # TensorBoard names a writer's file events.out.tfevents.<time>.<host>.<pid>.<n>
+    head, pid, _ = (name.rsplit(".", 2) + ["", ""])[:3]
+    return writer_gone(head.split(".", 4)[-1], pid)
 
 
 def choose_out_dir(out_dir, explicit, force):

@@ -162,16 +162,18 @@ def char_losses(model, ids, chunk_len=1024, keep_logits=False):
 
 
 def score(model, vocab, text, chunk_len=1024):
-    """Mean loss (nats/char) and bits/char of the model on text, state carried across chunks.
+    """Mean loss per symbol (nats/char, or nats/byte for a data.vocab=bytes model, whose text may
+    be bytes) and bits per symbol of the model on text, state carried across chunks. "count" is
+    the number of predictions: every symbol but the first.
 
     Characters outside the vocabulary are removed before scoring and reported
     (count and set), never mapped to some other id.
     """
     kept, unknown = drop_unknown(vocab, text)
-    n_unknown = len(text) - len(kept)
-    if len(kept) < 2:
-        raise UserError(f"nothing to score: the text has {len(kept)} in-vocabulary characters (need >= 2)")
-    total = float(char_losses(model, vocab.encode(kept), chunk_len).sum())
-    loss = total / (len(kept) - 1)
-    return {"loss": loss, "bpc": loss / math.log(2), "chars": len(kept) - 1, "total_nats": total,
-            "unknown_chars": n_unknown, "unknown_set": unknown}
+    ids = vocab.encode(kept)
+    if len(ids) < 2:
+        raise UserError(f"nothing to score: the text has {len(ids)} in-vocabulary {vocab.unit}s (need >= 2)")
+    total = float(char_losses(model, ids, chunk_len).sum())
+    loss = total / (len(ids) - 1)
+    return {"loss": loss, "bpc": loss / math.log(2), "count": len(ids) - 1, "unit": vocab.unit,
+            "total_nats": total, "unknown_chars": len(text) - len(kept), "unknown_set": unknown}

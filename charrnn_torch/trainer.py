@@ -273,6 +273,8 @@ class Trainer:
         except BaseException:
             self.log.close_quietly()
             raise
+        finally:
+            self.ddp_model = self.model  # the DDP wrapper holds the process group: see cli.finish_distributed
         if train_cfg.dynamic_eval and self.dist.is_main:
             self.evaluate_dynamic()
         self.log_char_embedding()

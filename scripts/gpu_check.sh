@@ -27,17 +27,21 @@ if [ "${1:-}" != --run-stage ]; then
     while [ $# -gt 0 ]; do
         case "$1" in
             --dry-run) dry=1; shift ;;
-            --stages) stages="${2:?$usage}"; shift 2 ;;
+            --stages)
+                # ${2:?} would print bash's own message and exit 1: a missing value is bad input (2).
+                [ $# -ge 2 ] && [ -n "$2" ] || { echo "error: --stages needs a value, e.g. --stages bench,quality; $usage" >&2; exit 2; }
+                stages="$2"; shift 2 ;;
             -h|--help) echo "$usage"; exit 0 ;;
             -*) echo "error: unknown option $1; $usage" >&2; exit 2 ;;
             *) break ;;
         esac
     done
     [ $# -eq 1 ] || { echo "error: $usage" >&2; exit 2; }
+    [ -n "$1" ] || { echo "error: RESULTS_DIR is an empty path; $usage" >&2; exit 2; }
     for s in ${stages//,/ }; do
         case ",$all_stages," in *",$s,"*) ;; *) echo "error: unknown stage $s; $usage" >&2; exit 2 ;; esac
     done
-    mkdir -p "$1" || { echo "error: cannot create results folder $1" >&2; exit 2; }
+    mkdir -p "$1" 2>/dev/null || { echo "error: cannot create results folder $1" >&2; exit 2; }
     results="$(cd "$1" && pwd)"
     self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
     cd "$(dirname "$self")/.."

@@ -12,6 +12,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from charrnn_torch.bench import shown
+
 
 def stages(results):
     path = results / "stages.jsonl"
@@ -79,10 +81,10 @@ def main(argv):
     for name in ("bench", "steps"):
         for r in summary.get(name, {}).get("rows", []):
             print(f"{name} {r['shape']:<12} {r['impl']:<26} {r['chars_per_sec']:>12,.0f} chars/s "
-                  f"{r['pct_peak']:6.1f}% peak {r['peak_mem_mb']:8.1f} MB {r.get('note', '')}")
+                  f"{r['pct_peak']:6.1f}% peak {shown(r['peak_mem_mb'], '8.1f')} MB {r.get('note', '')}")
     for q in summary["quality"]:
         print(f"quality {q['run']:<12} steps={q.get('steps')} val={q.get('val_loss')} best={q.get('best_val')} "
-              f"chars/s={q.get('median_chars_per_sec', float('nan')):,.0f}")
+              f"chars/s={shown(q.get('median_chars_per_sec'), ',.0f')}")
     return 0 if summary["stages"] and all(s["rc"] == 0 for s in summary["stages"]) else 1
 
 

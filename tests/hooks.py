@@ -2,7 +2,8 @@
 chosen steps' losses into NaN and sends itself SIGINT after a chosen step, and a launcher
 (`python tests/hooks.py HOOKS_JSON TRAIN_ARGS...`) that runs the real training command with
 them, optionally pausing every write of ckpt.pt just before its rename (so a test can kill the
-process mid-write) or failing the writes of one file as a full disk would."""
+process mid-write) or failing the writes of one file as a full disk would, and reporting the gloo
+threads still alive once the command has returned."""
 import errno
 import functools
 import json
@@ -73,7 +74,16 @@ def main(argv):
     trainer.Trainer = functools.partial(HookedTrainer, nan_steps=hooks.get("nan_steps", ()),
                                         interrupt_at=hooks.get("interrupt_at", 0))
     from charrnn_torch.cli import run
-    return run("train", argv[1:], "python scripts/train.py")
+    code = run("train", argv[1:], "python scripts/train.py")
+    if hooks.get("report_threads"):  # after the run, as the interpreter is about to finalize
+        print(f"gloo threads left: {len(gloo_threads())}", file=sys.stderr, flush=True)
+    return code
+
+
+def gloo_threads():
+    """This process's threads that belong to a gloo process group (named by gloo and torch)."""
+    names = [Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task")]
+    return [n for n in names if "gloo" in n]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Proves the benchmark measures what it says: every implementation gets a row with
 throughput, ratios, GFLOP/s against a peak measured in the same run and peak memory;
-the FLOP count matches a hand count; the CLI writes valid JSON.
+the FLOP count matches a hand count; the CLI writes valid JSON; what was not measured (memory
+under --no-memory) is shown as "-", never "nan", in the bench's table and in the GPU run's summary.
 
 It does not assert speed targets: those are read off `python scripts/bench.py`
 (see README, Performance), never asserted in a timed test on a shared machine.
@@ -85,6 +86,20 @@ def test_run_shape_rows(monkeypatch):
         assert r.peak_mem_mb == r.peak_mem_mb  # a number, not NaN, on Linux
     table = bench.format_table(rows)
     assert "vs nn.RNN" in table and table.count("tiny") == 4
+
+
+def test_no_memory_is_a_dash_not_nan(monkeypatch, tmp_path):
+    monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 1))
+    rows, _ = bench.run_shape("tiny", torch.device("cpu"), repeats=1, memory=False)
+    table = bench.format_table(rows)
+    assert "nan" not in table.lower(), table
+    widths = {len(line) for line in table.splitlines()[2:]}
+    assert [line.split()[-2] for line in table.splitlines()[2:]] == ["-"] * 4 and len(widths) == 1, table
+    # the GPU run's summary of the same rows (bench.json keeps NaN) prints them the same way
+    (tmp_path / "bench.json").write_text(json.dumps({"rows": [vars(r) for r in rows]}))
+    (tmp_path / "runs" / "q").mkdir(parents=True)  # a quality run that died before logging a rate
+    r = run_script("gpu_summary.py", tmp_path)
+    assert "nan" not in r.stdout.lower() and r.stdout.count(" - MB") == 4 and "chars/s=-" in r.stdout, r.stdout
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
 """Proves that every flag of train.py, sample.py, sweep.py and bench.py, and every kind of bad
 config value (non-finite, beyond int64, out of range), is refused where it is parsed, with one
 `error:` line and exit 2, no traceback and no file written; that flags which contradict each
-other are refused; that a run too large for the machine's memory is refused before anything is
-allocated; and that a machine failing under a run (a full disk, the run directory removed) ends
-it with one `error:` line that names the file and the last good checkpoint, and exit 1.
+other are refused; that an empty path, for any flag or config key that takes one, is an error
+naming it, never "not given"; that flags and key=value overrides mix in any order; that a run
+too large for the machine's memory is refused before anything is allocated; and that a machine
+failing under a run (a full disk, the run directory removed) ends it with one `error:` line that
+names the file and the last good checkpoint, and exit 1.
 
 Run: pytest tests/test_cli_values.py
 """
@@ -12,8 +14,9 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
-from charrnn_torch import checkpoint
+from charrnn_torch import checkpoint, cli, config as config_mod
 from charrnn_torch.cli import main
 from charrnn_torch.config import build_config
 from charrnn_torch.errors import RunFailed
@@ -93,6 +96,61 @@ def test_every_bad_value_is_one_error_line_and_exit_2(world, capsys):
     assert not failures, "\n".join(failures)
     assert snapshot(world) == before  # nothing written, nothing changed
     assert not (world / "new").exists() and not (world / "s").exists()
+
+
+def _path_flags():
+    """(command, flag) for every flag or positional of every command whose value is a path."""
+    found = []
+    for name, (make_parser, _, _) in cli.COMMANDS.items():
+        for action in make_parser(f"charrnn {name}")._actions:
+            if getattr(action.type, "is_path", False):
+                found.append((name, action.option_strings[0] if action.option_strings else action.metavar))
+    return found
+
+
+def test_an_empty_path_is_an_error_for_every_path_flag_and_key(world, tmp_path, monkeypatch, capsys):
+    """`--init-from "$CKPT"` with CKPT unset is `--init-from ""`: refused, never read as "not given"
+    (which trained from scratch and exited 0)."""
+    monkeypatch.chdir(tmp_path)  # "" read as "." would write here, not into the repository
+    run = world / "run"
+    flags = _path_flags()
+    assert {("train", "--init-from"), ("train", "--resume"), ("train", "--config"), ("sample", "--checkpoint"),
+            ("sample", "--prime-file"), ("sample", "--score"), ("sample", "--out"), ("visualize", "--text"),
+            ("visualize", "--out"), ("visualize", "--checkpoint"), ("sweep", "--config"), ("sweep", "--sweep-dir"),
+            ("bench", "--json"), ("bench", "--work"), ("plot", "RUN"), ("plot", "--out")} <= set(flags)
+    ok = tiny_overrides(world / "corpus.txt", world / "new", **{"train.max_steps": 2})
+    # After the flag: were "" let through, each command would still stop at once (a missing config,
+    # an unknown shape) instead of sweeping or benchmarking for minutes.
+    after = {"train": ["--no-progress", *ok], "sample": ["--checkpoint", run], "visualize": ["--checkpoint", run],
+             "sweep": ["--config", world / "missing.yaml", "--sweep-dir", world / "s", "--grid", "train.lr=1,2"],
+             "bench": ["--shapes", "none"], "plot": [run], "export": ["--checkpoint", run, "--format", "none"]}
+    cases = [([name, flag, "", *after[name]] if flag.startswith("-") else [name, ""], flag) for name, flag in flags]
+    cases += [(["train", "--no-progress", *ok, f"{key}="], key) for key in config_mod.PATH_KEYS]
+    cases += [(["train", "--no-progress", "--resume", run, "train.init_from="], "train.init_from")]
+    before = snapshot(world)
+    failures = []
+    for argv, name in cases:
+        code = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        if not (code == 2 and err == f"error: {name} is an empty path; give a path (an unset shell variable "
+                                     f"expands to nothing)\n"):
+            failures.append(f"{argv[0]} {name}: exit {code}, stderr {err!r}")
+    assert not failures, "\n".join(failures)
+    assert snapshot(world) == before and not (world / "new").exists() and not (world / "s").exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_flags_and_overrides_in_any_order(world, capsys):
+    """`--config X model.cell=gru --no-progress out_dir=runs/x`: overrides on both sides of a flag
+    (argparse's plain parse_args refused the second group as "unrecognized arguments")."""
+    assert main(["train", "--config", "shakespeare.yaml", "model.cell=gru", "--no-progress", "out_dir=runs/x",
+                 "train.lr=0.01", "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["model"]["cell"], cfg["out_dir"], cfg["train"]["lr"]) == ("gru", "runs/x", 0.01)
+    assert main(["train", "--resume", str(world / "run"), "train.max_steps=8", "--no-progress", "train.lr=0.005",
+                 "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["train"]["max_steps"], cfg["train"]["lr"]) == (8, 0.005)
 
 
 def test_memory_is_refused_before_allocating(world, monkeypatch):

@@ -2,13 +2,16 @@
 the ids, vocabulary and counts of today's in-memory encoding; it is rebuilt when its source
 changes and reused when not; a failed build leaves nothing that could pass for a cache; UTF-8
 split across read chunks encodes right and bad UTF-8 is reported at its byte offset; byte mode
-trains on any file and samples decode with replacement; a large alphabet is stored as uint16 and
-trains; fine-tuning carries the shared characters' weights over (and refuses another
-architecture); step checkpoints are kept, pruned and sampled from; --prime-file primes; and every
-bad cache or flag is one error line with exit status 2 that leaves the files as they were.
+trains on any file, samples decode with replacement and scores count bytes; a large alphabet is
+stored as uint16 and trains; fine-tuning carries the shared characters' weights over and says
+which characters it adds (and refuses another architecture); step checkpoints are kept, pruned
+and sampled from; --prime-file primes; and every bad cache or flag is one error line with exit
+status 2 that leaves the files as they were. (Other users, odd files and crashes:
+test_corpus_robustness.py.)
 
 Run: pytest tests/test_corpus_cache.py
 """
+import math
 import os
 import random
 
@@ -16,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn_torch import cache, checkpoint, data
+from charrnn_torch import cache, checkpoint, data, sample
 from charrnn_torch.cli import main
 from charrnn_torch.config import build_config
 from charrnn_torch.errors import UserError
@@ -125,6 +128,28 @@ def test_byte_mode_trains_on_any_file_and_samples_decode(tmp_path, capsys):
     assert printed.startswith("naïve") and len(printed) > 20  # bytes decoded (U+FFFD where not UTF-8)
 
 
+def test_byte_mode_scores_bytes(tmp_path, capsys):
+    """A byte-mode model scores the file it trained on, UTF-8 or not, per byte: a file of N bytes
+    makes N - 1 predictions."""
+    rng = random.Random(2)
+    src = tmp_path / "bin.dat"
+    src.write_bytes(bytes(rng.randrange(256) for _ in range(3000)))  # not UTF-8
+    out = tmp_path / "run"
+    assert main(["train", "--no-progress", *tiny_overrides(src, out, **{"data.vocab": "bytes", "train.max_steps": 4,
+                                                                         "train.sample_interval": 0})]) == 0
+    model, _, _ = checkpoint.load_model(out)
+    utf8 = tmp_path / "u.txt"
+    utf8.write_text("naïve café, déjà vu — " * 40, encoding="utf-8")
+    assert len(utf8.read_text(encoding="utf-8")) < len(utf8.read_bytes())
+    for f in (src, utf8):
+        raw = f.read_bytes()
+        want = float(sample.char_losses(model, torch.tensor(list(raw))).sum()) / (len(raw) - 1)
+        capsys.readouterr()
+        assert main(["sample", "--checkpoint", str(out), "--score", str(f)]) == 0, capsys.readouterr().err
+        assert capsys.readouterr().out == (f"loss {want:.4f} nats/byte | {want / math.log(2):.4f} bits/byte | "
+                                           f"{len(raw) - 1} bytes scored\n")
+
+
 def test_a_large_alphabet_is_uint16_and_trains(tmp_path):
     rng = random.Random(1)
     symbols = [chr(0x4E00 + i) for i in range(3000)]  # 3000 CJK ideographs
@@ -151,10 +176,13 @@ def test_fine_tuning_carries_the_shared_characters_over(tmp_path, corpus_file):
     letters.write_text("Dear Sir, the fox is QUICK; yours, Z.\n" * 100)  # new: D S , Q U I C K ; Z ...
     cfg = build_config({}, tiny_overrides(letters, tmp_path / "ft", **{"train.max_steps": 10}))
     cfg.train.init_from = str(src_run)
-    trainer = Trainer(cfg, progress=False, log=quiet)
+    said = []
+    trainer = Trainer(cfg, progress=False, log=said.append)
     vocab, model = trainer.corpus.vocab, trainer.model
     n_old = len(old["vocab"])
     assert vocab.chars[:n_old] == old["vocab"] and set(vocab.chars[n_old:]) == set("DS,QUICK;Z") - set(old["vocab"])
+    new = vocab.chars[n_old:]  # the growth is said, not silent
+    assert f"vocabulary extended by {len(new)} characters: {', '.join(map(repr, new))}" in said, said
     W = old["model"]
     assert torch.equal(model.cells[0].W_xh[:, :n_old], W["cells.0.W_xh"])
     assert torch.equal(model.W_hy[:n_old], W["W_hy"]) and torch.equal(model.b_y[:n_old], W["b_y"])

@@ -1,14 +1,15 @@
 """Proves the experiment tooling: 2-process DDP over gloo on 127.0.0.1 equals a
 single-process run with the same global batch (float64, 1e-10), also when resumed with
-another number of ranks; a 2x2 sweep runs, summarises, survives a failing combination
-and resumes; and a real `tensorboard` server serves exactly the scalars and hparams
-that training logged.
+another number of ranks, and a failing 2-rank run exits cleanly; a 2x2 sweep runs, summarises,
+survives a failing combination and resumes; a grid of one value is one run; and a real
+`tensorboard` server serves exactly the scalars and hparams that training logged.
 
 Run: pytest tests/test_experiments.py   (starts subprocesses and a TensorBoard server)
 """
 import csv
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 import torch
 
 from charrnn_torch import checkpoint
+from charrnn_torch.cli import split_grid
 from charrnn_torch.config import build_config
 from charrnn_torch.trainer import train
 from conftest import ROOT, read_scalars, run_script, tiny_overrides
@@ -32,10 +34,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def torchrun(nproc, args, timeout=240):
+def torchrun(nproc, args, timeout=240, hooks=None):
+    """The training command on nproc ranks; with hooks, through tests/hooks.py (see there)."""
+    script = [str(ROOT / "scripts" / "train.py")] if hooks is None else [str(ROOT / "tests" / "hooks.py"),
+                                                                        json.dumps(hooks)]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "scripts" / "train.py"),
-           "--no-progress", *map(str, args)]
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", *script, "--no-progress", *map(str, args)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
 
@@ -85,6 +89,19 @@ def test_ddp_two_processes_equal_single_process(tmp_path, corpus_file):
                         checkpoint.load(tmp_path / "single8" / "ckpt.pt")["model"])
 
 
+@pytest.mark.slow
+def test_ddp_run_that_fails_exits_cleanly(tmp_path, corpus_file):
+    """A 2-rank run that diverges ends with its one error line and exit 1 on every rank, not an
+    abort in teardown: the failing run's process group is freed too, its gloo threads joined."""
+    args = tiny_overrides(corpus_file, tmp_path / "ddp", **{**DDP, "train.max_nonfinite": 2})
+    ddp = torchrun(2, ["--config", "shakespeare.yaml", *args], hooks={"nan_steps": [2, 3], "report_threads": True})
+    assert ddp.returncode == 1 and "terminate called" not in ddp.stderr, ddp.stderr[-3000:]
+    assert "error: 2 consecutive steps with a non-finite loss" in ddp.stderr, ddp.stderr[-3000:]
+    # (torchrun stops the other rank once one has exited non-zero, so it may not get to say)
+    left = re.findall(r"^gloo threads left: (\d+)$", ddp.stderr, re.M)
+    assert left and set(left) == {"0"}, ddp.stderr[-3000:]
+
+
 def test_sweep_2x2_summary_failure_and_resume(tmp_path, corpus_file):
     sweep_dir = tmp_path / "sweep"
     base = tiny_overrides(corpus_file, tmp_path / "unused", **{"train.max_steps": 6, "train.eval_interval": 3,
@@ -129,6 +146,22 @@ def test_sweep_2x2_summary_failure_and_resume(tmp_path, corpus_file):
     with open(tmp_path / "sweep2" / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["status"] == "done" and rows[1]["status"].startswith("failed")
+
+
+def test_a_grid_of_one_value_is_one_run(tmp_path, corpus_file):
+    # The first entry is an axis even with one value; later single values are settings for every run.
+    assert split_grid(["train.lr=1e-3", "train.max_steps=5", "model.hidden_size=8,16"]) == (
+        ["train.lr=1e-3", "model.hidden_size=8,16"], ["train.max_steps=5"])
+    base = [o for o in tiny_overrides(corpus_file, tmp_path, **{"train.max_steps": 2, "train.eval_interval": 2,
+                                                                "train.sample_interval": 0})
+            if not o.startswith("out_dir=")]
+    r = run_script("sweep.py", "--config", "shakespeare.yaml", "--sweep-dir", tmp_path / "s", "--grid", "train.lr=0.01",
+                   *base)
+    assert r.returncode == 0, r.stderr + r.stdout
+    with open(tmp_path / "s" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(x["run"], x["train.lr"], x["status"]) for x in rows] == [("lr=0.01", "0.01", "done")]
+    assert checkpoint.load(tmp_path / "s" / "lr=0.01" / "ckpt.pt")["config"]["train"]["lr"] == 0.01
 
 
 def test_sweep_rejects_bad_grid_before_running(tmp_path):

@@ -62,6 +62,10 @@ def test_failed_stage_is_recorded_and_the_next_still_runs(tmp_path):
     (["--stages", "warp", "x"], "unknown stage warp"),
     (["--stages", "compare,nope", "x"], "unknown stage nope"),
     (["--turbo", "x"], "unknown option --turbo"),
+    (["--stages"], "--stages needs a value"),  # not bash's own "parameter null or not set", exit 1
+    (["--dry-run", "--stages"], "--stages needs a value"),
+    (["--stages", "", "x"], "--stages needs a value"),
+    ([""], "RESULTS_DIR is an empty path"),
     ([], "usage"),
     (["a", "b"], "usage"),
 ])

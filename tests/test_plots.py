@@ -1,12 +1,16 @@
 """Proves `charrnn plot` draws what the runs logged: the curve it reads is each run's loss/val
-at increasing minutes of training, the PNG it writes is a real, non-blank image, and a run
+at increasing minutes of training (a resumed run's pause between stop and resume is not training:
+its curve goes on from its stored training time, not the wall clock), the PNG it writes is a real, non-blank image, and a run
 directory without events, a mismatched --labels or an --out that is a directory get one `error:`
 line and exit 2.
 
 Run: pytest tests/test_plots.py
 """
+import time
+
 import pytest
 
+from charrnn_torch import checkpoint
 from charrnn_torch.cli import main
 from charrnn_torch.config import build_config
 from charrnn_torch.plots import val_curve
@@ -36,6 +40,32 @@ def test_curve_is_what_the_run_logged(two_runs):
         assert [v for _, v in curve] == pytest.approx([v for _, v in summary["val_log"]], rel=1e-6)
         minutes = [m for m, _ in curve]
         assert minutes == sorted(minutes) and 0 <= minutes[0] and minutes[-1] < 5
+
+
+def test_a_resumed_run_is_drawn_at_its_training_minutes(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("ROMEO: but soft, what light through yonder window breaks?\n" * 40)
+    extra = {"train.max_steps": 10, "train.eval_interval": 5, "train.sample_interval": 0}
+    first = train(build_config({}, tiny_overrides(corpus, tmp_path / "r", **extra)), progress=False,
+                  log=lambda *a: None)
+    # Resumed two hours later: every wall-clock stamp from here on (TensorBoard's included) is shifted.
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 7200)
+    ck = checkpoint.load(tmp_path / "r" / "ckpt.pt")
+    resumed = train(build_config(ck["config"], ["train.max_steps=20"]), resume=ck, resume_dir=tmp_path / "r",
+                    progress=False, log=lambda *a: None)
+    monkeypatch.undo()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "r"))
+    acc.Reload()
+    stamps = [e.wall_time for e in acc.Scalars("loss/val")]
+    assert stamps[-1] - stamps[0] > 7000  # the pause is in the events: a wall-clock curve would span it
+    curve = val_curve(tmp_path / "r")
+    assert [s for s, _ in first["val_log"] + resumed["val_log"]] == [5, 10, 15, 20]
+    assert [v for _, v in curve] == pytest.approx([v for _, v in first["val_log"] + resumed["val_log"]], rel=1e-6)
+    minutes = [m for m, _ in curve]
+    assert minutes == sorted(minutes) and minutes[-1] == pytest.approx(resumed["train_seconds"] / 60, rel=1e-6)
+    assert minutes[-1] < 5  # seconds of training, not the two hours between stop and resume
 
 
 def test_png_is_a_real_non_blank_image(two_runs, capsys):

@@ -6,6 +6,7 @@ re-run; and the sample CLI works end to end, with every bad input answered.
 Run: pytest tests/test_sample.py
 """
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -153,7 +154,7 @@ def test_score_reports_unknown_characters():
     model, _ = model_from_reference()
     vocab = Vocab("abcdefghijk")
     r = score(model, vocab, "abcXdefgZhij")
-    assert r["unknown_chars"] == 2 and r["unknown_set"] == ["X", "Z"] and r["chars"] == 9
+    assert r["unknown_chars"] == 2 and r["unknown_set"] == ["X", "Z"] and r["count"] == 9
     ids = vocab.encode("abcdefghij")[None]
     want = F.cross_entropy(model(ids[:, :-1])[0][0], ids[0, 1:]).item()
     assert r["loss"] == pytest.approx(want, rel=1e-12)
@@ -189,8 +190,13 @@ def test_cli_greedy_beam_samples_score(run_dir, tmp_path):
     assert greedy.returncode == beam1.returncode == beam4.returncode == 0
     assert greedy.stdout == beam1.stdout
     assert "log-probability" in beam4.stderr
-    many = run_script("sample.py", "--checkpoint", run_dir, "--length", "30", "--num-samples", "3", "--seed", "1")
-    assert many.returncode == 0 and many.stdout.count("----- sample") == 2
+    many = run_script("sample.py", "--checkpoint", run_dir, "--prime", "RO", "--length", "30", "--num-samples", "3",
+                      "--seed", "1")
+    assert many.returncode == 0
+    parts = re.split(r"^----- sample (\d+) -----\n", many.stdout, flags=re.M)  # ['', '1', text, '2', text, ...]
+    assert parts[0] == "" and parts[1::2] == ["1", "2", "3"]  # sample 1 has its header too
+    texts = [t[:-2] for t in parts[2:-1:2]] + [parts[-1][:-1]]  # a blank line between samples, a newline after each
+    assert all(t.startswith("RO") and len(t) == 2 + 30 for t in texts), parts
     text = tmp_path / "t.txt"
     text.write_text("ROMEO: but soft! #")
     s = run_script("sample.py", "--checkpoint", run_dir, "--score", text)

@@ -335,7 +335,7 @@ def test_surprise_sums_to_the_score_and_guesses_are_the_models(tmp_path):
     data = json.loads((tmp_path / "viz" / "insight.json").read_text())
     S = data["surprise"]
     want = score(model, vocab, text)
-    assert len(S["bits"]) == want["chars"] == 1499
+    assert len(S["bits"]) == want["count"] == 1499
     assert abs(sum(S["bits"]) * math.log(2) - want["total_nats"]) <= 1e-9 * want["total_nats"]
     # each character's loss, guesses and rank, computed here from one plain forward pass
     ids = vocab.encode(text[:-1])
