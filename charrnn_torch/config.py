@@ -151,7 +151,7 @@ def _fill(obj, values, prefix):
 
 
 def validate(cfg):
-    train, model = cfg.train, cfg.model
+    train = cfg.train
 
     def need(cond, key, what):
         if not cond:

@@ -15,14 +15,13 @@ never the plain ``loss/val``. It works on a copy of the model: the caller's mode
 checkpoint, stay as they were.
 """
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .data import as_ids, drop_unknown
-from .errors import UserError
+from . import sample
+from .data import as_ids
 from .model import map_state
 
 EPS = 1e-8
@@ -106,12 +105,7 @@ def _segment_loss(model, x, y, h):
 def score(model, vocab, text, train_ids, settings, lut=None):
     """sample.score's report for text under dynamic evaluation; train_ids (the run's training
     split, with lut if its ids differ from the model's) give the gradient statistics."""
-    kept, unknown = drop_unknown(vocab, text)
-    ids = vocab.encode(kept)
-    if len(ids) < 2:
-        raise UserError(f"nothing to score: the text has {len(ids)} in-vocabulary {vocab.unit}s (need >= 2)")
-    stats = gradient_stats(model, train_ids, settings, lut)
-    total, count = dynamic_score(model, ids, stats, settings)
-    loss = total / count
-    return {"loss": loss, "bpc": loss / math.log(2), "count": count, "unit": vocab.unit, "total_nats": total,
-            "unknown_chars": len(text) - len(kept), "unknown_set": unknown, "dynamic": True}
+    def total_nats(ids):
+        return dynamic_score(model, ids, gradient_stats(model, train_ids, settings, lut), settings)[0]
+
+    return {**sample.score(model, vocab, text, total_nats=total_nats), "dynamic": True}

@@ -81,10 +81,16 @@ def make_optimizer(params, train_cfg, capturable=False):
     parameters' device, which the scheduler fills in place."""
     cls = getattr(torch.optim, config_mod.OPTIMIZERS[train_cfg.optimizer])
     if capturable:
-        lr = torch.tensor(train_cfg.lr, dtype=params[0].dtype, device=params[0].device)
+        lr = learning_rate(train_cfg.lr, params, capturable)
         return cls(params, lr=lr, weight_decay=train_cfg.weight_decay, fused=True, capturable=True)
     return fast_optimizer(cls, params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
                           **({"momentum": 0.9} if train_cfg.optimizer == "sgd" else {}))
+
+
+def learning_rate(value, params, capturable):
+    """A param group's learning rate: a float, or for a captured step a tensor on the parameters'
+    device (a float would be baked into the graph)."""
+    return torch.tensor(value, dtype=params[0].dtype, device=params[0].device) if capturable else value
 
 
 def fast_optimizer(cls, params, **kw):

@@ -161,10 +161,11 @@ def char_losses(model, ids, chunk_len=1024, keep_logits=False):
     return (losses, torch.cat(kept).cpu()) if keep_logits else losses
 
 
-def score(model, vocab, text, chunk_len=1024):
+def score(model, vocab, text, chunk_len=1024, total_nats=None):
     """Mean loss per symbol (nats/char, or nats/byte for a data.vocab=bytes model, whose text may
     be bytes) and bits per symbol of the model on text, state carried across chunks. "count" is
-    the number of predictions: every symbol but the first.
+    the number of predictions: every symbol but the first. total_nats(ids) replaces the plain
+    model's summed loss (dynamic evaluation's, say).
 
     Characters outside the vocabulary are removed before scoring and reported
     (count and set), never mapped to some other id.
@@ -173,7 +174,7 @@ def score(model, vocab, text, chunk_len=1024):
     ids = vocab.encode(kept)
     if len(ids) < 2:
         raise UserError(f"nothing to score: the text has {len(ids)} in-vocabulary {vocab.unit}s (need >= 2)")
-    total = float(char_losses(model, ids, chunk_len).sum())
+    total = total_nats(ids) if total_nats else float(char_losses(model, ids, chunk_len).sum())
     loss = total / (len(ids) - 1)
     return {"loss": loss, "bpc": loss / math.log(2), "count": len(ids) - 1, "unit": vocab.unit,
             "total_nats": total, "unknown_chars": len(text) - len(kept), "unknown_set": unknown}

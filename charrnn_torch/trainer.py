@@ -23,8 +23,8 @@ from .files import could_not_write, write_atomic
 from .logger import NullLogger, RunLogger
 from .model import build_model, cross_entropy, evaluating, map_state
 from .rundir import prepare_out_dir
-from .runtime import (check_fits_in_memory, configure_backends, make_optimizer, resolve_device, seed_everything,
-                      set_rng_state, rng_state, stop_on_signals)
+from .runtime import (check_fits_in_memory, configure_backends, learning_rate, make_optimizer, resolve_device,
+                      rng_state, seed_everything, set_rng_state, stop_on_signals)
 from .sample import default_prime, generate
 from .visualize import char_label, heatmap_image
 
@@ -229,7 +229,7 @@ class Trainer:
         for g in self.opt.param_groups:
             g["initial_lr"], g["weight_decay"] = train_cfg.lr, train_cfg.weight_decay
             lr = train_cfg.lr * lr_factor(self.state.step, train_cfg, self.state.train_seconds)
-            g["lr"] = torch.tensor(lr, dtype=self.params[0].dtype, device=self.device) if self.graphed else lr
+            g["lr"] = learning_rate(lr, self.params, self.graphed)
         if ckpt["hidden"] is not None and train_cfg.stateful:
             dtype = getattr(torch, train_cfg.dtype)
             self.state.hidden = map_state(lambda h: distributed.my_streams(h, self.dist).to(self.device, dtype), ckpt["hidden"])

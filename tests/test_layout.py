@@ -11,7 +11,6 @@
   accepts). The commands are parsed, not run.
 """
 import ast
-import os
 import re
 import shlex
 import subprocess
