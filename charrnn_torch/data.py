@@ -187,8 +187,9 @@ def split(ids, val_fraction):
 
 class Corpus:
     """The run's text as ids: a memory map of the encoded cache (cache.py; an array encoded in
-    memory where no cache can be written), with the splits as views of it, never copies. Rank 0 builds the cache if needed while the other ranks wait; then
-    every rank maps the same file, so they share one copy of it in the page cache.
+    memory where no cache can be written), with the splits as views of it, never copies. Rank 0
+    builds the cache if needed while the other ranks wait; then every rank maps the same file, so
+    they share one copy of it in the page cache.
 
     base_vocab (fine-tuning, and resuming a fine-tuned run): the characters of the checkpoint the
     run starts from. The run's vocabulary is then those, in their order, followed by the corpus's
