@@ -16,6 +16,7 @@ they use MKL's packed GEMM where torch has it (``packed_gemm.py``), and ``addmm_
 import torch
 from torch.autograd.function import once_differentiable
 
+from .compiled import kernels_for
 from .packed_gemm import accumulate_matmul
 
 
@@ -111,14 +112,19 @@ _tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - y^2), in
 
 class _LSTMRecurrence(torch.autograd.Function):
     """torch-rnn's LSTM.lua recipe: per step one GEMM into all four gates, then the gate maths in
-    place; a hand-written BPTT; dW_hh as one GEMM after the loop."""
+    place; a hand-written BPTT; dW_hh as one GEMM after the loop. The gates run in the order
+    (i, f, o, g), not nn.LSTM's (i, f, g, o), so that the three sigmoid gates are adjacent: one
+    sigmoid call covers them forward, and one sigmoid_backward backward (lstm_recurrence)."""
 
     @staticmethod
-    def forward(ctx, pre, W_hh, h0, c0, W_hy, b_y):
-        # pre: (T*B, 4H) = W_xh x_t + b_h for every t, time-major, a fresh buffer that becomes the
-        # gates i, f, g, o in place (so it is returned, as autograd requires of a modified input);
-        # W_hh: (4H, H); h0, c0: (B, H). Returns (gates, h (T*B, H), c_T (B, H)[, logits (T*B, V)]).
+    def forward(ctx, pre, W_hh, h0, c0, W_hy, b_y, kernels):
+        # pre: (T*B, 4H) = W_xh x_t + b_h for every t, time-major, rows in (i, f, o, g) order, a
+        # fresh buffer that becomes the gates in place (so it is returned, as autograd requires of
+        # a modified input); W_hh: (4H, H), same order; h0, c0: (B, H).
+        # kernels: compiled.py's step kernels, or None for aten's. Returns (gates, h (T*B, H),
+        # c_T (B, H)[, logits (T*B, V)]).
         ctx.mark_dirty(pre)
+        ctx.kernels = kernels
         ctx.set_materialize_grads(False)
         (B, H), T = h0.shape, pre.shape[0] // h0.shape[0]
         with torch.autocast(pre.device.type, enabled=False):
@@ -129,10 +135,13 @@ class _LSTMRecurrence(torch.autograd.Function):
             h, c = h0, c0
             for t in range(T):
                 a = add_h_W_hh_t(gates[t], h)  # (B, 4H)
-                a[:, :2 * H].sigmoid_()  # i, f
-                a[:, 2 * H:3 * H].tanh_()  # g
-                a[:, 3 * H:].sigmoid_()  # o
-                i, f, g, o = a.split(H, dim=1)
+                if kernels is not None:
+                    kernels.forward_step(a, c, cs[t], tcs[t], hs[t])
+                    h, c = hs[t], cs[t]
+                    continue
+                a[:, :3 * H].sigmoid_()  # i, f, o
+                a[:, 3 * H:].tanh_()  # g
+                i, f, o, g = a.split(H, dim=1)
                 c = torch.mul(f, c, out=cs[t]).addcmul_(i, g)  # c_t = f c_{t-1} + i g
                 h = torch.mul(o, torch.tanh(c, out=tcs[t]), out=hs[t])  # h_t = o tanh(c_t)
             c_T = cs[-1].clone()
@@ -148,21 +157,28 @@ class _LSTMRecurrence(torch.autograd.Function):
         (B, H), T = h0.shape, h_all.shape[0] // h0.shape[0]
         with torch.autocast(h_all.device.type, enabled=False):
             dh_all = _dh_from_above(h_all, grad_h, grad_logits, head)  # gains the recurrent part in place
-            dc = grad_cT.to(h_all.dtype, copy=True) if grad_cT is not None else torch.zeros_like(h0)
+            dc = (grad_cT.to(h_all.dtype, memory_format=torch.contiguous_format, copy=True) if grad_cT is not None
+                  else torch.zeros_like(h0))
             da_all = torch.empty_like(gates_all)  # dL/d(pre-activation) of the gates; the saved ones stay
             add_da_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)  # dh += da W_hh
             gates, das, dhs, cs, tcs = (buf.view(T, B, -1).unbind(0)
                                         for buf in (gates_all, da_all, dh_all, c_all, tc_all))
-            tmp1, tmp2 = torch.empty_like(h0), torch.empty_like(h0)
+            tmp = torch.empty_like(h0)
             for t in range(T - 1, -1, -1):
-                i, f, g, o = gates[t].split(H, dim=1)
-                di, df, dg, do = das[t].split(H, dim=1)
+                if ctx.kernels is not None:
+                    ctx.kernels.backward_step(gates[t], cs[t - 1] if t > 0 else c0, tcs[t], dhs[t], dc, das[t])
+                    if t > 0:
+                        add_da_W_hh(dhs[t - 1], das[t])
+                    continue
+                i, f, o, g = gates[t].split(H, dim=1)
+                di, df, do, dg = das[t].split(H, dim=1)
                 dh, c_prev = dhs[t], (cs[t - 1] if t > 0 else c0)
-                dc.add_(_tanh_backward(torch.mul(dh, o, out=tmp1), tcs[t], grad_input=tmp1))  # via h_t
-                _sigmoid_backward(torch.mul(dh, tcs[t], out=tmp1), o, grad_input=do)
-                _sigmoid_backward(torch.mul(dc, g, out=tmp1), i, grad_input=di)
-                _tanh_backward(torch.mul(dc, i, out=tmp2), g, grad_input=dg)
-                _sigmoid_backward(torch.mul(dc, c_prev, out=tmp1), f, grad_input=df)
+                dc.add_(_tanh_backward(torch.mul(dh, o, out=tmp), tcs[t], grad_input=tmp))  # via h_t
+                # dL/d(i, f, o) before the sigmoid, then through it, all three in one call
+                torch.mul(dc, g, out=di), torch.mul(dc, c_prev, out=df), torch.mul(dh, tcs[t], out=do)
+                ifo = das[t][:, :3 * H]
+                _sigmoid_backward(ifo, gates[t][:, :3 * H], grad_input=ifo)
+                _tanh_backward(torch.mul(dc, i, out=dg), g, grad_input=dg)
                 dc.mul_(f)  # the forget gate carries dL/dc_t back to c_{t-1}
                 if t > 0:
                     add_da_W_hh(dhs[t - 1], das[t])
@@ -170,13 +186,24 @@ class _LSTMRecurrence(torch.autograd.Function):
             dW_hh = da_all[B:].t() @ h_all[:-B]  # sum_t da_t^T h_{t-1}: one GEMM, plus the h0 term
             dW_hh.addmm_(das[0].t(), h0)
             return (da_all, dW_hh, dh0, dc if ctx.needs_input_grad[3] else None,
-                    *_head_grads(h_all, grad_logits, head))
+                    *_head_grads(h_all, grad_logits, head), None)
 
 
-def lstm_recurrence(pre, W_hh, h0, c0, W_hy=None, b_y=None):
+def lstm_rows(H, device):
+    """The fused recurrence's gate order as a permutation of nn.LSTM's rows: (i, f, g, o) -> (i, f,
+    o, g). W_xh, W_hh and b_h keep nn.LSTM's order; their rows are taken in this order for a fused
+    forward, and autograd takes the gradients back."""
+    i_f, g, o = torch.arange(4 * H, device=device).split([2 * H, H, H])
+    return torch.cat([i_f, o, g])
+
+
+def lstm_recurrence(pre, W_hh, h0, c0, W_hy=None, b_y=None, compiled=False):
     """The LSTM over all t, time-major: pre (T*B, 4H) -> (h (T*B, H), (h_T, c_T), logits),
-    overwriting pre. logits as in rnn_recurrence."""
-    _, h, c_T, *logits = _LSTMRecurrence.apply(pre, W_hh, h0, c0, W_hy, b_y)
+    overwriting pre. pre and W_hh hold the gates in lstm_rows order (i, f, o, g). logits as in
+    rnn_recurrence. compiled: run the element-wise step maths in compiled.py's kernels where they
+    build (impl fused_cpp)."""
+    kernels = kernels_for(pre) if compiled else None
+    _, h, c_T, *logits = _LSTMRecurrence.apply(pre, W_hh, h0, c0, W_hy, b_y, kernels)
     return h, (h[-h0.shape[0]:], c_T), logits[0] if logits else None
 
 

@@ -18,11 +18,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fused import gru_recurrence, lstm_recurrence, rnn_recurrence
+from .fused import gru_recurrence, lstm_recurrence, lstm_rows, rnn_recurrence
 
 # The one list of cells and of implementations; config.py validates against these.
 CELLS = ("rnn", "lstm", "gru")  # rnn: the tutorial's tanh cell
-IMPLS = ("loop", "fused")  # loop: the readable unroll; fused: the same maths with hand-written BPTT
+IMPLS = ("loop", "fused", "fused_cpp")  # loop: the readable unroll; fused: the same maths with hand-written
+# BPTT; fused_cpp: fused, with the LSTM's element-wise step maths in compiled kernels (compiled.py), opt-in
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # rows of W_xh, W_hh and b_h, in units of H
 
 
@@ -58,8 +59,10 @@ class Cell(nn.Module):
             return F.embedding(x, self.W_xh.t())
         return x @ self.W_xh.t()
 
-    def pre_activation(self, x):
-        """W_xh x + b_h for many steps at once, as one fresh tensor: (N,) ids or (N, H) -> (N, G·H)."""
+    def pre_activation(self, x, rows=None):
+        """W_xh x + b_h for many steps at once, as one fresh tensor: (N,) ids or (N, H) -> (N, G·H).
+        rows, if given, is the order to compute the G·H rows in (the fused LSTM's gate order)."""
+        W_xh, b_h = (self.W_xh, self.b_h) if rows is None else (self.W_xh[rows], self.b_h[rows])
         if self.onehot_input:
             # W_xh x is column x of W_xh, so this is a gather, with b_h added to the (V, G·H) table
             # W_xh^T + b_h for free. For many ids the table is made row-major first, so each
@@ -68,19 +71,21 @@ class Cell(nn.Module):
             # than a whole gather of a few ids (sampling), which instead takes columns of W_xh
             # and transposes only those. index_select, not F.embedding: its backward is one
             # scatter-add, about half the time of embedding's dense backward here.
-            if x.numel() >= self.W_xh.shape[1]:
-                return (self.W_xh.t().contiguous() + self.b_h).index_select(0, x)
-            return (self.W_xh.index_select(1, x).t() + self.b_h).contiguous()
-        return torch.addmm(self.b_h, x, self.W_xh.t())
+            if x.numel() >= W_xh.shape[1]:
+                return (W_xh.t().contiguous() + b_h).index_select(0, x)
+            return (W_xh.index_select(1, x).t() + b_h).contiguous()
+        return torch.addmm(b_h, x, W_xh.t())
 
 
 class RNNCell(Cell):
     """The tutorial's tanh cell: h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h). Its state is h."""
 
-    def recurrence(self, pre, h0, head, W_hh):
-        """impl fused: all T steps from pre = W_xh x + b_h (T*B, G·H) -> (h (T*B, H), h_T, logits or None).
-        W_hh is the cell's own, or a DropConnect-masked copy of it (CharRNN.forward)."""
-        return rnn_recurrence(pre, W_hh, h0, *head)
+    def recurrence(self, x, h0, head, W_hh, compiled=False):
+        """impl fused: all T steps of x (T*B,) ids or (T*B, H), time-major -> (h (T*B, H), h_T,
+        logits or None). W_hh is the cell's own, or a DropConnect-masked copy of it (CharRNN.forward).
+        compiled (impl fused_cpp) changes nothing here: only the LSTM has compiled step kernels; this
+        cell's step is one GEMM and one tanh_."""
+        return rnn_recurrence(self.pre_activation(x), W_hh, h0, *head)
 
     def forward(self, x_t, h_prev, W_hh):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
@@ -105,8 +110,9 @@ class LSTMCell(Cell):
     gate_names = ("input", "forget", "candidate", "output")  # what gate_values returns, in order
     saturating = ("input", "forget", "output")  # the sigmoid gates
 
-    def recurrence(self, pre, state0, head, W_hh):
-        return lstm_recurrence(pre, W_hh, *state0, *head)
+    def recurrence(self, x, state0, head, W_hh, compiled=False):
+        rows = lstm_rows(self.hidden_size, W_hh.device)  # fused's gate order: the sigmoid gates adjacent
+        return lstm_recurrence(self.pre_activation(x, rows), W_hh[rows], *state0, *head, compiled=compiled)
 
     def reset_biases(self):
         H = self.hidden_size
@@ -145,8 +151,8 @@ class GRUCell(Cell):
         super().__init__(input_size, hidden_size, onehot_input)
         self.b_hn = nn.Parameter(torch.empty(hidden_size))  # (H,)
 
-    def recurrence(self, pre, h0, head, W_hh):
-        return gru_recurrence(pre, W_hh, self.b_hn, h0, *head)
+    def recurrence(self, x, h0, head, W_hh, compiled=False):  # no compiled kernels for the GRU (yet)
+        return gru_recurrence(self.pre_activation(x), W_hh, self.b_hn, h0, *head)
 
     def gate_values(self, x_t, h_prev, W_hh):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> r, z, n, each (B, H)
@@ -242,7 +248,9 @@ class CharRNN(nn.Module):
     ``cell`` is rnn (the tutorial's tanh cell), lstm or gru. ``impl`` picks how the same maths
     runs: ``loop`` is the readable reference unroll below; ``fused`` hoists the input and output
     projections out of the time loop and runs the recurrence in a hand-written autograd Function
-    for each cell (``fused.py``). Both pass the same tests against the numpy reference.
+    for each cell (``fused.py``); ``fused_cpp`` is ``fused`` with the LSTM's element-wise step maths
+    in compiled kernels where a C++ toolchain builds them (``compiled.py``). All pass the same
+    tests against the numpy reference.
     """
 
     def __init__(self, vocab_size, hidden_size, num_layers=1, dropout=0.0, impl="loop", cell="rnn",
@@ -307,7 +315,7 @@ class CharRNN(nn.Module):
             h0 = self.init_hidden(x.shape[0])
         if masks is None and self.training:
             masks = self.draw_masks(*x.shape)
-        if self.impl == "fused":
+        if self.impl != "loop":
             return self._forward_fused(x, h0, masks)
         top, h = self._forward_loop(x, h0, masks)
         logits = top @ self.W_hy.t() + self.b_y  # (B, T, H) -> (B, T, V)
@@ -376,7 +384,7 @@ class CharRNN(nn.Module):
             # the top layer also runs the output projection, one GEMM over all T*B rows (unless
             # its h is dropped first)
             head = (self.W_hy, self.b_y) if l == self.num_layers - 1 and out_mask is None else ()
-            out, final, logits = cell.recurrence(cell.pre_activation(inp), s0, head, W_hh[l])  # (T*B, H), ·, (T*B, V)
+            out, final, logits = cell.recurrence(inp, s0, head, W_hh[l], compiled=self.impl == "fused_cpp")  # (T*B, H), ·, (T*B, V)
             finals.append(final)
             inp = self._between_layers(out, l, _time_major(between[l], T, B))
         if out_mask is not None:

@@ -2,9 +2,9 @@
 proves the tanh cell: the numpy reference (written from the equations, not from model.py) is
 checked against central finite differences; every impl's autograd against the reference, to
 1e-9 relative for every parameter and the initial state (h0, and c0 for the LSTM), at L = 1 and 2,
-T = 1 and 17, B = 1 and 3, for both impls (loop, and fused's hand-written BPTT, also when only the
-final state or only the logits carry a gradient); gradcheck; the forward against nn.LSTM / nn.GRU
-given the same weights (1e-12); the carried state against one long unroll; and the LSTM's
+T = 1 and 17, B = 1 and 3, for every impl (loop, fused's hand-written BPTT, and fused_cpp's
+compiled LSTM step kernels; also when only the final state or only the logits carry a gradient);
+gradcheck; the forward against nn.LSTM / nn.GRU given the same weights (1e-12); the carried state against one long unroll; and the LSTM's
 forget-gate bias at 1.
 
 Sizes are small and distinct (V=11, H=7, B=3, T=5) so a transposed dimension fails loudly.
@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from charrnn_torch import CharRNN, reference
-from charrnn_torch.model import cross_entropy, map_state
+from charrnn_torch.model import IMPLS, cross_entropy, map_state
 from conftest import central_differences, rel_err
 
 V, H, B, T = 11, 7, 3, 5
 CELLS = ["lstm", "gru"]
-GATED_IMPLS = ["loop", "fused"]
+GATED_IMPLS = list(IMPLS)
 
 
 def make_model(cell, L=1, impl="loop", std=0.5, seed=0):
@@ -223,5 +223,6 @@ def test_fused_gradients_through_either_output(cell, L):
             loss.backward()
             grads[impl] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
                            for p in model.parameters()] + [leaf.grad.clone() for leaf in parts(leaves)]
-        for a, b in zip(grads["loop"], grads["fused"]):
-            assert rel_err(a.numpy(), b.numpy()) <= 1e-9, through
+        for impl in GATED_IMPLS[1:]:
+            for a, b in zip(grads["loop"], grads[impl]):
+                assert rel_err(a.numpy(), b.numpy()) <= 1e-9, (through, impl)
