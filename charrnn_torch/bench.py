@@ -25,8 +25,7 @@ import torch.nn as nn
 from . import graphs, reference
 from .errors import UserError, one_line
 from .files import write_atomic
-from .compiled import COMPILED_CELLS
-from .model import GATES, IMPLS, CharRNN, cross_entropy, map_state
+from .model import CELL_CLASSES, GATES, IMPLS, CharRNN, cross_entropy, map_state
 from .runtime import fast_optimizer, retain_freed_memory
 from .sample import sample_ids
 
@@ -313,7 +312,7 @@ def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, f
     if device.type == "cpu" and not shape.startswith("gpu") and cell == "rnn":
         makers["numpy reference"] = lambda: NumpyStep(V, H, B, T, L)
     for impl in IMPLS:
-        if impl == "fused_cpp" and (cell not in COMPILED_CELLS or device.type != "cpu"):
+        if impl == "fused_cpp" and not (CELL_CLASSES[cell].compiled_kernels and device.type == "cpu"):
             continue  # the same code as the fused row
         makers[f"CharRNN {impl}"] = lambda impl=impl: TorchStep(CharRNN(V, H, L, impl=impl, cell=cell).to(dtype),
                                                                 V, B, T, device, amp_dtype)

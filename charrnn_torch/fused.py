@@ -112,20 +112,18 @@ _tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - y^2), in
 
 class _LSTMRecurrence(torch.autograd.Function):
     """torch-rnn's LSTM.lua recipe: per step one GEMM into all four gates, then the gate maths in
-    place; a hand-written BPTT; dW_hh as one GEMM after the loop. The gates run in the order
-    (i, f, o, g), not nn.LSTM's (i, f, g, o), so that the three sigmoid gates are adjacent: one
-    sigmoid call covers them forward, and one sigmoid_backward backward (lstm_recurrence)."""
+    place; a hand-written BPTT; dW_hh as one GEMM after the loop. The gate maths runs as aten
+    calls, or as one compiled kernel per step and direction (compiled.py, impl fused_cpp)."""
 
     @staticmethod
     def forward(ctx, pre, W_hh, h0, c0, W_hy, b_y, kernels):
-        # pre: (T*B, 4H) = W_xh x_t + b_h for every t, time-major, rows in (i, f, o, g) order, a
-        # fresh buffer that becomes the gates in place (so it is returned, as autograd requires of
-        # a modified input); W_hh: (4H, H), same order; h0, c0: (B, H).
-        # kernels: compiled.py's step kernels, or None for aten's. Returns (gates, h (T*B, H),
-        # c_T (B, H)[, logits (T*B, V)]).
+        # pre: (T*B, 4H) = W_xh x_t + b_h for every t, time-major, a fresh buffer that becomes the
+        # gates i, f, g, o in place (so it is returned, as autograd requires of a modified input);
+        # W_hh: (4H, H); h0, c0: (B, H); kernels: compiled.py's, or None for aten's.
+        # Returns (gates, h (T*B, H), c_T (B, H)[, logits (T*B, V)]).
         ctx.mark_dirty(pre)
-        ctx.kernels = kernels
         ctx.set_materialize_grads(False)
+        ctx.kernels = kernels
         (B, H), T = h0.shape, pre.shape[0] // h0.shape[0]
         with torch.autocast(pre.device.type, enabled=False):
             W_hh, h0, c0 = W_hh.to(pre.dtype), h0.to(pre.dtype).contiguous(), c0.to(pre.dtype).contiguous()
@@ -139,9 +137,10 @@ class _LSTMRecurrence(torch.autograd.Function):
                     kernels.forward_step(a, c, cs[t], tcs[t], hs[t])
                     h, c = hs[t], cs[t]
                     continue
-                a[:, :3 * H].sigmoid_()  # i, f, o
-                a[:, 3 * H:].tanh_()  # g
-                i, f, o, g = a.split(H, dim=1)
+                a[:, :2 * H].sigmoid_()  # i, f
+                a[:, 2 * H:3 * H].tanh_()  # g
+                a[:, 3 * H:].sigmoid_()  # o
+                i, f, g, o = a.split(H, dim=1)
                 c = torch.mul(f, c, out=cs[t]).addcmul_(i, g)  # c_t = f c_{t-1} + i g
                 h = torch.mul(o, torch.tanh(c, out=tcs[t]), out=hs[t])  # h_t = o tanh(c_t)
             c_T = cs[-1].clone()
@@ -163,23 +162,9 @@ class _LSTMRecurrence(torch.autograd.Function):
             add_da_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)  # dh += da W_hh
             gates, das, dhs, cs, tcs = (buf.view(T, B, -1).unbind(0)
                                         for buf in (gates_all, da_all, dh_all, c_all, tc_all))
-            tmp = torch.empty_like(h0)
+            step = _lstm_backward_step if ctx.kernels is None else ctx.kernels.backward_step
             for t in range(T - 1, -1, -1):
-                if ctx.kernels is not None:
-                    ctx.kernels.backward_step(gates[t], cs[t - 1] if t > 0 else c0, tcs[t], dhs[t], dc, das[t])
-                    if t > 0:
-                        add_da_W_hh(dhs[t - 1], das[t])
-                    continue
-                i, f, o, g = gates[t].split(H, dim=1)
-                di, df, do, dg = das[t].split(H, dim=1)
-                dh, c_prev = dhs[t], (cs[t - 1] if t > 0 else c0)
-                dc.add_(_tanh_backward(torch.mul(dh, o, out=tmp), tcs[t], grad_input=tmp))  # via h_t
-                # dL/d(i, f, o) before the sigmoid, then through it, all three in one call
-                torch.mul(dc, g, out=di), torch.mul(dc, c_prev, out=df), torch.mul(dh, tcs[t], out=do)
-                ifo = das[t][:, :3 * H]
-                _sigmoid_backward(ifo, gates[t][:, :3 * H], grad_input=ifo)
-                _tanh_backward(torch.mul(dc, i, out=dg), g, grad_input=dg)
-                dc.mul_(f)  # the forget gate carries dL/dc_t back to c_{t-1}
+                step(gates[t], cs[t - 1] if t > 0 else c0, tcs[t], dhs[t], dc, das[t])  # das[t]; dc -> dL/dc_{t-1}
                 if t > 0:
                     add_da_W_hh(dhs[t - 1], das[t])
             dh0 = das[0] @ W_hh if ctx.needs_input_grad[2] else None
@@ -189,19 +174,24 @@ class _LSTMRecurrence(torch.autograd.Function):
                     *_head_grads(h_all, grad_logits, head), None)
 
 
-def lstm_rows(H, device):
-    """The fused recurrence's gate order as a permutation of nn.LSTM's rows: (i, f, g, o) -> (i, f,
-    o, g). W_xh, W_hh and b_h keep nn.LSTM's order; their rows are taken in this order for a fused
-    forward, and autograd takes the gradients back."""
-    i_f, g, o = torch.arange(4 * H, device=device).split([2 * H, H, H])
-    return torch.cat([i_f, o, g])
+def _lstm_backward_step(gates, c_prev, tc, dh, dc, da):
+    """One step of the LSTM's BPTT in aten calls: da = dL/d(pre-activation of i, f, g, o), and dc
+    carried back through the forget gate in place. The same maths as lstm_kernel.cpp's."""
+    H = tc.shape[1]
+    i, f, g, o = gates.split(H, dim=1)
+    di, df, dg, do = da.split(H, dim=1)
+    dc.add_(_tanh_backward(torch.mul(dh, o, out=dg), tc, grad_input=dg))  # via h_t; dg is free until below
+    torch.mul(dc, g, out=di), torch.mul(dc, c_prev, out=df), torch.mul(dh, tc, out=do)
+    _sigmoid_backward(da[:, :2 * H], gates[:, :2 * H], grad_input=da[:, :2 * H])  # i and f in one call
+    _sigmoid_backward(do, o, grad_input=do)
+    _tanh_backward(torch.mul(dc, i, out=dg), g, grad_input=dg)
+    dc.mul_(f)  # the forget gate carries dL/dc_t back to c_{t-1}
 
 
 def lstm_recurrence(pre, W_hh, h0, c0, W_hy=None, b_y=None, compiled=False):
     """The LSTM over all t, time-major: pre (T*B, 4H) -> (h (T*B, H), (h_T, c_T), logits),
-    overwriting pre. pre and W_hh hold the gates in lstm_rows order (i, f, o, g). logits as in
-    rnn_recurrence. compiled: run the element-wise step maths in compiled.py's kernels where they
-    build (impl fused_cpp)."""
+    overwriting pre. logits as in rnn_recurrence. compiled: run the element-wise step maths in
+    compiled.py's kernels where they apply (impl fused_cpp)."""
     kernels = kernels_for(pre) if compiled else None
     _, h, c_T, *logits = _LSTMRecurrence.apply(pre, W_hh, h0, c0, W_hy, b_y, kernels)
     return h, (h[-h0.shape[0]:], c_T), logits[0] if logits else None

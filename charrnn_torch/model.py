@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fused import gru_recurrence, lstm_recurrence, lstm_rows, rnn_recurrence
+from .compiled import lstm_kernels
+from .fused import gru_recurrence, lstm_recurrence, rnn_recurrence
 
 # The one list of cells and of implementations; config.py validates against these.
 CELLS = ("rnn", "lstm", "gru")  # rnn: the tutorial's tanh cell
@@ -33,6 +34,7 @@ class Cell(nn.Module):
     reads character ids, layers above read h of the layer below."""
 
     gates = 1
+    compiled_kernels = False  # whether impl fused_cpp runs this cell's step maths in compiled kernels
     gate_names = ()  # what gate_values returns (the tanh cell has no gates)
     saturating = ()  # the sigmoid gates, whose saturation visualize.py plots
 
@@ -59,10 +61,8 @@ class Cell(nn.Module):
             return F.embedding(x, self.W_xh.t())
         return x @ self.W_xh.t()
 
-    def pre_activation(self, x, rows=None):
-        """W_xh x + b_h for many steps at once, as one fresh tensor: (N,) ids or (N, H) -> (N, G·H).
-        rows, if given, is the order to compute the G·H rows in (the fused LSTM's gate order)."""
-        W_xh, b_h = (self.W_xh, self.b_h) if rows is None else (self.W_xh[rows], self.b_h[rows])
+    def pre_activation(self, x):
+        """W_xh x + b_h for many steps at once, as one fresh tensor: (N,) ids or (N, H) -> (N, G·H)."""
         if self.onehot_input:
             # W_xh x is column x of W_xh, so this is a gather, with b_h added to the (V, G·H) table
             # W_xh^T + b_h for free. For many ids the table is made row-major first, so each
@@ -71,21 +71,20 @@ class Cell(nn.Module):
             # than a whole gather of a few ids (sampling), which instead takes columns of W_xh
             # and transposes only those. index_select, not F.embedding: its backward is one
             # scatter-add, about half the time of embedding's dense backward here.
-            if x.numel() >= W_xh.shape[1]:
-                return (W_xh.t().contiguous() + b_h).index_select(0, x)
-            return (W_xh.index_select(1, x).t() + b_h).contiguous()
-        return torch.addmm(b_h, x, W_xh.t())
+            if x.numel() >= self.W_xh.shape[1]:
+                return (self.W_xh.t().contiguous() + self.b_h).index_select(0, x)
+            return (self.W_xh.index_select(1, x).t() + self.b_h).contiguous()
+        return torch.addmm(self.b_h, x, self.W_xh.t())
 
 
 class RNNCell(Cell):
     """The tutorial's tanh cell: h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h). Its state is h."""
 
-    def recurrence(self, x, h0, head, W_hh, compiled=False):
-        """impl fused: all T steps of x (T*B,) ids or (T*B, H), time-major -> (h (T*B, H), h_T,
-        logits or None). W_hh is the cell's own, or a DropConnect-masked copy of it (CharRNN.forward).
-        compiled (impl fused_cpp) changes nothing here: only the LSTM has compiled step kernels; this
-        cell's step is one GEMM and one tanh_."""
-        return rnn_recurrence(self.pre_activation(x), W_hh, h0, *head)
+    def recurrence(self, pre, h0, head, W_hh, compiled=False):
+        """impl fused: all T steps from pre = W_xh x + b_h (T*B, G·H) -> (h (T*B, H), h_T, logits or None).
+        W_hh is the cell's own, or a DropConnect-masked copy of it (CharRNN.forward). compiled (impl
+        fused_cpp) asks for compiled step kernels, which only the LSTM has (compiled_kernels)."""
+        return rnn_recurrence(pre, W_hh, h0, *head)
 
     def forward(self, x_t, h_prev, W_hh):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
@@ -107,12 +106,12 @@ class LSTMCell(Cell):
     """
 
     gates = 4
+    compiled_kernels = True
     gate_names = ("input", "forget", "candidate", "output")  # what gate_values returns, in order
     saturating = ("input", "forget", "output")  # the sigmoid gates
 
-    def recurrence(self, x, state0, head, W_hh, compiled=False):
-        rows = lstm_rows(self.hidden_size, W_hh.device)  # fused's gate order: the sigmoid gates adjacent
-        return lstm_recurrence(self.pre_activation(x, rows), W_hh[rows], *state0, *head, compiled=compiled)
+    def recurrence(self, pre, state0, head, W_hh, compiled=False):
+        return lstm_recurrence(pre, W_hh, *state0, *head, compiled=compiled)
 
     def reset_biases(self):
         H = self.hidden_size
@@ -151,8 +150,8 @@ class GRUCell(Cell):
         super().__init__(input_size, hidden_size, onehot_input)
         self.b_hn = nn.Parameter(torch.empty(hidden_size))  # (H,)
 
-    def recurrence(self, x, h0, head, W_hh, compiled=False):  # no compiled kernels for the GRU (yet)
-        return gru_recurrence(self.pre_activation(x), W_hh, self.b_hn, h0, *head)
+    def recurrence(self, pre, h0, head, W_hh, compiled=False):
+        return gru_recurrence(pre, W_hh, self.b_hn, h0, *head)
 
     def gate_values(self, x_t, h_prev, W_hh):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> r, z, n, each (B, H)
@@ -249,7 +248,8 @@ class CharRNN(nn.Module):
     runs: ``loop`` is the readable reference unroll below; ``fused`` hoists the input and output
     projections out of the time loop and runs the recurrence in a hand-written autograd Function
     for each cell (``fused.py``); ``fused_cpp`` is ``fused`` with the LSTM's element-wise step maths
-    in compiled kernels where a C++ toolchain builds them (``compiled.py``). All pass the same
+    in compiled kernels where a C++ toolchain builds them (``compiled.py``; built here, at
+    construction, so that a first build is not inside a run's time budget). All pass the same
     tests against the numpy reference.
     """
 
@@ -269,6 +269,8 @@ class CharRNN(nn.Module):
         self.weight_drop = weight_drop  # DropConnect on W_hh, one mask per forward
         self.impl = impl
         self.cell = cell
+        if impl == "fused_cpp" and CELL_CLASSES[cell].compiled_kernels:
+            lstm_kernels()
         self.cells = nn.ModuleList(
             CELL_CLASSES[cell](vocab_size if l == 0 else hidden_size, hidden_size, onehot_input=(l == 0))
             for l in range(num_layers)
@@ -377,6 +379,7 @@ class CharRNN(nn.Module):
         # Time-major rows (T*B, ·): each step's B rows are contiguous for the in-place GEMMs.
         T, B = x.shape[1], x.shape[0]
         W_hh, between = self.recurrent_weights(masks), self._between_masks(masks)
+        compiled = self.impl == "fused_cpp"
         out_mask = _time_major(masks.output if masks is not None else None, T, B)
         inp = x.t().reshape(T * B)  # ids, time-major
         finals = []
@@ -384,7 +387,8 @@ class CharRNN(nn.Module):
             # the top layer also runs the output projection, one GEMM over all T*B rows (unless
             # its h is dropped first)
             head = (self.W_hy, self.b_y) if l == self.num_layers - 1 and out_mask is None else ()
-            out, final, logits = cell.recurrence(inp, s0, head, W_hh[l], compiled=self.impl == "fused_cpp")  # (T*B, H), ·, (T*B, V)
+            pre = cell.pre_activation(inp)  # (T*B, G·H)
+            out, final, logits = cell.recurrence(pre, s0, head, W_hh[l], compiled)  # (T*B, H), ·, (T*B, V)
             finals.append(final)
             inp = self._between_layers(out, l, _time_major(between[l], T, B))
         if out_mask is not None:

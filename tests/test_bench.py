@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from charrnn_torch import bench
+from charrnn_torch.model import CELL_CLASSES
 from conftest import run_script
 
 
@@ -33,7 +34,7 @@ def test_flop_count_of_gated_cells():
 def test_gated_cells_rows_against_their_torch_module(monkeypatch, cell):
     monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 2))
     impls = bench.build_impls("tiny", torch.device("cpu"), cell=cell)
-    compiled = {"CharRNN fused_cpp"} if cell == "lstm" else set()  # the GRU's fused_cpp is its fused
+    compiled = {"CharRNN fused_cpp"} if CELL_CLASSES[cell].compiled_kernels else set()  # else the same as fused
     assert set(impls) == {"CharRNN loop", "CharRNN fused", bench.yardstick_name(cell)} | compiled
     assert isinstance(impls[bench.yardstick_name(cell)].model.rnn, getattr(torch.nn, cell.upper()))
     for name, step in impls.items():

@@ -4,8 +4,8 @@ checked against central finite differences; every impl's autograd against the re
 1e-9 relative for every parameter and the initial state (h0, and c0 for the LSTM), at L = 1 and 2,
 T = 1 and 17, B = 1 and 3, for every impl (loop, fused's hand-written BPTT, and fused_cpp's
 compiled LSTM step kernels; also when only the final state or only the logits carry a gradient);
-gradcheck; the forward against nn.LSTM / nn.GRU given the same weights (1e-12); the carried state against one long unroll; and the LSTM's
-forget-gate bias at 1.
+gradcheck; the forward against nn.LSTM / nn.GRU given the same weights (1e-12); the carried
+state against one long unroll; and the LSTM's forget-gate bias at 1.
 
 Sizes are small and distinct (V=11, H=7, B=3, T=5) so a transposed dimension fails loudly.
 Run: pytest tests/test_gated_cells.py
