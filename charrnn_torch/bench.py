@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import graphs, reference
+from . import compiled, graphs, reference
 from .errors import UserError, one_line
 from .files import write_atomic
 from .model import CELL_CLASSES, GATES, IMPLS, CharRNN, cross_entropy, map_state
@@ -312,7 +312,7 @@ def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, f
     if device.type == "cpu" and not shape.startswith("gpu") and cell == "rnn":
         makers["numpy reference"] = lambda: NumpyStep(V, H, B, T, L)
     for impl in IMPLS:
-        if impl == "fused_cpp" and not (CELL_CLASSES[cell].compiled_kernels and device.type == "cpu"):
+        if impl == "fused_cpp" and not (CELL_CLASSES[cell].compiled_kernels and compiled.applies(device, dtype)):
             continue  # the same code as the fused row
         makers[f"CharRNN {impl}"] = lambda impl=impl: TorchStep(CharRNN(V, H, L, impl=impl, cell=cell).to(dtype),
                                                                 V, B, T, device, amp_dtype)

@@ -59,8 +59,11 @@ def lstm_kernels():
         return None
 
 
+def applies(device, dtype):
+    """Whether the kernels run for tensors of this device and dtype: CPU, float32 or float64."""
+    return device.type == "cpu" and dtype in (torch.float32, torch.float64)
+
+
 def kernels_for(pre):
-    """The compiled kernels where they apply to pre (a CPU float32 or float64 tensor), else None."""
-    if pre.device.type != "cpu" or pre.dtype not in (torch.float32, torch.float64):
-        return None
-    return lstm_kernels()
+    """The compiled kernels where they apply to pre, else None."""
+    return lstm_kernels() if applies(pre.device, pre.dtype) else None
