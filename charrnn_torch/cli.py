@@ -23,17 +23,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import (bench, checkpoint, config as config_mod, data, data_bench, dynamic, export, files, sample, visualize,
-               viz_page)
-from .config import SEED_MAX
-from .distributed import DistInfo, barrier
+from .tools import bench, data_bench
+from .training import checkpoint, config as config_mod
+from . import files
+from .data import corpus, vocab as vocab_mod
+from .sampling import dynamic, sample
+from .insight import export, visualize, viz_page
+from .training.config import SEED_MAX
+from .training.distributed import DistInfo, barrier
 from .errors import RunFailed, UserError, one_line
 from .files import could_not_write, write_atomic
-from .model import CELLS
-from .plots import plot_runs
-from .runtime import resolve_device, retain_freed_memory
-from .sweep import format_rows, run_sweep
-from .trainer import Interrupted, train
+from .tools.plots import plot_runs
+from .training.runtime import resolve_device, retain_freed_memory
+from .tools.sweep import format_rows, run_sweep
+from .training.trainer import Interrupted, train
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STEP_MAX = 2**62  # a checkpoint's step number
@@ -350,10 +353,10 @@ def check_sample_args(args):
 def sample_command(args, prog):
     check_sample_args(args)
     if args.prime_file:
-        args.prime = data.read_corpus(args.prime_file)
+        args.prime = corpus.read_corpus(args.prime_file)
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
     if args.score:  # a byte-mode model reads the file's bytes, as its training did
-        return _print_score(_score(args, model, vocab, ckpt, data.read_corpus(args.score, vocab.mode)))
+        return _print_score(_score(args, model, vocab, ckpt, corpus.read_corpus(args.score, vocab.mode)))
     prime = sample.default_prime(vocab, ckpt.get("char_counts")) if args.prime is None else args.prime
     sample.check_prime(vocab, prime)
     generator = torch.Generator()
@@ -373,9 +376,9 @@ def sample_command(args, prog):
 def _score(args, model, vocab, ckpt, text):
     if not args.dynamic:
         return sample.score(model, vocab, text)
-    corpus = checkpoint.run_corpus(ckpt, "gather dynamic evaluation's gradient statistics")
+    run = checkpoint.run_corpus(ckpt, "gather dynamic evaluation's gradient statistics")
     settings = dynamic.Settings(lr=args.dynamic_lr, decay=args.dynamic_decay)
-    return dynamic.score(model, vocab, text, corpus.train_ids, settings, corpus.lut)
+    return dynamic.score(model, vocab, text, run.train_ids, settings, run.lut)
 
 
 def _print_score(r):
@@ -457,8 +460,8 @@ def bench_parser(prog):
     p.add_argument("--precisions", type=names_arg("--precisions", "precision", bench.PRECISIONS), default=None,
                    help=f"comma-separated, from {', '.join(bench.PRECISIONS)} (default: fp32, tf32, bf16 on CUDA; fp32 on "
                         f"CPU; tf32, fp16 with --train-steps on CUDA); tf32 changes nothing on a CPU")
-    p.add_argument("--cells", type=names_arg("--cells", "cell", CELLS), default=["rnn"],
-                   help=f"comma-separated, from {', '.join(CELLS)} (default rnn); each against its torch module")
+    p.add_argument("--cells", type=names_arg("--cells", "cell", bench.CELLS), default=["rnn"],
+                   help=f"comma-separated, from {', '.join(bench.CELLS)} (default rnn); each against its torch module")
     p.add_argument("--repeats", type=int_arg("--repeats", 1, 1000), default=5,
                    help="timed rounds per implementation (median reported)")
     p.add_argument("--threads", type=int_arg("--threads", 0, 4096), default=0,
@@ -487,7 +490,7 @@ def bench_parser(prog):
 def bench_command(args, prog):
     if not args.corpus_mb:
         return bench.main(args, resolve_device(args.device))
-    seed = data.ensure_corpus(data.DEFAULT_PATH)
+    seed = corpus.ensure_corpus(corpus.DEFAULT_PATH)
     with tempfile.TemporaryDirectory(prefix="charrnn-corpus-bench-") as tmp:
         data_bench.main(args.corpus_mb, args.work or tmp, seed, ddp=not args.no_ddp, json_path=args.json)
     return 0
@@ -535,8 +538,8 @@ def visualize_parser(prog):
 
 def validation_text(ckpt, n):
     """The first n characters of the run's validation split, through load_corpus, as training read it."""
-    corpus = checkpoint.run_corpus(ckpt, "show its validation split (pass --text FILE)")
-    text = corpus.vocab.decode(data.as_ids(corpus.val_ids[:n], corpus.lut).tolist())
+    run = checkpoint.run_corpus(ckpt, "show its validation split (pass --text FILE)")
+    text = run.vocab.decode(vocab_mod.as_ids(run.val_ids[:n], run.lut).tolist())
     return text, f"the first {len(text):,} characters of the validation split of {ckpt['config']['data']['path']}"
 
 
@@ -545,7 +548,7 @@ def visualize_command(args, prog):
     if vocab.mode != "chars":
         raise UserError("the page shows characters: it needs a model trained with data.vocab=chars")
     if args.text is not None:
-        raw, source = data.read_corpus(args.text), str(args.text)
+        raw, source = corpus.read_corpus(args.text), str(args.text)
     else:
         raw, source = validation_text(ckpt, args.from_val or args.max_chars)
     text, info = visualize.prepare_text(vocab, raw, args.max_chars)

@@ -12,7 +12,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from charrnn_torch.bench import shown
+from charrnn_torch.tools.bench import shown
 
 
 def stages(results):

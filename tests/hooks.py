@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from charrnn_torch import trainer  # noqa: E402
+from charrnn_torch.training import trainer  # noqa: E402
 
 
 class HookedTrainer(trainer.Trainer):

@@ -12,8 +12,8 @@ import json
 import pytest
 import torch
 
-from charrnn_torch import bench
-from charrnn_torch.model import CELL_CLASSES
+from charrnn_torch.tools import bench
+from charrnn_torch.model.cells import CELL_CLASSES
 from conftest import run_script
 
 

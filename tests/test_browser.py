@@ -15,11 +15,11 @@ import json
 import pytest
 import torch
 
-from charrnn_torch import checkpoint
+from charrnn_torch.training import checkpoint
 from charrnn_torch.cli import main
-from charrnn_torch.code_corpus import describe
-from charrnn_torch.data import Vocab
-from charrnn_torch.model import CharRNN
+from charrnn_torch.data.code_corpus import describe
+from charrnn_torch.data.vocab import Vocab
+from charrnn_torch.model.cells import CharRNN
 from conftest import chromium, watch
 
 pytestmark = pytest.mark.browser

@@ -9,10 +9,10 @@ Run: pytest tests/test_cells_in_use.py
 import pytest
 import torch
 
-from charrnn_torch import checkpoint
+from charrnn_torch.training import checkpoint
 from charrnn_torch.cli import main
-from charrnn_torch.config import build_config
-from charrnn_torch.trainer import Interrupted, train
+from charrnn_torch.training.config import build_config
+from charrnn_torch.training.trainer import Interrupted, train
 from conftest import run_script, tiny_overrides
 from hooks import HookedTrainer
 from test_experiments import params_close, torchrun

@@ -16,11 +16,12 @@ import subprocess
 import pytest
 import yaml
 
-from charrnn_torch import checkpoint, cli, config as config_mod
+from charrnn_torch.training import checkpoint, config as config_mod
+from charrnn_torch import cli
 from charrnn_torch.cli import main
-from charrnn_torch.config import build_config
+from charrnn_torch.training.config import build_config
 from charrnn_torch.errors import RunFailed
-from charrnn_torch.trainer import Trainer, train
+from charrnn_torch.training.trainer import Trainer, train
 from conftest import tiny_overrides
 from test_reliability import run_train, snapshot
 from test_sample import run_dir  # noqa: F401 - the trained run these tests misuse
@@ -164,7 +165,7 @@ def test_memory_is_refused_before_allocating(world, monkeypatch):
 
 
 def test_training_bytes_counts_weights_and_buffers():
-    from charrnn_torch.runtime import training_bytes
+    from charrnn_torch.training.runtime import training_bytes
     cfg = build_config({}, ["model.hidden_size=10", "model.num_layers=2", "train.batch_size=4", "train.seq_len=3"])
     V, H, rows = 5, 10, 12
     params = V * H + H * H + 2 * (H * H + H) + V * H + V  # W_xh of both layers, W_hh, b_h, W_hy, b_y

@@ -20,10 +20,10 @@ import pytest
 import torch
 import yaml
 
-from charrnn_torch import code_corpus
+from charrnn_torch.data import code_corpus
 from charrnn_torch.cli import main
-from charrnn_torch.config import build_config
-from charrnn_torch.data import corpus_source, load_corpus
+from charrnn_torch.training.config import build_config
+from charrnn_torch.data.corpus import corpus_source, load_corpus
 from conftest import run_script
 
 FILES = {  # relative path -> content; the excluded ones say so

@@ -14,8 +14,9 @@ import pytest
 import torch
 import torch.utils.cpp_extension
 
-from charrnn_torch import CharRNN, compiled
-from charrnn_torch.model import cross_entropy
+from charrnn_torch import CharRNN
+from charrnn_torch.model import compiled
+from charrnn_torch.model.cells import cross_entropy
 
 V, H, B, T, L = 11, 37, 5, 9, 2  # H = 37: every vector loop has a tail
 

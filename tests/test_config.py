@@ -5,7 +5,7 @@ Run: pytest tests/test_config.py
 """
 import pytest
 
-from charrnn_torch.config import build_config, dump_yaml, parse_override, read_yaml
+from charrnn_torch.training.config import build_config, dump_yaml, parse_override, read_yaml
 from charrnn_torch.errors import UserError
 
 

@@ -19,12 +19,15 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn_torch import cache, checkpoint, data, sample
+from charrnn_torch.data import cache
+from charrnn_torch.training import checkpoint
+from charrnn_torch.data import corpus as corpus_mod, vocab as vocab_mod
+from charrnn_torch.sampling import sample
 from charrnn_torch.cli import main
-from charrnn_torch.config import build_config
+from charrnn_torch.training.config import build_config
 from charrnn_torch.errors import UserError
-from charrnn_torch.data import load_corpus
-from charrnn_torch.trainer import Trainer, train
+from charrnn_torch.data.corpus import load_corpus
+from charrnn_torch.training.trainer import Trainer, train
 from conftest import SHARED_CORPUS, ROOT, tiny_overrides
 
 REAL = ROOT / "data" / "tinyshakespeare.txt"
@@ -41,7 +44,7 @@ def test_cache_of_the_real_corpus_is_todays_encoding(tmp_path):
     copy = tmp_path / "tinyshakespeare.txt"
     copy.write_bytes(source.read_bytes())
     text = copy.read_text(encoding="utf-8")
-    vocab = data.Vocab.from_text(text)
+    vocab = vocab_mod.Vocab.from_text(text)
     want = vocab.encode(text)
 
     path, header, _ = cache.ensure(copy, "chars", progress=False, log=quiet)
@@ -53,7 +56,7 @@ def test_cache_of_the_real_corpus_is_todays_encoding(tmp_path):
     assert torch.equal(ids.long(), want)
 
     corpus = load_corpus(build_config({}, [f"data.path={copy}"]).data, progress=False, log=quiet)
-    old_train, old_val = data.split(want, 0.1)
+    old_train, old_val = corpus_mod.split(want, 0.1)
     assert torch.equal(corpus.train_ids.long(), old_train) and torch.equal(corpus.val_ids.long(), old_val)
     assert corpus.val_ids.untyped_storage().data_ptr() == corpus.train_ids.untyped_storage().data_ptr()  # views
 
@@ -71,7 +74,7 @@ def test_rebuilt_when_the_source_changes_and_reused_when_not(tmp_path):
     _, second, _ = cache.ensure(src, "chars", progress=False, log=said.append)
     assert said and "rebuilding" in said[0]
     ids = torch.from_numpy(cache.open_ids(path, second)).long()
-    assert data.Vocab(second["vocab"]).decode(ids.tolist()) == "hello there\n" * 50
+    assert vocab_mod.Vocab(second["vocab"]).decode(ids.tolist()) == "hello there\n" * 50
 
 
 def test_a_failed_build_leaves_no_cache(tmp_path, monkeypatch):
@@ -95,7 +98,7 @@ def test_utf8_split_across_chunks_and_bad_bytes_at_their_offset(tmp_path, monkey
     src.write_text(text, encoding="utf-8")
     path, header, _ = cache.ensure(src, "chars", progress=False, log=quiet)
     ids = torch.from_numpy(cache.open_ids(path, header)).long()
-    assert data.Vocab(header["vocab"]).decode(ids.tolist()) == text
+    assert vocab_mod.Vocab(header["vocab"]).decode(ids.tolist()) == text
 
     raw = text.encode("utf-8")
     bad = tmp_path / "bad.txt"
@@ -157,7 +160,7 @@ def test_a_large_alphabet_is_uint16_and_trains(tmp_path):
     src = tmp_path / "zh.txt"
     src.write_text(text, encoding="utf-8")
     path, header, _ = cache.ensure(src, "chars", progress=False, log=quiet)
-    vocab = data.Vocab.from_text(text)
+    vocab = vocab_mod.Vocab.from_text(text)
     assert header["dtype"] == "uint16" and header["vocab"] == vocab.chars and len(vocab) > 2900
     assert torch.equal(torch.from_numpy(cache.open_ids(path, header)).long(), vocab.encode(text))
     summary = train(build_config({}, tiny_overrides(src, tmp_path / "run", **{"train.max_steps": 6,

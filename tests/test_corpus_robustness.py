@@ -37,10 +37,11 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn_torch import cache, files
+from charrnn_torch.data import cache
+from charrnn_torch import files
 from charrnn_torch.cli import main
-from charrnn_torch.config import build_config
-from charrnn_torch.data import load_corpus
+from charrnn_torch.training.config import build_config
+from charrnn_torch.data.corpus import load_corpus
 from conftest import ROOT, tiny_overrides
 from test_reliability import _start_long_run, _wait_for, run_train
 
@@ -314,7 +315,7 @@ def test_a_run_still_running_before_its_first_checkpoint_is_not_shared(tmp_path,
 
 STALLED_BUILD = r"""
 import sys, time
-from charrnn_torch import cache
+from charrnn_torch.data import cache
 encode = cache._encoded
 def stalled(*args):
     for i, ids in enumerate(encode(*args)):

@@ -15,11 +15,11 @@ import math
 import pytest
 import torch
 
-from charrnn_torch import checkpoint, graphs
+from charrnn_torch.training import checkpoint, graphs
 from charrnn_torch.cli import main
-from charrnn_torch.config import build_config
-from charrnn_torch.model import CELLS, CharRNN, map_state
-from charrnn_torch.trainer import Trainer, lr_factor
+from charrnn_torch.training.config import build_config
+from charrnn_torch.model.cells import CELLS, CharRNN, map_state
+from charrnn_torch.training.trainer import Trainer, lr_factor
 from conftest import read_scalars, rel_err, tiny_overrides
 
 POISONED = 7  # the step whose carried state is made NaN: its loss is non-finite, and it must be skipped

@@ -12,7 +12,7 @@ from functools import partial
 import pytest
 import torch
 
-from charrnn_torch import data
+from charrnn_torch.data import batchers, corpus, vocab
 from charrnn_torch.errors import UserError
 
 
@@ -36,7 +36,7 @@ def test_download_good_fetch(http_root, tmp_path):
     body = "First Citizen:\nBefore we proceed any further, hear me speak.\n".encode()
     (root / "input.txt").write_bytes(body)
     dest = tmp_path / "data" / "corpus.txt"
-    got = data.ensure_corpus(dest, default_path=str(dest), url=f"{base}/input.txt",
+    got = corpus.ensure_corpus(dest, default_path=str(dest), url=f"{base}/input.txt",
                              sha256=hashlib.sha256(body).hexdigest(), progress=False)
     assert got == dest and dest.read_bytes() == body
     assert [p.name for p in dest.parent.iterdir()] == ["corpus.txt"]  # no temp file left behind
@@ -47,7 +47,7 @@ def test_download_hash_mismatch_keeps_nothing(http_root, tmp_path):
     (root / "input.txt").write_bytes(b"not the corpus you want")
     dest = tmp_path / "data" / "corpus.txt"
     with pytest.raises(UserError) as e:
-        data.download(f"{base}/input.txt", dest, sha256="0" * 64, progress=False)
+        corpus.download(f"{base}/input.txt", dest, sha256="0" * 64, progress=False)
     msg = str(e.value)
     assert "sha256" in msg and str(dest.resolve()) in msg
     assert not dest.exists() and list(dest.parent.iterdir()) == []
@@ -61,37 +61,37 @@ def test_offline_says_where_to_put_the_file(tmp_path):
     s.close()  # nothing listens here now: a refused connection, like being offline
     dest = tmp_path / "corpus.txt"
     with pytest.raises(UserError) as e:
-        data.ensure_corpus(dest, default_path=str(dest), url=f"http://127.0.0.1:{port}/input.txt", progress=False)
+        corpus.ensure_corpus(dest, default_path=str(dest), url=f"http://127.0.0.1:{port}/input.txt", progress=False)
     assert "cannot download" in str(e.value) and str(dest.resolve()) in str(e.value)
     assert not dest.exists()
 
 
 def test_non_default_missing_path_is_not_downloaded(tmp_path):
     with pytest.raises(UserError, match="data file not found"):
-        data.ensure_corpus(tmp_path / "mine.txt", url="http://127.0.0.1:9/never")
+        corpus.ensure_corpus(tmp_path / "mine.txt", url="http://127.0.0.1:9/never")
 
 
 def test_canonical_source():
-    assert data.CORPUS_URL.endswith("karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
-    assert data.CORPUS_SHA256 == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    assert corpus.CORPUS_URL.endswith("karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
+    assert corpus.CORPUS_SHA256 == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 
 def test_read_corpus_errors(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"abc\xff\xfedef")
     with pytest.raises(UserError, match=r"not valid UTF-8 \(bad byte at offset 3\)"):
-        data.read_corpus(bad)
+        corpus.read_corpus(bad)
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     with pytest.raises(UserError, match="is empty"):
-        data.read_corpus(empty)
+        corpus.read_corpus(empty)
     with pytest.raises(UserError, match="is a directory"):
-        data.read_corpus(tmp_path)
+        corpus.read_corpus(tmp_path)
 
 
 def test_vocab_is_sorted_and_round_trips():
     text = "hello, world\n"
-    v = data.Vocab.from_text(text)
+    v = vocab.Vocab.from_text(text)
     assert v.chars == sorted(set(text))
     assert v.decode(v.encode(text).tolist()) == text
     assert v.unknown("hex!") == ["!", "x"]
@@ -99,13 +99,13 @@ def test_vocab_is_sorted_and_round_trips():
 
 def test_split_is_contiguous():
     ids = torch.arange(100)
-    train, val = data.split(ids, 0.1)
+    train, val = corpus.split(ids, 0.1)
     assert torch.equal(train, torch.arange(90)) and torch.equal(val, torch.arange(90, 100))
 
 
 def test_stream_batches_are_contiguous_shifted_and_wrap():
     ids = torch.arange(1000)
-    b = data.StreamBatcher(ids, batch_size=4, seq_len=10)
+    b = batchers.StreamBatcher(ids, batch_size=4, seq_len=10)
     assert b.steps_per_epoch == (250 - 1) // 10
     x0, y0, reset0 = b.next()
     x1, y1, reset1 = b.next()
@@ -124,20 +124,20 @@ def test_stream_batches_are_contiguous_shifted_and_wrap():
 
 def test_stream_batcher_splits_streams_across_ranks():
     ids = torch.arange(1000)
-    full = data.StreamBatcher(ids, 4, 10).next()[0]
-    r0 = data.StreamBatcher(ids, 4, 10, rank=0, world_size=2).next()[0]
-    r1 = data.StreamBatcher(ids, 4, 10, rank=1, world_size=2).next()[0]
+    full = batchers.StreamBatcher(ids, 4, 10).next()[0]
+    r0 = batchers.StreamBatcher(ids, 4, 10, rank=0, world_size=2).next()[0]
+    r1 = batchers.StreamBatcher(ids, 4, 10, rank=1, world_size=2).next()[0]
     assert torch.equal(torch.cat([r0, r1]), full)
 
 
 def test_too_short_for_one_batch():
     with pytest.raises(UserError, match="too short"):
-        data.StreamBatcher(torch.arange(50), batch_size=8, seq_len=10)
+        batchers.StreamBatcher(torch.arange(50), batch_size=8, seq_len=10)
 
 
 def test_random_windows_reproducible_and_shifted():
     ids = torch.arange(500)
-    a, b = data.RandomWindowBatcher(ids, 8, 16, seed=3), data.RandomWindowBatcher(ids, 8, 16, seed=3)
+    a, b = batchers.RandomWindowBatcher(ids, 8, 16, seed=3), batchers.RandomWindowBatcher(ids, 8, 16, seed=3)
     xa, ya, reset = a.next()
     xb, _, _ = b.next()
     assert reset and torch.equal(xa, xb) and torch.equal(ya, xa + 1)
@@ -149,7 +149,7 @@ def test_random_windows_reproducible_and_shifted():
 
 def test_eval_windows_cover_every_character():
     ids = torch.arange(103)
-    xs, ys = zip(*data.eval_windows(ids, num_streams=4, seq_len=7))
+    xs, ys = zip(*batchers.eval_windows(ids, num_streams=4, seq_len=7))
     x = torch.cat(xs, 1)
     y = torch.cat(ys, 1)
     assert x.shape == (4, 24) and torch.equal(y, x + 1)

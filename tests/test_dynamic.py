@@ -15,13 +15,14 @@ import hashlib
 import pytest
 import torch
 
-from charrnn_torch import CharRNN, dynamic
+from charrnn_torch import CharRNN
+from charrnn_torch.sampling import dynamic
 from charrnn_torch.cli import main
-from charrnn_torch.config import build_config
-from charrnn_torch.data import Vocab
-from charrnn_torch.model import CELLS
-from charrnn_torch.sample import char_losses, score
-from charrnn_torch.trainer import train
+from charrnn_torch.training.config import build_config
+from charrnn_torch.data.vocab import Vocab
+from charrnn_torch.model.cells import CELLS
+from charrnn_torch.sampling.sample import char_losses, score
+from charrnn_torch.training.trainer import train
 from conftest import read_scalars, tiny_overrides
 
 TEXT = "the cat sat on the mat. a dog ran far. \n" * 3

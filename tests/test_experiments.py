@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn_torch import checkpoint
+from charrnn_torch.training import checkpoint
 from charrnn_torch.cli import split_grid
-from charrnn_torch.config import build_config
-from charrnn_torch.trainer import train
+from charrnn_torch.training.config import build_config
+from charrnn_torch.training.trainer import train
 from conftest import ROOT, read_scalars, run_script, tiny_overrides
 
 

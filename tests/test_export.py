@@ -22,9 +22,11 @@ import sys
 import pytest
 import torch
 
-from charrnn_torch import checkpoint, export, sample
+from charrnn_torch.training import checkpoint
+from charrnn_torch.insight import export
+from charrnn_torch.sampling import sample
 from charrnn_torch.cli import main
-from charrnn_torch.data import ByteVocab, Vocab
+from charrnn_torch.data.vocab import ByteVocab, Vocab
 
 V_CHARS = "abcdefghi \n"  # V = 11
 H, B, STEPS, TOL = 7, 3, 50, 1e-5

@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charrnn_torch import CharRNN, reference
-from charrnn_torch.model import IMPLS, cross_entropy, map_state
+from charrnn_torch import CharRNN
+from charrnn_torch.model import reference
+from charrnn_torch.model.cells import IMPLS, cross_entropy, map_state
 from conftest import central_differences, rel_err
 
 V, H, B, T = 11, 7, 3, 5

@@ -9,13 +9,16 @@ Run on a machine with a GPU: pytest -m gpu   (scripts/gpu_check.sh runs it as it
 import pytest
 import torch
 
-from charrnn_torch import CharRNN, bench, checkpoint, reference
-from charrnn_torch.config import OPTIMIZERS, build_config
-from charrnn_torch.data import Vocab
-from charrnn_torch.model import CELLS, IMPLS, cross_entropy, map_state
-from charrnn_torch.sample import generate
-from charrnn_torch.runtime import make_optimizer
-from charrnn_torch.trainer import train
+from charrnn_torch import CharRNN
+from charrnn_torch.tools import bench
+from charrnn_torch.training import checkpoint
+from charrnn_torch.model import reference
+from charrnn_torch.training.config import OPTIMIZERS, build_config
+from charrnn_torch.data.vocab import Vocab
+from charrnn_torch.model.cells import CELLS, IMPLS, cross_entropy, map_state
+from charrnn_torch.sampling.sample import generate
+from charrnn_torch.training.runtime import make_optimizer
+from charrnn_torch.training.trainer import train
 from conftest import rel_err, run_script, tiny_overrides
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

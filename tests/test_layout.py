@@ -1,8 +1,10 @@
 """Proves the house rules that keep the code readable, and that the front page tells the truth:
 
-- every function is at most 60 lines, and trainer.py at most 550;
-- no module imports another module's private (_underscore) names, and model.py imports nothing
-  from config.py (the config layer sits above the model);
+- every function is at most 60 lines;
+- the layers: each subpackage imports only from those below it (LAYERS), the numpy reference
+  imports nothing from the package, the model nothing from the config, the CLI no model code,
+  and only the CLI, the Python API and the sweep reach the trainer;
+- no module imports another module's private (_underscore) names;
 - the three ways in (the ``charrnn`` console script, ``python -m charrnn_torch`` and the thin
   ``scripts/<command>.py``) offer the same commands, from cli.COMMANDS, and each prints its own
   name in its usage line;
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from charrnn_torch import cli, config as config_mod
+from charrnn_torch import cli
+from charrnn_torch.training import config as config_mod
 from conftest import ROOT
 
 PACKAGE = ROOT / "charrnn_torch"
@@ -28,8 +31,44 @@ MAX_FUNCTION_LINES = 60
 SCRIPTS_NOT_COMMANDS = {"gpu_summary.py"}  # the GPU run's own helper, called by gpu_check.sh
 
 
+# Bottom to top: a module may import from its own layer and those before it, never after.
+LAYERS = (("errors", "files"), ("model",), ("data",), ("sampling",), ("insight",), ("training",), ("tools",),
+          ("api", "cli", "__init__", "__main__"))
+
+
 def _modules():
-    return sorted(PACKAGE.glob("*.py")) + sorted((ROOT / "scripts").glob("*.py"))
+    return sorted(PACKAGE.rglob("*.py")) + sorted((ROOT / "scripts").glob("*.py"))
+
+
+def _package_modules():
+    """dotted name under charrnn_torch -> path, for every module of the package."""
+    return {".".join(p.relative_to(PACKAGE).with_suffix("").parts): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _layer(dotted):
+    top = dotted.split(".")[0]
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def _package_imports(dotted, path):
+    """Every package module that `dotted` imports, as dotted names under charrnn_torch."""
+    out = set()
+    package = dotted.split(".")[:-1] if not path.name == "__init__.py" else dotted.split(".")[:-1]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
+                base = base + (node.module.split(".") if node.module else [])
+            elif (node.module or "").startswith("charrnn_torch"):
+                base = node.module.split(".")[1:]
+            else:
+                continue
+            for alias in node.names:
+                name = ".".join(base + [alias.name])
+                out.add(name if name in _package_modules() else ".".join(base))
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("charrnn_torch.")}
+    return {m for m in out if m}
 
 
 def test_functions_are_short():
@@ -41,10 +80,6 @@ def test_functions_are_short():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{path.name}:{node.lineno} {node.name} is {n} lines")
     assert not long, "\n".join(long)
-
-
-def test_trainer_stays_a_loop():
-    assert len((PACKAGE / "trainer.py").read_text().splitlines()) <= 550
 
 
 def _imports(path):
@@ -63,8 +98,32 @@ def test_no_module_imports_anothers_private_names():
     assert not bad, bad
 
 
-def test_model_does_not_import_the_config_layer():
-    assert all(module != "config" and name != "config" for module, name in _imports(PACKAGE / "model.py"))
+def test_lower_layers_never_import_higher_ones():
+    upward = [f"{dotted} imports {other}" for dotted, path in _package_modules().items()
+              for other in _package_imports(dotted, path) if _layer(other) > _layer(dotted)]
+    assert not upward, upward
+
+
+def test_the_reference_imports_nothing_from_the_package():
+    path = PACKAGE / "model" / "reference.py"
+    assert not _package_imports("model.reference", path)
+    assert "torch" not in {n.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
+                           if isinstance(node, ast.Import) for n in (a.name for a in node.names)}
+
+
+def test_the_model_does_not_import_the_config():
+    bad = [(d, o) for d, p in _package_modules().items() if d.startswith("model.")
+           for o in _package_imports(d, p) if o.endswith("config")]
+    assert not bad, bad
+
+
+def test_the_cli_imports_no_model_code():
+    assert not [o for o in _package_imports("cli", PACKAGE / "cli.py") if o.startswith("model")]
+
+
+def test_only_the_cli_the_api_and_the_sweep_import_the_trainer():
+    users = {d for d, p in _package_modules().items() if "training.trainer" in _package_imports(d, p)}
+    assert users <= {"cli", "api", "tools.sweep"}, users
 
 
 def test_one_table_of_commands_behind_every_way_in():

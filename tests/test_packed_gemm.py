@@ -13,8 +13,9 @@ import platform
 import pytest
 import torch
 
-from charrnn_torch import CharRNN, packed_gemm, reference
-from charrnn_torch.model import cross_entropy
+from charrnn_torch import CharRNN
+from charrnn_torch.model import packed_gemm, reference
+from charrnn_torch.model.cells import cross_entropy
 from conftest import rel_err
 
 ROWS, K, N = 3, 7, 11

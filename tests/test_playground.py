@@ -19,7 +19,8 @@ import io
 import pytest
 import torch
 
-from charrnn_torch import checkpoint, sample
+from charrnn_torch.training import checkpoint
+from charrnn_torch.sampling import sample
 from charrnn_torch.cli import main
 from conftest import chromium, watch
 from test_export import H, V_CHARS, save_model

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from charrnn_torch import checkpoint
+from charrnn_torch.training import checkpoint
 from charrnn_torch.cli import main
-from charrnn_torch.config import build_config
-from charrnn_torch.plots import val_curve
-from charrnn_torch.trainer import train
+from charrnn_torch.training.config import build_config
+from charrnn_torch.tools.plots import val_curve
+from charrnn_torch.training.trainer import train
 from conftest import tiny_overrides
 
 matplotlib = pytest.importorskip("matplotlib")  # the [plot] extra; `pip install -e ".[dev]"` has it

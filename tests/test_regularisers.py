@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn_torch import CharRNN, reference
-from charrnn_torch.config import build_config
-from charrnn_torch.data import Vocab
+from charrnn_torch import CharRNN
+from charrnn_torch.model import reference
+from charrnn_torch.training.config import build_config
+from charrnn_torch.data.vocab import Vocab
 from charrnn_torch.errors import UserError
-from charrnn_torch.model import CELLS, IMPLS, Masks, cross_entropy, map_state
-from charrnn_torch.sample import generate, score
-from charrnn_torch.trainer import train
+from charrnn_torch.model.cells import CELLS, IMPLS, Masks, cross_entropy, map_state
+from charrnn_torch.sampling.sample import generate, score
+from charrnn_torch.training.trainer import train
 from conftest import central_differences, rel_err, tiny_overrides
 
 V, H, B, T, L = 11, 7, 3, 5, 2

@@ -19,10 +19,10 @@ import pytest
 import torch
 import yaml
 
-from charrnn_torch import checkpoint
+from charrnn_torch.training import checkpoint
 from charrnn_torch.cli import main
-from charrnn_torch.config import build_config
-from charrnn_torch.trainer import TrainingDiverged, train
+from charrnn_torch.training.config import build_config
+from charrnn_torch.training.trainer import TrainingDiverged, train
 from conftest import ROOT, read_scalars, run_script, tiny_overrides
 from hooks import hooked_train
 
@@ -196,7 +196,7 @@ def test_best_only_replaced_by_better(tmp_path, tiny_text):
 
 def _write_config(dir_, corpus_file, out_dir):
     cfg = build_config({}, tiny_overrides(corpus_file, out_dir, **{"train.max_steps": 4, "train.sample_interval": 0}))
-    from charrnn_torch.config import dump_yaml
+    from charrnn_torch.training.config import dump_yaml
     p = dir_ / "tiny.yaml"
     p.write_text(dump_yaml(cfg))
     return p

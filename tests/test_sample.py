@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charrnn_torch import CharRNN, reference
-from charrnn_torch.config import build_config
-from charrnn_torch.data import Vocab
-from charrnn_torch.sample import (beam_search, filter_probs, generate, generate_batch, pick, sample_ids,
-                                  score)
-from charrnn_torch.trainer import train
+from charrnn_torch import CharRNN
+from charrnn_torch.model import reference
+from charrnn_torch.training.config import build_config
+from charrnn_torch.data.vocab import Vocab
+from charrnn_torch.sampling.sample import beam_search, filter_probs, generate, generate_batch, pick, sample_ids, score
+from charrnn_torch.training.trainer import train
 from conftest import run_script, tiny_overrides
 
 V, H = 11, 7
@@ -234,13 +234,13 @@ def test_cli_bad_checkpoints(tmp_path):
 
 
 def test_default_prime_is_newline_else_most_frequent():
-    from charrnn_torch.sample import default_prime
+    from charrnn_torch.sampling.sample import default_prime
     assert default_prime(Vocab("\nab")) == "\n"
     assert default_prime(Vocab("abc"), char_counts=[1, 7, 3]) == "b"
     assert default_prime(Vocab("abc")) == "a"  # no counts stored: the first character
 
 
 def test_checkpoint_stores_char_counts(run_dir):
-    from charrnn_torch import checkpoint
+    from charrnn_torch.training import checkpoint
     ck = checkpoint.load(run_dir / "ckpt.pt")
     assert len(ck["char_counts"]) == len(ck["vocab"]) and ck["char_counts"][ck["vocab"].index(" ")] > 0

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from charrnn_torch import checkpoint
-from charrnn_torch.config import build_config
-from charrnn_torch.trainer import lr_factor, train
+from charrnn_torch.training import checkpoint
+from charrnn_torch.training.config import build_config
+from charrnn_torch.training.trainer import lr_factor, train
 from conftest import read_scalars, run_script, tiny_overrides
 
 TAGS = {"loss/train", "loss/train_smooth", "loss/val", "bpc/val", "lr", "grad_norm", "throughput/chars_per_sec"}
@@ -75,8 +75,8 @@ def test_schedules():
 
 def test_stateful_training_carries_state(tmp_path, corpus_file, monkeypatch):
     """The h0 handed to step i+1 is step i's final state, detached, and None after a wrap."""
-    from charrnn_torch import data
-    from charrnn_torch.model import CharRNN
+    from charrnn_torch.data import batchers, corpus, vocab
+    from charrnn_torch.model.cells import CharRNN
     seen = []
     orig = CharRNN.forward
 
@@ -89,8 +89,8 @@ def test_stateful_training_carries_state(tmp_path, corpus_file, monkeypatch):
     monkeypatch.setattr(CharRNN, "forward", spy)
     cfg = build_config({}, tiny_overrides(corpus_file, tmp_path / "r", **{"train.sample_interval": 0}))
     text = corpus_file.read_text()
-    train_ids = data.split(data.Vocab.from_text(text).encode(text), cfg.data.val_fraction)[0]
-    epoch = data.StreamBatcher(train_ids, cfg.train.batch_size, cfg.train.seq_len).steps_per_epoch
+    train_ids = corpus.split(vocab.Vocab.from_text(text).encode(text), cfg.data.val_fraction)[0]
+    epoch = batchers.StreamBatcher(train_ids, cfg.train.batch_size, cfg.train.seq_len).steps_per_epoch
     cfg.train.max_steps, cfg.train.eval_interval = epoch + 3, epoch + 3  # past one wrap of the streams
     train(cfg, progress=False, log=lambda *a: None)
     assert len(seen) == epoch + 3
@@ -108,9 +108,9 @@ def test_checkpoint_loads_weights_only_and_samples(tmp_path, corpus_file):
     train(cfg, progress=False, log=lambda *a: None)
     ck = checkpoint.load(out / "ckpt.pt")
     assert isinstance(ck["hidden"], torch.Tensor) and ck["hidden"].shape == (1, 4, 32)
-    from charrnn_torch.data import Vocab
-    from charrnn_torch.model import CharRNN
-    from charrnn_torch.sample import generate
+    from charrnn_torch.data.vocab import Vocab
+    from charrnn_torch.model.cells import CharRNN
+    from charrnn_torch.sampling.sample import generate
     model = CharRNN(**ck["model_args"])
     model.load_state_dict(ck["model"])
     text = generate(model, Vocab(ck["vocab"]), "the", 40, generator=torch.Generator().manual_seed(0))

@@ -21,15 +21,14 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn_torch import checkpoint
+from charrnn_torch.training import checkpoint
 from charrnn_torch.cli import main
-from charrnn_torch.config import build_config
-from charrnn_torch.data import Vocab
-from charrnn_torch.model import CharRNN
-from charrnn_torch.sample import score
-from charrnn_torch.trainer import train
-from charrnn_torch.visualize import (CODE_STRINGS, diverging_rgb, indentation, saturation, scan_python, search_units,
-                                     text_features, trace)
+from charrnn_torch.training.config import build_config
+from charrnn_torch.data.vocab import Vocab
+from charrnn_torch.model.cells import CharRNN
+from charrnn_torch.sampling.sample import score
+from charrnn_torch.training.trainer import train
+from charrnn_torch.insight.visualize import CODE_STRINGS, diverging_rgb, indentation, saturation, scan_python, search_units, text_features, trace
 from conftest import tiny_overrides
 
 BRACKETS = "abc de(f)\n"  # V = 10

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import one_line
+from ..errors import one_line
 
 SOURCE = Path(__file__).with_name("lstm_kernel.cpp")
 # The vector instructions to build for, from what torch itself dispatches to on this CPU.

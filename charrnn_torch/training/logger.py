@@ -6,8 +6,8 @@ import math
 import threading
 
 from . import config as config_mod
-from .errors import RunFailed
-from .files import could_not_write
+from ..errors import RunFailed
+from ..files import could_not_write
 
 
 def _guarded(method):

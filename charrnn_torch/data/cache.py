@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import files
-from .errors import RunFailed, UserError
-from .files import temp_file
+from .. import files
+from ..errors import RunFailed, UserError
+from ..files import temp_file
 
 MAGIC = b"CHARRNN-IDS\n"
 VERSION = 1

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from . import sample
-from .data import as_ids
-from .model import map_state
+from ..data.vocab import as_ids
+from ..model.cells import map_state
 
 EPS = 1e-8
 # The paper's epsilon in the denominator, here a fraction of the mean RMS: a weight whose training

@@ -11,10 +11,10 @@ import re
 import numpy as np
 import torch
 
-from .code_corpus import describe
-from .data import drop_unknown
-from .errors import UserError
-from .sample import char_losses
+from ..data.code_corpus import describe
+from ..data.vocab import drop_unknown
+from ..errors import UserError
+from ..sampling.sample import char_losses
 
 TOP_GUESSES = 5
 UNITS_KEPT = 20  # per feature, in the JSON: the best units, ranked by |correlation|
@@ -266,7 +266,7 @@ def analyse(model, vocab, text):
 def page_data(model, vocab, ckpt, ckpt_path, text, source):
     """analyse() plus what the page's header and unit picker need. Returns (data, activations)."""
     found, acts = analyse(model, vocab, text)
-    groups = [(s, l) for s in ("h", "c") if s == "h" or model.cell == "lstm" for l in range(model.num_layers)]
+    groups = [(s, l) for s in model.state_names for l in range(model.num_layers)]
     header = {"checkpoint": str(ckpt_path), "step": ckpt.get("step"), "val_loss": ckpt.get("last_val"),
               "cell": model.cell, "num_layers": model.num_layers, "hidden_size": model.hidden_size,
               "parameters": sum(p.numel() for p in model.parameters()), "source": source,

@@ -5,8 +5,8 @@ matplotlib is an optional extra (``pip install -e ".[plot]"``): only this module
 import io
 from pathlib import Path
 
-from .errors import UserError
-from .files import write_atomic
+from ..errors import UserError
+from ..files import write_atomic
 
 
 def val_curve(run_dir):

@@ -9,9 +9,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .data import drop_unknown
-from .errors import UserError
-from .model import evaluating, map_state
+from ..data.vocab import drop_unknown
+from ..errors import UserError
+from ..model.cells import evaluating, map_state
 
 
 def check_prime(vocab, prime):

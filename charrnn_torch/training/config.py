@@ -11,11 +11,11 @@ from pathlib import Path
 
 import yaml
 
-from .code_corpus import DEFAULT_MAX_BYTES
-from .data import DEFAULT_PATH
-from .errors import UserError, one_line
-from .files import check_regular
-from .model import CELLS, IMPLS
+from ..data.code_corpus import DEFAULT_MAX_BYTES
+from ..data.corpus import DEFAULT_PATH
+from ..errors import UserError, one_line
+from ..files import check_regular
+from ..model.cells import CELLS, IMPLS
 
 # The one list of each set of allowed values (the cells and impls are model.py's).
 OPTIMIZERS = {"adagrad": "Adagrad", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}

@@ -21,11 +21,9 @@ import torch.nn.functional as F
 from .compiled import lstm_kernels
 from .fused import gru_recurrence, lstm_recurrence, rnn_recurrence
 
-# The one list of cells and of implementations; config.py validates against these.
-CELLS = ("rnn", "lstm", "gru")  # rnn: the tutorial's tanh cell
+# The one list of implementations; config.py validates against it (and CELLS, below).
 IMPLS = ("loop", "fused", "fused_cpp")  # loop: the readable unroll; fused: the same maths with hand-written
 # BPTT; fused_cpp: fused, with the LSTM's element-wise step maths in compiled kernels (compiled.py), opt-in
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # rows of W_xh, W_hh and b_h, in units of H
 
 
 class Cell(nn.Module):
@@ -33,7 +31,8 @@ class Cell(nn.Module):
     rows stacked in torch's order, so that each step is one GEMM for all of them. Layer 0
     reads character ids, layers above read h of the layer below."""
 
-    gates = 1
+    gates = 1  # G: rows of W_xh, W_hh and b_h, in units of H
+    state_names = ("h",)  # what the state holds per layer, in order
     compiled_kernels = False  # whether impl fused_cpp runs this cell's step maths in compiled kernels
     gate_names = ()  # what gate_values returns (the tanh cell has no gates)
     saturating = ()  # the sigmoid gates, whose saturation visualize.py plots
@@ -106,6 +105,7 @@ class LSTMCell(Cell):
     """
 
     gates = 4
+    state_names = ("h", "c")
     compiled_kernels = True
     gate_names = ("input", "forget", "candidate", "output")  # what gate_values returns, in order
     saturating = ("input", "forget", "output")  # the sigmoid gates
@@ -166,7 +166,8 @@ class GRUCell(Cell):
         return (1 - z) * n + z * h_prev
 
 
-CELL_CLASSES = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
+CELL_CLASSES = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}  # rnn: the tutorial's tanh cell
+CELLS = tuple(CELL_CLASSES)
 
 
 def map_state(fn, state):
@@ -279,6 +280,11 @@ class CharRNN(nn.Module):
         self.b_y = nn.Parameter(torch.empty(vocab_size))  # (V,)
         self.reset_parameters()
 
+    @property
+    def state_names(self):
+        """What the state holds per layer: ("h",), or ("h", "c") for the LSTM."""
+        return self.cells[0].state_names
+
     def model_args(self):
         """The constructor arguments, as plain data for checkpoints."""
         return dict(vocab_size=self.vocab_size, hidden_size=self.hidden_size, num_layers=self.num_layers,
@@ -308,7 +314,7 @@ class CharRNN(nn.Module):
         p = self.W_hy
         zeros = torch.zeros(self.num_layers, batch_size, self.hidden_size,
                             device=device or p.device, dtype=dtype or p.dtype)
-        return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
+        return (zeros, zeros.clone()) if len(self.state_names) == 2 else zeros
 
     def forward(self, x, h0=None, masks=None):
         # x: (B, T) ids; h0: (L, B, H), (h0, c0) for the LSTM, or None; masks: Masks, or None to
@@ -367,7 +373,7 @@ class CharRNN(nn.Module):
                     record(l, cell.gate_names, cell.gate_values(inp, _output(states[l]), W_hh[l]))
                 states[l] = cell(inp, states[l], W_hh[l])
                 if record is not None:
-                    record(l, ("h", "c"), states[l] if isinstance(states[l], tuple) else (states[l],))
+                    record(l, cell.state_names, states[l] if isinstance(states[l], tuple) else (states[l],))
                 inp = self._between_layers(_output(states[l]), l, _step_mask(between[l], t))
             outputs.append(inp)
         top = torch.stack(outputs, dim=1)  # (B, T, H)

@@ -16,17 +16,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import checkpoint, code_corpus, config as config_mod, data as data_mod, distributed, dynamic, graphs
+from . import checkpoint, config as config_mod, distributed, graphs
+from ..data import code_corpus
+from ..data import batchers as batchers_mod, vocab as vocab_mod
+from ..sampling import dynamic
 from .distributed import DistInfo, wrap_ddp
-from .errors import RunFailed, UserError
-from .files import could_not_write, write_atomic
+from ..errors import RunFailed, UserError
+from ..files import could_not_write, write_atomic
 from .logger import NullLogger, RunLogger
-from .model import build_model, cross_entropy, evaluating, map_state
+from ..model.cells import build_model, cross_entropy, evaluating, map_state
 from .rundir import prepare_out_dir
-from .runtime import (check_fits_in_memory, configure_backends, learning_rate, make_optimizer, resolve_device,
-                      rng_state, seed_everything, set_rng_state, stop_on_signals)
-from .sample import default_prime, generate
-from .visualize import char_label, heatmap_image
+from .runtime import check_fits_in_memory, configure_backends, learning_rate, make_optimizer, resolve_device, rng_state, seed_everything, set_rng_state, stop_on_signals
+from ..sampling.sample import default_prime, generate
+from ..insight.visualize import char_label, heatmap_image
 
 SMOOTHING = 0.999  # the tutorial's smooth_loss factor
 
@@ -148,18 +150,17 @@ class Trainer:
         self.log = (RunLogger(self.out_dir, cfg, self.state.step, self.resumed, progress, log)
                     if dist_info.is_main else NullLogger())
         self.saved = {}  # checkpoint name -> step, as written by this process
-        self.heatmap_ids = data_mod.as_ids(self.corpus.val_ids[:HEATMAP_CHARS], self.corpus.lut)  # fixed: images compare
+        self.heatmap_ids = vocab_mod.as_ids(self.corpus.val_ids[:HEATMAP_CHARS], self.corpus.lut)  # fixed: images compare
 
     def open_run(self, cfg, init, resume, out, progress, log):
         """The corpus, the batcher and every check of the run's inputs; only then, when all passed,
         the run directory (out: choose_out_dir's explicit and force, and a resumed run's directory)."""
         train_cfg, dist_info = cfg.train, self.dist
         base = init if init is not None else (resume if resume is not None and train_cfg.init_from else None)
-        self.corpus = data_mod.load_corpus(cfg.data, dist_info, progress, base and base["vocab"], log,
-                                           defer_install=True)
+        self.corpus = distributed.load_corpus(cfg.data, dist_info, progress, base and base["vocab"], log)
         try:
-            self.batcher = data_mod.make_batcher(self.corpus.train_ids, train_cfg, dist_info, self.corpus.lut)
-            self.n_eval = data_mod.eval_stream_count(len(self.corpus.val_ids), train_cfg.batch_size,
+            self.batcher = batchers_mod.make_batcher(self.corpus.train_ids, train_cfg, dist_info, self.corpus.lut)
+            self.n_eval = batchers_mod.eval_stream_count(len(self.corpus.val_ids), train_cfg.batch_size,
                                                      train_cfg.seq_len, dist_info.world_size)
             if resume is not None:
                 checkpoint.check_resume(resume, cfg, self.corpus)
@@ -419,7 +420,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self):
         """Mean validation loss per character: one stateful pass over the split, summed over ranks."""
-        windows = data_mod.eval_windows(self.corpus.val_ids, self.n_eval, self.cfg.train.seq_len, self.dist.rank,
+        windows = batchers_mod.eval_windows(self.corpus.val_ids, self.n_eval, self.cfg.train.seq_len, self.dist.rank,
                                         self.dist.world_size, self.corpus.lut)
         total, count, hv = torch.zeros((), dtype=torch.float64, device=self.device), 0, None
         with evaluating(self.model):

@@ -53,7 +53,7 @@ def timed_run(argv, env=None):
 
 
 def train_cmd(corpus, out_dir):
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
     return [sys.executable, str(script), "--no-progress", "--force", f"data.path={corpus}", f"out_dir={out_dir}",
             *SMALL_MODEL]
 

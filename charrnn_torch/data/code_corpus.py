@@ -24,8 +24,9 @@ import platform
 import sysconfig
 from pathlib import Path
 
-from . import cache, files
-from .errors import UserError
+from . import cache
+from .. import files
+from ..errors import UserError
 
 NAME = "python-stdlib"
 DEFAULT_MAX_BYTES = 5_000_000  # about 40% of CPython 3.11's standard library without its tests

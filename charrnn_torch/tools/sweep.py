@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from . import checkpoint
-from .config import build_config, parse_override
-from .errors import UserError
+from ..training import checkpoint
+from ..training.config import build_config, parse_override
+from ..errors import UserError
 
 
 def parse_grid(items):
@@ -64,7 +64,7 @@ def _result(ck):
 
 def run_sweep(config_path, grid_items, overrides=(), sweep_dir=None, parallel=1, log=print):
     """Run every combination; returns the rows of summary.csv, best first."""
-    from .config import read_yaml
+    from ..training.config import read_yaml
 
     base = read_yaml(config_path)
     grid = parse_grid(grid_items)

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..data.corpus import load_corpus as load_corpus_here
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -82,3 +84,16 @@ def wrap_ddp(model, device, dist_info):
     if dist_info.world_size == 1:
         return model
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def load_corpus(data_cfg, info, progress, base_vocab, log):
+    """The run's corpus on every rank (data.corpus.load_corpus). Alone, a cache built now is installed
+    only once the run passes its checks (Corpus.keep). Under DDP each node's first rank builds and
+    installs it while the others wait, then they all map it."""
+    if info.world_size == 1:
+        return load_corpus_here(data_cfg, progress, base_vocab, log, defer_install=True)
+    corpus = None
+    if info.local_rank == 0:
+        corpus = load_corpus_here(data_cfg, progress and info.is_main, base_vocab, log)
+    barrier(info)
+    return corpus or load_corpus_here(data_cfg, False, base_vocab, lambda *a: None)

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from .model import cross_entropy, map_state
+from ..model.cells import cross_entropy, map_state
 
 GRAPH_OPTIMIZERS = ("adam", "adamw")  # what fused=True, capturable=True and found_inf allow
 WARMUP_STEPS = 3  # PyTorch's recipe: a few iterations on a side stream before capture

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import compiled, graphs, reference
-from .errors import UserError, one_line
-from .files import write_atomic
-from .model import CELL_CLASSES, GATES, IMPLS, CharRNN, cross_entropy, map_state
-from .runtime import fast_optimizer, retain_freed_memory
-from .sample import sample_ids
+from ..model import compiled, reference
+from ..training import graphs
+from ..errors import UserError, one_line
+from ..files import write_atomic
+from ..model.cells import CELL_CLASSES, IMPLS, CharRNN, cross_entropy, map_state
+from ..training.runtime import fast_optimizer, retain_freed_memory
+from ..sampling.sample import sample_ids
 
 SHAPES = {  # name: (V, H, B, T, L)
     "tutorial": (65, 100, 1, 25, 1),
@@ -100,7 +101,8 @@ class MatmulPeak:
         return 2 * self.n ** 3 / seconds_per_call / 1e9
 
 
-TORCH_MODULES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+TORCH_MODULES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}  # each cell's yardstick
+CELLS = tuple(TORCH_MODULES)  # the cells --cells may name
 
 
 def yardstick_name(cell):
@@ -316,7 +318,7 @@ def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, f
             continue  # the same code as the fused row
         makers[f"CharRNN {impl}"] = lambda impl=impl: TorchStep(CharRNN(V, H, L, impl=impl, cell=cell).to(dtype),
                                                                 V, B, T, device, amp_dtype)
-    if device.type == "cuda" and cell != "lstm":
+    if device.type == "cuda" and len(CELL_CLASSES[cell].state_names) == 1:
         makers[GRAPHED] = lambda: GraphedStep(CharRNN(V, H, L, impl="fused", cell=cell).to(dtype), V, B, T,
                                               device, amp_dtype)
     makers[yardstick_name(cell)] = lambda: TorchStep(NNStack(V, H, L, cell).to(dtype), V, B, T, device, amp_dtype)
@@ -381,7 +383,7 @@ def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, thr
     memory = memory and (device.type == "cuda" or not isinstance(next(iter(impls.values())), TrainStep))
     mems = {name: measure_peak_mem(shape, name, step, device, threads, retain_memory, cell) if memory
             else float("nan") for name, step in impls.items()}
-    fpc = flops_per_char(V, H, L, GATES[cell])
+    fpc = flops_per_char(V, H, L, CELL_CLASSES[cell].gates)
     rows = []
     for name in impls:
         cps = B * T / statistics.median(times[name])

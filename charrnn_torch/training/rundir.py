@@ -3,8 +3,8 @@ before anything is written."""
 from pathlib import Path
 
 from .distributed import broadcast_path
-from .errors import UserError
-from .files import TEMP_SUFFIX, writer_gone
+from ..errors import UserError
+from ..files import TEMP_SUFFIX, writer_gone
 
 
 def holds_run(path):

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import torch
 
-from . import code_corpus, config as config_mod
-from .data import load_corpus, vocab_from_checkpoint
-from .errors import UserError, one_line
-from .files import TEMP_SUFFIX, check_regular, discard, write_atomic
-from .model import CharRNN
+from ..data import code_corpus
+from . import config as config_mod
+from ..data.corpus import load_corpus
+from ..data.vocab import vocab_from_checkpoint
+from ..errors import UserError, one_line
+from ..files import TEMP_SUFFIX, check_regular, discard, write_atomic
+from ..model.cells import CharRNN
 from .runtime import resolve_device
 
 FORMAT = "charrnn_torch/1"

@@ -27,9 +27,9 @@ import torch
 import torch.nn as nn
 
 from . import playground
-from .errors import RunFailed, UserError, one_line
-from .model import CharRNN
-from .sample import default_prime
+from ..errors import RunFailed, UserError, one_line
+from ..model.cells import CharRNN
+from ..sampling.sample import default_prime
 
 FORMATS = ("onnx", "pt2", "html")
 EXTRA = 'pip install -e ".[export]"'
@@ -61,15 +61,11 @@ class LSTMStep(Step):
         return logits[:, 0], h, c
 
 
-def state_names(cell):
-    return ("h", "c") if cell == "lstm" else ("h",)
-
-
 def step_module(model):
     """model's step as a module of its own: a copy with impl=loop, the same weights, in eval mode."""
     loop = CharRNN(**dict(model.model_args(), impl="loop")).to(dtype=model.W_hy.dtype)
     loop.load_state_dict(model.state_dict())
-    return (LSTMStep if model.cell == "lstm" else Step)(loop.cpu()).eval()
+    return (LSTMStep if len(model.state_names) == 2 else Step)(loop.cpu()).eval()
 
 
 def example_inputs(step, batch, generator=None):
@@ -77,7 +73,7 @@ def example_inputs(step, batch, generator=None):
     m = step.model
     x = torch.randint(m.vocab_size, (batch,), generator=generator)
     state = [torch.rand(m.num_layers, batch, m.hidden_size, generator=generator, dtype=m.W_hy.dtype) * 2 - 1
-             for _ in state_names(m.cell)]
+             for _ in m.state_names]
     return (x, *state)
 
 
@@ -103,7 +99,7 @@ def _exporter(what):
 def exported_program(step):
     """The step as a torch.export program, the batch dimension dynamic."""
     batch = torch.export.Dim("batch")
-    shapes = ({0: batch},) + ({1: batch},) * len(state_names(step.model.cell))
+    shapes = ({0: batch},) + ({1: batch},) * len(step.model.state_names)
     with _exporter("a torch.export program"), torch.no_grad():
         return torch.export.export(step, example_inputs(step, EXAMPLE_BATCH), dynamic_shapes=shapes)
 
@@ -111,7 +107,7 @@ def exported_program(step):
 def metadata(model, vocab, ckpt, source):
     """What a sampler needs beside the weights, as strings: the vocabulary and the model's config
     (JSON), where the weights came from, and the inputs and outputs of the step."""
-    names = state_names(model.cell)
+    names = model.state_names
     return {
         "charrnn.vocab": json.dumps(list(vocab.chars), ensure_ascii=False),
         "charrnn.vocab_mode": vocab.mode,
@@ -146,7 +142,7 @@ def onnx_bytes(step, meta):
     metadata_props."""
     import onnx
 
-    names = state_names(step.model.cell)
+    names = step.model.state_names
     program = exported_program(step)
     with _exporter("ONNX"):
         proto = torch.onnx.export(program, input_names=["x", *names],

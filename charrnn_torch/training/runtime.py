@@ -14,8 +14,8 @@ import torch
 
 from . import config as config_mod
 from .distributed import DistInfo
-from .errors import UserError
-from .model import GATES
+from ..errors import UserError
+from ..model.cells import CELL_CLASSES
 
 # glibc's mallopt() parameter numbers (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -155,7 +155,7 @@ def training_bytes(cfg, vocab_size, world_size=1):
     moments (Adam's; an upper bound for the others), and the (T·B, ·) buffers of each layer's
     G gates and of the logits with their gradients."""
     model_cfg, train_cfg = cfg.model, cfg.train
-    H, L, V, G = model_cfg.hidden_size, model_cfg.num_layers, vocab_size, GATES[model_cfg.cell]
+    H, L, V, G = model_cfg.hidden_size, model_cfg.num_layers, vocab_size, CELL_CLASSES[model_cfg.cell].gates
     params = G * (V * H + (L - 1) * H * H + L * (H * H + H)) + V * H + V
     rows = train_cfg.seq_len * (train_cfg.batch_size // world_size)
     itemsize = torch.finfo(getattr(torch, train_cfg.dtype)).bits // 8

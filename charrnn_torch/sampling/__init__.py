@@ -1,0 +1,1 @@
+"""Using a trained model: sampling, beam search and scoring (sample.py), dynamic evaluation (dynamic.py)."""
