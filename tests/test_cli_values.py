@@ -165,13 +165,13 @@ def test_memory_is_refused_before_allocating(world, monkeypatch):
 
 
 def test_training_bytes_counts_weights_and_buffers():
-    from charrnn_torch.training.runtime import training_bytes
+    from charrnn_torch.training.memory import training_bytes
     cfg = build_config({}, ["model.hidden_size=10", "model.num_layers=2", "train.batch_size=4", "train.seq_len=3"])
     V, H, rows = 5, 10, 12
     params = V * H + H * H + 2 * (H * H + H) + V * H + V  # W_xh of both layers, W_hh, b_h, W_hy, b_y
-    assert training_bytes(cfg, V) == 4 * (4 * params + rows * (3 * H * 2 + 3 * V))
+    assert training_bytes(cfg.model, cfg.train, V) == 4 * (4 * params + rows * (3 * H * 2 + 3 * V))
     cfg.train.dtype = "float64"
-    assert training_bytes(cfg, V) == 8 * (4 * params + rows * (3 * H * 2 + 3 * V))
+    assert training_bytes(cfg.model, cfg.train, V) == 8 * (4 * params + rows * (3 * H * 2 + 3 * V))
 
 
 def test_full_disk_names_the_file_and_the_last_good_checkpoint(tmp_path, corpus_file):

@@ -1,4 +1,5 @@
 """The corpus: fetching it once, reading it, and the run's corpus as ids (load_corpus, Corpus)."""
+import contextlib
 import hashlib
 import os
 import urllib.error
@@ -136,6 +137,16 @@ class Corpus:
         self.char_counts = [0] * len(self.vocab)
         for c, n in zip(corpus_vocab.chars, counts):
             self.char_counts[self.vocab.stoi[c]] = n
+
+    @contextlib.contextmanager
+    def installed_if_no_error(self):
+        """A cache built by this run is installed if the block passes (the run's checks), else removed."""
+        try:
+            yield self
+        except BaseException:
+            self.discard()
+            raise
+        self.keep()
 
     def keep(self):
         """Install a cache built by this run in its place (the run passed its checks)."""

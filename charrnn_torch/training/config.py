@@ -200,9 +200,10 @@ def is_device_name(name):
     return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
 
 
-def check_resume(stored, cfg):
-    """Refuse a resumed config that changes a FROZEN_ON_RESUME key of the checkpoint's config (a dict)."""
-    old, new = flatten(stored), flatten(to_dict(cfg))
+def check_resume(stored, new_values):
+    """Refuse a resumed config (new_values: to_dict of it) that changes a FROZEN_ON_RESUME key of the
+    checkpoint's config (a dict)."""
+    old, new = flatten(stored), flatten(new_values)
     for key, value in new.items():
         frozen = any(key == f or (f.endswith(".") and key.startswith(f)) for f in FROZEN_ON_RESUME)
         if frozen and key in old and old[key] != value:
