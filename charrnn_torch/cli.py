@@ -37,7 +37,6 @@ from .training.runtime import resolve_device
 from .tools.sweep import format_rows, run_sweep
 from .training.trainer import Interrupted, train
 
-PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STEP_MAX = 2**62  # a checkpoint's step number
 
 
@@ -178,16 +177,6 @@ def _checkpoint_args(p, device_default="cpu"):
                    help=f"auto | cpu | cuda | cuda:N (default {device_default})")
 
 
-def find_config(name):
-    """A config by path, or by bare name in ./configs, then in the package's configs/."""
-    p = config_mod.resolve_config_path(name, "configs")
-    if not p.exists() and PACKAGE_CONFIGS.is_dir():
-        alt = config_mod.resolve_config_path(name, PACKAGE_CONFIGS)
-        if alt.exists():
-            return alt
-    return p
-
-
 # ---------------------------------------------------------------- train
 
 def train_parser(prog):
@@ -218,7 +207,7 @@ def train_config(args):
         resume = checkpoint.load(path)
         return config_mod.build_config(resume["config"], args.overrides), resume, path.parent
     name = "shakespeare.yaml" if args.config is None else args.config
-    cfg = config_mod.build_config(config_mod.read_yaml(find_config(name)), args.overrides)
+    cfg = config_mod.build_config(config_mod.read_yaml(config_mod.find_config(name)), args.overrides)
     if args.init_from is not None:
         cfg.train.init_from = args.init_from
     return cfg, None, None
@@ -388,7 +377,7 @@ def split_grid(entries):
 def sweep_command(args, prog):
     grid, overrides = split_grid(args.grid)
     overrides += args.overrides
-    sweep_dir, fields, rows = run_sweep(find_config(args.config), grid, overrides, args.sweep_dir, args.parallel)
+    sweep_dir, fields, rows = run_sweep(config_mod.find_config(args.config), grid, overrides, args.sweep_dir, args.parallel)
     print()
     print(format_rows(fields, rows))
     print(f"\nsummary: {sweep_dir / 'summary.csv'}; compare runs with: tensorboard --logdir {sweep_dir}")
@@ -437,7 +426,7 @@ def bench_parser(prog):
 
 def bench_command(args, prog):
     if not args.corpus_mb:
-        values = {} if args.config is None else config_mod.read_yaml(find_config(args.config))
+        values = {} if args.config is None else config_mod.read_yaml(config_mod.find_config(args.config))
         return bench.main(args, resolve_device(args.device), config_mod.build_config(values).train)
     seed = corpus.ensure_corpus(corpus.DEFAULT_PATH)
     with tempfile.TemporaryDirectory(prefix="charrnn-corpus-bench-") as tmp:

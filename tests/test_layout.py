@@ -210,7 +210,7 @@ def test_every_readme_command_parses(tmp_path, monkeypatch):
         assert name in cli.COMMANDS, f"no command {name!r}: {' '.join(words)}"
         args = cli.parse(name, argv)
         if name == "train" and not args.resume:
-            config_mod.build_config(config_mod.read_yaml(cli.find_config(args.config or "shakespeare.yaml")),
+            config_mod.build_config(config_mod.read_yaml(config_mod.find_config(args.config or "shakespeare.yaml")),
                                     args.overrides)
         with pytest.raises(SystemExit) as done:
             cli.parse(name, ["--help"])

@@ -65,11 +65,10 @@ class Cell(nn.Module):
         if self.onehot_input:
             # W_xh x is column x of W_xh, so this is a gather, with b_h added to the (V, G·H) table
             # W_xh^T + b_h for free. For many ids the table is made row-major first, so each
-            # gathered row is one contiguous copy (4x faster at T*B = 8192 than gathering from
-            # W_xh^T's column-major strides). That transpose costs ~40 us at V=65, H=512, more
-            # than a whole gather of a few ids (sampling), which instead takes columns of W_xh
-            # and transposes only those. index_select, not F.embedding: its backward is one
-            # scatter-add, about half the time of embedding's dense backward here.
+            # gathered row is one contiguous copy, not a strided read of W_xh^T's columns. For a
+            # few ids (sampling) that transpose costs more than the gather, so only their columns
+            # of W_xh are taken and transposed. index_select, not F.embedding: its backward is one
+            # scatter-add, not embedding's dense backward (timings: performance-cpu.md).
             if x.numel() >= self.W_xh.shape[1]:
                 return (self.W_xh.t().contiguous() + self.b_h).index_select(0, x)
             return (self.W_xh.index_select(1, x).t() + self.b_h).contiguous()

@@ -260,6 +260,19 @@ def resolve_config_path(name, config_dir):
     return p
 
 
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the checkout's configs/, for any working folder
+
+
+def find_config(name):
+    """A config by path, or by bare name in ./configs, then in the package's configs/."""
+    p = resolve_config_path(name, "configs")
+    if not p.exists() and PACKAGE_CONFIGS.is_dir():
+        alt = resolve_config_path(name, PACKAGE_CONFIGS)
+        if alt.exists():
+            return alt
+    return p
+
+
 def read_yaml(path):
     path = Path(path)
     check_regular(path, "config file")
