@@ -238,7 +238,7 @@ def train_command(args, prog):
         distributed.finish(dist_info)
     if dist_info.is_main:
         print(f"done: {summary['step']} steps, val loss {summary['val_loss']:.4f} "
-              f"(bpc {summary['val_loss'] / math.log(2):.4f}), best {summary['best_val']:.4f}; "
+              f"(bpc {summary['val_bpc']:.4f}), best {summary['best_val']:.4f}; "
               f"run in {summary['out_dir']}")
     return 0
 
@@ -265,7 +265,7 @@ def sample_parser(prog):
     p.add_argument("--prime-file", type=file_arg("--prime-file", existing=True), default=None,
                    help="read the prime text from this file (UTF-8), for long primes")
     p.add_argument("--length", type=int_arg("--length", 0, 10**9),
-                   help="characters to generate after the prime (default 500)")
+                   help="characters to generate after the prime (tokens for a words or bpe model; default 500)")
     p.add_argument("--temperature", type=float_arg("--temperature", gt=0), help="default 0.8")
     p.add_argument("--top-k", type=int_arg("--top-k", 0, 2**31 - 1), help="sample only from the k most likely (0: all)")
     p.add_argument("--top-p", type=float_arg("--top-p", gt=0, le=1), help="nucleus sampling mass in (0, 1]")
@@ -477,7 +477,8 @@ def visualize_parser(prog):
 def visualize_command(args, prog):
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
     if vocab.mode != "chars":
-        raise UserError("the page shows characters: it needs a model trained with data.vocab=chars")
+        raise UserError(f"the page shows characters: it needs a model trained with data.vocab=chars (this one "
+                        f"models {vocab.mode})")
     if args.text is not None:
         raw, source = corpus.read_corpus(args.text), str(args.text)
     else:

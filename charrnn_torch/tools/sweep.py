@@ -59,7 +59,7 @@ def _status(run_dir, train_cfg):
 
 
 def _result(ck):
-    return {"best_val": ck["best_val"], "last_val": ck.get("last_val"), "steps": ck["step"]}
+    return {"best_val": ck["best_val"], "last_val": ck.get("last_val"), "val_bpc": ck.get("val_bpc"), "steps": ck["step"]}
 
 
 def run_sweep(config_path, grid_items, overrides=(), sweep_dir=None, parallel=1, log=print):
@@ -107,7 +107,7 @@ def run_sweep(config_path, grid_items, overrides=(), sweep_dir=None, parallel=1,
             with lock:
                 log(f"[failed] {name}: {why}")
             return {**row, "status": f"failed (exit {proc.returncode}): {why}", "best_val": None,
-                    "last_val": None, "steps": None}
+                    "last_val": None, "val_bpc": None, "steps": None}
         with lock:
             log(f"[done] {name}")
         return {**row, "status": "done", **_result(checkpoint.load(run_dir / "ckpt.pt"))}
@@ -115,7 +115,7 @@ def run_sweep(config_path, grid_items, overrides=(), sweep_dir=None, parallel=1,
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         rows = list(pool.map(one, plans))
     rows.sort(key=lambda r: (r["best_val"] is None, r["best_val"] if r["best_val"] is not None else 0))
-    fields = ["run", *[k for k, _ in grid], "best_val", "last_val", "steps", "status", "out_dir"]
+    fields = ["run", *[k for k, _ in grid], "best_val", "last_val", "val_bpc", "steps", "status", "out_dir"]
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()

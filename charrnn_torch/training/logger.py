@@ -1,8 +1,13 @@
 """Everything a run shows: TensorBoard scalars, text, histograms and hparams, the tqdm bar, and
 the console lines. Rank 0 gets a RunLogger; other ranks a NullLogger that does nothing, so the
-training loop never asks which rank it is on before logging."""
+training loop never asks which rank it is on before logging.
+
+loss/* are nats per symbol: per character, per byte (data.vocab=bytes) or per token (words, bpe).
+bpc/* are bits per character of text for every vocabulary, so runs on different ones compare: for
+chars and bytes (whose character is the byte) the loss in bits; for a token model its nats over
+the characters its tokens spell (bpc/train over its training split's characters per token, bpc/val
+over the very characters scored). throughput/chars_per_sec counts characters of text likewise."""
 import functools
-import math
 import threading
 
 from ..errors import RunFailed
@@ -66,8 +71,8 @@ class RunLogger:
         self.bar.update(1)
 
     @_guarded
-    def train_scalars(self, step, loss, smooth, lr, grad_norm, chars_per_sec):
-        for tag, value in (("loss/train", loss), ("loss/train_smooth", smooth), ("bpc/train", loss / math.log(2)),
+    def train_scalars(self, step, loss, smooth, lr, grad_norm, chars_per_sec, bpc):
+        for tag, value in (("loss/train", loss), ("loss/train_smooth", smooth), ("bpc/train", bpc),
                            ("lr", lr), ("grad_norm", grad_norm), ("throughput/chars_per_sec", chars_per_sec)):
             self.writer.add_scalar(tag, value, step)
         self.bar.set_postfix(loss=f"{loss:.3f}", chars_s=f"{chars_per_sec:,.0f}")
@@ -77,21 +82,21 @@ class RunLogger:
         self.writer.add_scalar("train/nonfinite_steps", total, step)
 
     @_guarded
-    def validation(self, step, val, best, improved, model, train_seconds):
+    def validation(self, step, val, bpc, model, train_seconds):
         self.writer.add_scalar("loss/val", val, step)
         # Training time, not wall-clock: a resumed run's pause and its evaluations do not count.
         self.writer.add_scalar("time/train_minutes", train_seconds / 60, step)
-        self.writer.add_scalar("bpc/val", val / math.log(2), step)
+        self.writer.add_scalar("bpc/val", bpc, step)
         for name, p in model.named_parameters():
             self.writer.add_histogram(f"params/{name}", p.detach().float().cpu(), step)
             if p.grad is not None and p.grad.isfinite().all():
                 self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
 
     @_guarded
-    def dynamic(self, step, val_dynamic, val):
+    def dynamic(self, step, val_dynamic, val, bpc):
         self.writer.add_scalar("loss/val_dynamic", val_dynamic, step)
         self.console(f"dynamic evaluation at step {step}: loss/val_dynamic {val_dynamic:.4f} "
-                     f"(bpc {val_dynamic / math.log(2):.4f}), against loss/val {val:.4f}: {val - val_dynamic:+.4f}")
+                     f"(bpc {bpc:.4f}), against loss/val {val:.4f}: {val - val_dynamic:+.4f}")
 
     @_guarded
     def hidden_heatmap(self, step, image):
@@ -101,8 +106,8 @@ class RunLogger:
     def char_embedding(self, step, matrix, labels):
         self.writer.add_embedding(matrix, metadata=labels, tag="char_embedding", global_step=step)
 
-    def validation_line(self, step, val, best, improved):
-        self.console(f"step {step:6d} | val loss {val:.4f} | val bpc {val / math.log(2):.4f} | best {best:.4f}"
+    def validation_line(self, step, val, bpc, best, improved):
+        self.console(f"step {step:6d} | val loss {val:.4f} | val bpc {bpc:.4f} | best {best:.4f}"
                      f"{' (saved best.pt)' if improved else ''}")
 
     @_guarded
@@ -114,8 +119,8 @@ class RunLogger:
         self.writer.flush()
 
     @_guarded
-    def hparams(self, flat, val):
-        """flat: the config's values by dotted key, against the run's final validation loss."""
+    def hparams(self, flat, val, bpc):
+        """flat: the config's values by dotted key, against the run's final validation loss (and bpc)."""
         from torch.utils.tensorboard.summary import hparams
 
         # Into this run's own event file, so the HPARAMS tab links the config to this run's
@@ -123,7 +128,7 @@ class RunLogger:
         # subdirectory (or, given run_name=".", add a second loss/val point at step 0 to this
         # one), so the three summaries go through the writer's file writer directly.
         file_writer = self.writer._get_file_writer()
-        for summary in hparams(flat, {"loss/val": val, "bpc/val": val / math.log(2)}):
+        for summary in hparams(flat, {"loss/val": val, "bpc/val": bpc}):
             file_writer.add_summary(summary)
 
     def close(self):

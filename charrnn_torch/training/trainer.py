@@ -38,6 +38,12 @@ from .step import Step, smoothed
 SAMPLE_TEMPERATURE = 0.8  # the samples TensorBoard shows, as charrnn sample draws them by default
 
 
+def bits_per_char(nats, symbols_per_char):
+    """Nats per symbol as bits per character of text (Trainer.symbols_per_char): the loss in bits
+    for chars (and bytes, whose character is the byte)."""
+    return nats * symbols_per_char / math.log(2)
+
+
 class Interrupted(Exception):
     """SIGINT/SIGTERM stopped the run after a checkpoint was written."""
 
@@ -57,6 +63,7 @@ class TrainingDiverged(RunFailed):
 # ---------------------------------------------------------------- setup
 
 HEATMAP_CHARS = 100  # the validation snippet whose hidden states TensorBoard shows at each evaluation
+EMBEDDED = 4096  # symbols in TensorBoard's projector: every character; a token vocabulary's first
 
 
 # ---------------------------------------------------------------- the run's state
@@ -68,6 +75,7 @@ class RunState:
     step: int = 0
     best_val: float = math.inf
     last_val: float = None  # the latest validation loss
+    val_bpc: float = None  # the same in bits per character of text (bits_per_char)
     smooth_loss: float = 0.0  # the tutorial's EMA; a 0-d tensor between log intervals (no GPU sync)
     log_acc: dict = field(default_factory=lambda: {"loss": 0.0, "norm": 0.0, "n": 0})  # since the last log
     nonfinite_total: int = 0
@@ -80,7 +88,7 @@ class RunState:
     train_log: list = field(default_factory=list)
     val_log: list = field(default_factory=list)
 
-    SAVED = ("step", "best_val", "last_val", "smooth_loss", "log_acc", "nonfinite_total", "train_seconds")
+    SAVED = ("step", "best_val", "last_val", "val_bpc", "smooth_loss", "log_acc", "nonfinite_total", "train_seconds")
 
     def to_checkpoint(self):
         out = {k: getattr(self, k) for k in self.SAVED}
@@ -121,6 +129,8 @@ class Trainer:
     def __init__(self, cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=None,
                  dist_info=DistInfo(), progress=True, log=print):
         self.dist, self.resumed = dist_info, resume is not None
+        if resume is not None:  # a frozen key changed: refused before any corpus is encoded for it
+            config_mod.check_resume(resume["config"], config_mod.to_dict(cfg))
         self.device = resolve_device(cfg.device, dist_info)
         configure_backends(self.device, cfg.train)
         init = (finetune.load_init(cfg.train.init_from, cfg.model, cfg.data.vocab)
@@ -129,6 +139,7 @@ class Trainer:
         self.corpus = distributed.load_corpus(cfg.data, dist_info, progress, base and base["vocab"], log)
         with self.corpus.installed_if_no_error():  # every check of the run's inputs, then the run directory
             self.batcher, self.n_eval = self.open_batches(cfg.train)
+            self.per_char = self.symbols_per_char()
             if resume is not None:
                 runs.check_resume(resume, config_mod.to_dict(cfg), self.corpus)
             check_fits_in_memory(cfg.model, cfg.train, len(self.corpus.vocab), self.device, dist_info.world_size)
@@ -152,6 +163,16 @@ class Trainer:
         corpus, world = self.corpus, self.dist.world_size
         batcher = batchers.make_batcher(corpus.train_ids, train_cfg, self.dist, corpus.lut)
         return batcher, batchers.eval_stream_count(len(corpus.val_ids), train_cfg.batch_size, train_cfg.seq_len, world)
+
+    def symbols_per_char(self):
+        """(training, validation) symbols per character of text, which turn nats per symbol into
+        bits per character (bits_per_char): 1 for chars and bytes; for a token corpus, its training
+        split's, and exactly that of the characters evaluate() scores (those its targets spell)."""
+        corpus = self.corpus
+        if corpus.val_lens is None:
+            return 1.0, 1.0
+        scored = batchers.batchify(corpus.val_lens, self.n_eval)[:, 1:]  # every rank's targets (eval_windows)
+        return len(corpus.train_ids) / max(corpus.train_chars, 1), scored.numel() / max(int(scored.sum()), 1)
 
     def graph_mode(self, train_cfg):
         """(whether the training step runs as one CUDA graph, notices): train.cuda_graphs=on refuses a
@@ -262,7 +283,7 @@ class Trainer:
         if train_cfg.dynamic_eval and self.dist.is_main:
             self.evaluate_dynamic()
         self.log_char_embedding()
-        self.log.hparams(config_mod.flatten(config_mod.to_dict(self.cfg)), state.last_val)
+        self.log.hparams(config_mod.flatten(config_mod.to_dict(self.cfg)), state.last_val, state.val_bpc)
         self.log.close()
         return self.summary()
 
@@ -365,7 +386,7 @@ class Trainer:
         state.smooth_loss = float(state.smooth_loss)
         state.train_log.append((state.step, mean_loss))
         self.log.train_scalars(state.step, mean_loss, state.smooth_loss, self.opt.param_groups[0]["lr"], mean_norm,
-                               meter.rate())
+                               meter.rate() / self.per_char[0], bits_per_char(mean_loss, self.per_char[0]))
         state.log_acc = {"loss": 0.0, "norm": 0.0, "n": 0}
         meter.reset()
 
@@ -380,7 +401,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self):
-        """Mean validation loss per character: one stateful pass over the split, summed over ranks."""
+        """Mean validation loss per symbol (character, byte or token): one stateful pass over the split,
+        summed over ranks."""
         windows = batchers.eval_windows(self.corpus.val_ids, self.n_eval, self.cfg.train.seq_len, self.dist.rank,
                                         self.dist.world_size, self.corpus.lut)
         total, count, hv = torch.zeros((), dtype=torch.float64, device=self.device), 0, None
@@ -399,18 +421,20 @@ class Trainer:
         stats = dynamic.gradient_stats(self.model, corpus.train_ids, settings, corpus.lut)
         total, count = dynamic.dynamic_score(self.model, corpus.val_ids, stats, settings, corpus.lut)
         self.state.val_dynamic = total / count
-        self.log.dynamic(self.state.step, self.state.val_dynamic, self.state.last_val)
+        self.log.dynamic(self.state.step, self.state.val_dynamic, self.state.last_val,
+                         bits_per_char(self.state.val_dynamic, self.per_char[1]))
 
     def evaluate_and_checkpoint(self):
         self.collect_graph()  # the checkpoint holds the books up to this step
         state = self.state
         state.last_val = val = self.evaluate()
+        state.val_bpc = bits_per_char(val, self.per_char[1])
         state.val_log.append((state.step, val))
         state.last_eval_step = state.step
         hidden = self.gathered_state()  # a collective: every rank takes part
         improved = val < state.best_val
         state.best_val = min(state.best_val, val)
-        self.log.validation(state.step, val, state.best_val, improved, self.model, state.train_seconds)
+        self.log.validation(state.step, val, state.val_bpc, self.model, state.train_seconds)
         if self.dist.is_main:
             self.log.hidden_heatmap(state.step, heatmap_image(self.model, self.to_device(self.heatmap_ids)))
         self.save_checkpoint("ckpt.pt", hidden)
@@ -418,13 +442,16 @@ class Trainer:
         if improved:
             self.save_checkpoint("best.pt", hidden)  # only ever replaced by a better model
         self.log.flush()
-        self.log.validation_line(state.step, val, state.best_val, improved)
+        self.log.validation_line(state.step, val, state.val_bpc, state.best_val, improved)
 
     def log_char_embedding(self):
-        """For TensorBoard's projector: each character's column of layer 0's W_xh (all G gates)."""
+        """For TensorBoard's projector: each character's column of layer 0's W_xh (all G gates); of a
+        token vocabulary, the first EMBEDDED (a words vocabulary's most frequent, a BPE's bytes and
+        first merges), since the projector's file holds every number as text."""
         if self.dist.is_main:
-            emb = self.model.cells[0].W_xh.detach().t().float().cpu()  # (V, G·H)
-            self.log.char_embedding(self.state.step, emb, [char_label(c) for c in self.corpus.vocab.chars])
+            emb = self.model.cells[0].W_xh.detach().t().float().cpu()[:EMBEDDED]  # (V, G·H)
+            labels = [char_label(c) for c in self.corpus.vocab.chars[:EMBEDDED]]
+            self.log.char_embedding(self.state.step, emb, labels)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -476,7 +503,7 @@ class Trainer:
 
     def summary(self):
         state = self.state
-        return {"out_dir": str(self.out_dir), "step": state.step, "val_loss": state.last_val,
+        return {"out_dir": str(self.out_dir), "step": state.step, "val_loss": state.last_val, "val_bpc": state.val_bpc,
                 "val_dynamic": state.val_dynamic, "best_val": state.best_val, "train_log": state.train_log,
                 "val_log": state.val_log, "nonfinite_steps": state.nonfinite_total,
                 "train_seconds": state.train_seconds}
