@@ -113,15 +113,16 @@ class BPEVocab:
         self.lengths = torch.tensor([sum((c & 0xC0) != 0x80 for c in b) for b in self.token_bytes], dtype=torch.long)
 
     @classmethod
-    def train(cls, text, vocab_size, progress=True):
-        """A byte-level BPE of up to vocab_size tokens learned from text."""
+    def train(cls, text, vocab_size, progress=True, piece=1 << 16):
+        """A byte-level BPE of up to vocab_size tokens learned from text (read in pieces of about
+        piece characters, counted in parallel)."""
         tk = require_tokenizers()
         tokenizer = tk.Tokenizer(tk.models.BPE())
         tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = tk.decoders.ByteLevel()  # for whoever loads the JSON with tokenizers itself
         trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, show_progress=progress, special_tokens=[],
                                          initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
-        tokenizer.train_from_iterator(_pieces(text), trainer)
+        tokenizer.train_from_iterator(pieces(text, piece), trainer)
         return cls(tokenizer.to_str())
 
     def __len__(self):
@@ -151,7 +152,7 @@ class BPEVocab:
 CUT = re.compile(r"(?<=\S)\n(?=\S)")  # a newline between two non-spaces: GPT-2's pre-tokenizer cuts it the same alone
 
 
-def _pieces(text, size=1 << 16):
+def pieces(text, size):
     """text in pieces of about size characters for tokenizers to count in parallel, each cut
     after a newline that GPT-2's pre-tokenizer reads the same at the end of a piece as inside the
     text (CUT), so the pieces give the counts the whole text would."""

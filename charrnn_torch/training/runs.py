@@ -16,7 +16,7 @@ def check_resume(ckpt, config_values, corpus):
     config_mod.check_resume(ckpt["config"], config_values)
     code_corpus.check_same(ckpt.get("data_source"), corpus.source_info, "resume")
     vocab = corpus.vocab
-    if ckpt["vocab"] != vocab.chars or ckpt.get("tokenizer") != vocab.tokenizer_json:
+    if ckpt["vocab"] != vocab.chars:
         raise UserError(f"cannot resume: the vocabulary of {config_values['data']['path']} ({len(vocab)} {vocab.unit}s) "
                         f"differs from the checkpoint's ({len(ckpt['vocab'])} {vocab.unit}s)")
 
