@@ -1,6 +1,6 @@
 """The one command, ``charrnn``, and its subcommands: arguments, dispatch and error reporting only.
 
-    charrnn train | sample | visualize | export | sweep | bench | plot  [flags ...]
+    charrnn train | sample | visualize | export | sweep | bench | plot | serve  [flags ...]
 
 ``COMMANDS`` is the one table of them. The ``charrnn`` console script (``main``), ``python -m
 charrnn_torch`` and the thin ``scripts/<command>.py`` all dispatch through ``run``, each passing
@@ -599,6 +599,54 @@ def export_command(args, prog):
     return 0
 
 
+# ---------------------------------------------------------------- serve
+
+def serve_parser(prog):
+    p = _Parser(prog=prog, description="Keep a model loaded and sample or score it on request over HTTP (the "
+                                       "[serve] extra): POST /sample, POST /score, GET /health, and a page at /.")
+    _checkpoint_args(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the address to listen on (default 127.0.0.1: this machine only; another one is warned about)")
+    p.add_argument("--port", type=int_arg("--port", 0, 65535), default=8000, help="default 8000; 0: any free port")
+    p.add_argument("--max-length", type=int_arg("--max-length", 1, 10**6), default=10_000,
+                   help="the most characters one request may generate (default 10000)")
+    p.add_argument("--max-body-kb", type=int_arg("--max-body-kb", 1, 2**20), default=1024,
+                   help="the largest request body, in KiB (default 1024): it bounds a prime and a text to score")
+    p.add_argument("--queue", type=int_arg("--queue", 1, 4096), default=16,
+                   help="requests admitted at once, running or waiting (the model answers one at a time); one more "
+                        "is answered 429 (default 16)")
+    return p
+
+
+def serve_module():
+    """tools.serve, or a UserError naming the extra it needs."""
+    try:
+        from .tools import serve
+    except ImportError as e:
+        raise UserError(f"charrnn serve needs {e.name}, not installed: pip install -e '.[serve]'") from None
+    return serve
+
+
+def serve_command(args, prog):
+    serve = serve_module()
+    model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
+    source = checkpoint.resolve(args.checkpoint, step=args.step)
+    defaults = {k: SAMPLE_DEFAULTS[k] for k in ("temperature", "top_k", "top_p")}
+    served = serve.Served(model=model, vocab=vocab, checkpoint=str(source), step=ckpt.get("step"),
+                          defaults=dict(defaults, length=min(SAMPLE_DEFAULTS["length"], args.max_length)),
+                          default_prime=sample.default_prime(vocab, ckpt.get("char_counts")))
+    limits = serve.Limits(max_length=args.max_length, max_body=args.max_body_kb * 1024, queue=args.queue)
+    if not serve.is_loopback(args.host):
+        print(f"warning: --host {args.host} opens the model to every machine that can reach this one "
+              f"(no authentication, no TLS)", file=sys.stderr)
+    sock = serve.listen(args.host, args.port)
+    print(f"serving {source} (step {ckpt.get('step', 'n/a')}, {model.cell} {model.num_layers}x{model.hidden_size}, "
+          f"{len(vocab)} symbols, {next(model.parameters()).device}) at {serve.url_of(sock)}; Ctrl-C stops it",
+          flush=True)
+    serve.run(serve.make_app(served, limits), sock)
+    return 0
+
+
 # ---------------------------------------------------------------- the table, and dispatch
 
 # name -> (parser(prog), command(args, prog), one line for `charrnn --help`)
@@ -610,6 +658,7 @@ COMMANDS = {
     "sweep": (sweep_parser, sweep_command, "train one run per combination of a grid"),
     "bench": (bench_parser, bench_command, "training throughput of every implementation, side by side"),
     "plot": (plot_parser, plot_command, "draw runs' validation loss against minutes of training"),
+    "serve": (serve_parser, serve_command, "keep a model loaded and sample or score it over HTTP on this machine"),
 }
 
 
