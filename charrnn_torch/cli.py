@@ -484,10 +484,39 @@ def bench_parser(prog):
     p.add_argument("--work", type=dir_arg("--work"), default=None,
                    help="directory for the corpus benchmark's generated files (default: a temporary one)")
     p.add_argument("--no-ddp", action="store_true", help="corpus benchmark: skip the 2-rank run")
+    p.add_argument("--serve", metavar="URL", default=None,
+                   help="instead of the model rows: a load test of a running `charrnn serve` at URL (e.g. "
+                        "http://127.0.0.1:8000): latency percentiles and throughput (the [serve] extra)")
+    p.add_argument("--clients", type=int_arg("--clients", 1, 256), default=8, help="--serve: concurrent clients (default 8)")
+    p.add_argument("--requests", type=int_arg("--requests", 1, 10**6), default=200,
+                   help="--serve: requests in all (default 200)")
+    p.add_argument("--serve-length", type=int_arg("--serve-length", 0, 10**6), default=200,
+                   help="--serve: characters generated per request (default 200)")
     return p
 
 
+def bench_serve(args):
+    """The load test of a running server: its table, and --json's file."""
+    _, serve_load = serve_modules()
+    h = serve_load.reach(args.serve)
+    print(f"load test of {args.serve} ({h['checkpoint']}, {h['cell']} {h['num_layers']}x{h['hidden_size']}, "
+          f"{h['device']}): {args.clients} clients, {args.requests} requests of {args.serve_length} characters",
+          flush=True)
+    out = serve_load.run_load(args.serve, args.clients, args.requests, args.serve_length)
+    s = serve_load.summary(out)
+    print(serve_load.format_table(s))
+    for i, reason in out["failures"][:5]:
+        print(f"request {i} failed: {reason}")
+    if args.json:
+        with could_not_write(args.json):
+            write_atomic(args.json, json.dumps(s, indent=1).encode())
+    return 1 if out["failures"] else 0
+
+
 def bench_command(args, prog):
+    _conflicts([(args.serve and args.corpus_mb, "--serve and --corpus-mb are two different benchmarks: give one")])
+    if args.serve:
+        return bench_serve(args)
     if not args.corpus_mb:
         return bench.main(args, resolve_device(args.device))
     seed = corpus.ensure_corpus(corpus.DEFAULT_PATH)
@@ -618,17 +647,17 @@ def serve_parser(prog):
     return p
 
 
-def serve_module():
-    """tools.serve, or a UserError naming the extra it needs."""
+def serve_modules():
+    """tools.serve and tools.serve_load, or a UserError naming the extra they need."""
     try:
-        from .tools import serve
+        from .tools import serve, serve_load
     except ImportError as e:
-        raise UserError(f"charrnn serve needs {e.name}, not installed: pip install -e '.[serve]'") from None
-    return serve
+        raise UserError(f"the server and its load test need {e.name}, not installed: pip install -e '.[serve]'") from None
+    return serve, serve_load
 
 
 def serve_command(args, prog):
-    serve = serve_module()
+    serve, _ = serve_modules()
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
     source = checkpoint.resolve(args.checkpoint, step=args.step)
     defaults = {k: SAMPLE_DEFAULTS[k] for k in ("temperature", "top_k", "top_p")}
