@@ -652,11 +652,14 @@ def serve_modules():
     try:
         from .tools import serve, serve_load
     except ImportError as e:
-        raise UserError(f"the server and its load test need {e.name}, not installed: pip install -e '.[serve]'") from None
+        missing = (e.name or "a package").split(".")[0]
+        raise UserError(f"the server and its load test need {missing}, not installed: pip install -e '.[serve]'") from None
     return serve, serve_load
 
 
-def serve_command(args, prog):
+def serve_setup(args):
+    """(the app, the socket it listens on, a line that names the model) of serve's parsed arguments:
+    all that `charrnn serve` does but serve."""
     serve, _ = serve_modules()
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
     source = checkpoint.resolve(args.checkpoint, step=args.step)
@@ -669,10 +672,16 @@ def serve_command(args, prog):
         print(f"warning: --host {args.host} opens the model to every machine that can reach this one "
               f"(no authentication, no TLS)", file=sys.stderr)
     sock = serve.listen(args.host, args.port)
-    print(f"serving {source} (step {ckpt.get('step', 'n/a')}, {model.cell} {model.num_layers}x{model.hidden_size}, "
-          f"{len(vocab)} symbols, {next(model.parameters()).device}) at {serve.url_of(sock)}; Ctrl-C stops it",
-          flush=True)
-    serve.run(serve.make_app(served, limits), sock)
+    what = (f"{source} (step {ckpt.get('step', 'n/a')}, {model.cell} {model.num_layers}x{model.hidden_size}, "
+            f"{len(vocab)} symbols, {next(model.parameters()).device})")
+    return serve.make_app(served, limits), sock, what
+
+
+def serve_command(args, prog):
+    serve, _ = serve_modules()
+    app, sock, what = serve_setup(args)
+    print(f"serving {what} at {serve.url_of(sock)}; Ctrl-C stops it", flush=True)
+    serve.server_for(app).run(sockets=[sock])
     return 0
 
 

@@ -11,6 +11,7 @@ PAGE = r"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<link rel="icon" href="data:,">
 <title>charrnn serve: __TITLE__</title>
 <style>
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.2em auto; max-width: 60em; color: #222; padding: 0 1em; }

@@ -88,12 +88,14 @@ async def read_json(request, limit):
         raise Refused(415, f"send the body as JSON, with Content-Type: application/json (got {kind or 'none'})")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise Refused(413, f"the request body is {int(declared):,} bytes; this server takes at most {limit:,}")
+        raise Refused(413, f"the request body is {int(declared):,} bytes, over {limit:,}, the most this server "
+                           f"takes (its --max-body-kb)")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise Refused(413, f"the request body is over {limit:,} bytes, the most this server takes")
+            raise Refused(413, f"the request body is over {limit:,} bytes, the most this server takes (its "
+                               f"--max-body-kb)")
     return parse_object(bytes(body))
 
 
@@ -177,7 +179,7 @@ def score_request(body, served):
         raise Refused(400, f"text must be a string, got {_show(text)}")
     bad = served.vocab.unknown(text)
     if bad:
-        listed = ", ".join(_show(c) for c in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        listed = ", ".join(repr(c) for c in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise Refused(400, f"text has {len(bad)} character{'s' if len(bad) > 1 else ''} not in the vocabulary: {listed}")
     return text
 
@@ -372,9 +374,9 @@ def url_of(sock):
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def run(app, sock):
-    """Serve app on sock until Ctrl-C (uvicorn shuts down gracefully, then the KeyboardInterrupt
-    reaches the caller). Its own log is warnings only: the routes' answers speak for themselves."""
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+def server_for(app):
+    """The uvicorn server of app: server_for(app).run(sockets=[sock]) serves until Ctrl-C, then shuts
+    down gracefully (open streams get a few seconds) and the KeyboardInterrupt reaches the caller.
+    Its own log is warnings only: the routes' answers speak for themselves."""
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    return uvicorn.Server(config)
