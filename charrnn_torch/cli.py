@@ -487,7 +487,8 @@ def bench_parser(prog):
     p.add_argument("--serve", metavar="URL", default=None,
                    help="instead of the model rows: a load test of a running `charrnn serve` at URL (e.g. "
                         "http://127.0.0.1:8000): latency percentiles and throughput (the [serve] extra)")
-    p.add_argument("--clients", type=int_arg("--clients", 1, 256), default=8, help="--serve: concurrent clients (default 8)")
+    p.add_argument("--clients", type=int_arg("--clients", 1, 256), default=8,
+                   help="--serve: concurrent clients (default 8)")
     p.add_argument("--requests", type=int_arg("--requests", 1, 10**6), default=200,
                    help="--serve: requests in all (default 200)")
     p.add_argument("--serve-length", type=int_arg("--serve-length", 0, 10**6), default=200,
@@ -653,7 +654,8 @@ def serve_modules():
         from .tools import serve, serve_load
     except ImportError as e:
         missing = (e.name or "a package").split(".")[0]
-        raise UserError(f"the server and its load test need {missing}, not installed: pip install -e '.[serve]'") from None
+        raise UserError(f"the server and its load test need {missing}, not installed: "
+                        f"pip install -e '.[serve]'") from None
     return serve, serve_load
 
 

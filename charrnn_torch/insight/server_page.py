@@ -58,7 +58,8 @@ function header() {
   const rows = [["checkpoint", HD.checkpoint], ["step", HD.step == null ? "n/a" : HD.step],
     ["model", `${HD.cell}, ${HD.num_layers} x ${HD.hidden_size}, ${HD.parameters.toLocaleString("en")} parameters, ` +
               `vocabulary of ${HD.vocab_size} (${HD.vocab}), on ${HD.device}`],
-    ["limits", `${HD.limits.max_length.toLocaleString("en")} characters a request, ${HD.limits.queue} requests at once`]];
+    ["limits", `${HD.limits.max_length.toLocaleString("en")} characters a request, ` +
+               `${HD.limits.queue} requests at once`]];
   for (const [k, v] of rows) {
     const r = $("header").insertRow();
     r.insertCell().textContent = k; r.cells[0].className = "key"; r.insertCell().textContent = v;
@@ -130,7 +131,10 @@ async function generate() {
       feed(decoder.decode(value, {stream: true}));
     }
   } catch (e) {
-    if (me === run) { status.className = "error"; status.textContent = e.name === "AbortError" ? "stopped" : `error: ${e.message}`; }
+    if (me === run) {
+      status.className = "error";
+      status.textContent = e.name === "AbortError" ? "stopped" : `error: ${e.message}`;
+    }
   } finally {
     if (me === run) { $("stop").disabled = true; controller = null; document.body.dataset.done = String(me); }
   }

@@ -116,7 +116,7 @@ def parse_object(body):
 
 
 def _json_type(value):
-    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object"}
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
     return "null" if value is None else names[type(value)]
 
 
@@ -142,13 +142,12 @@ def _integer(body, key, lo, hi, why=""):
     return value
 
 
-def _number(body, key, lo, hi, lo_open):
+def _number(body, key, ok, rule):
     value = body[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Refused(400, f"{key} must be a number, got {_show(value)}")
-    if not math.isfinite(value) or value > hi or value < lo or (lo_open and value == lo):
-        where = (f"({lo:g}, {hi:g}]" if lo_open else f"[{lo:g}, {hi:g}]") if math.isfinite(hi) else f"> {lo:g}"
-        raise Refused(400, f"{key} must be {'in ' if math.isfinite(hi) else ''}{where}, got {_show(value)}")
+    if not (math.isfinite(value) and ok(value)):  # 1e999 reads as inf
+        raise Refused(400, f"{key} must be {rule}, got {_show(value)}")
     return float(value)
 
 
@@ -158,13 +157,13 @@ def sample_request(body, served, limits):
     check_keys(body, SAMPLE_KEYS)
     r = dict(served.defaults, prime=served.default_prime, seed=None, stream=False)
     r.update(body)
-    for key, kind in (("prime", str), ("stream", bool)):
+    for key, kind, name in (("prime", str, "a string"), ("stream", bool, "a boolean")):
         if not isinstance(r[key], kind):
-            raise Refused(400, f"{key} must be {_json_type(kind())}, got {_show(r[key])}")
+            raise Refused(400, f"{key} must be {name}, got {_show(r[key])}")
     r["length"] = _integer(r, "length", 0, limits.max_length, " (this server's --max-length)")
-    r["temperature"] = _number(r, "temperature", 0.0, math.inf, lo_open=True)
+    r["temperature"] = _number(r, "temperature", lambda t: t > 0, "> 0")
     r["top_k"] = _integer(r, "top_k", 0, TOP_K_MAX)
-    r["top_p"] = _number(r, "top_p", 0.0, 1.0, lo_open=True)
+    r["top_p"] = _number(r, "top_p", lambda p: 0 < p <= 1, "in (0, 1]")
     r["seed"] = secrets.randbelow(SEED_MAX + 1) if r["seed"] is None else _integer(r, "seed", 0, SEED_MAX)
     sample.check_prime(served.vocab, r["prime"])  # a UserError: 400
     return r
@@ -180,7 +179,8 @@ def score_request(body, served):
     bad = served.vocab.unknown(text)
     if bad:
         listed = ", ".join(repr(c) for c in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise Refused(400, f"text has {len(bad)} character{'s' if len(bad) > 1 else ''} not in the vocabulary: {listed}")
+        raise Refused(400, f"text has {len(bad)} character{'s' if len(bad) > 1 else ''} not in the vocabulary: "
+                           f"{listed}")
     return text
 
 
