@@ -636,7 +636,8 @@ def serve_parser(prog):
                                        "[serve] extra): POST /sample, POST /score, GET /health, and a page at /.")
     _checkpoint_args(p)
     p.add_argument("--host", default="127.0.0.1",
-                   help="the address to listen on (default 127.0.0.1: this machine only; another one is warned about)")
+                   help="the address to listen on (default 127.0.0.1: this machine only; one that is not a loopback "
+                        "address is warned about)")
     p.add_argument("--port", type=int_arg("--port", 0, 65535), default=8000, help="default 8000; 0: any free port")
     p.add_argument("--max-length", type=int_arg("--max-length", 1, 10**6), default=10_000,
                    help="the most characters one request may generate (default 10000)")
@@ -670,9 +671,6 @@ def serve_setup(args):
                           defaults=dict(defaults, length=min(SAMPLE_DEFAULTS["length"], args.max_length)),
                           default_prime=sample.default_prime(vocab, ckpt.get("char_counts")))
     limits = serve.Limits(max_length=args.max_length, max_body=args.max_body_kb * 1024, queue=args.queue)
-    if not serve.is_loopback(args.host):
-        print(f"warning: --host {args.host} opens the model to every machine that can reach this one "
-              f"(no authentication, no TLS)", file=sys.stderr)
     sock = serve.listen(args.host, args.port)
     what = (f"{source} (step {ckpt.get('step', 'n/a')}, {model.cell} {model.num_layers}x{model.hidden_size}, "
             f"{len(vocab)} symbols, {next(model.parameters()).device})")

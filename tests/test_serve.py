@@ -378,10 +378,19 @@ def test_another_host_is_warned_about(capsys, ckpt_path):
     # 192.0.2.1 (TEST-NET-1) is on no interface here: the bind fails, nothing is sent anywhere.
     assert cli.main(["serve", "--checkpoint", str(ckpt_path), "--host", "192.0.2.1", "--port", "0"]) == 2
     warning, error = capsys.readouterr().err.splitlines()
-    assert warning.startswith("warning: --host 192.0.2.1 opens the model to every machine")
+    assert warning.startswith("warning: --host 192.0.2.1 opens the model to every machine that can reach 192.0.2.1")
     assert error.startswith("error: cannot listen on 192.0.2.1 port 0: ")
-    assert [h for h in ("127.0.0.1", "127.8.0.1", "::1", "localhost", "0.0.0.0", "::", "example.org")
-            if serve.is_loopback(h)] == ["127.0.0.1", "127.8.0.1", "::1", "localhost"]
+    assert cli.main(["serve", "--checkpoint", str(ckpt_path), "--host", ""]) == 2  # (no name looked up: no DNS)
+    assert capsys.readouterr().err == "error: --host is empty: give an address to listen on, e.g. 127.0.0.1\n"
+    assert [h for h in ("127.0.0.1", "127.8.0.1", "::1", "0.0.0.0", "::", "192.0.2.1", "fe80::1%eth0")
+            if serve.is_loopback(h)] == ["127.0.0.1", "127.8.0.1", "::1"]
+
+
+def test_localhost_is_not_warned_about(capsys, ckpt_path):
+    for host in ("localhost", "::1"):
+        sock = serve.listen(host, 0)
+        sock.close()
+        assert capsys.readouterr().err == ""
 
 
 def test_without_the_extra_it_names_the_missing_package(capsys, monkeypatch, ckpt_path):

@@ -24,7 +24,7 @@ h1 { font-size: 1.35em; margin-bottom: .3em; } h2 { font-size: 1.1em; margin: 1.
 #prime { width: 16em; } .num { width: 5em; }
 button { font-size: 14px; padding: 5px 16px; cursor: pointer; }
 #out { font: 13px/1.55 ui-monospace, monospace; white-space: pre-wrap; border: 1px solid #ccc; padding: 10px;
-       min-height: 14em; max-height: 32em; overflow-y: auto; background: #fcfcfa; }
+       min-height: 14em; max-height: 32em; overflow-y: auto; background: #fcfcfa; overflow-wrap: anywhere; }
 #out .prime { color: #888; }
 #text { font: 13px ui-monospace, monospace; width: 100%; height: 6em; box-sizing: border-box; }
 #status, #score-result { color: #666; font-size: 13px; min-height: 1.3em; } .error { color: #a40; }

@@ -343,22 +343,25 @@ def make_app(served, limits):
 
 # ---------------------------------------------------------------- listening
 
-def is_loopback(host):
-    """Whether host names this machine only (127.0.0.0/8, ::1, localhost)."""
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
+def is_loopback(ip):
+    """Whether an address (as getaddrinfo gives it) is this machine's only: 127.0.0.0/8 or ::1."""
+    return ipaddress.ip_address(ip.split("%")[0]).is_loopback
 
 
 def listen(host, port):
-    """A socket listening on host:port (port 0: a free one), or a UserError saying why not."""
+    """A socket listening on host:port (port 0: a free one), or a UserError saying why not. A host
+    that is not a loopback address gets one warning on stderr: the server has no authentication."""
+    if not host.strip():
+        raise UserError("--host is empty: give an address to listen on, e.g. 127.0.0.1")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                             flags=socket.AI_PASSIVE)[0]
         sock = socket.socket(family, kind, proto)
     except OSError as e:
         raise UserError(f"--host {host}: {e.strerror or one_line(e)}") from None
+    if not is_loopback(address[0]):
+        print(f"warning: --host {host} opens the model to every machine that can reach {address[0]} "
+              f"(no authentication, no TLS)", file=sys.stderr, flush=True)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
         sock.bind(address)
