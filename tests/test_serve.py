@@ -378,7 +378,8 @@ def test_another_host_is_warned_about(capsys, ckpt_path):
     # 192.0.2.1 (TEST-NET-1) is on no interface here: the bind fails, nothing is sent anywhere.
     assert cli.main(["serve", "--checkpoint", str(ckpt_path), "--host", "192.0.2.1", "--port", "0"]) == 2
     warning, error = capsys.readouterr().err.splitlines()
-    assert warning.startswith("warning: --host 192.0.2.1 opens the model to every machine that can reach 192.0.2.1")
+    assert warning == ("warning: --host 192.0.2.1 is not a loopback address: any machine that reaches this one can "
+                       "use the model (no authentication, no TLS)")
     assert error.startswith("error: cannot listen on 192.0.2.1 port 0: ")
     assert cli.main(["serve", "--checkpoint", str(ckpt_path), "--host", ""]) == 2  # (no name looked up: no DNS)
     assert capsys.readouterr().err == "error: --host is empty: give an address to listen on, e.g. 127.0.0.1\n"

@@ -360,8 +360,8 @@ def listen(host, port):
     except OSError as e:
         raise UserError(f"--host {host}: {e.strerror or one_line(e)}") from None
     if not is_loopback(address[0]):
-        print(f"warning: --host {host} opens the model to every machine that can reach {address[0]} "
-              f"(no authentication, no TLS)", file=sys.stderr, flush=True)
+        print(f"warning: --host {host} is not a loopback address: any machine that reaches this one can use the "
+              f"model (no authentication, no TLS)", file=sys.stderr, flush=True)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
         sock.bind(address)
