@@ -60,14 +60,14 @@ from charrnn_torch.tools import serve, serve_load  # noqa: E402
 V_CHARS = "abcdefghi \n"  # V = 11
 H, L = 7, 2
 TIMEOUT = 20.0  # seconds: any one request, wait or join
-ODD_DIR = "run<b>&\"x'<script>"  # a directory name full of markup, shown as text by the page
+ODD_DIR = "run<b>&\"x'</script><i>y"  # a checkpoint path full of markup (two directories), shown as text by the page
 
 
 @pytest.fixture(scope="module")
 def ckpt_path(tmp_path_factory):
     """A random 2-layer GRU saved as training saves one, weights doubled so the text varies."""
     d = tmp_path_factory.mktemp("serve") / ODD_DIR
-    d.mkdir()
+    d.mkdir(parents=True)
     vocab = Vocab(sorted(V_CHARS))
     torch.manual_seed(36)
     model = checkpoint.CharRNN(len(vocab), H, num_layers=L, cell="gru", impl="fused")
@@ -252,6 +252,14 @@ def test_score_is_sample_score(http, ckpt_path):
     assert r.json() == {"nats": want["loss"], "bits": want["bpc"], "unit": "char", "count": len(text) - 1}
 
 
+def test_the_page_holds_the_path_as_text_not_markup(http, ckpt_path):
+    page = http.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "</script><i>" not in page.text and "<b>" not in page.text
+    assert "<title>charrnn serve: " + str(ckpt_path / "best.pt").replace("&", "&amp;").replace("<", "&lt;").replace(
+        ">", "&gt;").replace('"', "&quot;").replace("'", "&#x27;") + "</title>" in page.text
+
+
 def test_health_names_the_model(http, ckpt_path):
     h = http.get("/health").json()
     assert h["checkpoint"] == str(ckpt_path / "best.pt") and h["step"] == 7
@@ -319,6 +327,7 @@ def test_a_full_queue_answers_429_at_once(ckpt_path):
         deadline = time.monotonic() + TIMEOUT
         while http.get("/health").json()["busy"] < 2 and time.monotonic() < deadline:
             time.sleep(0.01)  # the second waits for the model; /health is answered meanwhile
+        assert gated.calls == 1  # one request at a time on the model: the second has not begun
         r = http.post("/score", json={"text": "abc"})
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
         assert r.json()["error"].startswith("busy: 2 requests are being answered or waiting")
@@ -433,7 +442,7 @@ def test_the_page_samples_and_scores_through_the_server(url, http, ckpt_path):
         page.goto(url + "/")
         page.wait_for_selector("body[data-ready='1']", timeout=TIMEOUT * 1000)
         header = page.inner_text("#header")
-        assert str(ckpt_path / "best.pt") in header and page.locator("#header b, #header script").count() == 0
+        assert str(ckpt_path / "best.pt") in header and page.locator("#header b, #header i").count() == 0
         for box, value in (("#prime", "ab"), ("#length", "150"), ("#seed", "9"), ("#top_k", "4")):
             page.fill(box, value)
         page.click("#generate")
