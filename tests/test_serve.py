@@ -162,17 +162,19 @@ def read_events(response):
 
 
 class Gated(torch.nn.Module):
-    """A model whose forward number `at` waits for `gate`, and which counts its forwards and
-    sleeps `delay` seconds in each: a test can hold sampling in the middle."""
+    """A model whose forward number `at` waits for `gate`, and which counts its forwards (those
+    made while one is held apart) and sleeps `delay` seconds in each: a test can hold sampling in
+    the middle."""
 
     def __init__(self, model, at=None, delay=0.0):
         super().__init__()
-        self.inner, self.at, self.delay, self.calls = model, at, delay, 0
+        self.inner, self.at, self.delay, self.calls, self.while_held = model, at, delay, 0, 0
         self.cell, self.num_layers, self.hidden_size = model.cell, model.num_layers, model.hidden_size
         self.reached, self.gate = threading.Event(), threading.Event()
 
     def forward(self, x, h=None):
         self.calls += 1
+        self.while_held += self.reached.is_set() and not self.gate.is_set()
         if self.calls == self.at:
             self.reached.set()
             self.gate.wait(TIMEOUT)
@@ -327,7 +329,8 @@ def test_a_full_queue_answers_429_at_once(ckpt_path):
         deadline = time.monotonic() + TIMEOUT
         while http.get("/health").json()["busy"] < 2 and time.monotonic() < deadline:
             time.sleep(0.01)  # the second waits for the model; /health is answered meanwhile
-        assert gated.calls == 1  # one request at a time on the model: the second has not begun
+        time.sleep(0.3)  # time enough for the second to begin, were the model not one request's at a time
+        assert gated.while_held == 0
         r = http.post("/score", json={"text": "abc"})
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
         assert r.json()["error"].startswith("busy: 2 requests are being answered or waiting")
