@@ -243,6 +243,23 @@ def test_a_reader_that_leaves_stops_the_sampling(ckpt_path):
         assert http.post("/sample", json={"length": 5}).status_code == 200
 
 
+def test_a_byte_mode_model_samples_and_streams_any_text(tmp_path):
+    torch.manual_seed(2)
+    model = checkpoint.CharRNN(256, H, cell="lstm", impl="fused")
+    checkpoint.save({"format": checkpoint.FORMAT, "model": model.state_dict(), "model_args": model.model_args(),
+                     "vocab": [chr(b) for b in range(256)], "vocab_mode": "bytes", "step": 3}, tmp_path / "b.pt")
+    app, sock, what = cli.serve_setup(cli.parse("serve", ["--checkpoint", str(tmp_path / "b.pt"), "--port", "0"]))
+    assert "256 symbols" in what
+    body = {"prime": "caf\u00e9 \u2603", "length": 60, "seed": 8}
+    with running(app, sock) as u, client(u) as http:
+        text = http.post("/sample", json=body).json()["text"]
+        with http.stream("POST", "/sample", json=dict(body, stream=True)) as r:
+            events = list(read_events(r))
+        assert http.post("/score", json={"text": "na\u00efve \u2603"}).json()["unit"] == "byte"
+    assert text.startswith("caf\u00e9 \u2603") and events[-1] == ("done", {"text": text, "seed": 8})
+    assert all(d["text"] for name, d in events if name == "text")
+
+
 # ---------------------------------------------------------------- scoring and health
 
 def test_score_is_sample_score(http, ckpt_path):
@@ -294,6 +311,8 @@ BAD = [  # (method, path, body bytes, headers, status, words of the reason)
     ("POST", "/sample", b'{"length": 2001}', JSON, 400, "length must be in [0, 2000] (this server's --max-length)"),
     ("POST", "/sample", b'{"prime": "abZ"}', JSON, 400, "prime character not in the vocabulary: 'Z'"),
     ("POST", "/sample", b'{"prime": ""}', JSON, 400, "prime text is empty"),
+    ("POST", "/sample", b'{"prime": "' + b"a" * 2001 + b'"}', JSON, 400, "prime is 2,001 characters; this server takes at "
+                                                                        "most 2,000 (its --max-length)"),
     ("POST", "/sample", b'{"prime": "' + b"a" * 5000 + b'"}', JSON, 413, "over 4,096, the most this server takes"),
     ("POST", "/sample", b'{}', {"Content-Type": "text/plain"}, 415, "Content-Type: application/json"),
     ("POST", "/sample", b'{}', {}, 415, "Content-Type: application/json (got none)"),

@@ -161,6 +161,9 @@ def sample_request(body, served, limits):
         if not isinstance(r[key], kind):
             raise Refused(400, f"{key} must be {name}, got {_show(r[key])}")
     r["length"] = _integer(r, "length", 0, limits.max_length, " (this server's --max-length)")
+    if len(r["prime"]) > limits.max_length:  # the prime runs as one window: its memory grows with it
+        raise Refused(400, f"prime is {len(r['prime']):,} characters; this server takes at most "
+                           f"{limits.max_length:,} (its --max-length)")
     r["temperature"] = _number(r, "temperature", lambda t: t > 0, "> 0")
     r["top_k"] = _integer(r, "top_k", 0, TOP_K_MAX)
     r["top_p"] = _number(r, "top_p", lambda p: 0 < p <= 1, "in (0, 1]")
@@ -237,7 +240,8 @@ def stream(served, queue, r):
     def on_text(text):
         if stop.is_set():
             raise _Stopped()
-        loop.call_soon_threadsafe(chunks.put_nowait, text)
+        if text:  # a byte-mode model's character can take several steps
+            loop.call_soon_threadsafe(chunks.put_nowait, text)
 
     def work():
         try:
