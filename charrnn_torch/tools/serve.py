@@ -2,8 +2,8 @@
 [serve] extra).
 
     POST /sample  {prime, length, temperature, top_k, top_p, seed, stream}  -> {"text", "seed"},
-                  or server-sent events ("text" events, then "done") with "stream": true or
-                  Accept: text/event-stream
+                  or server-sent events ("prime", "text" as it is drawn, then "done") with
+                  "stream": true or Accept: text/event-stream
     POST /score   {text}  -> {"nats", "bits", "unit", "count"}: mean per character (per byte for a
                   data.vocab=bytes model)
     GET /health   the checkpoint, its step, the vocabulary size, the device, the queue
@@ -51,7 +51,7 @@ ROUTES = "GET /, GET /health, POST /sample, POST /score"
 
 @dataclass(frozen=True)
 class Limits:
-    max_length: int  # characters generated per request
+    max_length: int  # characters generated per request, and in its prime
     max_body: int  # bytes in a request's body
     queue: int  # requests admitted at once, running and waiting
 
