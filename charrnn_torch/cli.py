@@ -413,6 +413,9 @@ def bench_parser(prog):
     p.add_argument("--config", type=path_arg("--config"), default=None,
                    help="the training step's optimizer and settings come from this config's train section (a "
                         "YAML file or a name in configs/; default: the trainer's own defaults)")
+    p.add_argument("--compile", action="store_true",
+                   help="also torch.compile of the loop impl and of the torch module, as rows of their own, their "
+                        "compile time apart (minutes on a CPU)")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the peak-memory measurement (a fresh process per row on CPU): for quick runs")
     p.add_argument("--corpus-mb", type=int_list_arg("--corpus-mb", 1, 100_000), default=None, metavar="MB,...",
