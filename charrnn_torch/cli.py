@@ -1,6 +1,6 @@
 """The one command, ``charrnn``, and its subcommands: arguments, dispatch and error reporting only.
 
-    charrnn train | sample | visualize | export | sweep | bench | plot  [flags ...]
+    charrnn train | sample | visualize | export | sweep | bench | plot | serve  [flags ...]
 
 ``COMMANDS`` is the one table of them. The ``charrnn`` console script (``main``), ``python -m
 charrnn_torch`` and the thin ``scripts/<command>.py`` all dispatch through ``run``, each passing
@@ -424,10 +424,40 @@ def bench_parser(prog):
     p.add_argument("--work", type=dir_arg("--work"), default=None,
                    help="directory for the corpus benchmark's generated files (default: a temporary one)")
     p.add_argument("--no-ddp", action="store_true", help="corpus benchmark: skip the 2-rank run")
+    p.add_argument("--serve", metavar="URL", default=None,
+                   help="instead of the model rows: a load test of a running `charrnn serve` at URL (e.g. "
+                        "http://127.0.0.1:8000): latency percentiles and throughput (the [serve] extra)")
+    p.add_argument("--clients", type=int_arg("--clients", 1, 256), default=8,
+                   help="--serve: concurrent clients (default 8)")
+    p.add_argument("--requests", type=int_arg("--requests", 1, 10**6), default=200,
+                   help="--serve: requests in all (default 200)")
+    p.add_argument("--serve-length", type=int_arg("--serve-length", 0, 10**6), default=200,
+                   help="--serve: characters generated per request (default 200)")
     return p
 
 
+def bench_serve(args):
+    """The load test of a running server: its table, and --json's file."""
+    _, serve_load = serve_modules()
+    h = serve_load.reach(args.serve)
+    print(f"load test of {args.serve} ({h['checkpoint']}, {h['cell']} {h['num_layers']}x{h['hidden_size']}, "
+          f"{h['device']}): {args.clients} clients, {args.requests} requests of {args.serve_length} characters",
+          flush=True)
+    out = serve_load.run_load(args.serve, args.clients, args.requests, args.serve_length)
+    s = serve_load.summary(out)
+    print(serve_load.format_table(s))
+    for i, reason in out["failures"][:5]:
+        print(f"request {i} failed: {reason}")
+    if args.json:
+        with could_not_write(args.json):
+            write_atomic(args.json, json.dumps(s, indent=1).encode())
+    return 1 if out["failures"] else 0
+
+
 def bench_command(args, prog):
+    _conflicts([(args.serve and args.corpus_mb, "--serve and --corpus-mb are two different benchmarks: give one")])
+    if args.serve:
+        return bench_serve(args)
     if not args.corpus_mb:
         values = {} if args.config is None else config_mod.read_yaml(config_mod.find_config(args.config))
         return bench.main(args, resolve_device(args.device), config_mod.build_config(values).train)
@@ -533,6 +563,62 @@ def export_command(args, prog):
     return 0
 
 
+# ---------------------------------------------------------------- serve
+
+def serve_parser(prog):
+    p = _Parser(prog=prog, description="Keep a model loaded and sample or score it on request over HTTP (the "
+                                       "[serve] extra): POST /sample, POST /score, GET /health, and a page at /.")
+    _checkpoint_args(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the address to listen on (default 127.0.0.1: this machine only; one that is not a loopback "
+                        "address is warned about)")
+    p.add_argument("--port", type=int_arg("--port", 0, 65535), default=8000, help="default 8000; 0: any free port")
+    p.add_argument("--max-length", type=int_arg("--max-length", 1, 10**6), default=10_000,
+                   help="the most characters one request may generate (default 10000)")
+    p.add_argument("--max-body-kb", type=int_arg("--max-body-kb", 1, 2**20), default=1024,
+                   help="the largest request body, in KiB (default 1024): it bounds a prime and a text to score")
+    p.add_argument("--queue", type=int_arg("--queue", 1, 4096), default=16,
+                   help="requests admitted at once, running or waiting (the model answers one at a time); one more "
+                        "is answered 429 (default 16)")
+    return p
+
+
+def serve_modules():
+    """tools.serve and tools.serve_load, or a UserError naming the extra they need."""
+    try:
+        from .tools import serve, serve_load
+    except ImportError as e:
+        missing = (e.name or "a package").split(".")[0]
+        raise UserError(f"the server and its load test need {missing}, not installed: "
+                        f"pip install -e '.[serve]'") from None
+    return serve, serve_load
+
+
+def serve_setup(args):
+    """(the app, the socket it listens on, a line that names the model) of serve's parsed arguments:
+    all that `charrnn serve` does but serve."""
+    serve, _ = serve_modules()
+    model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
+    source = checkpoint.resolve(args.checkpoint, step=args.step)
+    defaults = {k: SAMPLE_DEFAULTS[k] for k in ("temperature", "top_k", "top_p")}
+    served = serve.Served(model=model, vocab=vocab, checkpoint=str(source), step=ckpt.get("step"),
+                          defaults=dict(defaults, length=min(SAMPLE_DEFAULTS["length"], args.max_length)),
+                          default_prime=sample.default_prime(vocab, ckpt.get("char_counts")))
+    limits = serve.Limits(max_length=args.max_length, max_body=args.max_body_kb * 1024, queue=args.queue)
+    sock = serve.listen(args.host, args.port)
+    what = (f"{source} (step {ckpt.get('step', 'n/a')}, {model.cell} {model.num_layers}x{model.hidden_size}, "
+            f"{len(vocab)} symbols, {next(model.parameters()).device})")
+    return serve.make_app(served, limits), sock, what
+
+
+def serve_command(args, prog):
+    serve, _ = serve_modules()
+    app, sock, what = serve_setup(args)
+    print(f"serving {what} at {serve.url_of(sock)}; Ctrl-C stops it", flush=True)
+    serve.server_for(app).run(sockets=[sock])
+    return 0
+
+
 # ---------------------------------------------------------------- the table, and dispatch
 
 # name -> (parser(prog), command(args, prog), one line for `charrnn --help`)
@@ -544,6 +630,7 @@ COMMANDS = {
     "sweep": (sweep_parser, sweep_command, "train one run per combination of a grid"),
     "bench": (bench_parser, bench_command, "training throughput of every implementation, side by side"),
     "plot": (plot_parser, plot_command, "draw runs' validation loss against minutes of training"),
+    "serve": (serve_parser, serve_command, "keep a model loaded and sample or score it over HTTP on this machine"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Proves that every flag of train.py, sample.py, sweep.py and bench.py, and every kind of bad
+"""Proves that every flag of train.py, sample.py, sweep.py, bench.py and serve.py, and every kind of bad
 config value (non-finite, beyond int64, out of range), is refused where it is parsed, with one
 `error:` line and exit 2, no traceback and no file written; that flags which contradict each
 other are refused; that an empty path, for any flag or config key that takes one, is an error
@@ -83,6 +83,10 @@ def _cases(w):
         (["bench", "--precisions", "fp64"], "unknown precision 'fp64'"),
         (["bench", "--shapes", "tiny,cpu"], "unknown shape 'tiny'"),
         (["bench", "--malloc", "jemalloc"], "invalid choice"),
+        (["bench", "--clients", "0"], "--clients must be >= 1"),
+        (["bench", "--serve", "http://127.0.0.1:9", "--corpus-mb", "1"], "--serve and --corpus-mb are two different"),
+        (["serve", "--checkpoint", run, "--port", "65536"], "--port must be <= 65535"),
+        (["serve", "--checkpoint", run, "--max-body-kb", "0"], "--max-body-kb must be >= 1"),
     ]
 
 
@@ -124,7 +128,8 @@ def test_an_empty_path_is_an_error_for_every_path_flag_and_key(world, tmp_path, 
     # an unknown shape) instead of sweeping or benchmarking for minutes.
     after = {"train": ["--no-progress", *ok], "sample": ["--checkpoint", run], "visualize": ["--checkpoint", run],
              "sweep": ["--config", world / "missing.yaml", "--sweep-dir", world / "s", "--grid", "train.lr=1,2"],
-             "bench": ["--shapes", "none"], "plot": [run], "export": ["--checkpoint", run, "--format", "none"]}
+             "bench": ["--shapes", "none"], "plot": [run], "export": ["--checkpoint", run, "--format", "none"],
+             "serve": ["--checkpoint", run, "--port", "65536"]}
     cases = [([name, flag, "", *after[name]] if flag.startswith("-") else [name, ""], flag) for name, flag in flags]
     cases += [(["train", "--no-progress", *ok, f"{key}="], key) for key in config_mod.PATH_KEYS]
     cases += [(["train", "--no-progress", "--resume", run, "train.init_from="], "train.init_from")]
