@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .tools import bench, data_bench
 from .training import checkpoint, config as config_mod
 from . import files
-from .data import corpus, vocab as vocab_mod
+from .data import corpus, files_corpus, vocab as vocab_mod
 from .sampling import dynamic, sample
 from .insight import export, visualize, viz_page
 from .training.config import SEED_MAX
@@ -540,7 +540,7 @@ def validation_text(ckpt, n):
     """The first n characters of the run's validation split, through load_corpus, as training read it."""
     run = checkpoint.run_corpus(ckpt, "show its validation split (pass --text FILE)")
     text = run.vocab.decode(vocab_mod.as_ids(run.val_ids[:n], run.lut).tolist())
-    return text, f"the first {len(text):,} characters of the validation split of {ckpt['config']['data']['path']}"
+    return text, f"the first {len(text):,} characters of the validation split of {files_corpus.spec_text(ckpt['config']['data']['path'])}"
 
 
 def visualize_command(args, prog):

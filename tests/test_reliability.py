@@ -328,7 +328,7 @@ def _cases(w):
         ("9 schedule", T + ok + ["train.lr_schedule=warm"], "train.lr_schedule: must be one of"),
         ("9 device", T + ok + ["device=gpu0"], "device: must be auto, cpu, cuda or cuda:N"),
         ("11 data missing", T + ok + [f"data.path={f / 'nope.txt'}"], "data file not found"),
-        ("12 data is a dir", T + ok + [f"data.path={f}"], "is a directory"),
+        ("12 data is a folder of no file", T + ok + [f"data.path={f / 'empty_run'}"], "no file in the folder"),
         ("13 empty corpus", T + ok + [f"data.path={f / 'empty.txt'}"], "is empty"),
         ("14 too short for a batch", T + ok + [f"data.path={f / 'short.txt'}"], "too short"),
         ("14 too short for validation", T + ok + [f"data.path={f / 'noval.txt'}", "data.val_fraction=0.001"],

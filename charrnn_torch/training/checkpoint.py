@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ..data import code_corpus
 from . import config as config_mod
-from ..data.corpus import load_corpus
+from ..data.corpus import check_same_source, load_corpus, names_one_file
+from ..data.files_corpus import spec_text
 from ..data.vocab import vocab_from_checkpoint
 from ..errors import UserError, one_line
 from ..files import TEMP_SUFFIX, check_regular, discard, write_atomic
@@ -152,10 +152,10 @@ def transplant(model, ckpt, vocab):
 def check_resume(ckpt, cfg, corpus):
     """What may change on resume: config.check_resume's rule, and the same corpus and vocabulary."""
     config_mod.check_resume(ckpt["config"], cfg)
-    code_corpus.check_same(ckpt.get("data_source"), corpus.source_info, "resume")
+    check_same_source(ckpt.get("data_source"), corpus.source_info, "resume")
     vocab = corpus.vocab
     if ckpt["vocab"] != vocab.chars:
-        raise UserError(f"cannot resume: the vocabulary of {cfg.data.path} ({len(vocab)} characters) differs "
+        raise UserError(f"cannot resume: the vocabulary of {spec_text(cfg.data.path)} ({len(vocab)} characters) differs "
                         f"from the checkpoint's ({len(ckpt['vocab'])} characters)")
 
 
@@ -166,8 +166,8 @@ def run_corpus(ckpt, purpose):
         data_cfg = config_mod.build_config(ckpt["config"]).data
     except (KeyError, TypeError, UserError):
         raise UserError(f"the checkpoint records no usable data config, needed to {purpose}") from None
-    if not code_corpus.is_builtin(data_cfg.path) and not os.path.exists(data_cfg.path):
+    if names_one_file(data_cfg.path) and not os.path.exists(data_cfg.path):
         raise UserError(f"data file not found: {data_cfg.path} (the run's data.path), needed to {purpose}")
     corpus = load_corpus(data_cfg, progress=False, base_vocab=ckpt["vocab"], log=lambda *a: None)
-    code_corpus.check_same(ckpt.get("data_source"), corpus.source_info, purpose)
+    check_same_source(ckpt.get("data_source"), corpus.source_info, purpose)
     return corpus

@@ -35,6 +35,7 @@ SEED_MAX = 2**SEED_BITS
 # variable expands to nothing), never read as "not given": train.init_from's default "" means not
 # set, so an explicit empty value is caught where the overrides are read.
 PATH_KEYS = ("data.path", "out_dir", "train.init_from")
+LIST_KEYS = ("data.path",)  # the keys that take a list of values as well as one
 
 FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers", "model.cell", "train.optimizer",
                     "train.dtype", "train.batch_size", "train.seq_len", "train.stateful", "train.init_from")
@@ -42,7 +43,10 @@ FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers",
 
 @dataclass
 class DataConfig:
-    path: str = DEFAULT_PATH  # a text file, or python-stdlib: this Python's standard library (code_corpus.py)
+    # A text file; a folder, a glob or a list of files, folders and globs (files_corpus.py); or
+    # python-stdlib: this Python's standard library (code_corpus.py).
+    path: object = DEFAULT_PATH
+    separator: str = "\n"  # after each file of a set of files (python-stdlib's too)
     val_fraction: float = 0.1  # the last 10% of the text, contiguous, as nanoGPT splits
     vocab: str = "chars"  # chars: the text's characters; bytes: its raw bytes (V = 256), any file
     stdlib_max_bytes: int = DEFAULT_MAX_BYTES  # the size of the python-stdlib corpus; a text file is used whole
@@ -134,6 +138,19 @@ def _coerce(key, value, tp):
     return value
 
 
+def _coerce_list(key, value):
+    """A LIST_KEYS value: one string, or a non-empty list of non-empty strings."""
+    if not isinstance(value, list):
+        return _coerce(key, value, str)
+    if not value:
+        raise UserError(f"{key}: an empty list; give a file, a folder, a glob or a list of them")
+    for item in value:
+        if not isinstance(item, str):
+            raise UserError(f"{key}: every entry of its list must be a path (a string), got {item!r}")
+        check_path(key, item)
+    return value
+
+
 def _fill(obj, values, prefix):
     if not isinstance(values, dict):
         raise UserError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
@@ -146,6 +163,8 @@ def _fill(obj, values, prefix):
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             _fill(current, value, f"{prefix}{key}.")
+        elif f"{prefix}{key}" in LIST_KEYS:
+            setattr(obj, key, _coerce_list(f"{prefix}{key}", value))
         else:
             setattr(obj, key, _coerce(f"{prefix}{key}", value, type(current)))
 
@@ -183,7 +202,8 @@ def validate(cfg):
         need(get_key(cfg, key) in choices, key, f"must be one of {', '.join(choices)}")
     need(is_device_name(cfg.device), "device", "must be auto, cpu, cuda or cuda:N")
     check_path("out_dir", cfg.out_dir)
-    check_path("data.path", cfg.data.path)
+    if isinstance(cfg.data.path, str):
+        check_path("data.path", cfg.data.path)
     return cfg
 
 
@@ -219,15 +239,19 @@ def get_key(cfg, dotted):
 
 
 def parse_override(text):
-    """'train.lr=3e-3' -> ('train.lr', 0.003); the value is read as a YAML scalar."""
+    """'train.lr=3e-3' -> ('train.lr', 0.003); the value is read as a YAML scalar (a list too, for
+    LIST_KEYS). A path that is not valid YAML (a glob such as **/*.md: * begins a YAML alias) is
+    its text."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"malformed override {text!r}: expected key=value, e.g. train.lr=3e-3")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise UserError(f"malformed override {text!r}: cannot parse value ({one_line(e)})") from None
-    if isinstance(value, (dict, list)):
+        if key.strip() not in PATH_KEYS or raw.lstrip().startswith("["):
+            raise UserError(f"malformed override {text!r}: cannot parse value ({one_line(e)})") from None
+        value = raw
+    if isinstance(value, dict) or (isinstance(value, list) and key.strip() not in LIST_KEYS):
         raise UserError(f"malformed override {text!r}: expected a single value")
     return key.strip(), value
 

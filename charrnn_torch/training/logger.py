@@ -109,7 +109,8 @@ class RunLogger:
     def hparams(self, cfg, val):
         from torch.utils.tensorboard.summary import hparams
 
-        flat = config_mod.flatten(config_mod.to_dict(cfg))
+        # HPARAMS takes numbers, strings and booleans: a list (data.path's files) as one string.
+        flat = {k: ", ".join(v) if isinstance(v, list) else v for k, v in config_mod.flatten(config_mod.to_dict(cfg)).items()}
         # Into this run's own event file, so the HPARAMS tab links the config to this run's
         # loss/val and bpc/val. The public add_hparams would write a separate run in a
         # subdirectory (or, given run_name=".", add a second loss/val point at step 0 to this

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import checkpoint, config as config_mod, distributed, graphs
-from ..data import code_corpus
+from ..data.corpus import describe_source
 from ..data import batchers as batchers_mod, vocab as vocab_mod
 from ..sampling import dynamic
 from .distributed import DistInfo, wrap_ddp
@@ -185,10 +185,10 @@ class Trainer:
         return mode != "off" and why is None
 
     def config_text(self):
-        """config.yaml: the resolved config, and in a comment what a built-in corpus was built from."""
+        """config.yaml: the resolved config, and in a comment what a corpus of many files was joined from."""
         text = config_mod.dump_yaml(self.cfg)
         info = self.corpus.source_info
-        return text + (f"# data.path: {code_corpus.describe(info)}\n" if info else "")
+        return text + (f"# data.path: {describe_source(info)}\n" if info else "")
 
     def build(self, init):
         """The model (from init's weights when fine-tuning), its optimizer and schedule, a fresh RunState."""
@@ -485,7 +485,7 @@ class Trainer:
             "hidden": hidden,
             "rng": rng_state(self.device),
             "config": config_mod.to_dict(self.cfg),
-            "data_source": self.corpus.source_info,  # what python-stdlib was built from; None for a file
+            "data_source": self.corpus.source_info,  # what a set of files was joined from; None for one file
             "world_size": self.dist.world_size,
             **self.state.to_checkpoint(),
         }
