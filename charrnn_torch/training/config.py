@@ -81,6 +81,8 @@ class TrainConfig:
     lr_gamma: float = 0.5
     stateful: bool = True  # carry h across windows of B contiguous streams; false: random windows, h0 = 0
     eval_interval: int = 250
+    patience: int = 0  # stop after this many evaluations without a better loss/val (by > min_delta); 0: off
+    min_delta: float = 0.0  # how much lower than its best loss/val must go to count as better, for patience
     log_interval: int = 10
     sample_interval: int = 500  # 0 disables TensorBoard samples
     sample_length: int = 300
@@ -193,6 +195,8 @@ def validate(cfg):
     need(0 < train.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]")
     need(train.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0 disables)")
     need(train.sample_length > 0, "train.sample_length", "must be > 0")
+    need(train.patience >= 0, "train.patience", "must be >= 0 (0: no early stopping)")
+    need(train.min_delta >= 0, "train.min_delta", "must be >= 0")
     need(train.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0 (0 keeps only ckpt.pt and best.pt)")
     need(0 <= train.threads <= 4096, "train.threads", "must be in [0, 4096] (0 keeps torch's default)")
     need(0 <= train.seed <= SEED_MAX, "train.seed", f"must be in [0, 2**{SEED_BITS}]")

@@ -86,6 +86,8 @@ class RunState:
     log_acc: dict = field(default_factory=lambda: {"loss": 0.0, "norm": 0.0, "n": 0})  # since the last log
     nonfinite_total: int = 0
     train_seconds: float = 0.0  # training time so far, across resumes (evaluation and sampling excluded)
+    evals_since_gain: int = 0  # train.patience's count: evaluations since loss/val last beat gain_best by min_delta
+    gain_best: float = math.inf  # the loss/val of that evaluation
     hidden: torch.Tensor = None  # this rank's carried state (L, B/N, H), or (h, c) of them, on the device
     # Not saved: they describe this process's part of the run.
     consecutive_bad: int = 0
@@ -94,7 +96,8 @@ class RunState:
     train_log: list = field(default_factory=list)
     val_log: list = field(default_factory=list)
 
-    SAVED = ("step", "best_val", "last_val", "smooth_loss", "log_acc", "nonfinite_total", "train_seconds")
+    SAVED = ("step", "best_val", "last_val", "smooth_loss", "log_acc", "nonfinite_total", "train_seconds",
+             "evals_since_gain", "gain_best")
 
     def to_checkpoint(self):
         out = {k: getattr(self, k) for k in self.SAVED}
@@ -103,8 +106,9 @@ class RunState:
 
     @classmethod
     def from_checkpoint(cls, ckpt):
-        values = {k: ckpt[k] for k in cls.SAVED if k in ckpt}  # older checkpoints lack train_seconds
+        values = {k: ckpt[k] for k in cls.SAVED if k in ckpt}  # older checkpoints lack train_seconds, ...
         values["log_acc"] = dict(values["log_acc"])
+        values.setdefault("gain_best", values["best_val"])  # ... and patience's count, which starts from their best
         return cls(**values)
 
 
@@ -246,7 +250,7 @@ class Trainer:
                 for notice in self.notices:
                     self.log.line(notice)
                 out_of_time = self.budget_spent()  # a resumed run whose budget is spent trains no more
-                while state.step < train_cfg.max_steps and not out_of_time:
+                while state.step < train_cfg.max_steps and not out_of_time and not self.patience_spent():
                     tick = time.perf_counter()
                     x, y = self.next_batch()                           # fetch the next window of every stream
                     outcome = self.train_step(x, y)                    # forward, backward, clip, update
@@ -268,6 +272,8 @@ class Trainer:
                         self.interrupt(stop["signum"])
                 if state.last_eval_step is None:  # resumed at the end: nothing to train, still report
                     self.evaluate_and_checkpoint()
+                if self.patience_spent():
+                    self.log.line(self.early_stop_line())
         except RunFailed as e:
             self.log.close_quietly()
             raise type(e)(f"{e}; {self.last_good()}") from None
@@ -372,6 +378,19 @@ class Trainer:
         if state.consecutive_bad >= self.cfg.train.max_nonfinite:
             self.diverged(state.consecutive_bad)
 
+    def patience_spent(self):
+        """train.patience: whether that many evaluations in a row have not beaten the best by min_delta.
+        Every rank sees the same loss/val, so they agree without a collective."""
+        patience = self.cfg.train.patience
+        return bool(patience) and self.state.evals_since_gain >= patience
+
+    def early_stop_line(self):
+        train_cfg, state = self.cfg.train, self.state
+        by = f" by more than train.min_delta={train_cfg.min_delta:g}" if train_cfg.min_delta else ""
+        return (f"early stop at step {state.step}: loss/val has not beaten {state.gain_best:.4f}{by} in "
+                f"{state.evals_since_gain} evaluations (train.patience={train_cfg.patience}); best.pt holds the "
+                f"best, {state.best_val:.4f}")
+
     def budget_spent(self):
         train_cfg, state = self.cfg.train, self.state
         if not train_cfg.max_minutes:
@@ -449,6 +468,8 @@ class Trainer:
         hidden = self.gathered_state()  # a collective: every rank takes part
         improved = val < state.best_val
         state.best_val = min(state.best_val, val)
+        gained = val < state.gain_best - self.cfg.train.min_delta
+        state.gain_best, state.evals_since_gain = (val, 0) if gained else (state.gain_best, state.evals_since_gain + 1)
         self.log.validation(state.step, val, state.best_val, improved, self.model, state.train_seconds)
         if self.dist.is_main:
             self.log.hidden_heatmap(state.step, heatmap_image(self.model, self.to_device(self.heatmap_ids)))
@@ -531,7 +552,7 @@ class Trainer:
         return {"out_dir": str(self.out_dir), "step": state.step, "val_loss": state.last_val,
                 "val_dynamic": state.val_dynamic, "best_val": state.best_val, "train_log": state.train_log,
                 "val_log": state.val_log, "nonfinite_steps": state.nonfinite_total,
-                "train_seconds": state.train_seconds}
+                "train_seconds": state.train_seconds, "stopped_early": self.patience_spent()}
 
 
 def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=None,
