@@ -326,7 +326,7 @@ def _cases(w):
         ("8 val_fraction", T + ok + ["data.val_fraction=1.5"], "data.val_fraction: must be in (0, 1)"),
         ("9 optimizer", T + ok + ["train.optimizer=lion"], "train.optimizer: must be one of"),
         ("9 schedule", T + ok + ["train.lr_schedule=warm"], "train.lr_schedule: must be one of"),
-        ("9 device", T + ok + ["device=gpu0"], "device: must be auto, cpu, cuda or cuda:N"),
+        ("9 device", T + ok + ["device=gpu0"], "device: must be auto, cpu, cuda, cuda:N or mps"),
         ("11 data missing", T + ok + [f"data.path={f / 'nope.txt'}"], "data file not found"),
         ("12 data is a folder of no file", T + ok + [f"data.path={f / 'empty_run'}"], "no file in the folder"),
         ("13 empty corpus", T + ok + [f"data.path={f / 'empty.txt'}"], "is empty"),

@@ -104,7 +104,7 @@ def load_model(path, device_name="cpu", step=None):
     """(model in eval mode, vocab, checkpoint dict) from a checkpoint file or run directory (step:
     its ckpt-<step>.pt)."""
     ckpt = load(resolve(path, step=step))
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, mps=False)  # sampling and scoring compute in float64
     try:
         # In the checkpoint's dtype before loading: a float64 model loaded into float32 would be rounded.
         model = CharRNN(**ckpt["model_args"]).to(next(iter(ckpt["model"].values())).dtype)

@@ -23,6 +23,7 @@ SCHEDULES = ("constant", "cosine", "step")
 AMP = ("none", "bf16")
 CUDA_GRAPHS = ("off", "on", "auto")  # on: refuse a run that cannot be captured; auto: fall back to eager steps
 DTYPES = ("float32", "float64")  # names of torch dtypes
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"  # is_device_name's rule, as the messages say it
 VOCABS = ("chars", "bytes")  # data.vocab: the text's sorted characters, or its 256 byte values
 INT_MAX = 2**63 - 1  # torch reads integers as int64: a larger one fails deep inside a call
 SEED_BITS = 62  # every seed, config key or flag, is in [0, 2**62]: room for the per-rank and per-step seeds derived from it
@@ -103,7 +104,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto (CUDA, then MPS, then the CPU) | cpu | cuda | cuda:N | mps (Apple-silicon GPUs)
     out_dir: str = "runs/shakespeare"
 
 
@@ -204,7 +205,7 @@ def validate(cfg):
                          ("model.impl", IMPLS), ("model.cell", CELLS), ("train.amp", AMP), ("train.cuda_graphs", CUDA_GRAPHS),
                          ("train.dtype", DTYPES), ("data.vocab", VOCABS)):
         need(get_key(cfg, key) in choices, key, f"must be one of {', '.join(choices)}")
-    need(is_device_name(cfg.device), "device", "must be auto, cpu, cuda or cuda:N")
+    need(is_device_name(cfg.device), "device", f"must be {DEVICE_NAMES}")
     check_path("out_dir", cfg.out_dir)
     if isinstance(cfg.data.path, str):
         check_path("data.path", cfg.data.path)
@@ -220,8 +221,8 @@ def check_path(name, value):
 
 
 def is_device_name(name):
-    """The one rule for a device name (config key and --device flags alike): auto, cpu, cuda, cuda:N."""
-    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+    """The one rule for a device name (config key and --device flags alike): DEVICE_NAMES."""
+    return name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:") and name[5:].isdigit())
 
 
 def check_resume(stored, cfg):

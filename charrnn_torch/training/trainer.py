@@ -8,6 +8,7 @@ in ``distributed.py``. The CLI (``cli.py``) parses arguments and calls ``train``
 reads sys.argv or the environment.
 """
 import contextlib
+import copy
 import dataclasses
 import math
 import signal
@@ -27,6 +28,7 @@ from .logger import NullLogger, RunLogger
 from ..model.cells import build_model, cross_entropy, evaluating, map_state
 from .rundir import prepare_out_dir
 from .runtime import check_fits_in_memory, configure_backends, learning_rate, make_optimizer, resolve_device, rng_state, seed_everything, set_rng_state, stop_on_signals
+from .runtime import check_device, device_notices, has_float64, sum_dtype
 from ..sampling.sample import default_prime, generate
 from ..insight.visualize import char_label, heatmap_image
 
@@ -168,8 +170,10 @@ class Trainer:
                                                      train_cfg.seq_len, dist_info.world_size)
             if resume is not None:
                 checkpoint.check_resume(resume, cfg, self.corpus)
+            check_device(cfg, self.device, dist_info.world_size)
             check_fits_in_memory(cfg, len(self.corpus.vocab), self.device, dist_info.world_size)
             self.graphed = self.check_graphs(cfg)
+            self.notices += device_notices(cfg, self.device)
             self.out_dir = prepare_out_dir(cfg, out["explicit"], out["force"],
                                            out["resume_dir"] if resume is not None else None, dist_info)
         except BaseException:
@@ -432,7 +436,7 @@ class Trainer:
             return
         g = torch.Generator().manual_seed(self.cfg.train.seed + self.state.step)  # training's RNG stays untouched
         vocab = self.corpus.vocab
-        text = generate(self.model, vocab, default_prime(vocab, self.corpus.char_counts),
+        text = generate(self.float64_model(), vocab, default_prime(vocab, self.corpus.char_counts),
                         self.cfg.train.sample_length, temperature=0.8, generator=g)
         self.log.sample(text, self.state.step)
 
@@ -441,12 +445,12 @@ class Trainer:
         """Mean validation loss per character: one stateful pass over the split, summed over ranks."""
         windows = batchers_mod.eval_windows(self.corpus.val_ids, self.n_eval, self.cfg.train.seq_len, self.dist.rank,
                                         self.dist.world_size, self.corpus.lut)
-        total, count, hv = torch.zeros((), dtype=torch.float64, device=self.device), 0, None
+        total, count, hv = torch.zeros((), dtype=sum_dtype(self.device), device=self.device), 0, None
         with evaluating(self.model):
             for xv, yv in windows:
                 with self.amp:
                     logits, hv = self.model(self.to_device(xv), hv)
-                total += cross_entropy(logits, self.to_device(yv), reduction="sum").double()
+                total += cross_entropy(logits, self.to_device(yv), reduction="sum").to(total.dtype)
                 count += yv.numel()
         total, count = distributed.sum_total_and_count(total, count, self.dist)
         return (total / count).item()
@@ -454,8 +458,9 @@ class Trainer:
     def evaluate_dynamic(self):
         """train.dynamic_eval: the validation split scored by dynamic evaluation, as its own figure."""
         settings, corpus = dynamic.Settings(), self.corpus
-        stats = dynamic.gradient_stats(self.model, corpus.train_ids, settings, corpus.lut)
-        total, count = dynamic.dynamic_score(self.model, corpus.val_ids, stats, settings, corpus.lut)
+        model = self.float64_model()
+        stats = dynamic.gradient_stats(model, corpus.train_ids, settings, corpus.lut)
+        total, count = dynamic.dynamic_score(model, corpus.val_ids, stats, settings, corpus.lut)
         self.state.val_dynamic = total / count
         self.log.dynamic(self.state.step, self.state.val_dynamic, self.state.last_val)
 
@@ -472,13 +477,19 @@ class Trainer:
         state.gain_best, state.evals_since_gain = (val, 0) if gained else (state.gain_best, state.evals_since_gain + 1)
         self.log.validation(state.step, val, state.best_val, improved, self.model, state.train_seconds)
         if self.dist.is_main:
-            self.log.hidden_heatmap(state.step, heatmap_image(self.model, self.to_device(self.heatmap_ids)))
+            model = self.float64_model()
+            self.log.hidden_heatmap(state.step, heatmap_image(model, self.heatmap_ids.to(model.W_hy.device)))
         self.save_checkpoint("ckpt.pt", hidden)
         self.keep_step_checkpoint()
         if improved:
             self.save_checkpoint("best.pt", hidden)  # only ever replaced by a better model
         self.log.flush()
         self.log.validation_line(state.step, val, state.best_val, improved)
+
+    def float64_model(self):
+        """The model for what computes in float64 (sampling, the heat map, dynamic evaluation): itself,
+        or a CPU copy of it on a device without float64 (MPS)."""
+        return self.model if has_float64(self.device) else copy.deepcopy(self.model).cpu()
 
     def log_char_embedding(self):
         """For TensorBoard's projector: each character's column of layer 0's W_xh (all G gates)."""
