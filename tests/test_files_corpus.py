@@ -214,3 +214,15 @@ def test_a_glob_that_yaml_cannot_read_is_taken_as_text():
     assert build_config({}, ["data.path=[a.txt, b/]"]).data.path == ["a.txt", "b/"]
     with pytest.raises(UserError, match="malformed override"):
         build_config({}, ["train.seed=*x"])
+
+
+def test_the_joined_text_is_as_private_as_its_most_private_file(docs):
+    text_path, _, _ = ensure("docs")
+    assert text_path.stat().st_mode & 0o777 == 0o644  # files others may read: a text others may read
+    os.chmod(docs / "sub" / "c.md", 0o640)
+    text_path, _, _ = ensure("docs")
+    assert text_path.stat().st_mode & 0o777 == 0o640
+    assert Path(str(text_path) + ".chars.ids").exists() is False  # encoded only by a run
+    corpus = load_corpus(build_config({}, ["data.path=docs"]).data, progress=False, log=lambda *a: None)
+    assert corpus.source_info["files"] == 4
+    assert Path(str(text_path) + ".chars.ids").stat().st_mode & 0o777 == 0o640

@@ -15,8 +15,9 @@ The rules, in one place:
 
 The text is written once, atomically, to the user's cache folder (``cache.user_cache_dir``), under
 a name keyed by the entries, the separator and the vocabulary mode, with a JSON record beside it
-that holds the listing: every file's path, size and modification time, hashed. When any of them
-changes the text is rebuilt, and then its encoded cache (cache.py), which is keyed by the text.
+that holds the listing: every file's path, size, modification time and read permissions, hashed.
+When any of them changes the text is rebuilt, and then its encoded cache (cache.py), which is keyed
+by the text. Whoever may read every file used may read the text (cache.py's rule for its caches).
 
 What a run records (its log line, config.yaml, its checkpoint's ``data_source``): the number of
 files, the bytes of the text, what was skipped, and ``list_sha256``, the sha256 of the lines
@@ -104,13 +105,14 @@ def label_of(path, root=None):
 
 
 def listing_hash(paths, root=None):
-    """The cache's key for the files as they are now: each one's path, size and modification time
-    (or its kind, or that it cannot be reached)."""
+    """The cache's key for the files as they are now: each one's path, size, modification time and
+    read permissions (the text's own follow them), or its kind, or that it cannot be reached."""
     digest = hashlib.sha256(f"{RULES}\n".encode())
     for p in paths:
         try:
             st = os.stat(p)
-            what = f"{st.st_size}\t{st.st_mtime_ns}" if stat.S_ISREG(st.st_mode) else f"mode {st.st_mode:o}"
+            what = (f"{st.st_size}\t{st.st_mtime_ns}\t{st.st_mode & 0o444:o}" if stat.S_ISREG(st.st_mode)
+                    else f"mode {st.st_mode:o}")
         except OSError as e:
             what = f"error {e.errno}"
         digest.update(f"{label_of(p, root)}\t{what}\n".encode())
@@ -118,8 +120,8 @@ def listing_hash(paths, root=None):
 
 
 def _read(path, chars):
-    """(the file's bytes, None), or (None, why it is skipped). Never opens what is not a regular
-    file: a pipe would wait for a writer, a device might never end."""
+    """(the file's bytes, its mode), or (None, why it is skipped). Never opens what is not a
+    regular file: a pipe would wait for a writer, a device might never end."""
     try:
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):
@@ -134,30 +136,32 @@ def _read(path, chars):
             raw.decode("utf-8")
         except UnicodeDecodeError:
             return None, NOT_UTF8
-    return raw, None
+    return raw, mode
 
 
 def concatenate(paths, out, mode, separator, max_bytes=None, root=None):
     """Write each usable file of paths and the separator to out (a binary file), up to max_bytes
     bytes if given (cut on a whole character in chars mode; files after the cut are not read).
-    Returns (bytes written, [(label, size)] of the files used, Counter of why others were skipped)."""
-    sep, size, used, skipped = separator.encode("utf-8"), 0, [], Counter()
+    Returns (bytes written, [(label, size)] of the files used, Counter of why others were skipped,
+    the read permissions every file used grants: those of the text)."""
+    sep, size, used, skipped, readable = separator.encode("utf-8"), 0, [], Counter(), 0o444
     for path in paths:
-        raw, why = _read(path, mode == "chars")
-        if why:
-            skipped[why] += 1
+        raw, why_or_mode = _read(path, mode == "chars")
+        if raw is None:
+            skipped[why_or_mode] += 1
             continue
         used.append((label_of(path, root), len(raw)))
+        readable &= why_or_mode
         piece = raw + sep
         if max_bytes is not None and size + len(piece) >= max_bytes:
             piece = piece[:max_bytes - size]
             if mode == "chars":  # a cut inside a character leaves its first bytes: "ignore" drops just those
                 piece = piece.decode("utf-8", errors="ignore").encode("utf-8")
             out.write(piece)
-            return size + len(piece), used, skipped
+            return size + len(piece), used, skipped, readable
         out.write(piece)
         size += len(piece)
-    return size, used, skipped
+    return size, used, skipped, readable
 
 
 def list_sha256(used):
@@ -182,13 +186,14 @@ def build_text(paths, names, listing, base, mode, separator, what, max_bytes=Non
     with files.could_not_write(text_path):
         text_path.parent.mkdir(parents=True, exist_ok=True)
         files.remove_abandoned(text_path)
-        with files.temp_file(text_path, mode=0o644) as (f, tmp):
-            size, used, skipped = concatenate(paths, f, mode, separator, max_bytes, root)
+        with files.temp_file(text_path) as (f, tmp):  # private until its mode is known
+            size, used, skipped, readable = concatenate(paths, f, mode, separator, max_bytes, root)
             check_usable(what, len(paths), used, skipped, mode)
+        os.chmod(tmp, readable | 0o200)  # whoever may read every file may read their text (cache.readable_like)
         files.install(tmp, text_path)
         record = {**base, "separator": separator, "files": len(used), "skipped": sum(skipped.values()),
                   "skipped_by": dict(sorted(skipped.items())), "bytes": size, "list_sha256": list_sha256(used)}
-        files.write_atomic(record_path, json.dumps({**record, "listing": listing}).encode(), mode=0o644)
+        files.write_atomic(record_path, json.dumps({**record, "listing": listing}).encode(), mode=readable | 0o200)
     return record
 
 
