@@ -33,7 +33,7 @@ from .errors import RunFailed, UserError, one_line
 from .files import could_not_write, write_atomic
 from .tools.plots import plot_runs
 from .training.memory import retain_freed_memory
-from .training.runtime import resolve_device
+from .training.runtime import NEEDS_FLOAT64, resolve_device
 from .tools.sweep import format_rows, run_sweep
 from .training.trainer import Interrupted, train
 
@@ -119,10 +119,13 @@ def names_arg(flag, what, allowed):
     return parse
 
 
-def device_arg(flag):
+def device_arg(flag, no_mps=None):
+    """A device name (config.is_device_name); no_mps: why this command cannot run on mps."""
     def parse(text):
         if not config_mod.is_device_name(text):
-            raise UserError(f"{flag} must be auto, cpu, cuda or cuda:N, got {text!r}")
+            raise UserError(f"{flag} must be {config_mod.DEVICE_NAMES}, got {text!r}")
+        if text == "mps" and no_mps:
+            raise UserError(f"{flag} mps: {no_mps}")
         return text
     return parse
 
@@ -173,8 +176,8 @@ def _checkpoint_args(p, device_default="cpu"):
     p.add_argument("--checkpoint", required=True, type=path_arg("--checkpoint"), help="a .pt file, or a run directory (best.pt, else ckpt.pt)")
     p.add_argument("--step", type=int_arg("--step", 0, STEP_MAX), default=None,
                    help="with a run directory: its ckpt-<step>.pt (kept by train.keep_checkpoints)")
-    p.add_argument("--device", type=device_arg("--device"), default=device_default,
-                   help=f"auto | cpu | cuda | cuda:N (default {device_default})")
+    p.add_argument("--device", type=device_arg("--device", NEEDS_FLOAT64), default=device_default,
+                   help=f"auto (CUDA, else the CPU) | cpu | cuda | cuda:N (default {device_default})")
 
 
 # ---------------------------------------------------------------- train
@@ -388,7 +391,8 @@ def sweep_command(args, prog):
 
 def bench_parser(prog):
     p = _Parser(prog=prog, description="Training throughput of every implementation, side by side in one run.")
-    p.add_argument("--device", type=device_arg("--device"), default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--device", type=device_arg("--device", "the bench measures CPUs and CUDA devices"), default="cpu",
+                   help="cpu | cuda | cuda:N")
     p.add_argument("--shapes", type=names_arg("--shapes", "shape", bench.SHAPES), default=None,
                    help=f"comma-separated, from {', '.join(bench.SHAPES)}")
     p.add_argument("--precisions", type=names_arg("--precisions", "precision", bench.PRECISIONS), default=None,
@@ -460,7 +464,7 @@ def bench_command(args, prog):
         return bench_serve(args)
     if not args.corpus_mb:
         values = {} if args.config is None else config_mod.read_yaml(config_mod.find_config(args.config))
-        return bench.main(args, resolve_device(args.device), config_mod.build_config(values).train)
+        return bench.main(args, resolve_device(args.device, mps=False), config_mod.build_config(values).train)
     seed = corpus.ensure_corpus(corpus.DEFAULT_PATH)
     with tempfile.TemporaryDirectory(prefix="charrnn-corpus-bench-") as tmp:
         data_bench.main(args.corpus_mb, args.work or tmp, seed, ddp=not args.no_ddp, json_path=args.json)

@@ -53,7 +53,11 @@ def _cases(w):
         (S + ["--num-samples", "0"], "--num-samples must be >= 1"),
         (S + ["--beam-width", "-1"], "--beam-width must be >= 0"),
         (S + ["--top-k", str(2**40)], "--top-k must be <="),
-        (S + ["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+        (S + ["--device", "tpu"], "--device must be auto, cpu, cuda, cuda:N or mps"),
+        (S + ["--device", "mps"], "--device mps: sampling, scoring, the look-inside page and export compute in float64"),
+        (["visualize", "--checkpoint", run, "--device", "mps"], "--device mps: sampling, scoring"),
+        (["export", "--checkpoint", run, "--format", "html", "--out", w / "p.html", "--device", "mps"],
+         "--device mps: sampling, scoring"),
         (S + ["--out", d], "--out " + str(d) + " is a directory"),
         (S + ["--out", w / "missing" / "o.txt"], "does not exist"),
         (S + ["--score", d], "is a directory"),
@@ -79,7 +83,8 @@ def _cases(w):
         (["bench", "--threads", "-1"], "--threads must be >= 0"),
         (["bench", "--small-threads", "0"], "--small-threads must be >= 1"),
         (["bench", "--json", d], "--json " + str(d) + " is a directory"),
-        (["bench", "--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N"),
+        (["bench", "--device", "gpu"], "--device must be auto, cpu, cuda, cuda:N or mps"),
+        (["bench", "--device", "mps"], "--device mps: the bench measures CPUs and CUDA devices"),
         (["bench", "--precisions", "fp64"], "unknown precision 'fp64'"),
         (["bench", "--shapes", "tiny,cpu"], "unknown shape 'tiny'"),
         (["bench", "--malloc", "jemalloc"], "invalid choice"),
@@ -161,7 +166,7 @@ def test_flags_and_overrides_in_any_order(world, capsys):
 
 def test_memory_is_refused_before_allocating(world, monkeypatch):
     # The refusal comes from the estimate, never from the allocator: nothing was built.
-    import charrnn_torch.trainer as trainer_mod
+    import charrnn_torch.training.trainer as trainer_mod
     monkeypatch.setattr(trainer_mod, "build_model", lambda *a, **k: pytest.fail("the model was built"))
     cfg = build_config({}, tiny_overrides(world / "corpus.txt", world / "huge", **{"model.hidden_size": 10**6}))
     with pytest.raises(Exception, match=r"needs about 1\d\d\d\d\.\d GiB"):

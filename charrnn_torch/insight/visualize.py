@@ -12,7 +12,7 @@ import re
 import numpy as np
 import torch
 
-from ..data.code_corpus import describe
+from ..data.corpus import describe_source
 from ..data.vocab import drop_unknown
 from ..errors import UserError
 from ..sampling.sample import char_losses
@@ -191,7 +191,7 @@ def page_data(model, vocab, ckpt, ckpt_path, text, source):
     header = {"checkpoint": str(ckpt_path), "step": ckpt.get("step"), "val_loss": ckpt.get("last_val"),
               "cell": model.cell, "num_layers": model.num_layers, "hidden_size": model.hidden_size,
               "parameters": sum(p.numel() for p in model.parameters()), "source": source,
-              "corpus": describe(ckpt["data_source"]) if ckpt.get("data_source") else None,
+              "corpus": describe_source(ckpt["data_source"]) if ckpt.get("data_source") else None,
               "chars": len(text), "mean_bits": float(np.mean(found["surprise"]["bits"]))}
     data = dict(found, header=header, text=text, vocab=list(vocab.chars), groups=groups,
                 units=[[s, l, u] for s, l in groups for u in range(model.hidden_size)])

@@ -29,7 +29,7 @@ def run_dict(model, corpus, config, progress, world_size):
         "vocab_mode": corpus.vocab.mode,
         "char_counts": corpus.char_counts,  # for sampling's default prime when there is no newline
         "config": config,
-        "data_source": corpus.source_info,  # what python-stdlib was built from; None for a file
+        "data_source": corpus.source_info,  # what a set of files was joined from; None for one file
         "world_size": world_size,
         **progress,
     }
@@ -105,7 +105,7 @@ def load_model(path, device_name="cpu", step=None):
     """(model in eval mode, vocab, checkpoint dict) from a checkpoint file or run directory (step:
     its ckpt-<step>.pt)."""
     ckpt = load(resolve(path, step=step))
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, mps=False)  # sampling and scoring compute in float64
     try:
         # In the checkpoint's dtype before loading: a float64 model loaded into float32 would be rounded.
         model = CharRNN(**ckpt["model_args"]).to(next(iter(ckpt["model"].values())).dtype)

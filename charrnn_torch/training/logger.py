@@ -118,6 +118,8 @@ class RunLogger:
         """flat: the config's values by dotted key, against the run's final validation loss."""
         from torch.utils.tensorboard.summary import hparams
 
+        # HPARAMS takes numbers, strings and booleans: a list (data.path's files) as one string.
+        flat = {k: ", ".join(v) if isinstance(v, list) else v for k, v in flat.items()}
         # Into this run's own event file, so the HPARAMS tab links the config to this run's
         # loss/val and bpc/val. The public add_hparams would write a separate run in a
         # subdirectory (or, given run_name=".", add a second loss/val point at step 0 to this

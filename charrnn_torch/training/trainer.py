@@ -10,6 +10,7 @@ its section. The CLI (``cli.py``) and the Python API call ``train``; nothing her
 or the environment.
 """
 import contextlib
+import copy
 import dataclasses
 import math
 import signal
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data import batchers, code_corpus
+from ..data import batchers
+from ..data.corpus import describe_source
 from ..data.vocab import as_ids
 from ..errors import RunFailed, UserError
 from ..files import could_not_write, link_atomic, write_atomic
@@ -32,7 +34,8 @@ from .logger import NullLogger, RunLogger
 from .memory import check_fits_in_memory
 from .optim import learning_rate, lr_factor, make_optimizer
 from .rundir import prepare_out_dir
-from .runtime import configure_backends, resolve_device, rng_state, seed_everything, set_rng_state, stop_on_signals
+from .runtime import (check_device, configure_backends, device_notices, has_float64, resolve_device, rng_state,
+                      seed_everything, set_rng_state, stop_on_signals, sum_dtype)
 from .step import Step, smoothed
 
 SAMPLE_TEMPERATURE = 0.8  # the samples TensorBoard shows, as charrnn sample draws them by default
@@ -72,6 +75,8 @@ class RunState:
     log_acc: dict = field(default_factory=lambda: {"loss": 0.0, "norm": 0.0, "n": 0})  # since the last log
     nonfinite_total: int = 0
     train_seconds: float = 0.0  # training time so far, across resumes (evaluation and sampling excluded)
+    evals_since_gain: int = 0  # train.patience's count: evaluations since loss/val last beat gain_best by min_delta
+    gain_best: float = math.inf  # the loss/val of that evaluation
     hidden: torch.Tensor = None  # this rank's carried state (L, B/N, H), or (h, c) of them, on the device
     # Not saved: they describe this process's part of the run.
     consecutive_bad: int = 0
@@ -80,7 +85,8 @@ class RunState:
     train_log: list = field(default_factory=list)
     val_log: list = field(default_factory=list)
 
-    SAVED = ("step", "best_val", "last_val", "smooth_loss", "log_acc", "nonfinite_total", "train_seconds")
+    SAVED = ("step", "best_val", "last_val", "smooth_loss", "log_acc", "nonfinite_total", "train_seconds",
+             "evals_since_gain", "gain_best")
 
     def to_checkpoint(self):
         out = {k: getattr(self, k) for k in self.SAVED}
@@ -89,8 +95,9 @@ class RunState:
 
     @classmethod
     def from_checkpoint(cls, ckpt):
-        values = {k: ckpt[k] for k in cls.SAVED if k in ckpt}  # older checkpoints lack train_seconds
+        values = {k: ckpt[k] for k in cls.SAVED if k in ckpt}  # older checkpoints lack train_seconds, ...
         values["log_acc"] = dict(values["log_acc"])
+        values.setdefault("gain_best", values["best_val"])  # ... and patience's count, which starts from their best
         return cls(**values)
 
 
@@ -131,8 +138,10 @@ class Trainer:
             self.batcher, self.n_eval = self.open_batches(cfg.train)
             if resume is not None:
                 runs.check_resume(resume, config_mod.to_dict(cfg), self.corpus)
+            check_device(cfg.train, self.device, dist_info.world_size)
             check_fits_in_memory(cfg.model, cfg.train, len(self.corpus.vocab), self.device, dist_info.world_size)
             self.graphed, self.notices = self.graph_mode(cfg.train)
+            self.notices += device_notices(cfg.train, self.device)
             self.out_dir = prepare_out_dir(cfg.out_dir, out_dir_explicit, force,
                                            resume_dir if resume is not None else None, dist_info)
         # The config (and every checkpoint) records where the run really lives, numbered sibling or not.
@@ -164,10 +173,10 @@ class Trainer:
         return mode != "off" and why is None, [f"train.cuda_graphs=auto: eager training steps, since {why}"] if why else []
 
     def config_text(self):
-        """config.yaml: the resolved config, and in a comment what a built-in corpus was built from."""
+        """config.yaml: the resolved config, and in a comment what a corpus of many files was joined from."""
         text = config_mod.dump_yaml(self.cfg)
         info = self.corpus.source_info
-        return text + (f"# data.path: {code_corpus.describe(info)}\n" if info else "")
+        return text + (f"# data.path: {describe_source(info)}\n" if info else "")
 
     def build(self, init):
         """The model (from init's weights when fine-tuning), its optimizer and schedule, a fresh RunState."""
@@ -229,7 +238,7 @@ class Trainer:
                 for notice in self.notices:
                     self.log.line(notice)
                 out_of_time = self.budget_spent()  # a resumed run whose budget is spent trains no more
-                while state.step < train_cfg.max_steps and not out_of_time:
+                while state.step < train_cfg.max_steps and not out_of_time and not self.patience_spent():
                     tick = time.perf_counter()
                     x, y = self.next_batch()                           # fetch the next window of every stream
                     outcome = self.train_step(x, y)                    # forward, backward, clip, update
@@ -251,6 +260,8 @@ class Trainer:
                         self.interrupt(stop["signum"])
                 if state.last_eval_step is None:  # resumed at the end: nothing to train, still report
                     self.evaluate_and_checkpoint()
+                if self.patience_spent():
+                    self.log.line(self.early_stop_line())
         except RunFailed as e:
             self.log.close_quietly()
             raise type(e)(f"{e}; {self.last_good()}") from None
@@ -333,6 +344,19 @@ class Trainer:
         if state.consecutive_bad >= self.cfg.train.max_nonfinite:
             self.diverged(state.consecutive_bad)
 
+    def patience_spent(self):
+        """train.patience: whether that many evaluations in a row have not beaten the best by min_delta.
+        Every rank sees the same loss/val, so they agree without a collective."""
+        patience = self.cfg.train.patience
+        return bool(patience) and self.state.evals_since_gain >= patience
+
+    def early_stop_line(self):
+        train_cfg, state = self.cfg.train, self.state
+        by = f" by more than train.min_delta={train_cfg.min_delta:g}" if train_cfg.min_delta else ""
+        return (f"early stop at step {state.step}: loss/val has not beaten {state.gain_best:.4f}{by} in "
+                f"{state.evals_since_gain} evaluations (train.patience={train_cfg.patience}); best.pt holds the "
+                f"best, {state.best_val:.4f}")
+
     def budget_spent(self):
         train_cfg, state = self.cfg.train, self.state
         if not train_cfg.max_minutes:
@@ -374,7 +398,7 @@ class Trainer:
             return
         seeded = Sampling(seed=self.cfg.train.seed + self.state.step)  # training's RNG stays untouched
         vocab = self.corpus.vocab
-        text = generate(self.model, vocab, default_prime(vocab, self.corpus.char_counts),
+        text = generate(self.float64_model(), vocab, default_prime(vocab, self.corpus.char_counts),
                         self.cfg.train.sample_length, seeded)
         self.log.sample(text, self.state.step)
 
@@ -383,12 +407,12 @@ class Trainer:
         """Mean validation loss per character: one stateful pass over the split, summed over ranks."""
         windows = batchers.eval_windows(self.corpus.val_ids, self.n_eval, self.cfg.train.seq_len, self.dist.rank,
                                         self.dist.world_size, self.corpus.lut)
-        total, count, hv = torch.zeros((), dtype=torch.float64, device=self.device), 0, None
+        total, count, hv = torch.zeros((), dtype=sum_dtype(self.device), device=self.device), 0, None
         with evaluating(self.model):
             for xv, yv in windows:
                 with self.amp:
                     logits, hv = self.model(self.to_device(xv), hv)
-                total += cross_entropy(logits, self.to_device(yv), reduction="sum").double()
+                total += cross_entropy(logits, self.to_device(yv), reduction="sum").to(total.dtype)
                 count += yv.numel()
         total, count = distributed.sum_total_and_count(total, count, self.dist)
         return (total / count).item()
@@ -396,8 +420,9 @@ class Trainer:
     def evaluate_dynamic(self):
         """train.dynamic_eval: the validation split scored by dynamic evaluation, as its own figure."""
         settings, corpus = dynamic.Settings(), self.corpus
-        stats = dynamic.gradient_stats(self.model, corpus.train_ids, settings, corpus.lut)
-        total, count = dynamic.dynamic_score(self.model, corpus.val_ids, stats, settings, corpus.lut)
+        model = self.float64_model()
+        stats = dynamic.gradient_stats(model, corpus.train_ids, settings, corpus.lut)
+        total, count = dynamic.dynamic_score(model, corpus.val_ids, stats, settings, corpus.lut)
         self.state.val_dynamic = total / count
         self.log.dynamic(self.state.step, self.state.val_dynamic, self.state.last_val)
 
@@ -410,15 +435,23 @@ class Trainer:
         hidden = self.gathered_state()  # a collective: every rank takes part
         improved = val < state.best_val
         state.best_val = min(state.best_val, val)
+        gained = val < state.gain_best - self.cfg.train.min_delta
+        state.gain_best, state.evals_since_gain = (val, 0) if gained else (state.gain_best, state.evals_since_gain + 1)
         self.log.validation(state.step, val, state.best_val, improved, self.model, state.train_seconds)
         if self.dist.is_main:
-            self.log.hidden_heatmap(state.step, heatmap_image(self.model, self.to_device(self.heatmap_ids)))
+            model = self.float64_model()
+            self.log.hidden_heatmap(state.step, heatmap_image(model, self.heatmap_ids.to(model.W_hy.device)))
         self.save_checkpoint("ckpt.pt", hidden)
         self.keep_step_checkpoint()
         if improved:
             self.save_checkpoint("best.pt", hidden)  # only ever replaced by a better model
         self.log.flush()
         self.log.validation_line(state.step, val, state.best_val, improved)
+
+    def float64_model(self):
+        """The model for what computes in float64 (sampling, the heat map, dynamic evaluation): itself,
+        or a CPU copy of it on a device without float64 (MPS)."""
+        return self.model if has_float64(self.device) else copy.deepcopy(self.model).cpu()
 
     def log_char_embedding(self):
         """For TensorBoard's projector: each character's column of layer 0's W_xh (all G gates)."""
@@ -479,7 +512,7 @@ class Trainer:
         return {"out_dir": str(self.out_dir), "step": state.step, "val_loss": state.last_val,
                 "val_dynamic": state.val_dynamic, "best_val": state.best_val, "train_log": state.train_log,
                 "val_log": state.val_log, "nonfinite_steps": state.nonfinite_total,
-                "train_seconds": state.train_seconds}
+                "train_seconds": state.train_seconds, "stopped_early": self.patience_spent()}
 
 
 def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=None,
