@@ -12,7 +12,6 @@ config keys, by the config schema; a mistake is a ``UserError``, printed as one 
 traceback.
 """
 import argparse
-import gc
 import json
 import math
 import os
@@ -24,21 +23,20 @@ import torch
 from tqdm import tqdm
 
 from .tools import bench, data_bench
-from .training import checkpoint, config as config_mod
+from .training import checkpoint, config as config_mod, distributed, runs
 from . import files
-from .data import corpus, vocab as vocab_mod
+from .data import corpus
 from .sampling import dynamic, sample
 from .insight import export, visualize, viz_page
 from .training.config import SEED_MAX
-from .training.distributed import DistInfo, barrier
 from .errors import RunFailed, UserError, one_line
 from .files import could_not_write, write_atomic
 from .tools.plots import plot_runs
-from .training.runtime import resolve_device, retain_freed_memory
+from .training.memory import retain_freed_memory
+from .training.runtime import NEEDS_FLOAT64, resolve_device
 from .tools.sweep import format_rows, run_sweep
 from .training.trainer import Interrupted, train
 
-PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STEP_MAX = 2**62  # a checkpoint's step number
 
 
@@ -121,10 +119,13 @@ def names_arg(flag, what, allowed):
     return parse
 
 
-def device_arg(flag):
+def device_arg(flag, no_mps=None):
+    """A device name (config.is_device_name); no_mps: why this command cannot run on mps."""
     def parse(text):
         if not config_mod.is_device_name(text):
-            raise UserError(f"{flag} must be auto, cpu, cuda or cuda:N, got {text!r}")
+            raise UserError(f"{flag} must be {config_mod.DEVICE_NAMES}, got {text!r}")
+        if text == "mps" and no_mps:
+            raise UserError(f"{flag} mps: {no_mps}")
         return text
     return parse
 
@@ -175,18 +176,8 @@ def _checkpoint_args(p, device_default="cpu"):
     p.add_argument("--checkpoint", required=True, type=path_arg("--checkpoint"), help="a .pt file, or a run directory (best.pt, else ckpt.pt)")
     p.add_argument("--step", type=int_arg("--step", 0, STEP_MAX), default=None,
                    help="with a run directory: its ckpt-<step>.pt (kept by train.keep_checkpoints)")
-    p.add_argument("--device", type=device_arg("--device"), default=device_default,
-                   help=f"auto | cpu | cuda | cuda:N (default {device_default})")
-
-
-def find_config(name):
-    """A config by path, or by bare name in ./configs, then in the package's configs/."""
-    p = config_mod.resolve_config_path(name, "configs")
-    if not p.exists() and PACKAGE_CONFIGS.is_dir():
-        alt = config_mod.resolve_config_path(name, PACKAGE_CONFIGS)
-        if alt.exists():
-            return alt
-    return p
+    p.add_argument("--device", type=device_arg("--device", NEEDS_FLOAT64), default=device_default,
+                   help=f"auto (CUDA, else the CPU) | cpu | cuda | cuda:N (default {device_default})")
 
 
 # ---------------------------------------------------------------- train
@@ -219,7 +210,7 @@ def train_config(args):
         resume = checkpoint.load(path)
         return config_mod.build_config(resume["config"], args.overrides), resume, path.parent
     name = "shakespeare.yaml" if args.config is None else args.config
-    cfg = config_mod.build_config(config_mod.read_yaml(find_config(name)), args.overrides)
+    cfg = config_mod.build_config(config_mod.read_yaml(config_mod.find_config(name)), args.overrides)
     if args.init_from is not None:
         cfg.train.init_from = args.init_from
     return cfg, None, None
@@ -231,54 +222,28 @@ def train_command(args, prog):
         sys.stdout.write(config_mod.dump_yaml(cfg))
         return 0
     retain_freed_memory()
-    dist_info = _dist_from_env(os.environ)
+    dist_info = distributed.from_env(os.environ)
     if dist_info.world_size > 1:
-        _init_distributed(cfg, dist_info)
+        distributed.start(cfg.device, dist_info)
     try:
         summary = train(cfg, out_dir_explicit="out_dir" in config_mod.override_keys(args.overrides),
                         force=args.force, resume=resume, resume_dir=resume_dir, dist_info=dist_info,
                         progress=not args.no_progress, log=_console_log if dist_info.is_main else _silent)
         # Rank 0 finishes last (hparams, final flush) and hosts the rendezvous store: a rank
         # that tears its process group down first can abort on the store's lost connection.
-        barrier(dist_info)
+        distributed.barrier(dist_info)
     except Interrupted as e:
         if dist_info.is_main:
             print(f"interrupted at step {e.step}: checkpoint saved to {Path(e.out_dir) / 'ckpt.pt'}\n"
                   f"resume with: {prog} --resume {e.out_dir}", file=sys.stderr)
         return e.exit_code
     finally:
-        finish_distributed(dist_info)
+        distributed.finish(dist_info)
     if dist_info.is_main:
         print(f"done: {summary['step']} steps, val loss {summary['val_loss']:.4f} "
               f"(bpc {summary['val_loss'] / math.log(2):.4f}), best {summary['best_val']:.4f}; "
               f"run in {summary['out_dir']}")
     return 0
-
-
-def _dist_from_env(env):
-    return DistInfo(rank=int(env.get("RANK", 0)), world_size=int(env.get("WORLD_SIZE", 1)),
-                    local_rank=int(env.get("LOCAL_RANK", 0)))
-
-
-def _init_distributed(cfg, dist_info):
-    # DDP imports torch._dynamo on its first use. Imported once a process group exists, it keeps
-    # references to the group that destroy_process_group() cannot drop (see finish_distributed).
-    import torch._dynamo  # noqa: F401
-    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    torch.distributed.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://",
-                                         rank=dist_info.rank, world_size=dist_info.world_size)
-
-
-def finish_distributed(dist_info):
-    """Free the process group before Python exits, its threads joined. A group still alive at exit
-    keeps gloo's worker threads running; one that then releases the last collective's tensors
-    needs the GIL while the interpreter is finalizing, and the process aborts ("terminate called
-    without an active exception", pytorch/pytorch#190489). So nothing may still hold the group:
-    not the run's DDP wrapper (dropped by the trainer, and in reference cycles until collected),
-    not torch._dynamo (imported before the group, in _init_distributed)."""
-    if dist_info.world_size > 1 and torch.distributed.is_initialized():
-        gc.collect()
-        torch.distributed.destroy_process_group()
 
 
 def _console_log(line):
@@ -292,7 +257,8 @@ def _silent(*args, **kwargs):
 
 # ---------------------------------------------------------------- sample
 
-SAMPLE_DEFAULTS = {"length": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "num_samples": 1, "beam_width": 0}
+SAMPLE_DEFAULTS = {"length": sample.DEFAULT_LENGTH, "temperature": sample.Sampling.temperature, "top_k": sample.Sampling.top_k,
+                   "top_p": sample.Sampling.top_p, "num_samples": 1, "beam_width": 0}
 
 
 def sample_parser(prog):
@@ -356,17 +322,15 @@ def sample_command(args, prog):
         args.prime = corpus.read_corpus(args.prime_file)
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
     if args.score:  # a byte-mode model reads the file's bytes, as its training did
-        return _print_score(_score(args, model, vocab, ckpt, corpus.read_corpus(args.score, vocab.mode)))
+        sample.print_score(_score(args, model, vocab, ckpt, corpus.read_corpus(args.score, vocab.mode)))
+        return 0
     prime = sample.default_prime(vocab, ckpt.get("char_counts")) if args.prime is None else args.prime
     sample.check_prime(vocab, prime)
-    generator = torch.Generator()
-    if args.seed is not None:
-        generator.manual_seed(args.seed)
-    else:
-        generator.seed()
+    sampling = sample.Sampling(args.temperature, args.top_k, args.top_p, args.greedy, args.seed)
     out_file = open(args.out, "w", encoding="utf-8") if args.out else None
     try:
-        _generate(args, model, vocab, prime, generator, _emitter(out_file))
+        sample.write_generation(model, vocab, prime, args.length, sampling, _emitter(out_file), args.num_samples,
+                                args.beam_width)
     finally:
         if out_file:
             out_file.close()
@@ -376,19 +340,9 @@ def sample_command(args, prog):
 def _score(args, model, vocab, ckpt, text):
     if not args.dynamic:
         return sample.score(model, vocab, text)
-    run = checkpoint.run_corpus(ckpt, "gather dynamic evaluation's gradient statistics")
+    run = runs.run_corpus(ckpt, "gather dynamic evaluation's gradient statistics")
     settings = dynamic.Settings(lr=args.dynamic_lr, decay=args.dynamic_decay)
     return dynamic.score(model, vocab, text, run.train_ids, settings, run.lut)
-
-
-def _print_score(r):
-    unit = r["unit"]
-    print(f"{'dynamic ' if r.get('dynamic') else ''}loss {r['loss']:.4f} nats/{unit} | {r['bpc']:.4f} bits/{unit} | "
-          f"{r['count']} {'characters' if unit == 'char' else 'bytes'} scored")
-    if r["unknown_chars"]:
-        print(f"{r['unknown_chars']} characters not in the vocabulary were skipped: "
-              f"{', '.join(repr(c) for c in r['unknown_set'])}")
-    return 0
 
 
 def _emitter(out_file):
@@ -398,23 +352,6 @@ def _emitter(out_file):
         if out_file:
             out_file.write(text)
     return emit
-
-
-def _generate(args, model, vocab, prime, generator, emit):
-    if args.beam_width:
-        text, logp = sample.beam_search(model, vocab, prime, args.length, args.beam_width)
-        emit(text + "\n")
-        print(f"log-probability {logp:.4f} nats ({-logp / max(args.length, 1):.4f} nats/char)", file=sys.stderr)
-    elif args.num_samples == 1:
-        emit(prime)
-        sample.generate(model, vocab, prime, args.length, args.temperature, args.top_k, args.top_p,
-                        generator=generator, greedy=args.greedy, on_text=emit)
-        emit("\n")
-    else:
-        texts = sample.generate_batch(model, vocab, prime, args.length, args.num_samples, args.temperature,
-                                      args.top_k, args.top_p, generator=generator, greedy=args.greedy)
-        for i, text in enumerate(texts):  # every sample under its header, the first one too
-            emit(("\n" if i else "") + f"----- sample {i + 1} -----\n" + text + "\n")
 
 
 # ---------------------------------------------------------------- sweep
@@ -443,7 +380,7 @@ def split_grid(entries):
 def sweep_command(args, prog):
     grid, overrides = split_grid(args.grid)
     overrides += args.overrides
-    sweep_dir, fields, rows = run_sweep(find_config(args.config), grid, overrides, args.sweep_dir, args.parallel)
+    sweep_dir, fields, rows = run_sweep(config_mod.find_config(args.config), grid, overrides, args.sweep_dir, args.parallel)
     print()
     print(format_rows(fields, rows))
     print(f"\nsummary: {sweep_dir / 'summary.csv'}; compare runs with: tensorboard --logdir {sweep_dir}")
@@ -454,7 +391,8 @@ def sweep_command(args, prog):
 
 def bench_parser(prog):
     p = _Parser(prog=prog, description="Training throughput of every implementation, side by side in one run.")
-    p.add_argument("--device", type=device_arg("--device"), default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--device", type=device_arg("--device", "the bench measures CPUs and CUDA devices"), default="cpu",
+                   help="cpu | cuda | cuda:N")
     p.add_argument("--shapes", type=names_arg("--shapes", "shape", bench.SHAPES), default=None,
                    help=f"comma-separated, from {', '.join(bench.SHAPES)}")
     p.add_argument("--precisions", type=names_arg("--precisions", "precision", bench.PRECISIONS), default=None,
@@ -476,6 +414,12 @@ def bench_parser(prog):
     p.add_argument("--train-steps", action="store_true",
                    help="whole training steps as train.py runs them (Adam, the non-finite check), eager and as one "
                         "CUDA graph, against the torch module eager and graphed (default shapes: gpu, gpu-512)")
+    p.add_argument("--config", type=path_arg("--config"), default=None,
+                   help="the training step's optimizer and settings come from this config's train section (a "
+                        "YAML file or a name in configs/; default: the trainer's own defaults)")
+    p.add_argument("--compile", action="store_true",
+                   help="also torch.compile of the loop impl and of the torch module, as rows of their own, their "
+                        "compile time apart (minutes on a CPU)")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the peak-memory measurement (a fresh process per row on CPU): for quick runs")
     p.add_argument("--corpus-mb", type=int_list_arg("--corpus-mb", 1, 100_000), default=None, metavar="MB,...",
@@ -519,7 +463,8 @@ def bench_command(args, prog):
     if args.serve:
         return bench_serve(args)
     if not args.corpus_mb:
-        return bench.main(args, resolve_device(args.device))
+        values = {} if args.config is None else config_mod.read_yaml(config_mod.find_config(args.config))
+        return bench.main(args, resolve_device(args.device, mps=False), config_mod.build_config(values).train)
     seed = corpus.ensure_corpus(corpus.DEFAULT_PATH)
     with tempfile.TemporaryDirectory(prefix="charrnn-corpus-bench-") as tmp:
         data_bench.main(args.corpus_mb, args.work or tmp, seed, ddp=not args.no_ddp, json_path=args.json)
@@ -566,13 +511,6 @@ def visualize_parser(prog):
     return p
 
 
-def validation_text(ckpt, n):
-    """The first n characters of the run's validation split, through load_corpus, as training read it."""
-    run = checkpoint.run_corpus(ckpt, "show its validation split (pass --text FILE)")
-    text = run.vocab.decode(vocab_mod.as_ids(run.val_ids[:n], run.lut).tolist())
-    return text, f"the first {len(text):,} characters of the validation split of {ckpt['config']['data']['path']}"
-
-
 def visualize_command(args, prog):
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
     if vocab.mode != "chars":
@@ -580,7 +518,7 @@ def visualize_command(args, prog):
     if args.text is not None:
         raw, source = corpus.read_corpus(args.text), str(args.text)
     else:
-        raw, source = validation_text(ckpt, args.from_val or args.max_chars)
+        raw, source = runs.validation_text(ckpt, args.from_val or args.max_chars)
     text, info = visualize.prepare_text(vocab, raw, args.max_chars)
     if info["truncated_from"]:
         source += f" (the first {len(text):,} of {info['truncated_from']:,} characters)"

@@ -9,6 +9,7 @@ process writes it, so that ``remove_abandoned`` can clear what a killed writer l
 import contextlib
 import glob
 import os
+import secrets
 import socket
 import stat
 import tempfile
@@ -89,15 +90,25 @@ def remove_abandoned(dest, suffix=TEMP_SUFFIX):
     cache), another host's (a shared folder) and any other name are left alone. Returns the paths
     removed."""
     dest = Path(dest)
+    return _remove_if_abandoned(dest.parent, f".{glob.escape(dest.name)}.*{suffix}", suffix)
+
+
+def remove_abandoned_in(folder, suffix=TEMP_SUFFIX):
+    """remove_abandoned for every file of folder: the temporary files of writers that are gone."""
+    return _remove_if_abandoned(Path(folder), f".*{suffix}", suffix)
+
+
+def _remove_if_abandoned(folder, pattern, suffix):
     try:
-        found = list(dest.parent.glob(f".{glob.escape(dest.name)}.*{suffix}"))
+        found = list(folder.glob(pattern))
     except OSError:
         return []
     removed = []
     for path in found:
-        writer = path.name[len(dest.name) + 2:-len(suffix)].rpartition(".")[0]  # <host>-<pid>
+        # .<dest>.<host>-<pid>.<random><suffix>: the writer is what stands before the random part
+        writer = path.name[:-len(suffix)].rpartition(".")[0]
         who, _, pid = writer.rpartition("-")
-        if not writer_gone(who, pid):
+        if not (who.endswith("." + socket.gethostname()) and writer_gone(socket.gethostname(), pid)):
             continue
         with contextlib.suppress(OSError):  # gone already, or not ours to remove
             path.unlink()
@@ -120,6 +131,19 @@ def process_exists(pid):
     except PermissionError:
         return True  # another user's
     return True
+
+
+def link_atomic(src, dest):
+    """dest becomes another name for src's current content, atomically: a hard link (no copy, and
+    src's later replacement by os.replace leaves it alone), or a copy where links are refused."""
+    src, dest = Path(src), Path(dest)
+    tmp = dest.with_name(f".{dest.name}.{writer_tag()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dest)
+    except OSError:
+        discard(tmp)
+        write_atomic(dest, src.read_bytes())
 
 
 def write_atomic(path, data, mode=None):

@@ -53,7 +53,11 @@ def _cases(w):
         (S + ["--num-samples", "0"], "--num-samples must be >= 1"),
         (S + ["--beam-width", "-1"], "--beam-width must be >= 0"),
         (S + ["--top-k", str(2**40)], "--top-k must be <="),
-        (S + ["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+        (S + ["--device", "tpu"], "--device must be auto, cpu, cuda, cuda:N or mps"),
+        (S + ["--device", "mps"], "--device mps: sampling, scoring, the look-inside page and export compute in float64"),
+        (["visualize", "--checkpoint", run, "--device", "mps"], "--device mps: sampling, scoring"),
+        (["export", "--checkpoint", run, "--format", "html", "--out", w / "p.html", "--device", "mps"],
+         "--device mps: sampling, scoring"),
         (S + ["--out", d], "--out " + str(d) + " is a directory"),
         (S + ["--out", w / "missing" / "o.txt"], "does not exist"),
         (S + ["--score", d], "is a directory"),
@@ -79,7 +83,8 @@ def _cases(w):
         (["bench", "--threads", "-1"], "--threads must be >= 0"),
         (["bench", "--small-threads", "0"], "--small-threads must be >= 1"),
         (["bench", "--json", d], "--json " + str(d) + " is a directory"),
-        (["bench", "--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N"),
+        (["bench", "--device", "gpu"], "--device must be auto, cpu, cuda, cuda:N or mps"),
+        (["bench", "--device", "mps"], "--device mps: the bench measures CPUs and CUDA devices"),
         (["bench", "--precisions", "fp64"], "unknown precision 'fp64'"),
         (["bench", "--shapes", "tiny,cpu"], "unknown shape 'tiny'"),
         (["bench", "--malloc", "jemalloc"], "invalid choice"),
@@ -161,7 +166,7 @@ def test_flags_and_overrides_in_any_order(world, capsys):
 
 def test_memory_is_refused_before_allocating(world, monkeypatch):
     # The refusal comes from the estimate, never from the allocator: nothing was built.
-    import charrnn_torch.trainer as trainer_mod
+    import charrnn_torch.training.trainer as trainer_mod
     monkeypatch.setattr(trainer_mod, "build_model", lambda *a, **k: pytest.fail("the model was built"))
     cfg = build_config({}, tiny_overrides(world / "corpus.txt", world / "huge", **{"model.hidden_size": 10**6}))
     with pytest.raises(Exception, match=r"needs about 1\d\d\d\d\.\d GiB"):
@@ -170,13 +175,13 @@ def test_memory_is_refused_before_allocating(world, monkeypatch):
 
 
 def test_training_bytes_counts_weights_and_buffers():
-    from charrnn_torch.training.runtime import training_bytes
+    from charrnn_torch.training.memory import training_bytes
     cfg = build_config({}, ["model.hidden_size=10", "model.num_layers=2", "train.batch_size=4", "train.seq_len=3"])
     V, H, rows = 5, 10, 12
     params = V * H + H * H + 2 * (H * H + H) + V * H + V  # W_xh of both layers, W_hh, b_h, W_hy, b_y
-    assert training_bytes(cfg, V) == 4 * (4 * params + rows * (3 * H * 2 + 3 * V))
+    assert training_bytes(cfg.model, cfg.train, V) == 4 * (4 * params + rows * (3 * H * 2 + 3 * V))
     cfg.train.dtype = "float64"
-    assert training_bytes(cfg, V) == 8 * (4 * params + rows * (3 * H * 2 + 3 * V))
+    assert training_bytes(cfg.model, cfg.train, V) == 8 * (4 * params + rows * (3 * H * 2 + 3 * V))
 
 
 def test_full_disk_names_the_file_and_the_last_good_checkpoint(tmp_path, corpus_file):

@@ -51,7 +51,7 @@ def test_resolved_config_round_trips():
     ({}, ["data.stdlib_max_bytes=0"], "data.stdlib_max_bytes: must be a positive number of bytes"),
     ({}, ["train.optimizer=adamax"], "train.optimizer: must be one of adagrad, adam, adamw, rmsprop, sgd"),
     ({}, ["train.lr_schedule=linear"], "train.lr_schedule: must be one of constant, cosine, step"),
-    ({}, ["device=tpu"], "device: must be auto, cpu, cuda or cuda:N"),
+    ({}, ["device=tpu"], "device: must be auto, cpu, cuda, cuda:N or mps"),
     ({}, ["model.impl=magic"], "model.impl: must be one of loop, fused"),
     ({}, ["model.dropout=1.0"], "model.dropout: must be in [0, 1)"),
     ({}, ["train.max_minutes=-1"], "train.max_minutes: must be >= 0"),

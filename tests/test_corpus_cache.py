@@ -85,7 +85,7 @@ def test_a_failed_build_leaves_no_cache(tmp_path, monkeypatch):
         yield np.zeros(3, dtype=np.uint8)
         raise KeyboardInterrupt  # killed half way
 
-    monkeypatch.setattr(cache, "_encoded", broken)
+    monkeypatch.setattr(cache, "encoded_chunks", broken)
     with pytest.raises(KeyboardInterrupt):
         cache.ensure(src, "chars", progress=False, log=quiet)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]

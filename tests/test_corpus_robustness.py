@@ -316,14 +316,14 @@ def test_a_run_still_running_before_its_first_checkpoint_is_not_shared(tmp_path,
 STALLED_BUILD = r"""
 import sys, time
 from charrnn_torch.data import cache
-encode = cache._encoded
+encode = cache.encoded_chunks
 def stalled(*args):
     for i, ids in enumerate(encode(*args)):
         yield ids
         if i == 3:
             print("stalled", flush=True)
             time.sleep(600)
-cache._encoded = stalled
+cache.encoded_chunks = stalled
 cache.CHUNK = 1 << 16
 cache.ensure(sys.argv[1], "chars", progress=False, log=lambda *a: None)
 """

@@ -19,7 +19,9 @@ from charrnn_torch.training import checkpoint, graphs
 from charrnn_torch.cli import main
 from charrnn_torch.training.config import build_config
 from charrnn_torch.model.cells import CELLS, CharRNN, map_state
-from charrnn_torch.training.trainer import Trainer, lr_factor
+from charrnn_torch.training.optim import lr_factor
+from charrnn_torch.training.step import Step
+from charrnn_torch.training.trainer import Trainer
 from conftest import read_scalars, rel_err, tiny_overrides
 
 POISONED = 7  # the step whose carried state is made NaN: its loss is non-finite, and it must be skipped
@@ -31,11 +33,10 @@ class PlantedTrainer(Trainer):
 
     sync_free_on_cpu = False
 
-    def check_graphs(self, cfg):
-        if self.sync_free_on_cpu and cfg.train.cuda_graphs == "on" and self.device.type == "cpu":
-            self.notices = []
-            return True
-        return super().check_graphs(cfg)
+    def graph_mode(self, train_cfg):
+        if self.sync_free_on_cpu and train_cfg.cuda_graphs == "on" and self.device.type == "cpu":
+            return True, []
+        return super().graph_mode(train_cfg)
 
     def train_step(self, x, y):
         if self.state.step + 1 == POISONED and self.state.hidden is not None:
@@ -111,17 +112,16 @@ def test_restore_puts_back_what_warm_up_changed():
     model = CharRNN(11, 7, 2, impl="fused", cell="lstm").double()
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=torch.tensor(0.01, dtype=torch.float64), fused=True, capturable=True)
-    g = graphs.WholeStepGraph(model, opt, params, 5.0, (3, 5), 0.999, 2.0, torch.autocast("cpu", enabled=False),
-                              capture=False)
-    before = [b.detach().clone() for b in g._buffers()]
-    snapshot = g._snapshot()
+    g = graphs.WholeStepGraph(model, Step(model, opt, params, 5.0), (3, 5), 2.0, capture=False)
+    before = [b.detach().clone() for b in g.buffers()]
+    saved = g.snapshot()
     x = torch.randint(11, (3, 5))
     for _ in range(3):
         g.step(x, x, g.state)
-    assert any(not torch.equal(a, b) for a, b in zip(before, g._buffers()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, g.buffers()))
     assert opt.state and all(float(s["step"]) == 3 for s in opt.state.values())
-    g._restore(snapshot)
-    assert all(torch.equal(a, b) for a, b in zip(before, g._buffers()))
+    g.restore(saved)
+    assert all(torch.equal(a, b) for a, b in zip(before, g.buffers()))
     assert all(float(v.abs().sum()) == 0 for s in opt.state.values() for v in s.values())
 
 
@@ -142,10 +142,10 @@ def test_on_without_cuda_is_refused_and_auto_falls_back(tmp_path, corpus_file, c
 def test_refusal_names_what_cannot_be_captured():
     cuda0 = torch.device("cuda", 0)
     for name in graphs.GRAPH_OPTIMIZERS:
-        assert graphs.refusal(build_config({}, [f"train.optimizer={name}"]), cuda0, 1) is None
-    assert "cannot skip a non-finite step" in graphs.refusal(build_config({}, ["train.optimizer=sgd"]), cuda0, 1)
-    assert "DDP" in graphs.refusal(build_config({}, []), cuda0, 2)
-    assert "need a CUDA device" in graphs.refusal(build_config({}, []), torch.device("cpu"), 1)
+        assert graphs.refusal(name, cuda0, 1) is None
+    assert "cannot skip a non-finite step" in graphs.refusal("sgd", cuda0, 1)
+    assert "DDP" in graphs.refusal("adam", cuda0, 2)
+    assert "need a CUDA device" in graphs.refusal("adam", torch.device("cpu"), 1)
 
 
 # ---------------------------------------------------------------- on a GPU

@@ -129,7 +129,7 @@ def test_onnx_metadata_is_enough_to_sample(tmp_path):
         text += vocab.chars[nxt]
         logits, h = run(torch.tensor([nxt]), h)
     model, _, _ = checkpoint.load_model(ckpt)
-    assert text == sample.generate(model, vocab, prime, 40, greedy=True)
+    assert text == sample.generate(model, vocab, prime, 40, sample.Sampling(greedy=True))
 
 
 def test_onnx_without_its_packages_names_the_extra(tmp_path, capsys, monkeypatch):

@@ -27,7 +27,7 @@ GATED_IMPLS = list(IMPLS)
 
 def make_model(cell, L=1, impl="loop", std=0.5, seed=0):
     torch.manual_seed(seed)
-    model = CharRNN(V, H, num_layers=L, impl=impl, cell=cell).double()
+    model = CharRNN(V, H, num_layers=L, impl=impl, cell=cell).double().build_kernels()
     if std is not None:
         with torch.no_grad():
             for p in model.parameters():

@@ -13,11 +13,11 @@ from charrnn_torch import CharRNN
 from charrnn_torch.tools import bench
 from charrnn_torch.training import checkpoint
 from charrnn_torch.model import reference
-from charrnn_torch.training.config import OPTIMIZERS, build_config
+from charrnn_torch.training.config import OPTIMIZERS, TrainConfig, build_config
 from charrnn_torch.data.vocab import Vocab
 from charrnn_torch.model.cells import CELLS, IMPLS, cross_entropy, map_state
-from charrnn_torch.sampling.sample import generate
-from charrnn_torch.training.runtime import make_optimizer
+from charrnn_torch.sampling.sample import Sampling, generate
+from charrnn_torch.training.optim import make_optimizer
 from charrnn_torch.training.trainer import train
 from conftest import rel_err, run_script, tiny_overrides
 
@@ -28,7 +28,7 @@ V, H, B, T = 11, 7, 3, 5  # small and distinct, as in test_gradients.py
 
 def _model(impl, L, dtype, seed=0, cell="rnn"):
     torch.manual_seed(seed)
-    model = CharRNN(V, H, num_layers=L, impl=impl, cell=cell).to(dtype)
+    model = CharRNN(V, H, num_layers=L, impl=impl, cell=cell).to(dtype).build_kernels()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.5)  # larger than the default init, so every term matters
@@ -139,10 +139,10 @@ def test_cuda_sampling_is_reproducible():
     vocab = Vocab.from_text("abcdefghij\n")
     torch.manual_seed(0)
     model = CharRNN(len(vocab), 64, num_layers=2, impl="fused").cuda()
-    texts = [generate(model, vocab, "a", 200, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    texts = [generate(model, vocab, "a", 200, sampling=Sampling(temperature=1.0, seed=7))
              for _ in range(2)]
     assert texts[0] == texts[1] and len(texts[0]) == 201
-    other = generate(model, vocab, "a", 200, temperature=1.0, generator=torch.Generator().manual_seed(8))
+    other = generate(model, vocab, "a", 200, sampling=Sampling(temperature=1.0, seed=8))
     assert other != texts[0]  # the seed, not a constant, decides the text
 
 
@@ -162,10 +162,10 @@ def test_graphed_step_matches_eager_step():
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        for make in (bench.TorchStep, bench.GraphedStep):
+        for make in (bench.BenchStep, bench.GraphedStep):
             torch.manual_seed(0)
-            step = make(CharRNN(V_, H_, L_, impl="fused"), V_, B_, T_, torch.device("cuda"))
-            if make is bench.TorchStep:
+            step = make(CharRNN(V_, H_, L_, impl="fused"), V_, B_, T_, torch.device("cuda"), TrainConfig())
+            if make is bench.BenchStep:
                 step.h = step.model.init_hidden(B_)
             for _ in range(3):
                 step()

@@ -109,7 +109,7 @@ def test_top_k_1_generates_torchs_greedy_text(pages, open_page, name):
     page = open_page(path)
     model, vocab, _ = checkpoint.load_model(ckpt)
     got = page.evaluate("() => window.charrnn.generate({prime: 'bad cafe', topK: 1, length: 60, seed: 3}).text")
-    assert "bad cafe" + got == sample.generate(model, vocab, "bad cafe", 60, greedy=True)
+    assert "bad cafe" + got == sample.generate(model, vocab, "bad cafe", 60, sample.Sampling(greedy=True))
 
 
 def test_generate_gives_the_asked_length_from_the_vocabulary_and_a_seed_repeats(pages, open_page):

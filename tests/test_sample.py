@@ -17,7 +17,7 @@ from charrnn_torch import CharRNN
 from charrnn_torch.model import reference
 from charrnn_torch.training.config import build_config
 from charrnn_torch.data.vocab import Vocab
-from charrnn_torch.sampling.sample import beam_search, filter_probs, generate, generate_batch, pick, sample_ids, score
+from charrnn_torch.sampling.sample import Sampling, beam_search, filter_probs, generate, generate_batch, pick, sample_ids, score
 from charrnn_torch.training.trainer import train
 from conftest import run_script, tiny_overrides
 
@@ -36,7 +36,7 @@ def test_sampler_matches_numpy_reference():
     rng_ref, rng_torch = np.random.default_rng(5), np.random.default_rng(5)
     want = reference.sample(params, np.zeros((2, H)), seed_ix=3, n=200, rng=rng_ref)
     draw = lambda n: torch.tensor([rng_torch.random() for _ in range(n)], dtype=torch.float64)
-    got = sample_ids(model, torch.tensor([[3]]), 200, temperature=1.0, draw=draw)[0].tolist()
+    got = sample_ids(model, torch.tensor([[3]]), 200, Sampling(temperature=1.0), draw=draw)[0].tolist()
     assert got == want
     assert len(set(want)) > 3  # a real sample, not a constant
 
@@ -111,7 +111,7 @@ def test_beam_search_exact_against_brute_force(seed):
 def test_beam_search_never_below_greedy_and_width_one_is_greedy():
     model, _ = model_from_reference(L=2, seed=3, scale=1.0)
     vocab = Vocab("abcdefghijk")
-    greedy = generate(model, vocab, "abc", 30, greedy=True)
+    greedy = generate(model, vocab, "abc", 30, Sampling(greedy=True))
     text1, lp1 = beam_search(model, vocab, "abc", 30, 1)
     assert text1 == greedy
     ids = vocab.encode(greedy)[None]
@@ -135,7 +135,7 @@ def test_state_carries_through_generation():
 
     model.forward = spy
     vocab = Vocab("abcdefghijk")
-    text = generate(model, vocab, "abcde", 50, generator=torch.Generator().manual_seed(1))
+    text = generate(model, vocab, "abcde", 50, sampling=Sampling(seed=1))
     model.forward = orig
     assert len(step_logits) == 50  # the prime once, then one step per new character (the last needs none)
     full = model(vocab.encode(text[:-1])[None])[0][0]  # (P + 49, V)
@@ -145,8 +145,8 @@ def test_state_carries_through_generation():
 def test_seed_reproducible_and_batch():
     model, _ = model_from_reference()
     vocab = Vocab("abcdefghijk")
-    a = generate_batch(model, vocab, "ab", 40, num_samples=3, generator=torch.Generator().manual_seed(7))
-    b = generate_batch(model, vocab, "ab", 40, num_samples=3, generator=torch.Generator().manual_seed(7))
+    a = generate_batch(model, vocab, "ab", 40, num_samples=3, sampling=Sampling(seed=7))
+    b = generate_batch(model, vocab, "ab", 40, num_samples=3, sampling=Sampling(seed=7))
     assert a == b and len(a) == 3 and len(set(a)) == 3 and all(s.startswith("ab") and len(s) == 42 for s in a)
 
 

@@ -12,7 +12,8 @@ import yaml
 
 from charrnn_torch.training import checkpoint
 from charrnn_torch.training.config import build_config
-from charrnn_torch.training.trainer import lr_factor, train
+from charrnn_torch.training.optim import lr_factor
+from charrnn_torch.training.trainer import train
 from conftest import read_scalars, run_script, tiny_overrides
 
 TAGS = {"loss/train", "loss/train_smooth", "loss/val", "bpc/val", "lr", "grad_norm", "throughput/chars_per_sec"}
@@ -110,10 +111,10 @@ def test_checkpoint_loads_weights_only_and_samples(tmp_path, corpus_file):
     assert isinstance(ck["hidden"], torch.Tensor) and ck["hidden"].shape == (1, 4, 32)
     from charrnn_torch.data.vocab import Vocab
     from charrnn_torch.model.cells import CharRNN
-    from charrnn_torch.sampling.sample import generate
+    from charrnn_torch.sampling.sample import Sampling, generate
     model = CharRNN(**ck["model_args"])
     model.load_state_dict(ck["model"])
-    text = generate(model, Vocab(ck["vocab"]), "the", 40, generator=torch.Generator().manual_seed(0))
+    text = generate(model, Vocab(ck["vocab"]), "the", 40, sampling=Sampling(seed=0))
     assert text.startswith("the") and len(text) == 43 and set(text) <= set(ck["vocab"])
 
 

@@ -28,7 +28,9 @@ from charrnn_torch.data.vocab import Vocab
 from charrnn_torch.model.cells import CharRNN
 from charrnn_torch.sampling.sample import score
 from charrnn_torch.training.trainer import train
-from charrnn_torch.insight.visualize import CODE_STRINGS, diverging_rgb, indentation, saturation, scan_python, search_units, text_features, trace
+from charrnn_torch.insight.heatmap import diverging_rgb
+from charrnn_torch.insight.pyscan import indentation, scan_python
+from charrnn_torch.insight.visualize import CODE_STRINGS, saturation, search_units, text_features, trace
 from conftest import tiny_overrides
 
 BRACKETS = "abc de(f)\n"  # V = 10

@@ -129,7 +129,7 @@ def _count_symbols(path, mode, progress):
     return symbols, counts[symbols]
 
 
-def _encoded(path, mode, symbols, dtype, progress):
+def encoded_chunks(path, mode, symbols, dtype, progress):
     """Pass 2: the ids of each chunk, in dtype."""
     if mode == "bytes":
         for _, chunk in _chunks(path, progress, "encoding"):
@@ -177,7 +177,7 @@ def build(source, dest, mode, progress=True, install=True):
     with temp_file(dest, mode=readable_like(source)) as (f, tmp):
         header, symbols, dtype, fp = describe(source, mode, progress)
         f.write(_header_bytes(header))
-        for ids in _encoded(source, mode, symbols, dtype, progress):
+        for ids in encoded_chunks(source, mode, symbols, dtype, progress):
             f.write(ids.tobytes())
         _check_unchanged(source, fp)  # inside the block: a failure removes the temporary file
     if install:
@@ -190,7 +190,7 @@ def encode_in_memory(source, mode, progress=True):
     """(ids, header): source encoded into an array, for a run that has nowhere to write its cache."""
     header, symbols, dtype, fp = describe(source, mode, progress)
     ids, at = np.empty(header["length"], dtype=dtype), 0
-    for chunk in _encoded(source, mode, symbols, dtype, progress):
+    for chunk in encoded_chunks(source, mode, symbols, dtype, progress):
         ids[at:at + len(chunk)] = chunk
         at += len(chunk)
     _check_unchanged(source, fp)

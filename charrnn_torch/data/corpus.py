@@ -1,4 +1,5 @@
 """The corpus: fetching it once, reading it, and the run's corpus as ids (load_corpus, Corpus)."""
+import contextlib
 import hashlib
 import os
 import urllib.error
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import cache as cache_mod, code_corpus
+from . import cache as cache_mod, code_corpus, files_corpus
 from .. import files
 from ..errors import UserError, one_line
 from .vocab import Vocab, vocab_of
@@ -56,12 +57,36 @@ def ensure_corpus(path, default_path=DEFAULT_PATH, url=CORPUS_URL, sha256=CORPUS
 
 
 def corpus_source(data_cfg, progress=True, log=print):
-    """(the text file a data config names, its record): python-stdlib is built on first use and
-    comes with code_corpus.ensure's record; a path comes with None (the default one is fetched on
-    first use)."""
+    """(the text file a data config names, its record): python-stdlib and a set of files (a
+    folder, a glob, a list) are joined into one text file on first use and come with their record
+    (code_corpus.ensure, files_corpus.ensure); one text file comes with None (the default one is
+    fetched on first use)."""
     if code_corpus.is_builtin(data_cfg.path):
-        return code_corpus.ensure(data_cfg.stdlib_max_bytes, log)
+        return code_corpus.ensure(data_cfg.stdlib_max_bytes, log, data_cfg.vocab, data_cfg.separator)
+    if files_corpus.is_file_set(data_cfg.path):
+        return files_corpus.ensure(data_cfg.path, data_cfg.vocab, data_cfg.separator, log)
     return ensure_corpus(data_cfg.path, progress=progress), None
+
+
+def names_one_file(path):
+    """Whether data.path is one text file (not python-stdlib, not a set of files)."""
+    return not code_corpus.is_builtin(path) and not files_corpus.is_file_set(path)
+
+
+def describe_source(record):
+    """One line for what a run's corpus was joined from (its record), for the log, config.yaml and
+    the visualizer's header."""
+    return (code_corpus.describe if record["name"] == code_corpus.NAME else files_corpus.describe)(record)
+
+
+def check_same_source(recorded, current, doing):
+    """Refuse to go on (doing: 'resume', ...) when the run's corpus was joined from other files than
+    the corpus here (another standard library, files added, removed or resized): same data.path,
+    different text."""
+    if not files_corpus.same(recorded, current):
+        was = describe_source(recorded) if recorded else "a text file"
+        now = describe_source(current) if current else "a text file"
+        raise UserError(f"cannot {doing}: the run was trained on {was}, but here the corpus is {now}")
 
 
 def read_corpus(path, mode="chars"):
@@ -106,7 +131,7 @@ class Corpus:
     run starts from. The run's vocabulary is then those, in their order, followed by the corpus's
     characters they lack, and lut maps the cache's ids to the run's.
 
-    source_info: what a built-in corpus was built from (code_corpus.ensure's record), else None.
+    source_info: what a corpus of many files was joined from (files_corpus's record), else None.
     """
 
     def __init__(self, data_cfg, progress=True, base_vocab=None, log=print, defer_install=False):
@@ -136,6 +161,16 @@ class Corpus:
         self.char_counts = [0] * len(self.vocab)
         for c, n in zip(corpus_vocab.chars, counts):
             self.char_counts[self.vocab.stoi[c]] = n
+
+    @contextlib.contextmanager
+    def installed_if_no_error(self):
+        """A cache built by this run is installed if the block passes (the run's checks), else removed."""
+        try:
+            yield self
+        except BaseException:
+            self.discard()
+            raise
+        self.keep()
 
     def keep(self):
         """Install a cache built by this run in its place (the run passed its checks)."""

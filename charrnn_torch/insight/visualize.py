@@ -3,7 +3,8 @@ Understanding Recurrent Networks": per-character surprise with the model's top g
 for hidden units that track simple features of the text, and gate saturation.
 
 Everything here is numbers; ``viz_page.py`` turns them into the HTML page. Activations are
-recorded by the model's own readable unroll (``CharRNN.trace``); the surprise comes from ``sample.char_losses``, the function ``--score`` sums, so the two agree.
+recorded by the model's own readable unroll (``CharRNN.trace``); the surprise comes from
+``sample.char_losses``, the function ``--score`` sums, so the two agree.
 """
 import math
 import re
@@ -11,23 +12,20 @@ import re
 import numpy as np
 import torch
 
-from ..data.code_corpus import describe
+from ..data.corpus import describe_source
 from ..data.vocab import drop_unknown
 from ..errors import UserError
 from ..sampling.sample import char_losses
+from .pyscan import CLOSING, COMMENT, DOUBLE, OPENING, SINGLE, TRIPLE, indentation, scan_python
 
 TOP_GUESSES = 5
 UNITS_KEPT = 20  # per feature, in the JSON: the best units, ranked by |correlation|
 SATURATED = 0.1  # a sigmoid gate is left-saturated below this, right-saturated above 1 - this
 TANH_SATURATED = 0.9  # |h| above this counts as saturated for the tanh cell
 
-OPENING, CLOSING = "([{", ")]}"
 SPEAKER_LINE = re.compile(r"[A-Za-z][A-Za-z' ]*:")  # "ROMEO:", "First Citizen:" on a line of their own
-# Where scan_python leaves each character: in code, in a '...', "..." or triple-quoted string, in a comment.
-CODE, SINGLE, DOUBLE, TRIPLE, COMMENT = range(5)
-TAB = 8  # Python's tab stops
-# The features of text read as Python source (scan_python, indentation), beside the prose ones:
-# name -> the scanner's state it marks.
+# The features of text read as Python source (pyscan.py), beside the prose ones: name -> the
+# scanner's state it marks.
 CODE_STRINGS = {"code: inside '...'": SINGLE, 'code: inside "..."': DOUBLE,
                 "code: inside a triple-quoted string": TRIPLE, "code: inside a comment": COMMENT}
 
@@ -84,62 +82,6 @@ def text_features(text):
     f["code: indentation"] = indentation(text)
     f["code: bracket depth"] = depth
     return f
-
-
-def scan_python(text):
-    """Read text as Python source. Returns (state, depth), each (N,): the state just after character
-    t is read (CODE; SINGLE, DOUBLE: inside a '...' or "..." string; TRIPLE: inside a triple-quoted
-    one; COMMENT: from # to the end of its line) and how many brackets are open in the code.
-
-    A string's opening quotes are inside it, its closing quote (the last of three) is not; a
-    backslash in a string takes the next character with it; brackets in strings and comments do not
-    count, nor does a stray closer; a '...' or "..." string still open at the end of its line ends
-    there (Python would refuse it; in prose it is an apostrophe). The newline that ends a comment
-    is code. Prefixes (r, b, f) need nothing: the string starts at its quote."""
-    n = len(text)
-    state, depth = np.full(n, CODE), np.zeros(n)
-    s, quote, d, t = CODE, "", 0, 0
-    while t < n:
-        ch, end = text[t], t + 1  # this step reads characters t .. end - 1
-        if s == CODE:
-            if ch in "'\"":
-                quote = ch * 3 if text.startswith(ch * 3, t) else ch
-                s, end = (TRIPLE if len(quote) == 3 else SINGLE if ch == "'" else DOUBLE), t + len(quote)
-            elif ch == "#":
-                s = COMMENT
-            else:
-                d = max(0, d + (ch in OPENING) - (ch in CLOSING))
-        elif s == COMMENT:
-            s = CODE if ch == "\n" else s
-        elif ch == "\\":
-            end = t + 2
-        elif text.startswith(quote, t):  # the closing quote(s): the string ends with the last one
-            end = t + len(quote)
-            state[t:end - 1], depth[t:end] = s, d
-            s, t = CODE, end
-            continue
-        elif ch == "\n" and s != TRIPLE:
-            s = CODE
-        state[t:end], depth[t:end] = s, d
-        t = end
-    return state, depth
-
-
-def indentation(text):
-    """Per position: the indentation, in columns (a tab to the next multiple of 8, as Python reads
-    it), of the last line whose first non-blank character has been read. It changes at that
-    character, so a line's leading blanks, and a blank line, still show the line before."""
-    out, level, start = np.zeros(len(text)), 0, 0
-    for line in text.split("\n"):
-        body = line.lstrip(" \t")
-        if body.strip():
-            lead = len(line) - len(body)
-            out[start:start + lead] = level
-            level, start = len(line[:lead].expandtabs(TAB)), start + lead
-            line = body
-        out[start:start + len(line) + 1] = level  # with its newline
-        start += len(line) + 1
-    return out
 
 
 # ---------------------------------------------------------------- the model
@@ -231,27 +173,6 @@ def quantized(states):
     return np.round(np.clip(acts, -1, 1) * 127).astype(np.int8)  # (N, U)
 
 
-def diverging_rgb(values):
-    """Values in [-1, 1] -> uint8 RGB (3, *shape): blue -1, white 0, red +1 (the page's colours)."""
-    a = np.clip(np.abs(values), 0, 1)
-    fade = np.round(255 * (1 - a)).astype(np.uint8)
-    full = np.full_like(fade, 255)
-    pos = values >= 0
-    return np.stack([np.where(pos, full, fade), fade, np.where(pos, fade, full)])
-
-
-def heatmap_image(model, ids):
-    """Every layer's h over a snippet ids (T,), as TensorBoard's hidden-state image: (3, L*H, T)
-    uint8, a row per unit (layer 0 on top), a column per character."""
-    h = trace(model, ids)["h"]  # (L, T, H)
-    return diverging_rgb(h.transpose(0, 2, 1).reshape(-1, len(ids)))
-
-
-def char_label(ch):
-    """A character as a one-line label (TensorBoard's projector metadata is one label per line)."""
-    return {"\n": "\\n", "\t": "\\t", " ": "\u2423", "\r": "\\r"}.get(ch, ch if ch.isprintable() else repr(ch))
-
-
 def analyse(model, vocab, text):
     """Everything the page shows, as plain data (plus the int8 activation matrix)."""
     ids = vocab.encode(text)
@@ -270,7 +191,7 @@ def page_data(model, vocab, ckpt, ckpt_path, text, source):
     header = {"checkpoint": str(ckpt_path), "step": ckpt.get("step"), "val_loss": ckpt.get("last_val"),
               "cell": model.cell, "num_layers": model.num_layers, "hidden_size": model.hidden_size,
               "parameters": sum(p.numel() for p in model.parameters()), "source": source,
-              "corpus": describe(ckpt["data_source"]) if ckpt.get("data_source") else None,
+              "corpus": describe_source(ckpt["data_source"]) if ckpt.get("data_source") else None,
               "chars": len(text), "mean_bits": float(np.mean(found["surprise"]["bits"]))}
     data = dict(found, header=header, text=text, vocab=list(vocab.chars), groups=groups,
                 units=[[s, l, u] for s, l in groups for u in range(model.hidden_size)])

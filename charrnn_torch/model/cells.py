@@ -65,11 +65,10 @@ class Cell(nn.Module):
         if self.onehot_input:
             # W_xh x is column x of W_xh, so this is a gather, with b_h added to the (V, G·H) table
             # W_xh^T + b_h for free. For many ids the table is made row-major first, so each
-            # gathered row is one contiguous copy (4x faster at T*B = 8192 than gathering from
-            # W_xh^T's column-major strides). That transpose costs ~40 us at V=65, H=512, more
-            # than a whole gather of a few ids (sampling), which instead takes columns of W_xh
-            # and transposes only those. index_select, not F.embedding: its backward is one
-            # scatter-add, about half the time of embedding's dense backward here.
+            # gathered row is one contiguous copy, not a strided read of W_xh^T's columns. For a
+            # few ids (sampling) that transpose costs more than the gather, so only their columns
+            # of W_xh are taken and transposed. index_select, not F.embedding: its backward is one
+            # scatter-add, not embedding's dense backward (timings: performance-cpu.md).
             if x.numel() >= self.W_xh.shape[1]:
                 return (self.W_xh.t().contiguous() + self.b_h).index_select(0, x)
             return (self.W_xh.index_select(1, x).t() + self.b_h).contiguous()
@@ -249,9 +248,9 @@ class CharRNN(nn.Module):
     runs: ``loop`` is the readable reference unroll below; ``fused`` hoists the input and output
     projections out of the time loop and runs the recurrence in a hand-written autograd Function
     for each cell (``fused.py``); ``fused_cpp`` is ``fused`` with the LSTM's element-wise step maths
-    in compiled kernels where a C++ toolchain builds them (``compiled.py``; built here, at
-    construction, so that a first build is not inside a run's time budget). All pass the same
-    tests against the numpy reference.
+    in compiled kernels where a C++ toolchain builds them (``compiled.py``), built by an explicit
+    ``build_kernels()`` before the first forward, so that a first build is never inside a run's
+    time budget. All pass the same tests against the numpy reference.
     """
 
     def __init__(self, vocab_size, hidden_size, num_layers=1, dropout=0.0, impl="loop", cell="rnn",
@@ -270,8 +269,7 @@ class CharRNN(nn.Module):
         self.weight_drop = weight_drop  # DropConnect on W_hh, one mask per forward
         self.impl = impl
         self.cell = cell
-        if impl == "fused_cpp" and CELL_CLASSES[cell].compiled_kernels:
-            lstm_kernels()
+        self.kernels_built = impl != "fused_cpp" or not CELL_CLASSES[cell].compiled_kernels
         self.cells = nn.ModuleList(
             CELL_CLASSES[cell](vocab_size if l == 0 else hidden_size, hidden_size, onehot_input=(l == 0))
             for l in range(num_layers)
@@ -279,6 +277,15 @@ class CharRNN(nn.Module):
         self.W_hy = nn.Parameter(torch.empty(vocab_size, hidden_size))  # (V, H)
         self.b_y = nn.Parameter(torch.empty(vocab_size))  # (V,)
         self.reset_parameters()
+
+    def build_kernels(self):
+        """Build (or load) impl fused_cpp's compiled kernels now, once per process: a first build takes
+        about a minute, and a failed one falls back to fused's maths with one warning. A no-op for the
+        other impls and cells. Returns the model."""
+        if not self.kernels_built:
+            lstm_kernels()
+            self.kernels_built = True
+        return self
 
     @property
     def state_names(self):
@@ -323,6 +330,8 @@ class CharRNN(nn.Module):
             h0 = self.init_hidden(x.shape[0])
         if masks is None and self.training:
             masks = self.draw_masks(*x.shape)
+        if not self.kernels_built:
+            raise RuntimeError("impl fused_cpp: call model.build_kernels() before the first forward")
         if self.impl != "loop":
             return self._forward_fused(x, h0, masks)
         top, h = self._forward_loop(x, h0, masks)

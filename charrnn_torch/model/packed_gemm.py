@@ -4,8 +4,8 @@ Why: an sgemm call first copies ("packs") its B operand into the blocked layout 
 reads. In the recurrence that operand is W_hh, the same (H, H) matrix at every one of the T
 steps, and each step's A has only B = 64 rows to spread that packing over. MKL's answer for
 exactly this case (RNNs) is to pack once, ``cblas_sgemm_pack``, and multiply many times,
-``cblas_sgemm_compute``: at the bench's `cpu` shape that takes a 64x512x512 step from ~122 to
-~102 us. It pays only for a large enough W and row block (PACK_MIN_* below).
+``cblas_sgemm_compute``. It pays only for a large enough W and row block (PACK_MIN_* below;
+the timings behind both are in data/results/performance-cpu.md).
 
 No torch op exposes it with beta = 1 (``torch.ops.mkl._mkl_linear`` allocates its result,
 and the add it then needs costs what the packing saves), so this calls the two C functions
@@ -52,11 +52,8 @@ def mkl_packed_gemm():
     return get_size, pack, compute
 
 
-# Where packing pays, measured on the 2-core AVX-512 machine the README's numbers come from
-# (a T-step loop of GEMM + tanh_, packed against addmm_): from 16 rows and a 384-wide W up it
-# takes 0.6-1.0x the time (0.6x at H = 1024, where W_hh no longer fits in L2, 0.9x at the
-# bench's H = 512, B = 64); below, MKL's packed path has more fixed cost than the packing it
-# saves (1.1-1.6x at H = 100-128, B <= 128).
+# Where packing pays (performance-cpu.md): below these sizes MKL's packed path has more fixed cost
+# than the packing it saves.
 PACK_MIN_ROWS, PACK_MIN_DIM, PACK_MIN_CALLS = 16, 384, 16
 
 

@@ -1,10 +1,14 @@
-"""Generation and scoring: ancestral sampling (temperature, top-k, top-p), greedy, beam search.
+"""Generation and scoring: ancestral sampling (temperature, top-k, top-p), greedy, beam search;
+and how ``charrnn sample`` prints them.
 
 As in the tutorial, the prime text runs through the model once to build the
 hidden state; after that each new character costs one step, with the state
-carried. The prefix is never re-run.
+carried. The prefix is never re-run. How each character is drawn is one ``Sampling`` value,
+whose defaults are the CLI's.
 """
 import math
+import sys
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +16,31 @@ import torch.nn.functional as F
 from ..data.vocab import drop_unknown
 from ..errors import UserError
 from ..model.cells import evaluating, map_state
+
+DEFAULT_LENGTH = 500  # characters generated after the prime, when not told
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each next character is drawn. temperature divides the logits; top_k keeps the k most
+    likely (0: all); top_p keeps the smallest set whose probability reaches p (1: all); greedy takes
+    the most likely, ignoring the rest. seed fixes the draws (None: fresh ones each time): the
+    same seed gives the same text here, from ``charrnn sample --seed`` and from the Python API."""
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+    seed: int = None
+
+    def draw(self):
+        """n -> n uniforms in [0, 1), from a CPU generator seeded by seed, so a seed gives the same
+        text on any device."""
+        generator = torch.Generator()
+        if self.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(self.seed)
+        return lambda n: torch.rand(n, generator=generator, dtype=torch.float64)
 
 
 def check_prime(vocab, prime):
@@ -64,22 +93,24 @@ def _device(model):
 
 
 @torch.no_grad()
-def sample_ids(model, prime_ids, length, temperature=1.0, top_k=0, top_p=1.0, greedy=False,
-               draw=None, on_step=None):
-    """prime_ids (N, P) -> generated ids (N, length). draw(n) returns n uniforms in [0, 1).
+def sample_ids(model, prime_ids, length, sampling=Sampling(), draw=None, on_step=None):
+    """prime_ids (N, P) -> generated ids (N, length), each drawn as sampling says. draw(n) returns n
+    uniforms in [0, 1) (default: sampling.draw()).
 
     on_step(ids) is called with each new (N,) column as soon as it exists.
     """
+    draw = draw or sampling.draw()
     with evaluating(model):
         logits, h = model(prime_ids.to(_device(model)))
         last = logits[:, -1]
         out = []
         for i in range(length):
-            if greedy:
+            if sampling.greedy:
                 nxt = last.argmax(-1)
             else:
                 u = draw(prime_ids.shape[0])
-                nxt = pick(filter_probs(last, temperature, top_k, top_p), u.to(last.device))
+                probs = filter_probs(last, sampling.temperature, sampling.top_k, sampling.top_p)
+                nxt = pick(probs, u.to(last.device))
             out.append(nxt)
             if on_step is not None:
                 on_step(nxt)
@@ -89,31 +120,22 @@ def sample_ids(model, prime_ids, length, temperature=1.0, top_k=0, top_p=1.0, gr
     return torch.stack(out, 1).cpu() if out else torch.zeros(prime_ids.shape[0], 0, dtype=torch.long)
 
 
-def torch_draw(generator=None):
-    # Uniforms come from a CPU generator so a seed gives the same text on any device.
-    return lambda n: torch.rand(n, generator=generator, dtype=torch.float64)
-
-
-def generate_batch(model, vocab, prime, length, num_samples=1, temperature=1.0, top_k=0, top_p=1.0,
-                   generator=None, greedy=False, on_step=None):
+def generate_batch(model, vocab, prime, length, num_samples=1, sampling=Sampling(), on_step=None):
     """num_samples independent continuations of prime, in one batch; each string includes prime."""
     check_prime(vocab, prime)
     prime_ids = vocab.encode(prime)[None].expand(num_samples, -1)
-    ids = sample_ids(model, prime_ids, length, temperature, top_k, top_p, greedy,
-                     draw=torch_draw(generator), on_step=on_step)
+    ids = sample_ids(model, prime_ids, length, sampling, on_step=on_step)
     return [prime + vocab.decode(row.tolist()) for row in ids]
 
 
-def generate(model, vocab, prime, length, temperature=1.0, top_k=0, top_p=1.0, generator=None,
-             greedy=False, on_text=None):
+def generate(model, vocab, prime, length=DEFAULT_LENGTH, sampling=Sampling(), on_text=None):
     """One continuation of prime (prime included). on_text(str) receives each new character."""
     if on_text is not None:
         text_of = vocab.streamer()  # bytes mode: waits for a character's last byte before printing it
         on_step = lambda ids: on_text(text_of(int(ids[0])))  # noqa: E731
     else:
         on_step = None
-    return generate_batch(model, vocab, prime, length, 1, temperature, top_k, top_p, generator,
-                          greedy, on_step)[0]
+    return generate_batch(model, vocab, prime, length, 1, sampling, on_step)[0]
 
 
 @torch.no_grad()
@@ -178,3 +200,32 @@ def score(model, vocab, text, chunk_len=1024, total_nats=None):
     loss = total / (len(ids) - 1)
     return {"loss": loss, "bpc": loss / math.log(2), "count": len(ids) - 1, "unit": vocab.unit,
             "total_nats": total, "unknown_chars": len(text) - len(kept), "unknown_set": unknown}
+
+
+# ---------------------------------------------------------------- what charrnn sample prints
+
+def write_generation(model, vocab, prime, length, sampling, emit, num_samples=1, beam_width=0):
+    """charrnn sample's text through emit(str): one sample as it is drawn, several each under its
+    header, or beam search's best text, its log-probability on stderr."""
+    if beam_width:
+        text, logp = beam_search(model, vocab, prime, length, beam_width)
+        emit(text + "\n")
+        print(f"log-probability {logp:.4f} nats ({-logp / max(length, 1):.4f} nats/char)", file=sys.stderr)
+    elif num_samples == 1:
+        emit(prime)
+        generate(model, vocab, prime, length, sampling, on_text=emit)
+        emit("\n")
+    else:
+        texts = generate_batch(model, vocab, prime, length, num_samples, sampling)
+        for i, text in enumerate(texts):  # every sample under its header, the first one too
+            emit(("\n" if i else "") + f"----- sample {i + 1} -----\n" + text + "\n")
+
+
+def print_score(result):
+    """charrnn sample --score's lines, from score()'s result (or dynamic evaluation's)."""
+    unit = result["unit"]
+    print(f"{'dynamic ' if result.get('dynamic') else ''}loss {result['loss']:.4f} nats/{unit} | "
+          f"{result['bpc']:.4f} bits/{unit} | {result['count']} {'characters' if unit == 'char' else 'bytes'} scored")
+    if result["unknown_chars"]:
+        print(f"{result['unknown_chars']} characters not in the vocabulary were skipped: "
+              f"{', '.join(repr(c) for c in result['unknown_set'])}")

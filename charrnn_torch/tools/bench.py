@@ -1,12 +1,12 @@
 """Training-throughput benchmark: every implementation on identical shapes, in one run.
 
-One training step = forward + backward + clip_grad_norm_ + optimizer step (Adagrad,
-the tutorial's optimizer, for every implementation). Implementations are
-alternated round by round, so a noisy neighbour slows all of them alike, and
-each row reports the median over rounds.
+Every row but the numpy reference's times the step training runs (training/step.py: forward,
+loss, backward, clip_grad_norm_, the non-finite check, the optimizer step, the carried state),
+with the optimizer and settings of a config's train section: by default the trainer's own
+defaults, named in each row. Implementations are alternated round by round, so a noisy neighbour
+slows all of them alike, and each row reports the median over rounds.
 
-``--train-steps`` measures instead the step a GPU user's ``train.py`` runs: Adam, the
-non-finite check, the carried state, eager or as one CUDA graph (graphs.py), against the
+``--train-steps`` measures the same step eager and as one CUDA graph (graphs.py), against the
 torch modules eager and graphed the same way.
 """
 import contextlib
@@ -27,7 +27,10 @@ from ..training import graphs
 from ..errors import UserError, one_line
 from ..files import write_atomic
 from ..model.cells import CELL_CLASSES, IMPLS, CharRNN, cross_entropy, map_state
-from ..training.runtime import fast_optimizer, retain_freed_memory
+from ..training.config import TrainConfig
+from ..training.memory import retain_freed_memory
+from ..training.optim import make_optimizer
+from ..training.step import Step
 from ..sampling.sample import sample_ids
 
 SHAPES = {  # name: (V, H, B, T, L)
@@ -53,11 +56,24 @@ YARDSTICK_ONLY = ("fp16",)
 
 
 def set_precision(precision):
-    """Set the process-wide TF32 switches for `precision`; returns the autocast dtype or None."""
+    """Set the process-wide TF32 switches for `precision` (restored_backends puts them back);
+    returns the autocast dtype or None."""
     tf32 = precision != "fp32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     return AUTOCAST.get(precision)
+
+
+@contextlib.contextmanager
+def restored_backends():
+    """The process-wide settings the bench changes (TF32 switches, torch's thread count), put back
+    as they were when the block ends."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, threads = saved
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -69,6 +85,8 @@ class Row:
     pct_peak: float
     peak_mem_mb: float
     threads: int
+    optimizer: str = ""  # the training step's optimizer and settings (step_settings)
+    warmup_s: float = float("nan")  # the first two steps: for a torch.compile row, its compile time
     note: str = ""  # why a row has no numbers (e.g. a CUDA graph capture that failed)
 
 
@@ -130,91 +148,63 @@ class NNStack(nn.Module):
         return (zeros, zeros.clone()) if isinstance(self.rnn, nn.LSTM) else zeros
 
 
-class TorchStep:
-    def __init__(self, model, V, B, T, device, amp_dtype=None, amp_cache=True):
-        self.model = model.to(device)
-        self.opt = fast_optimizer(torch.optim.Adagrad, self.model.parameters(), lr=0.01)
-        self.params = list(self.model.parameters())
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randint(V, (B, T), generator=g).to(device)
-        self.y = torch.randint(V, (B, T), generator=g).to(device)
-        self.h = None
-        self.amp = (torch.autocast(device.type, dtype=amp_dtype, cache_enabled=amp_cache)
-                    if amp_dtype is not None else None)
-
-    def __call__(self):
-        self.opt.zero_grad(set_to_none=True)
-        if self.amp is not None:
-            with self.amp:
-                logits, h = self.model(self.x, self.h)
-                loss = cross_entropy(logits, self.y)
-        else:
-            logits, h = self.model(self.x, self.h)
-            loss = cross_entropy(logits, self.y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 5.0)
-        self.opt.step()
-        self.h = map_state(torch.Tensor.detach, h)
+def step_settings(train_cfg):
+    """What a row's training step runs, in a few words: the optimizer, its rate, decay and clip."""
+    return (f"{train_cfg.optimizer} lr {train_cfg.lr:g}"
+            f"{f' wd {train_cfg.weight_decay:g}' if train_cfg.weight_decay else ''} clip {train_cfg.grad_clip:g}")
 
 
-class GraphedStep(TorchStep):
-    """TorchStep with the model's forward and backward each captured once as a CUDA graph and
-    replayed (torch.cuda.make_graphed_callables): the fused impl's T-step loop is hundreds of
-    small kernels, each launched from Python; a replay launches them all at once. The shapes of
-    a training step never change, and the carried state is a fixed-shape input, so the same
-    graph serves every step. Clipping and the optimizer step stay outside the graph."""
+class BenchStep:
+    """A row's training step: training.step.Step, the one train.py runs, under train_cfg's
+    optimizer (optim.make_optimizer) and grad_clip, on a fixed random window with the state
+    carried. graphed: the same step as one CUDA graph (graphs.WholeStepGraph; on a CPU its
+    sync-free form, uncaptured)."""
 
-    def __init__(self, model, V, B, T, device, amp_dtype=None):
-        # autocast's weight cache must be off for a graph (make_graphed_callables refuses it)
-        super().__init__(model, V, B, T, device, amp_dtype, amp_cache=False)
-        self.h = self.model.init_hidden(B)
-        # The graphs keep their buffers in a private pool from capture on: count it as this row's.
-        torch.cuda.synchronize(device)
-        self.mem_base = torch.cuda.memory_allocated(device)
-        with self.amp or contextlib.nullcontext():
-            self.model = torch.cuda.make_graphed_callables(self.model, (self.x, self.h))
-
-
-class TrainStep:
-    """A whole training step as train.py runs it on a GPU: forward, loss, backward, clip_grad_norm_
-    and Adam, with the carried state; eager (with the trainer's one host sync, the non-finite check)
-    or as one CUDA graph (graphs.WholeStepGraph; on a CPU the same sync-free step, uncaptured)."""
-
-    def __init__(self, model, V, B, T, device, graphed, amp_dtype=None):
+    def __init__(self, model, V, B, T, device, train_cfg, amp_dtype=None, graphed=False, amp_cache=True):
         self.model = model.to(device)
         self.params = list(self.model.parameters())
         g = torch.Generator().manual_seed(0)
         self.x = torch.randint(V, (B, T), generator=g).to(device)
         self.y = torch.randint(V, (B, T), generator=g).to(device)
         # A graph cannot hold autocast's weight cache (make_graphed_callables refuses it too).
-        amp = torch.autocast(device.type, dtype=amp_dtype, cache_enabled=not graphed) if amp_dtype else None
-        self.amp, self.h, self.graph = amp or contextlib.nullcontext(), None, None
+        amp = (torch.autocast(device.type, dtype=amp_dtype, cache_enabled=amp_cache and not graphed)
+               if amp_dtype is not None else None)
+        self.opt = make_optimizer(self.params, train_cfg, capturable=graphed)
+        self.step = Step(self.model, self.opt, self.params, train_cfg.grad_clip, amp)
+        self.h, self.graph = None, None
         if graphed:
-            lr = torch.tensor(2e-3, device=device)
-            opt = torch.optim.Adam(self.params, lr=lr, fused=True, capturable=True)
-            self.graph = graphs.WholeStepGraph(self.model, opt, self.params, 5.0, (B, T), 0.999, 0.0, self.amp,
-                                               capture=device.type == "cuda")
+            self.graph = graphs.WholeStepGraph(self.model, self.step, (B, T), 0.0, capture=device.type == "cuda")
             _sync(device)
             self.mem_base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-        else:
-            self.opt = fast_optimizer(torch.optim.Adam, self.params, lr=2e-3)
 
     def __call__(self):
         if self.graph is not None:
             return self.graph.step(self.x, self.y, self.graph.state)
-        self.opt.zero_grad(set_to_none=True)
-        with self.amp:
-            logits, h = self.model(self.x, self.h)
-            loss = cross_entropy(logits, self.y)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, 5.0)
-        if bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
-            self.opt.step()
-        self.h = map_state(torch.Tensor.detach, h)
+        self.h = self.step(self.x, self.y, self.h).state
+
+
+class GraphedStep(BenchStep):
+    """BenchStep with the model's forward and backward each captured once as a CUDA graph and
+    replayed (torch.cuda.make_graphed_callables): the fused impl's T-step loop is hundreds of
+    small kernels, each launched from Python; a replay launches them all at once. The shapes of
+    a training step never change, and the carried state is a fixed-shape input, so the same
+    graph serves every step. Clipping and the optimizer step stay outside the graph."""
+
+    def __init__(self, model, V, B, T, device, train_cfg, amp_dtype=None):
+        # autocast's weight cache must be off for a graph (make_graphed_callables refuses it)
+        super().__init__(model, V, B, T, device, train_cfg, amp_dtype, amp_cache=False)
+        self.h = self.model.init_hidden(B)
+        # The graphs keep their buffers in a private pool from capture on: count it as this row's.
+        torch.cuda.synchronize(device)
+        self.mem_base = torch.cuda.memory_allocated(device)
+        with self.step.amp:
+            self.step.forward = torch.cuda.make_graphed_callables(self.model, (self.x, self.h))
 
 
 GRAPHED = "CharRNN fused+graphs"
-NUMPY_BLAS_PARK_S = 0.25  # 0.2 s was enough here; see run_shape
+NUMPY = "numpy reference"
+NUMPY_SETTINGS = "adagrad lr 0.1 (numpy)"  # the tutorial's own step, with its element-wise clip
+NUMPY_BLAS_PARK_S = 0.25  # how long numpy's BLAS threads get to park; see run_shape
 
 
 class NumpyStep:
@@ -241,12 +231,12 @@ def _status_kb(field):
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def _cpu_peak_child(dims, name, threads, queue, retain_memory, cell):
+def _cpu_peak_child(shape, dims, name, threads, queue, retain_memory, cell, train_cfg):
     if retain_memory:
         retain_freed_memory()  # as in the parent, whose timings these numbers sit beside
     torch.set_num_threads(threads)
-    SHAPES["_child"] = dims
-    step = build_impls("_child", torch.device("cpu"), only=name, cell=cell)[name]
+    step = build_impls(shape, torch.device("cpu"), only=name, cell=cell, train_cfg=train_cfg, dims=dims,
+                       compiled_rows=name.endswith(COMPILED))[name]
     gc.collect()
     base = _status_kb("VmRSS")
     for _ in range(2):
@@ -254,7 +244,7 @@ def _cpu_peak_child(dims, name, threads, queue, retain_memory, cell):
     queue.put((_status_kb("VmHWM") - base) / 1024)
 
 
-def measure_peak_mem(shape, name, step, device, threads, retain_memory=False, cell="rnn"):
+def measure_peak_mem(shape, name, step, device, threads, retain_memory=False, cell="rnn", train_cfg=TrainConfig()):
     """Peak MB that training steps add on top of the model and its inputs.
 
     GPU: torch.cuda.max_memory_allocated (for a CUDA-graph row, counted from before capture,
@@ -274,7 +264,8 @@ def measure_peak_mem(shape, name, step, device, threads, retain_memory=False, ce
     import queue as queue_mod
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    proc = ctx.Process(target=_cpu_peak_child, args=(SHAPES[shape], name, threads, results, retain_memory, cell))
+    proc = ctx.Process(target=_cpu_peak_child,
+                       args=(shape, SHAPES[shape], name, threads, results, retain_memory, cell, train_cfg))
     proc.start()
     try:
         while True:
@@ -303,25 +294,37 @@ def _steps_for(shape, device):
     return max(3, min(200, int(2e6 / (B * T * H) * (40 if device.type == "cuda" else 1)) + 2))
 
 
-def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, failures=None, cell="rnn"):
-    """name -> a callable doing one training step of `cell`. The numpy reference (the tutorial's
-    tanh cell) runs on CPU only, and not at the gpu shapes, where one step takes minutes. On CUDA,
-    `CharRNN fused+graphs` replays the fused impl as CUDA graphs (for a state that is one tensor:
-    not the LSTM's (h, c)); if capturing fails, its error goes into `failures` (name -> message)
-    rather than stopping the other rows."""
-    V, H, B, T, L = SHAPES[shape]
+COMPILED = " (torch.compile)"  # the suffix of a compiled row's name
+
+
+def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, failures=None, cell="rnn",
+                train_cfg=TrainConfig(), dims=None, compiled_rows=False):
+    """name -> a callable doing one training step of `cell` (BenchStep under train_cfg) at shape (its
+    dims: SHAPES[shape] unless given). The numpy reference (the tutorial's tanh cell) runs on CPU
+    only, and not at the gpu shapes, where one step takes minutes. On CUDA, `CharRNN fused+graphs`
+    replays the fused impl as CUDA graphs (for a state that is one tensor: not the LSTM's (h, c));
+    if capturing fails, its error goes into `failures` (name -> message) rather than stopping the
+    other rows. compiled_rows adds torch.compile of the readable loop impl and of the torch module,
+    the first thing a PyTorch user tries: inductor compiles them at their first steps."""
+    V, H, B, T, L = dims or SHAPES[shape]
     makers = {}
     if device.type == "cpu" and not shape.startswith("gpu") and cell == "rnn":
-        makers["numpy reference"] = lambda: NumpyStep(V, H, B, T, L)
+        makers[NUMPY] = lambda: NumpyStep(V, H, B, T, L)
     for impl in IMPLS:
         if impl == "fused_cpp" and not (CELL_CLASSES[cell].compiled_kernels and compiled.applies(device, dtype)):
             continue  # the same code as the fused row
-        makers[f"CharRNN {impl}"] = lambda impl=impl: TorchStep(CharRNN(V, H, L, impl=impl, cell=cell).to(dtype),
-                                                                V, B, T, device, amp_dtype)
+        makers[f"CharRNN {impl}"] = lambda impl=impl: BenchStep(
+            CharRNN(V, H, L, impl=impl, cell=cell).build_kernels().to(dtype), V, B, T, device, train_cfg, amp_dtype)
     if device.type == "cuda" and len(CELL_CLASSES[cell].state_names) == 1:
         makers[GRAPHED] = lambda: GraphedStep(CharRNN(V, H, L, impl="fused", cell=cell).to(dtype), V, B, T,
-                                              device, amp_dtype)
-    makers[yardstick_name(cell)] = lambda: TorchStep(NNStack(V, H, L, cell).to(dtype), V, B, T, device, amp_dtype)
+                                              device, train_cfg, amp_dtype)
+    makers[yardstick_name(cell)] = lambda: BenchStep(NNStack(V, H, L, cell).to(dtype), V, B, T, device, train_cfg,
+                                                     amp_dtype)
+    if compiled_rows:
+        makers["CharRNN loop" + COMPILED] = lambda: BenchStep(
+            torch.compile(CharRNN(V, H, L, impl="loop", cell=cell).to(dtype)), V, B, T, device, train_cfg, amp_dtype)
+        makers[yardstick_name(cell) + COMPILED] = lambda: BenchStep(
+            torch.compile(NNStack(V, H, L, cell).to(dtype)), V, B, T, device, train_cfg, amp_dtype)
     impls = {}
     for name, make in makers.items():
         if only is None or name == only:
@@ -342,30 +345,34 @@ def step_impl_names(device, cell, yardstick_only=False):
     return names + [f"{yardstick_name(cell)} eager", f"{yardstick_name(cell)} {mode}"][:1 if yardstick_only else 2]
 
 
-def build_step_impls(shape, device, amp_dtype=None, cell="rnn", yardstick_only=False):
-    """name -> a whole training step (TrainStep) for --train-steps."""
+def build_step_impls(shape, device, amp_dtype=None, cell="rnn", yardstick_only=False, train_cfg=TrainConfig()):
+    """name -> a whole training step (BenchStep, eager or graphed) for --train-steps. A graph needs
+    an optimizer that skips a non-finite step on the device (graphs.GRAPH_OPTIMIZERS)."""
+    if train_cfg.optimizer not in graphs.GRAPH_OPTIMIZERS:
+        raise UserError(f"--train-steps captures the step, which train.optimizer={train_cfg.optimizer} cannot be: "
+                        f"use a config whose train.optimizer is one of {', '.join(graphs.GRAPH_OPTIMIZERS)}")
     V, H, B, T, L = SHAPES[shape]
     impls = {}
     for name in step_impl_names(device, cell, yardstick_only):
         torch.manual_seed(0)
         model = CharRNN(V, H, L, impl="fused", cell=cell) if name.startswith("CharRNN") else NNStack(V, H, L, cell)
-        impls[name] = TrainStep(model, V, B, T, device, graphed=not name.endswith("eager"), amp_dtype=amp_dtype)
+        impls[name] = BenchStep(model, V, B, T, device, train_cfg, amp_dtype, graphed=not name.endswith("eager"))
     return impls
 
 
 def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, threads=None, retain_memory=False,
-              cell="rnn", memory=True, impls=None):
+              cell="rnn", memory=True, impls=None, train_cfg=TrainConfig(), compiled_rows=False):
     """Rows for every implementation of `cell` at one shape (or for the given impls: name -> step),
-    plus the matmul peak measured alongside."""
+    each training step under train_cfg, plus the matmul peak measured alongside."""
     V, H, B, T, L = SHAPES[shape]
-    failures = {}
-    if impls is None:
-        impls = build_impls(shape, device, dtype, amp_dtype, failures=failures, cell=cell)
+    failures, given = {}, impls is not None
+    if not given:
+        impls = build_impls(shape, device, dtype, amp_dtype, failures=failures, cell=cell, train_cfg=train_cfg,
+                            compiled_rows=compiled_rows)
     peak = MatmulPeak(device, amp_dtype or dtype, n=256 if shape == "smoke" else None)
     n = _steps_for(shape, device)
-    for step in [*impls.values(), peak]:  # warm-up (allocator, caches, cuDNN heuristics)
-        for _ in range(2):
-            step()
+    warmup = {name: time_steps(step, device, 2) * 2 for name, step in impls.items()}  # allocator, caches, compiles
+    time_steps(peak, device, 2)
     times = {name: [] for name in impls}
     peak_times = []
     for _ in range(repeats):
@@ -373,22 +380,23 @@ def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, thr
             times[name].append(time_steps(step, device, n))
             if isinstance(step, NumpyStep):
                 # numpy's own BLAS threads keep spinning for a while after its last call and
-                # take the cores from whatever runs next: the impl timed right after it was
-                # 20-28% slower at the cpu shape (measured). Let them park first.
+                # take the cores from whatever runs next (performance-cpu.md). Let them park first.
                 time.sleep(NUMPY_BLAS_PARK_S)
         peak_times.append(time_steps(peak, device, 10 if device.type == "cpu" else 20))
     peak_gflops = peak.gflops(statistics.median(peak_times))
     threads = threads or torch.get_num_threads()
-    # A fresh process per CPU row rebuilds only build_impls' rows; --train-steps rows are measured on CUDA only.
-    memory = memory and (device.type == "cuda" or not isinstance(next(iter(impls.values())), TrainStep))
-    mems = {name: measure_peak_mem(shape, name, step, device, threads, retain_memory, cell) if memory
+    # A fresh process per CPU row rebuilds only build_impls' rows (compiling again, for a compiled row);
+    # --train-steps rows are measured on CUDA only.
+    memory = memory and (device.type == "cuda" or not given)
+    mems = {name: measure_peak_mem(shape, name, step, device, threads, retain_memory, cell, train_cfg) if memory
             else float("nan") for name, step in impls.items()}
     fpc = flops_per_char(V, H, L, CELL_CLASSES[cell].gates)
     rows = []
     for name in impls:
         cps = B * T / statistics.median(times[name])
         gf = cps * fpc / 1e9
-        rows.append(Row(shape, name, cps, gf, 100 * gf / peak_gflops, mems[name], threads))
+        settings = NUMPY_SETTINGS if name == NUMPY else step_settings(train_cfg)
+        rows.append(Row(shape, name, cps, gf, 100 * gf / peak_gflops, mems[name], threads, settings, warmup[name]))
     nan = float("nan")
     rows += [Row(shape, name, nan, nan, nan, nan, threads, note=f"failed: {msg}") for name, msg in failures.items()]
     return rows, peak_gflops
@@ -424,7 +432,8 @@ def format_table(rows):
     """One block per shape; "vs nn" is the ratio to that shape's torch-module stack (nn.RNN,
     nn.LSTM or nn.GRU)."""
     lines = []
-    head = f"{'shape':<14} {'impl':<26} {'chars/s':>10} {'vs nn.RNN/LSTM/GRU':>18} {'vs numpy':>9} {'GFLOP/s':>8} {'% peak':>7} {'peak MB':>8} {'thr':>4}"
+    head = (f"{'shape':<14} {'impl':<26} {'chars/s':>10} {'vs nn.RNN/LSTM/GRU':>18} {'vs numpy':>9} {'GFLOP/s':>8} "
+            f"{'% peak':>7} {'peak MB':>8} {'thr':>4}  step")
     lines.append(head)
     lines.append("-" * len(head))
     for shape in dict.fromkeys(r.shape for r in rows):
@@ -437,12 +446,19 @@ def format_table(rows):
                 continue
             lines.append(f"{r.shape:<14} {r.impl:<26} {r.chars_per_sec:10,.0f} {shown(r.chars_per_sec / base, '18.2f')} "
                          f"{shown(r.chars_per_sec / npy, '9.2f')} {r.gflops:8.1f} {r.pct_peak:6.1f}% "
-                         f"{shown(r.peak_mem_mb, '8.1f')} {r.threads:4d}")
+                         f"{shown(r.peak_mem_mb, '8.1f')} {r.threads:4d}  {r.optimizer}"
+                         f"{f'; compiled in {r.warmup_s:.0f} s' if r.impl.endswith(COMPILED) else ''}")
     return "\n".join(lines)
 
 
-def main(args, device):
-    """The benchmark command (``charrnn bench``): args from ``cli.bench_parser``."""
+def main(args, device, train_cfg=TrainConfig()):
+    """The benchmark command (``charrnn bench``): args from ``cli.bench_parser``; every row's training
+    step runs train_cfg's optimizer and settings. Every backend setting it changes is put back."""
+    with restored_backends():
+        return _bench(args, device, train_cfg)
+
+
+def _bench(args, device, train_cfg):
     shapes, precisions = DEFAULTS[(device.type, args.train_steps)]
     shapes, precisions = args.shapes or list(shapes), args.precisions or list(precisions)
     if device.type == "cpu" and "fp16" in precisions:
@@ -453,10 +469,10 @@ def main(args, device):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device: {device} ({name}); torch {torch.__version__}; {torch.get_num_threads()} threads; "
           f"freed memory {'retained' if retain else 'returned to the OS (glibc default)'}"
-          f"{'; whole training steps' if args.train_steps else ''}")
+          f"{'; whole training steps' if args.train_steps else ''}; step: {step_settings(train_cfg)}")
     extra = {"device": str(device), "device_name": name, "torch": torch.__version__,
              "malloc": "retain" if retain else "default", "train_steps": args.train_steps, "peaks": {}}
-    rows = measure(args, device, shapes, precisions, retain, extra["peaks"])
+    rows = measure(args, device, shapes, precisions, retain, extra["peaks"], train_cfg)
     print()
     print(format_table(rows))
     print()
@@ -473,7 +489,7 @@ def _threads_for(args, shape, device, default_threads):
     return args.small_threads if shape == "tutorial" and device.type == "cpu" else default_threads
 
 
-def measure(args, device, shapes, precisions, retain, peaks):
+def measure(args, device, shapes, precisions, retain, peaks, train_cfg):
     """Every row: for each precision, cell and shape, its implementations side by side."""
     rows, default_threads = [], torch.get_num_threads()
     for prec in precisions:
@@ -484,10 +500,11 @@ def measure(args, device, shapes, precisions, retain, peaks):
                 label = s + ("" if cell == "rnn" else f"-{cell}") + suffix
                 threads = _threads_for(args, s, device, default_threads)
                 torch.set_num_threads(threads)
-                impls = (build_step_impls(s, device, amp, cell, yardstick_only=prec in YARDSTICK_ONLY)
+                impls = (build_step_impls(s, device, amp, cell, prec in YARDSTICK_ONLY, train_cfg)
                          if args.train_steps else None)
                 shape_rows, peak = run_shape(s, device, args.repeats, amp_dtype=amp, threads=threads,
-                                             retain_memory=retain, cell=cell, memory=not args.no_memory, impls=impls)
+                                             retain_memory=retain, cell=cell, memory=not args.no_memory, impls=impls,
+                                             train_cfg=train_cfg, compiled_rows=args.compile)
                 torch.set_num_threads(default_threads)
                 for r in shape_rows:
                     r.shape = label

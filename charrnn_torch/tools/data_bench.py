@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..files import could_not_write, write_atomic
+
 SMALL_MODEL = ["model.hidden_size=64", "train.batch_size=16", "train.seq_len=64", "train.max_steps=3",
                "train.eval_interval=1000", "train.sample_interval=0", "data.val_fraction=0.0005", "device=cpu"]
 
@@ -97,5 +99,6 @@ def main(sizes_mb, work, seed_corpus, ddp=True, json_path=None):
         for p in work.glob(f"corpus-{mb}MB.txt.*.ids"):
             p.unlink()
     if json_path:
-        Path(json_path).write_text(json.dumps(rows, indent=1))
+        with could_not_write(json_path):
+            write_atomic(json_path, json.dumps(rows, indent=1).encode())
     return rows

@@ -219,11 +219,8 @@ class Queue:
 
 def draw(served, r, on_text=None):
     """The text (prime included) for a checked /sample request, as `charrnn sample --seed` draws it."""
-    generator = torch.Generator()
-    generator.manual_seed(r["seed"])
-    return sample.generate(served.model, served.vocab, prime=r["prime"], length=r["length"],
-                           temperature=r["temperature"], top_k=r["top_k"], top_p=r["top_p"],
-                           generator=generator, on_text=on_text)
+    sampling = sample.Sampling(r["temperature"], r["top_k"], r["top_p"], seed=r["seed"])
+    return sample.generate(served.model, served.vocab, r["prime"], r["length"], sampling, on_text=on_text)
 
 
 def event(name, data):

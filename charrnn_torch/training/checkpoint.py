@@ -1,24 +1,38 @@
-"""Checkpoints: plain dicts of tensors and builtins, written atomically, loaded with weights_only=True;
-a model built from one (for sampling, scoring and looking inside), and the weights a fine-tuning
-run starts from."""
+"""Checkpoints: the file format (plain dicts of tensors and builtins, written atomically, loaded with
+weights_only=True), finding one in a run directory, and the model built from one (for sampling,
+scoring and looking inside)."""
 import io
-import os
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
 
-from ..data import code_corpus
-from . import config as config_mod
-from ..data.corpus import load_corpus
 from ..data.vocab import vocab_from_checkpoint
 from ..errors import UserError, one_line
-from ..files import TEMP_SUFFIX, check_regular, discard, write_atomic
+from ..files import check_regular, write_atomic
 from ..model.cells import CharRNN
 from .runtime import resolve_device
 
 FORMAT = "charrnn_torch/1"
+
+
+def run_dict(model, corpus, config, progress, world_size):
+    """A run's checkpoint: the model and how to build it again, its vocabulary, the config (a plain
+    dict), what a built-in corpus was built from, and progress: what resuming needs (optimizer,
+    scheduler, data position, carried state, RNG, and the run's own books)."""
+    return {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "model_args": model.model_args(),
+        "vocab": list(corpus.vocab.chars),
+        "vocab_mode": corpus.vocab.mode,
+        "char_counts": corpus.char_counts,  # for sampling's default prime when there is no newline
+        "config": config,
+        "data_source": corpus.source_info,  # what a set of files was joined from; None for one file
+        "world_size": world_size,
+        **progress,
+    }
 
 
 def save(obj, path):
@@ -26,19 +40,6 @@ def save(obj, path):
     buf = io.BytesIO()
     torch.save(obj, buf)
     write_atomic(path, buf.getbuffer())
-
-
-def link_atomic(src, dest):
-    """dest becomes another name for src's current content, atomically: a hard link (no copy, and
-    src's later replacement by os.replace leaves it alone), or a copy where links are refused."""
-    src, dest = Path(src), Path(dest)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}{TEMP_SUFFIX}")
-    try:
-        os.link(src, tmp)
-        os.replace(tmp, dest)
-    except OSError:
-        discard(tmp)
-        write_atomic(dest, src.read_bytes())
 
 
 def step_checkpoints(run_dir):
@@ -104,70 +105,12 @@ def load_model(path, device_name="cpu", step=None):
     """(model in eval mode, vocab, checkpoint dict) from a checkpoint file or run directory (step:
     its ckpt-<step>.pt)."""
     ckpt = load(resolve(path, step=step))
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, mps=False)  # sampling and scoring compute in float64
     try:
         # In the checkpoint's dtype before loading: a float64 model loaded into float32 would be rounded.
         model = CharRNN(**ckpt["model_args"]).to(next(iter(ckpt["model"].values())).dtype)
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError, ValueError, StopIteration, AttributeError) as e:
         raise UserError(f"checkpoint {path} does not hold a CharRNN ({one_line(e)[:200]})") from None
-    model.to(device=device).eval()
+    model.build_kernels().to(device=device).eval()
     return model, vocab_from_checkpoint(ckpt), ckpt
-
-
-def load_init(cfg):
-    """The checkpoint a fine-tuning run (train.init_from) starts from, checked against the config:
-    the same architecture (cell, layers, hidden size) and the same kind of vocabulary."""
-    path = resolve(cfg.train.init_from)
-    ckpt = load(path)
-    args, model_cfg = ckpt.get("model_args", {}), cfg.model
-    theirs = (args.get("cell", "rnn"), args.get("num_layers"), args.get("hidden_size"))
-    if theirs != (model_cfg.cell, model_cfg.num_layers, model_cfg.hidden_size):
-        raise UserError(f"--init-from {path}: its model is {theirs[0]} {theirs[1]}x{theirs[2]}, the config asks for "
-                        f"{model_cfg.cell} {model_cfg.num_layers}x{model_cfg.hidden_size}; fine-tuning keeps the "
-                        f"architecture")
-    if ckpt.get("vocab_mode", "chars") != cfg.data.vocab:
-        raise UserError(f"--init-from {path}: it models data.vocab={ckpt.get('vocab_mode', 'chars')}, the config "
-                        f"asks for {cfg.data.vocab}")
-    return ckpt
-
-
-@torch.no_grad()
-def transplant(model, ckpt, vocab):
-    """Load a checkpoint's weights into a model whose vocabulary extends the checkpoint's (its
-    characters first, in their order, then the new ones): every old character keeps its trained
-    column of layer 0's W_xh, row of W_hy and entry of b_y; new characters keep their fresh ones."""
-    old = torch.arange(len(ckpt["vocab"]))  # the old characters' ids, the same in the new vocabulary
-    assert list(vocab.chars[:len(old)]) == list(ckpt["vocab"])
-    own = model.state_dict()
-    for name, w in ckpt["model"].items():
-        if name == "cells.0.W_xh":
-            own[name][:, old] = w.to(own[name].dtype)  # (G·H, V): a column per character
-        elif name in ("W_hy", "b_y"):
-            own[name][old] = w.to(own[name].dtype)  # (V, H) and (V,): a row per character
-        else:
-            own[name].copy_(w)
-
-
-def check_resume(ckpt, cfg, corpus):
-    """What may change on resume: config.check_resume's rule, and the same corpus and vocabulary."""
-    config_mod.check_resume(ckpt["config"], cfg)
-    code_corpus.check_same(ckpt.get("data_source"), corpus.source_info, "resume")
-    vocab = corpus.vocab
-    if ckpt["vocab"] != vocab.chars:
-        raise UserError(f"cannot resume: the vocabulary of {cfg.data.path} ({len(vocab)} characters) differs "
-                        f"from the checkpoint's ({len(ckpt['vocab'])} characters)")
-
-
-def run_corpus(ckpt, purpose):
-    """The corpus the checkpoint's run trained on (data.Corpus, in the checkpoint's vocabulary), for
-    what needs it again: purpose finishes the sentence of the error when it cannot be had."""
-    try:
-        data_cfg = config_mod.build_config(ckpt["config"]).data
-    except (KeyError, TypeError, UserError):
-        raise UserError(f"the checkpoint records no usable data config, needed to {purpose}") from None
-    if not code_corpus.is_builtin(data_cfg.path) and not os.path.exists(data_cfg.path):
-        raise UserError(f"data file not found: {data_cfg.path} (the run's data.path), needed to {purpose}")
-    corpus = load_corpus(data_cfg, progress=False, base_vocab=ckpt["vocab"], log=lambda *a: None)
-    code_corpus.check_same(ckpt.get("data_source"), corpus.source_info, purpose)
-    return corpus

@@ -23,6 +23,7 @@ SCHEDULES = ("constant", "cosine", "step")
 AMP = ("none", "bf16")
 CUDA_GRAPHS = ("off", "on", "auto")  # on: refuse a run that cannot be captured; auto: fall back to eager steps
 DTYPES = ("float32", "float64")  # names of torch dtypes
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"  # is_device_name's rule, as the messages say it
 VOCABS = ("chars", "bytes")  # data.vocab: the text's sorted characters, or its 256 byte values
 INT_MAX = 2**63 - 1  # torch reads integers as int64: a larger one fails deep inside a call
 SEED_BITS = 62  # every seed, config key or flag, is in [0, 2**62]: room for the per-rank and per-step seeds derived from it
@@ -35,6 +36,7 @@ SEED_MAX = 2**SEED_BITS
 # variable expands to nothing), never read as "not given": train.init_from's default "" means not
 # set, so an explicit empty value is caught where the overrides are read.
 PATH_KEYS = ("data.path", "out_dir", "train.init_from")
+LIST_KEYS = ("data.path",)  # the keys that take a list of values as well as one
 
 FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers", "model.cell", "train.optimizer",
                     "train.dtype", "train.batch_size", "train.seq_len", "train.stateful", "train.init_from")
@@ -42,7 +44,10 @@ FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers",
 
 @dataclass
 class DataConfig:
-    path: str = DEFAULT_PATH  # a text file, or python-stdlib: this Python's standard library (code_corpus.py)
+    # A text file; a folder, a glob or a list of files, folders and globs (files_corpus.py); or
+    # python-stdlib: this Python's standard library (code_corpus.py).
+    path: object = DEFAULT_PATH
+    separator: str = "\n"  # after each file of a set of files (python-stdlib's too)
     val_fraction: float = 0.1  # the last 10% of the text, contiguous, as nanoGPT splits
     vocab: str = "chars"  # chars: the text's characters; bytes: its raw bytes (V = 256), any file
     stdlib_max_bytes: int = DEFAULT_MAX_BYTES  # the size of the python-stdlib corpus; a text file is used whole
@@ -77,6 +82,8 @@ class TrainConfig:
     lr_gamma: float = 0.5
     stateful: bool = True  # carry h across windows of B contiguous streams; false: random windows, h0 = 0
     eval_interval: int = 250
+    patience: int = 0  # stop after this many evaluations without a better loss/val (by > min_delta); 0: off
+    min_delta: float = 0.0  # how much lower than its best loss/val must go to count as better, for patience
     log_interval: int = 10
     sample_interval: int = 500  # 0 disables TensorBoard samples
     sample_length: int = 300
@@ -97,7 +104,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto (CUDA, then MPS, then the CPU) | cpu | cuda | cuda:N | mps (Apple-silicon GPUs)
     out_dir: str = "runs/shakespeare"
 
 
@@ -134,6 +141,19 @@ def _coerce(key, value, tp):
     return value
 
 
+def _coerce_list(key, value):
+    """A LIST_KEYS value: one string, or a non-empty list of non-empty strings."""
+    if not isinstance(value, list):
+        return _coerce(key, value, str)
+    if not value:
+        raise UserError(f"{key}: an empty list; give a file, a folder, a glob or a list of them")
+    for item in value:
+        if not isinstance(item, str):
+            raise UserError(f"{key}: every entry of its list must be a path (a string), got {item!r}")
+        check_path(key, item)
+    return value
+
+
 def _fill(obj, values, prefix):
     if not isinstance(values, dict):
         raise UserError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
@@ -146,6 +166,8 @@ def _fill(obj, values, prefix):
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             _fill(current, value, f"{prefix}{key}.")
+        elif f"{prefix}{key}" in LIST_KEYS:
+            setattr(obj, key, _coerce_list(f"{prefix}{key}", value))
         else:
             setattr(obj, key, _coerce(f"{prefix}{key}", value, type(current)))
 
@@ -174,6 +196,8 @@ def validate(cfg):
     need(0 < train.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]")
     need(train.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0 disables)")
     need(train.sample_length > 0, "train.sample_length", "must be > 0")
+    need(train.patience >= 0, "train.patience", "must be >= 0 (0: no early stopping)")
+    need(train.min_delta >= 0, "train.min_delta", "must be >= 0")
     need(train.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0 (0 keeps only ckpt.pt and best.pt)")
     need(0 <= train.threads <= 4096, "train.threads", "must be in [0, 4096] (0 keeps torch's default)")
     need(0 <= train.seed <= SEED_MAX, "train.seed", f"must be in [0, 2**{SEED_BITS}]")
@@ -181,9 +205,10 @@ def validate(cfg):
                          ("model.impl", IMPLS), ("model.cell", CELLS), ("train.amp", AMP), ("train.cuda_graphs", CUDA_GRAPHS),
                          ("train.dtype", DTYPES), ("data.vocab", VOCABS)):
         need(get_key(cfg, key) in choices, key, f"must be one of {', '.join(choices)}")
-    need(is_device_name(cfg.device), "device", "must be auto, cpu, cuda or cuda:N")
+    need(is_device_name(cfg.device), "device", f"must be {DEVICE_NAMES}")
     check_path("out_dir", cfg.out_dir)
-    check_path("data.path", cfg.data.path)
+    if isinstance(cfg.data.path, str):
+        check_path("data.path", cfg.data.path)
     return cfg
 
 
@@ -196,13 +221,14 @@ def check_path(name, value):
 
 
 def is_device_name(name):
-    """The one rule for a device name (config key and --device flags alike): auto, cpu, cuda, cuda:N."""
-    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+    """The one rule for a device name (config key and --device flags alike): DEVICE_NAMES."""
+    return name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:") and name[5:].isdigit())
 
 
-def check_resume(stored, cfg):
-    """Refuse a resumed config that changes a FROZEN_ON_RESUME key of the checkpoint's config (a dict)."""
-    old, new = flatten(stored), flatten(to_dict(cfg))
+def check_resume(stored, new_values):
+    """Refuse a resumed config (new_values: to_dict of it) that changes a FROZEN_ON_RESUME key of the
+    checkpoint's config (a dict)."""
+    old, new = flatten(stored), flatten(new_values)
     for key, value in new.items():
         frozen = any(key == f or (f.endswith(".") and key.startswith(f)) for f in FROZEN_ON_RESUME)
         if frozen and key in old and old[key] != value:
@@ -219,15 +245,19 @@ def get_key(cfg, dotted):
 
 
 def parse_override(text):
-    """'train.lr=3e-3' -> ('train.lr', 0.003); the value is read as a YAML scalar."""
+    """'train.lr=3e-3' -> ('train.lr', 0.003); the value is read as a YAML scalar (a list too, for
+    LIST_KEYS). A path that is not valid YAML (a glob such as **/*.md: * begins a YAML alias) is
+    its text."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"malformed override {text!r}: expected key=value, e.g. train.lr=3e-3")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise UserError(f"malformed override {text!r}: cannot parse value ({one_line(e)})") from None
-    if isinstance(value, (dict, list)):
+        if key.strip() not in PATH_KEYS or raw.lstrip().startswith("["):
+            raise UserError(f"malformed override {text!r}: cannot parse value ({one_line(e)})") from None
+        value = raw
+    if isinstance(value, dict) or (isinstance(value, list) and key.strip() not in LIST_KEYS):
         raise UserError(f"malformed override {text!r}: expected a single value")
     return key.strip(), value
 
@@ -256,6 +286,19 @@ def resolve_config_path(name, config_dir):
     for candidate in (Path(config_dir) / name, Path(config_dir) / f"{name}.yaml"):
         if candidate.exists():
             return candidate
+    return p
+
+
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the checkout's configs/, for any working folder
+
+
+def find_config(name):
+    """A config by path, or by bare name in ./configs, then in the package's configs/."""
+    p = resolve_config_path(name, "configs")
+    if not p.exists() and PACKAGE_CONFIGS.is_dir():
+        alt = resolve_config_path(name, PACKAGE_CONFIGS)
+        if alt.exists():
+            return alt
     return p
 
 

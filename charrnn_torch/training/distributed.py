@@ -1,9 +1,11 @@
 """Every collective a training run makes, in one place. With one process each is a no-op.
 
-Rank r of N owns streams [r·B/N, (r+1)·B/N) of the same layout one process uses, so the
+``from_env``, ``start`` and ``finish`` are a run's process-group lifecycle (torchrun's environment);
+the rest are the collectives. Rank r of N owns streams [r·B/N, (r+1)·B/N) of the same layout one process uses, so the
 collectives are few: rank 0 picks the run directory, validation sums are added up, the carried
 state is gathered into one (L, B, H) tensor for checkpoints, and the ranks agree on when to stop.
 """
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,3 +99,31 @@ def load_corpus(data_cfg, info, progress, base_vocab, log):
         corpus = load_corpus_here(data_cfg, progress and info.is_main, base_vocab, log)
     barrier(info)
     return corpus or load_corpus_here(data_cfg, False, base_vocab, lambda *a: None)
+
+
+def from_env(env):
+    """This process's place in a torchrun launch (RANK, WORLD_SIZE, LOCAL_RANK), or a lone process."""
+    return DistInfo(rank=int(env.get("RANK", 0)), world_size=int(env.get("WORLD_SIZE", 1)),
+                    local_rank=int(env.get("LOCAL_RANK", 0)))
+
+
+def start(device_name, info):
+    """The process group of a run on device_name (the config's device): nccl on CUDA, else gloo."""
+    # DDP imports torch._dynamo on its first use. Imported once a process group exists, it keeps
+    # references to the group that destroy_process_group() cannot drop (see finish).
+    import torch._dynamo  # noqa: F401
+    cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://",
+                            rank=info.rank, world_size=info.world_size)
+
+
+def finish(info):
+    """Free the process group before Python exits, its threads joined. A group still alive at exit
+    keeps gloo's worker threads running; one that then releases the last collective's tensors
+    needs the GIL while the interpreter is finalizing, and the process aborts ("terminate called
+    without an active exception", pytorch/pytorch#190489). So nothing may still hold the group:
+    not the run's DDP wrapper (dropped by the trainer, and in reference cycles until collected),
+    not torch._dynamo (imported before the group, in start)."""
+    if info.world_size > 1 and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()

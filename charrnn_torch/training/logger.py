@@ -5,7 +5,6 @@ import functools
 import math
 import threading
 
-from . import config as config_mod
 from ..errors import RunFailed
 from ..files import could_not_write
 
@@ -19,36 +18,45 @@ def _guarded(method):
     return wrapper
 
 
-def _quiet_writer_threads():
+class QuietWriterThreads:
     """TensorBoard writes from a background thread; when a write fails, that thread prints a
     traceback, and the same error reaches the main thread at its next write, where the run
-    reports it in one line. Keep the thread quiet; other threads' errors print as before."""
-    previous = threading.excepthook
+    reports it in one line. While installed, the writer thread is kept quiet; other threads'
+    errors print as before. remove() puts back the hook it replaced."""
 
-    def hook(args):
+    def __init__(self):
+        self.previous = threading.excepthook
+        threading.excepthook = self.hook
+
+    def hook(self, args):
         if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
             return
-        previous(args)
+        self.previous(args)
 
-    threading.excepthook = hook
+    def remove(self):
+        if threading.excepthook == self.hook:
+            threading.excepthook = self.previous
 
 
 class RunLogger:
-    def __init__(self, out_dir, cfg, start_step, resumed, progress, console):
+    """config_yaml: the run's config as YAML text (TensorBoard's config tab); train_cfg: the train
+    section, whose limits the progress bar counts."""
+
+    def __init__(self, out_dir, config_yaml, train_cfg, start_step, resumed, progress, console):
         self.out_dir, self.console = out_dir, console
-        self.open(cfg, start_step, resumed, progress)
+        self.quiet_threads = QuietWriterThreads()
+        self.open(config_yaml, train_cfg, start_step, resumed, progress)
 
     @_guarded
-    def open(self, cfg, start_step, resumed, progress):
+    def open(self, config_yaml, train_cfg, start_step, resumed, progress):
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        _quiet_writer_threads()
         # purge_step drops events a killed run logged after its last checkpoint,
         # so the resumed steps follow on with no duplicates.
         self.writer = SummaryWriter(str(self.out_dir), purge_step=start_step + 1 if resumed else None)
-        self.writer.add_text("config", "```yaml\n" + config_mod.dump_yaml(cfg) + "```", start_step)
-        self.bar = tqdm(total=cfg.train.max_steps, initial=start_step, disable=not progress,
+        self.writer.add_text("config", "```yaml\n" + config_yaml + "```", start_step)
+        self.bar = tqdm(total=train_cfg.max_steps, initial=start_step, disable=not progress,
                         dynamic_ncols=True, desc="train")
 
     def line(self, text):
@@ -106,10 +114,12 @@ class RunLogger:
         self.writer.flush()
 
     @_guarded
-    def hparams(self, cfg, val):
+    def hparams(self, flat, val):
+        """flat: the config's values by dotted key, against the run's final validation loss."""
         from torch.utils.tensorboard.summary import hparams
 
-        flat = config_mod.flatten(config_mod.to_dict(cfg))
+        # HPARAMS takes numbers, strings and booleans: a list (data.path's files) as one string.
+        flat = {k: ", ".join(v) if isinstance(v, list) else v for k, v in flat.items()}
         # Into this run's own event file, so the HPARAMS tab links the config to this run's
         # loss/val and bpc/val. The public add_hparams would write a separate run in a
         # subdirectory (or, given run_name=".", add a second loss/val point at step 0 to this
@@ -118,8 +128,14 @@ class RunLogger:
         for summary in hparams(flat, {"loss/val": val, "bpc/val": val / math.log(2)}):
             file_writer.add_summary(summary)
 
-    @_guarded
     def close(self):
+        try:
+            self._close()
+        finally:
+            self.quiet_threads.remove()
+
+    @_guarded
+    def _close(self):
         self.bar.close()
         self.writer.close()  # flushes first
 

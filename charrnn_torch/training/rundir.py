@@ -4,7 +4,7 @@ from pathlib import Path
 
 from .distributed import broadcast_path
 from ..errors import UserError
-from ..files import TEMP_SUFFIX, writer_gone
+from ..files import remove_abandoned_in, writer_gone
 
 
 def holds_run(path):
@@ -63,13 +63,13 @@ def check_writable(path):
         raise UserError(f"out_dir {path} is not writable ({e.strerror})") from None
 
 
-def prepare_out_dir(cfg, explicit, force, resume_dir, dist_info):
-    """Rank 0 picks (and checks) the directory; every rank gets its choice."""
+def prepare_out_dir(out_dir, explicit, force, resume_dir, dist_info):
+    """The run's directory, for the config's out_dir (explicit: given by the user; force: start over
+    in it) or a resumed run's resume_dir: rank 0 picks (and checks) it; every rank gets its choice."""
     if dist_info.is_main:
-        out_dir = Path(resume_dir) if resume_dir is not None else choose_out_dir(cfg.out_dir, explicit, force)
+        out_dir = Path(resume_dir) if resume_dir is not None else choose_out_dir(out_dir, explicit, force)
         check_writable(out_dir)
-        for stale in out_dir.glob(f".*{TEMP_SUFFIX}"):
-            stale.unlink()  # left by a process killed mid-write; the real file is intact
+        remove_abandoned_in(out_dir)  # left by a process killed mid-write; the real file is intact
     else:
-        out_dir = Path(resume_dir or cfg.out_dir)
+        out_dir = Path(resume_dir or out_dir)
     return broadcast_path(out_dir, dist_info)

@@ -2,12 +2,15 @@
 
 ``train(cfg, ...)`` is one run. It builds a ``Trainer`` from small setup steps (device, data,
 run directory, model, optimizer) and calls ``Trainer.run``, whose loop reads top to bottom:
-fetch a window, step, account, log, sample, evaluate, stop. The run's changing state lives in
-a ``RunState``; what the run shows goes through a logger (``logger.py``); every collective is
-in ``distributed.py``. The CLI (``cli.py``) parses arguments and calls ``train``; nothing here
-reads sys.argv or the environment.
+fetch a window, step, account, log, sample, evaluate, stop. The step itself is ``step.py``'s, the
+one the CUDA graph and the bench run too. The run's changing state lives in a ``RunState``; what
+the run shows goes through a logger (``logger.py``); every collective is in ``distributed.py``.
+``train`` and ``Trainer`` are the only code that sees the whole config: each part they call gets
+its section. The CLI (``cli.py``) and the Python API call ``train``; nothing here reads sys.argv
+or the environment.
 """
 import contextlib
+import copy
 import dataclasses
 import math
 import signal
@@ -16,21 +19,26 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import checkpoint, config as config_mod, distributed, graphs
-from ..data import code_corpus
-from ..data import batchers as batchers_mod, vocab as vocab_mod
-from ..sampling import dynamic
-from .distributed import DistInfo, wrap_ddp
+from ..data import batchers
+from ..data.corpus import describe_source
+from ..data.vocab import as_ids
 from ..errors import RunFailed, UserError
-from ..files import could_not_write, write_atomic
-from .logger import NullLogger, RunLogger
+from ..files import could_not_write, link_atomic, write_atomic
+from ..insight.heatmap import char_label, heatmap_image
 from ..model.cells import build_model, cross_entropy, evaluating, map_state
+from ..sampling import dynamic
+from ..sampling.sample import Sampling, default_prime, generate
+from . import checkpoint, config as config_mod, distributed, finetune, graphs, runs
+from .distributed import DistInfo, wrap_ddp
+from .logger import NullLogger, RunLogger
+from .memory import check_fits_in_memory
+from .optim import learning_rate, lr_factor, make_optimizer
 from .rundir import prepare_out_dir
-from .runtime import check_fits_in_memory, configure_backends, learning_rate, make_optimizer, resolve_device, rng_state, seed_everything, set_rng_state, stop_on_signals
-from ..sampling.sample import default_prime, generate
-from ..insight.visualize import char_label, heatmap_image
+from .runtime import (check_device, configure_backends, device_notices, has_float64, resolve_device, rng_state,
+                      seed_everything, set_rng_state, stop_on_signals, sum_dtype)
+from .step import Step, smoothed
 
-SMOOTHING = 0.999  # the tutorial's smooth_loss factor
+SAMPLE_TEMPERATURE = 0.8  # the samples TensorBoard shows, as charrnn sample draws them by default
 
 
 class Interrupted(Exception):
@@ -51,25 +59,6 @@ class TrainingDiverged(RunFailed):
 
 # ---------------------------------------------------------------- setup
 
-def lr_factor(step, train_cfg, train_seconds=0.0):
-    """The multiplier on train.lr before optimizer step `step` (0-based).
-
-    With a wall-clock budget (train.max_minutes) the cosine's progress is the larger of the
-    fractions of steps and of the budget spent, so it reaches its floor at whichever ends the run.
-    """
-    if step < train_cfg.warmup_steps:
-        return (step + 1) / train_cfg.warmup_steps
-    if train_cfg.lr_schedule == "cosine":
-        progress = (step - train_cfg.warmup_steps) / max(1, train_cfg.max_steps - train_cfg.warmup_steps)
-        if train_cfg.max_minutes:
-            progress = max(progress, train_seconds / (60 * train_cfg.max_minutes))
-        progress = min(1.0, progress)
-        return train_cfg.min_lr_ratio + (1 - train_cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    if train_cfg.lr_schedule == "step":
-        return train_cfg.lr_gamma ** ((step - train_cfg.warmup_steps) // train_cfg.lr_step_size)
-    return 1.0
-
-
 HEATMAP_CHARS = 100  # the validation snippet whose hidden states TensorBoard shows at each evaluation
 
 
@@ -86,6 +75,8 @@ class RunState:
     log_acc: dict = field(default_factory=lambda: {"loss": 0.0, "norm": 0.0, "n": 0})  # since the last log
     nonfinite_total: int = 0
     train_seconds: float = 0.0  # training time so far, across resumes (evaluation and sampling excluded)
+    evals_since_gain: int = 0  # train.patience's count: evaluations since loss/val last beat gain_best by min_delta
+    gain_best: float = math.inf  # the loss/val of that evaluation
     hidden: torch.Tensor = None  # this rank's carried state (L, B/N, H), or (h, c) of them, on the device
     # Not saved: they describe this process's part of the run.
     consecutive_bad: int = 0
@@ -94,7 +85,8 @@ class RunState:
     train_log: list = field(default_factory=list)
     val_log: list = field(default_factory=list)
 
-    SAVED = ("step", "best_val", "last_val", "smooth_loss", "log_acc", "nonfinite_total", "train_seconds")
+    SAVED = ("step", "best_val", "last_val", "smooth_loss", "log_acc", "nonfinite_total", "train_seconds",
+             "evals_since_gain", "gain_best")
 
     def to_checkpoint(self):
         out = {k: getattr(self, k) for k in self.SAVED}
@@ -103,8 +95,9 @@ class RunState:
 
     @classmethod
     def from_checkpoint(cls, ckpt):
-        values = {k: ckpt[k] for k in cls.SAVED if k in ckpt}  # older checkpoints lack train_seconds
+        values = {k: ckpt[k] for k in cls.SAVED if k in ckpt}  # older checkpoints lack train_seconds, ...
         values["log_acc"] = dict(values["log_acc"])
+        values.setdefault("gain_best", values["best_val"])  # ... and patience's count, which starts from their best
         return cls(**values)
 
 
@@ -137,9 +130,20 @@ class Trainer:
         self.dist, self.resumed = dist_info, resume is not None
         self.device = resolve_device(cfg.device, dist_info)
         configure_backends(self.device, cfg.train)
-        init = checkpoint.load_init(cfg) if resume is None and cfg.train.init_from else None
-        self.open_run(cfg, init, resume, dict(explicit=out_dir_explicit, force=force, resume_dir=resume_dir), progress,
-                      log)                                                # corpus and checks, then the run directory
+        init = (finetune.load_init(cfg.train.init_from, cfg.model, cfg.data.vocab)
+                if resume is None and cfg.train.init_from else None)
+        base = init if init is not None else (resume if resume is not None and cfg.train.init_from else None)
+        self.corpus = distributed.load_corpus(cfg.data, dist_info, progress, base and base["vocab"], log)
+        with self.corpus.installed_if_no_error():  # every check of the run's inputs, then the run directory
+            self.batcher, self.n_eval = self.open_batches(cfg.train)
+            if resume is not None:
+                runs.check_resume(resume, config_mod.to_dict(cfg), self.corpus)
+            check_device(cfg.train, self.device, dist_info.world_size)
+            check_fits_in_memory(cfg.model, cfg.train, len(self.corpus.vocab), self.device, dist_info.world_size)
+            self.graphed, self.notices = self.graph_mode(cfg.train)
+            self.notices += device_notices(cfg.train, self.device)
+            self.out_dir = prepare_out_dir(cfg.out_dir, out_dir_explicit, force,
+                                           resume_dir if resume is not None else None, dist_info)
         # The config (and every checkpoint) records where the run really lives, numbered sibling or not.
         self.cfg = cfg = dataclasses.replace(cfg, out_dir=str(self.out_dir))
         if dist_info.is_main:
@@ -147,56 +151,41 @@ class Trainer:
         self.build(init)                                                  # model, optimizer, schedule, state
         if resume is not None:
             self.restore(resume)
-        self.log = (RunLogger(self.out_dir, cfg, self.state.step, self.resumed, progress, log)
-                    if dist_info.is_main else NullLogger())
+        self.log = (RunLogger(self.out_dir, config_mod.dump_yaml(cfg), cfg.train, self.state.step, self.resumed,
+                              progress, log) if dist_info.is_main else NullLogger())
         self.saved = {}  # checkpoint name -> step, as written by this process
-        self.heatmap_ids = vocab_mod.as_ids(self.corpus.val_ids[:HEATMAP_CHARS], self.corpus.lut)  # fixed: images compare
+        self.heatmap_ids = as_ids(self.corpus.val_ids[:HEATMAP_CHARS], self.corpus.lut)  # fixed: images compare
 
-    def open_run(self, cfg, init, resume, out, progress, log):
-        """The corpus, the batcher and every check of the run's inputs; only then, when all passed,
-        the run directory (out: choose_out_dir's explicit and force, and a resumed run's directory)."""
-        train_cfg, dist_info = cfg.train, self.dist
-        base = init if init is not None else (resume if resume is not None and train_cfg.init_from else None)
-        self.corpus = distributed.load_corpus(cfg.data, dist_info, progress, base and base["vocab"], log)
-        try:
-            self.batcher = batchers_mod.make_batcher(self.corpus.train_ids, train_cfg, dist_info, self.corpus.lut)
-            self.n_eval = batchers_mod.eval_stream_count(len(self.corpus.val_ids), train_cfg.batch_size,
-                                                     train_cfg.seq_len, dist_info.world_size)
-            if resume is not None:
-                checkpoint.check_resume(resume, cfg, self.corpus)
-            check_fits_in_memory(cfg, len(self.corpus.vocab), self.device, dist_info.world_size)
-            self.graphed = self.check_graphs(cfg)
-            self.out_dir = prepare_out_dir(cfg, out["explicit"], out["force"],
-                                           out["resume_dir"] if resume is not None else None, dist_info)
-        except BaseException:
-            self.corpus.discard()
-            raise
-        self.corpus.keep()
+    def open_batches(self, train_cfg):
+        """(this rank's training batcher, the number of validation streams)."""
+        corpus, world = self.corpus, self.dist.world_size
+        batcher = batchers.make_batcher(corpus.train_ids, train_cfg, self.dist, corpus.lut)
+        return batcher, batchers.eval_stream_count(len(corpus.val_ids), train_cfg.batch_size, train_cfg.seq_len, world)
 
-    def check_graphs(self, cfg):
-        """Whether the training step runs as one CUDA graph (train.cuda_graphs, graphs.py). on refuses
-        a run that cannot be captured; auto runs it eagerly and says why once."""
-        mode = cfg.train.cuda_graphs
-        why = graphs.refusal(cfg, self.device, self.dist.world_size) if mode != "off" else None
+    def graph_mode(self, train_cfg):
+        """(whether the training step runs as one CUDA graph, notices): train.cuda_graphs=on refuses a
+        run that cannot be captured (graphs.refusal); auto runs it eagerly and says why once."""
+        mode = train_cfg.cuda_graphs
+        why = graphs.refusal(train_cfg.optimizer, self.device, self.dist.world_size) if mode != "off" else None
         if mode == "on" and why:
             raise UserError(f"train.cuda_graphs=on: {why}; use train.cuda_graphs=auto to fall back to eager "
                             f"steps, or off")
-        self.notices = [f"train.cuda_graphs=auto: eager training steps, since {why}"] if why else []
-        return mode != "off" and why is None
+        return mode != "off" and why is None, [f"train.cuda_graphs=auto: eager training steps, since {why}"] if why else []
 
     def config_text(self):
-        """config.yaml: the resolved config, and in a comment what a built-in corpus was built from."""
+        """config.yaml: the resolved config, and in a comment what a corpus of many files was joined from."""
         text = config_mod.dump_yaml(self.cfg)
         info = self.corpus.source_info
-        return text + (f"# data.path: {code_corpus.describe(info)}\n" if info else "")
+        return text + (f"# data.path: {describe_source(info)}\n" if info else "")
 
     def build(self, init):
         """The model (from init's weights when fine-tuning), its optimizer and schedule, a fresh RunState."""
         train_cfg = self.cfg.train
         seed_everything(train_cfg.seed + self.dist.rank)
         self.model = build_model(self.cfg.model, len(self.corpus.vocab), getattr(torch, train_cfg.dtype))
+        self.model.build_kernels()  # impl fused_cpp: a first build is not inside the time budget
         if init is not None:
-            checkpoint.transplant(self.model, init, self.corpus.vocab)
+            finetune.transplant(self.model, init, self.corpus.vocab)
         self.model.to(self.device)
         self.ddp_model = wrap_ddp(self.model, self.device, self.dist)
         self.params = list(self.model.parameters())
@@ -209,6 +198,9 @@ class Trainer:
         # A graph cannot hold autocast's weight cache: it would be filled at capture, never again.
         amp = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not self.graphed) if bf16 else None
         self.amp = amp or contextlib.nullcontext()
+        # The graph steps the model itself: DDP's all-reduce cannot be captured (graphs.refusal).
+        self.step_fn = Step(self.model if self.graphed else self.ddp_model, self.opt, self.params,
+                            train_cfg.grad_clip, self.amp)
         self.graph = None  # graphs.WholeStepGraph, made at the first step when self.graphed
 
     def restore(self, ckpt):
@@ -246,7 +238,7 @@ class Trainer:
                 for notice in self.notices:
                     self.log.line(notice)
                 out_of_time = self.budget_spent()  # a resumed run whose budget is spent trains no more
-                while state.step < train_cfg.max_steps and not out_of_time:
+                while state.step < train_cfg.max_steps and not out_of_time and not self.patience_spent():
                     tick = time.perf_counter()
                     x, y = self.next_batch()                           # fetch the next window of every stream
                     outcome = self.train_step(x, y)                    # forward, backward, clip, update
@@ -268,6 +260,8 @@ class Trainer:
                         self.interrupt(stop["signum"])
                 if state.last_eval_step is None:  # resumed at the end: nothing to train, still report
                     self.evaluate_and_checkpoint()
+                if self.patience_spent():
+                    self.log.line(self.early_stop_line())
         except RunFailed as e:
             self.log.close_quietly()
             raise type(e)(f"{e}; {self.last_good()}") from None
@@ -275,11 +269,11 @@ class Trainer:
             self.log.close_quietly()
             raise
         finally:
-            self.ddp_model = self.model  # the DDP wrapper holds the process group: see cli.finish_distributed
+            self.ddp_model = self.model  # the DDP wrapper holds the process group: see distributed.finish
         if train_cfg.dynamic_eval and self.dist.is_main:
             self.evaluate_dynamic()
         self.log_char_embedding()
-        self.log.hparams(self.cfg, state.last_val)
+        self.log.hparams(config_mod.flatten(config_mod.to_dict(self.cfg)), state.last_val)
         self.log.close()
         return self.summary()
 
@@ -295,32 +289,16 @@ class Trainer:
         pin = self.device.type == "cuda"
         return (x.pin_memory() if pin else x).to(self.device, non_blocking=pin)
 
-    def compute_loss(self, x, y):
-        """(mean loss over the window, final state); the state starts from the carried one."""
-        with self.amp:
-            logits, h_new = self.ddp_model(x, self.state.hidden)
-            return cross_entropy(logits, y), h_new
-
     def train_step(self, x, y):
-        """One update. A NaN/Inf loss or gradient norm skips it: parameters are left untouched.
-        Returns (loss, norm, new state, finite), or None from a graph, which keeps its own books."""
+        """One update (step.Step): a NaN/Inf loss or gradient norm skips it, leaving the parameters
+        untouched. Returns its step.Outcome, or None from a graph, which keeps its own books."""
         if self.graphed:
             return self.graph_step(x, y)
-        train_cfg = self.cfg.train
-        self.opt.zero_grad(set_to_none=True)
-        loss, h_new = self.compute_loss(x, y)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, train_cfg.grad_clip if train_cfg.grad_clip > 0 else float("inf"))
-        # The one host sync per step: whether to skip the update must be known before step().
-        finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
-        if finite:
-            self.opt.step()
-        return loss, norm, h_new, finite
+        return self.step_fn(x, y, self.state.hidden)
 
     def graph_step(self, x, y):
         if self.graph is None:
-            self.graph = graphs.WholeStepGraph(self.model, self.opt, self.params, self.cfg.train.grad_clip, x.shape,
-                                               SMOOTHING, self.state.smooth_loss, self.amp,
+            self.graph = graphs.WholeStepGraph(self.model, self.step_fn, x.shape, self.state.smooth_loss,
                                                capture=self.device.type == "cuda")
         self.graph.step(x, y, self.state.hidden)
         self.state.hidden = self.graph.state
@@ -351,26 +329,33 @@ class Trainer:
     def account(self, outcome):
         if outcome is None:
             return  # a graph's step: collect_graph() reads its books at the log interval
-        loss, norm, h_new, finite = outcome
         state = self.state
-        if finite:
-            # Keep the values so the next window starts where this one ended, but cut the graph:
-            # otherwise backward would run through every earlier window and memory would grow
-            # with the length of the run.
-            state.hidden = map_state(torch.Tensor.detach, h_new)
-            lval = loss.detach()
-            state.smooth_loss = state.smooth_loss * SMOOTHING + (1 - SMOOTHING) * lval
-            state.log_acc["loss"] += lval
-            state.log_acc["norm"] += norm.detach()
+        state.hidden = outcome.state  # detached; None after a skipped step
+        if outcome.finite:
+            state.smooth_loss = smoothed(state.smooth_loss, outcome.loss)
+            state.log_acc["loss"] += outcome.loss
+            state.log_acc["norm"] += outcome.norm
             state.log_acc["n"] += 1
             state.consecutive_bad = 0
             return
-        state.hidden = None  # a NaN state would poison every later step
         state.nonfinite_total += 1
         state.consecutive_bad += 1
         self.log.nonfinite(state.step, state.nonfinite_total)
         if state.consecutive_bad >= self.cfg.train.max_nonfinite:
             self.diverged(state.consecutive_bad)
+
+    def patience_spent(self):
+        """train.patience: whether that many evaluations in a row have not beaten the best by min_delta.
+        Every rank sees the same loss/val, so they agree without a collective."""
+        patience = self.cfg.train.patience
+        return bool(patience) and self.state.evals_since_gain >= patience
+
+    def early_stop_line(self):
+        train_cfg, state = self.cfg.train, self.state
+        by = f" by more than train.min_delta={train_cfg.min_delta:g}" if train_cfg.min_delta else ""
+        return (f"early stop at step {state.step}: loss/val has not beaten {state.gain_best:.4f}{by} in "
+                f"{state.evals_since_gain} evaluations (train.patience={train_cfg.patience}); best.pt holds the "
+                f"best, {state.best_val:.4f}")
 
     def budget_spent(self):
         train_cfg, state = self.cfg.train, self.state
@@ -411,23 +396,23 @@ class Trainer:
     def sample_to_log(self):
         if not self.dist.is_main:
             return
-        g = torch.Generator().manual_seed(self.cfg.train.seed + self.state.step)  # training's RNG stays untouched
+        seeded = Sampling(seed=self.cfg.train.seed + self.state.step)  # training's RNG stays untouched
         vocab = self.corpus.vocab
-        text = generate(self.model, vocab, default_prime(vocab, self.corpus.char_counts),
-                        self.cfg.train.sample_length, temperature=0.8, generator=g)
+        text = generate(self.float64_model(), vocab, default_prime(vocab, self.corpus.char_counts),
+                        self.cfg.train.sample_length, seeded)
         self.log.sample(text, self.state.step)
 
     @torch.no_grad()
     def evaluate(self):
         """Mean validation loss per character: one stateful pass over the split, summed over ranks."""
-        windows = batchers_mod.eval_windows(self.corpus.val_ids, self.n_eval, self.cfg.train.seq_len, self.dist.rank,
+        windows = batchers.eval_windows(self.corpus.val_ids, self.n_eval, self.cfg.train.seq_len, self.dist.rank,
                                         self.dist.world_size, self.corpus.lut)
-        total, count, hv = torch.zeros((), dtype=torch.float64, device=self.device), 0, None
+        total, count, hv = torch.zeros((), dtype=sum_dtype(self.device), device=self.device), 0, None
         with evaluating(self.model):
             for xv, yv in windows:
                 with self.amp:
                     logits, hv = self.model(self.to_device(xv), hv)
-                total += cross_entropy(logits, self.to_device(yv), reduction="sum").double()
+                total += cross_entropy(logits, self.to_device(yv), reduction="sum").to(total.dtype)
                 count += yv.numel()
         total, count = distributed.sum_total_and_count(total, count, self.dist)
         return (total / count).item()
@@ -435,8 +420,9 @@ class Trainer:
     def evaluate_dynamic(self):
         """train.dynamic_eval: the validation split scored by dynamic evaluation, as its own figure."""
         settings, corpus = dynamic.Settings(), self.corpus
-        stats = dynamic.gradient_stats(self.model, corpus.train_ids, settings, corpus.lut)
-        total, count = dynamic.dynamic_score(self.model, corpus.val_ids, stats, settings, corpus.lut)
+        model = self.float64_model()
+        stats = dynamic.gradient_stats(model, corpus.train_ids, settings, corpus.lut)
+        total, count = dynamic.dynamic_score(model, corpus.val_ids, stats, settings, corpus.lut)
         self.state.val_dynamic = total / count
         self.log.dynamic(self.state.step, self.state.val_dynamic, self.state.last_val)
 
@@ -449,15 +435,23 @@ class Trainer:
         hidden = self.gathered_state()  # a collective: every rank takes part
         improved = val < state.best_val
         state.best_val = min(state.best_val, val)
+        gained = val < state.gain_best - self.cfg.train.min_delta
+        state.gain_best, state.evals_since_gain = (val, 0) if gained else (state.gain_best, state.evals_since_gain + 1)
         self.log.validation(state.step, val, state.best_val, improved, self.model, state.train_seconds)
         if self.dist.is_main:
-            self.log.hidden_heatmap(state.step, heatmap_image(self.model, self.to_device(self.heatmap_ids)))
+            model = self.float64_model()
+            self.log.hidden_heatmap(state.step, heatmap_image(model, self.heatmap_ids.to(model.W_hy.device)))
         self.save_checkpoint("ckpt.pt", hidden)
         self.keep_step_checkpoint()
         if improved:
             self.save_checkpoint("best.pt", hidden)  # only ever replaced by a better model
         self.log.flush()
         self.log.validation_line(state.step, val, state.best_val, improved)
+
+    def float64_model(self):
+        """The model for what computes in float64 (sampling, the heat map, dynamic evaluation): itself,
+        or a CPU copy of it on a device without float64 (MPS)."""
+        return self.model if has_float64(self.device) else copy.deepcopy(self.model).cpu()
 
     def log_char_embedding(self):
         """For TensorBoard's projector: each character's column of layer 0's W_xh (all G gates)."""
@@ -472,23 +466,10 @@ class Trainer:
         return map_state(lambda h: distributed.gather_state(h, self.dist), self.state.hidden)
 
     def checkpoint_dict(self, hidden):
-        return {
-            "format": checkpoint.FORMAT,
-            "model": self.model.state_dict(),
-            "model_args": self.model.model_args(),
-            "vocab": list(self.corpus.vocab.chars),
-            "vocab_mode": self.corpus.vocab.mode,
-            "char_counts": self.corpus.char_counts,  # for sampling's default prime when there is no newline
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            "data": self.batcher.state_dict(),
-            "hidden": hidden,
-            "rng": rng_state(self.device),
-            "config": config_mod.to_dict(self.cfg),
-            "data_source": self.corpus.source_info,  # what python-stdlib was built from; None for a file
-            "world_size": self.dist.world_size,
-            **self.state.to_checkpoint(),
-        }
+        progress = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                    "data": self.batcher.state_dict(), "hidden": hidden, "rng": rng_state(self.device),
+                    **self.state.to_checkpoint()}
+        return checkpoint.run_dict(self.model, self.corpus, config_mod.to_dict(self.cfg), progress, self.dist.world_size)
 
     def save_checkpoint(self, name, hidden):
         if not self.dist.is_main:
@@ -505,7 +486,7 @@ class Trainer:
             return
         name = self.out_dir / f"ckpt-{self.state.step}.pt"
         with could_not_write(name):
-            checkpoint.link_atomic(self.out_dir / "ckpt.pt", name)
+            link_atomic(self.out_dir / "ckpt.pt", name)
             for _, old in checkpoint.step_checkpoints(self.out_dir)[:-keep]:
                 old.unlink()
 
@@ -531,7 +512,7 @@ class Trainer:
         return {"out_dir": str(self.out_dir), "step": state.step, "val_loss": state.last_val,
                 "val_dynamic": state.val_dynamic, "best_val": state.best_val, "train_log": state.train_log,
                 "val_log": state.val_log, "nonfinite_steps": state.nonfinite_total,
-                "train_seconds": state.train_seconds}
+                "train_seconds": state.train_seconds, "stopped_early": self.patience_spent()}
 
 
 def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=None,

@@ -15,7 +15,7 @@ import pytest
 PROBE = r"""
 import resource, sys
 import torch
-from charrnn_torch.training.runtime import retain_freed_memory
+from charrnn_torch.training.memory import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
 def step():
@@ -49,6 +49,6 @@ def test_steps_stop_faulting_in_fresh_pages():
 
 
 def test_reports_whether_it_applied():
-    from charrnn_torch.training.runtime import retain_freed_memory
+    from charrnn_torch.training.memory import retain_freed_memory
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert retain_freed_memory() is glibc
