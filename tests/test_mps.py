@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from charrnn_torch.cli import main
-from charrnn_torch.training import runtime, trainer
+from charrnn_torch.training import optim, runtime, trainer
 from charrnn_torch.training.config import build_config
 from conftest import read_scalars, tiny_overrides
 
@@ -53,15 +53,15 @@ def test_mps_where_there_is_none_is_one_error_line(tmp_path, corpus_file, capsys
 def test_what_mps_cannot_train_is_refused_and_what_it_lacks_is_said_once():
     mps, cpu = torch.device("mps"), torch.device("cpu")
     f64 = build_config({}, ["train.dtype=float64"])
-    assert runtime.device_refusal(f64, mps, 1) == ("device=mps: MPS has no float64; use train.dtype=float32, "
+    assert runtime.device_refusal(f64.train, mps, 1) == ("device=mps: MPS has no float64; use train.dtype=float32, "
                                                    "or device=cpu for float64")
-    assert runtime.device_refusal(build_config(), mps, 2).startswith("device=mps: DDP reduces CUDA or CPU tensors")
-    assert runtime.device_refusal(build_config(), mps, 1) is None and runtime.device_refusal(f64, cpu, 2) is None
-    notices = runtime.device_notices(build_config({}, ["train.amp=bf16"]), mps)
+    assert runtime.device_refusal(build_config().train, mps, 2).startswith("device=mps: DDP reduces CUDA or CPU tensors")
+    assert runtime.device_refusal(build_config().train, mps, 1) is None and runtime.device_refusal(f64.train, cpu, 2) is None
+    notices = runtime.device_notices(build_config({}, ["train.amp=bf16"]).train, mps)
     assert notices == ["train.amp=bf16: autocast runs on CUDA only; this run on mps trains in float32",
                        "device=mps: MPS has no float64, so TensorBoard's samples and hidden-state heat map, and "
                        "train.dynamic_eval, use a CPU copy of the model; loss/val is summed in float32"]
-    assert runtime.device_notices(build_config(), cpu) == []
+    assert runtime.device_notices(build_config().train, cpu) == []
     assert (runtime.sum_dtype(mps), runtime.sum_dtype(cpu)) == (torch.float32, torch.float64)
 
 
@@ -102,8 +102,8 @@ def test_the_cpu_copy_used_without_float64_gives_what_the_model_gives(tmp_path, 
 def test_a_cpu_only_fused_optimizer_is_not_asked_for_off_the_cpu():
     on_cpu = [torch.nn.Parameter(torch.zeros(3))]
     elsewhere = [torch.nn.Parameter(torch.zeros(3, device="meta"))]  # stands for cuda or mps: not the CPU
-    assert runtime.fast_optimizer(torch.optim.Adagrad, on_cpu, lr=0.1).defaults["fused"]
-    assert not runtime.fast_optimizer(torch.optim.Adagrad, elsewhere, lr=0.1).defaults["fused"]
+    assert optim.fast_optimizer(torch.optim.Adagrad, on_cpu, lr=0.1).defaults["fused"]
+    assert not optim.fast_optimizer(torch.optim.Adagrad, elsewhere, lr=0.1).defaults["fused"]
 
 
 @needs_mps
