@@ -13,7 +13,6 @@ traceback.
 """
 import argparse
 import gc
-import json
 import math
 import os
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .tools import bench, data_bench
+from .tools import bench, data_bench, plots
 from .training import checkpoint, config as config_mod
 from . import files
 from .data import corpus, vocab as vocab_mod
@@ -32,8 +31,7 @@ from .insight import export, visualize, viz_page
 from .training.config import SEED_MAX
 from .training.distributed import DistInfo, barrier
 from .errors import RunFailed, UserError, one_line
-from .files import could_not_write, write_atomic
-from .tools.plots import plot_runs
+from .training.rundir import run_files
 from .training.runtime import resolve_device, retain_freed_memory
 from .tools.sweep import format_rows, run_sweep
 from .training.trainer import Interrupted, train
@@ -177,6 +175,17 @@ def _checkpoint_args(p, device_default="cpu"):
                    help="with a run directory: its ckpt-<step>.pt (kept by train.keep_checkpoints)")
     p.add_argument("--device", type=device_arg("--device"), default=device_default,
                    help=f"auto | cpu | cuda | cuda:N (default {device_default})")
+
+
+def _spare_inputs(args, outs, *inputs):
+    """Refuse, before anything is read or written, an output path (outs) that is the checkpoint the
+    command reads, another checkpoint of its run, or one of inputs ((path or None, what it is)).
+    Returns the checkpoint file."""
+    source = checkpoint.resolve(args.checkpoint, step=args.step)
+    keep = checkpoint.kept_files(source) + [(path, what) for path, what in inputs if path]
+    for out in outs:
+        files.check_not_input("--out", out, keep)
+    return source
 
 
 def find_config(name):
@@ -352,6 +361,8 @@ def check_sample_args(args):
 
 def sample_command(args, prog):
     check_sample_args(args)
+    if args.out:
+        _spare_inputs(args, [args.out], (args.prime_file, "the --prime-file it reads"))
     if args.prime_file:
         args.prime = corpus.read_corpus(args.prime_file)
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
@@ -364,12 +375,11 @@ def sample_command(args, prog):
         generator.manual_seed(args.seed)
     else:
         generator.seed()
-    out_file = open(args.out, "w", encoding="utf-8") if args.out else None
-    try:
-        _generate(args, model, vocab, prime, generator, _emitter(out_file))
-    finally:
-        if out_file:
-            out_file.close()
+    if not args.out:
+        _generate(args, model, vocab, prime, generator, _emitter(None))
+        return 0
+    with files.writing(args.out, mode=0o644) as write:  # in place once the whole text is
+        _generate(args, model, vocab, prime, generator, _emitter(lambda text: write(text.encode("utf-8"))))
     return 0
 
 
@@ -391,12 +401,12 @@ def _print_score(r):
     return 0
 
 
-def _emitter(out_file):
+def _emitter(write_out):
     def emit(text):
         sys.stdout.write(text)
         sys.stdout.flush()
-        if out_file:
-            out_file.write(text)
+        if write_out:
+            write_out(text)
     return emit
 
 
@@ -501,7 +511,8 @@ def bench_command(args, prog):
 def plot_parser(prog):
     p = _Parser(prog=prog, description="Validation loss against minutes of training, runs side by side.")
     p.add_argument("runs", nargs="+", metavar="RUN", type=dir_arg("RUN"), help="run directories (TensorBoard events)")
-    p.add_argument("--out", type=file_arg("--out", existing=False), default="runs.png", help="the PNG to write")
+    p.add_argument("--out", type=file_arg("--out", existing=False), default="runs.png",
+                   help=f"the figure to write, in the format of its extension: {', '.join(plots.FORMATS)}")
     p.add_argument("--labels", default=None, help="comma-separated, one per run (default: the directory names)")
     p.add_argument("--title", default="validation loss against minutes of training")
     return p
@@ -511,13 +522,17 @@ def plot_command(args, prog):
     labels = args.labels.split(",") if args.labels else None
     if labels is not None and len(labels) != len(args.runs):
         raise UserError(f"--labels has {len(labels)} names for {len(args.runs)} runs")
-    print(plot_runs(args.runs, args.out, labels, args.title))
+    plots.out_format(args.out)
+    for run in args.runs:
+        files.check_not_input("--out", args.out, [(p, f"a file of the run {run}") for p in run_files(run)])
+    print(plots.plot_runs(args.runs, args.out, labels, args.title))
     return 0
 
 
 # ---------------------------------------------------------------- visualize
 
 VIZ_MAX_CHARS = 3000
+VIZ_FILES = ("index.html", "insight.json")  # what visualize writes into --out
 
 
 def visualize_parser(prog):
@@ -544,6 +559,7 @@ def validation_text(ckpt, n):
 
 
 def visualize_command(args, prog):
+    _spare_inputs(args, [args.out / name for name in VIZ_FILES], (args.text, "the --text it reads"))
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
     if vocab.mode != "chars":
         raise UserError("the page shows characters: it needs a model trained with data.vocab=chars")
@@ -558,10 +574,10 @@ def visualize_command(args, prog):
         source += f" ({info['unknown_removed']} characters outside the vocabulary removed)"
     page, acts = visualize.page_data(model, vocab, ckpt, checkpoint.resolve(args.checkpoint, step=args.step), text,
                                      source)
-    args.out.mkdir(parents=True, exist_ok=True)
+    files.make_dir(args.out)
     # A page to share: readable by all, as a file written with open() would be under the usual umask.
-    write_atomic(args.out / "index.html", viz_page.render(page, acts).encode(), mode=0o644)
-    write_atomic(args.out / "insight.json", json.dumps(page).encode(), mode=0o644)
+    files.write_file(args.out / "index.html", viz_page.render(page, acts).encode(), mode=0o644)
+    files.write_file(args.out / "insight.json", files.json_text(page).encode(), mode=0o644)
     print(f"wrote {args.out / 'index.html'} and insight.json: {len(text):,} characters, "
           f"{page['header']['mean_bits']:.3f} bits/char")
     width = max(map(len, page["search"]))
@@ -590,11 +606,10 @@ def export_command(args, prog):
                                                       "checkpoint's dtype")])
     if args.format == "onnx":
         export.require_onnx()
-    model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
-    source = checkpoint.resolve(args.checkpoint, step=args.step)
+    source = _spare_inputs(args, [args.out])
+    model, vocab, ckpt = checkpoint.load_model(source, args.device)
     data, what = export.export(model, vocab, ckpt, source, args.format, args.half)
-    with could_not_write(args.out):
-        write_atomic(args.out, data, mode=0o644)  # a file to share: readable by all, as open() would make it
+    files.write_file(args.out, data, mode=0o644)  # a file to share: readable by all, as open() would make it
     print(f"wrote {args.out} ({len(data):,} bytes): {what}")
     return 0
 

@@ -51,6 +51,15 @@ def step_checkpoints(run_dir):
     return sorted(found)
 
 
+def kept_files(path):
+    """(path, what it is) for the checkpoint file path and every checkpoint of its run (best.pt,
+    ckpt.pt and ckpt-<step>.pt beside it): the files no command's output may replace."""
+    path, run = Path(path), Path(path).parent
+    beside = [run / name for name in ("best.pt", "ckpt.pt")] + [p for _, p in step_checkpoints(run)]
+    return [(path, "the checkpoint this command reads")] + [
+        (p, f"a checkpoint of the run in {run}") for p in beside if p.is_file() and p != path]
+
+
 def resolve(path, names=("best.pt", "ckpt.pt"), step=None):
     """A checkpoint file, or a run directory in which the first of names that exists is used
     (with step: that step's ckpt-<step>.pt, kept by train.keep_checkpoints)."""
