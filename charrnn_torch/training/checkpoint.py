@@ -11,7 +11,7 @@ import torch
 
 from ..data import code_corpus
 from . import config as config_mod
-from ..data.corpus import load_corpus
+from ..data.corpus import EXTRA_SHOWN, load_corpus
 from ..data.vocab import vocab_from_checkpoint
 from ..errors import UserError, one_line
 from ..files import TEMP_SUFFIX, check_regular, discard, write_atomic
@@ -106,7 +106,76 @@ def load(path, map_location="cpu"):
         raise UserError(f"checkpoint {path} is truncated or corrupt ({one_line(e)[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a charrnn_torch checkpoint")
+    check_fits(ckpt, path)
     return ckpt
+
+
+ARCHITECTURE = ("cell", "num_layers", "hidden_size")  # the model config keys that decide the tensors' shapes
+
+
+def check_fits(ckpt, path):
+    """The one check of a checkpoint's parts against each other, when it is opened and before any
+    command uses it: its tensors have the shapes its model_args give, its config (what a resumed run
+    builds) describes the same architecture, its vocabulary is as large as the model's output, and
+    every weight is finite. Whatever does not fit is refused in one line, naming what."""
+    problem = _shapes_problem(ckpt) or _config_problem(ckpt) or _vocab_problem(ckpt) or _weights_problem(ckpt)
+    if problem:
+        raise UserError(f"checkpoint {path} does not fit together: {problem}")
+
+
+def _shapes_problem(ckpt):
+    args, tensors = ckpt.get("model_args"), ckpt.get("model")
+    if not isinstance(args, dict) or not isinstance(tensors, dict):
+        return "it holds no model_args or no model weights"
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no kernels built
+            want = CharRNN(**dict(args, impl="loop")).state_dict()
+    except (TypeError, ValueError) as e:
+        return f"its model_args do not describe a CharRNN ({one_line(e)[:200]})"
+    described = f"{args.get('cell', 'rnn')} {args.get('num_layers')}x{args.get('hidden_size')}, " \
+                f"vocabulary of {args.get('vocab_size')}"
+    for name in sorted(set(want) | set(tensors)):
+        have = tensors.get(name)
+        if not torch.is_tensor(have) or name not in want:
+            return f"its weights {'lack' if name in want else 'have an unknown tensor'} {name} for the model its " \
+                   f"model_args describe ({described})"
+        if tuple(have.shape) != tuple(want[name].shape):
+            return f"its tensor {name} is {tuple(have.shape)}, but the model its model_args describe ({described}) " \
+                   f"has it {tuple(want[name].shape)}"
+    return None
+
+
+def _config_problem(ckpt):
+    model_cfg = (ckpt.get("config") or {}).get("model") if isinstance(ckpt.get("config"), dict) else None
+    if not isinstance(model_cfg, dict):
+        return None  # no config recorded (not a training checkpoint): nothing will be built from one
+    defaults = config_mod.ModelConfig()
+    for key in ARCHITECTURE:
+        said = model_cfg.get(key, getattr(defaults, key))
+        if said != ckpt["model_args"].get(key, getattr(defaults, key)):
+            return f"its config has model.{key}={said}, but its weights are for {key} {ckpt['model_args'].get(key)}"
+    return None
+
+
+def _vocab_problem(ckpt):
+    vocab, mode, size = ckpt.get("vocab"), ckpt.get("vocab_mode", "chars"), ckpt["model_args"].get("vocab_size")
+    if mode not in config_mod.VOCABS:
+        return f"its vocab_mode is {mode!r}, not one of {', '.join(config_mod.VOCABS)}"
+    if not isinstance(vocab, list) or not all(isinstance(c, str) and len(c) == 1 for c in vocab):
+        return "its vocabulary is not a list of characters"
+    if len(set(vocab)) != len(vocab):
+        return "its vocabulary lists a character twice"
+    if len(vocab_from_checkpoint(ckpt)) != size or len(vocab) != size:
+        return f"its vocabulary has {len(vocab)} characters, but its model predicts {size}"
+    return None
+
+
+def _weights_problem(ckpt):
+    bad = [name for name, t in ckpt["model"].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        return (f"its weights hold NaN or Inf ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}): the run "
+                f"diverged before it was saved; use an earlier checkpoint of the run (--step, train.keep_checkpoints)")
+    return None
 
 
 def load_model(path, device_name="cpu", step=None):
@@ -177,6 +246,16 @@ def run_corpus(ckpt, purpose):
         raise UserError(f"the checkpoint records no usable data config, needed to {purpose}") from None
     if not code_corpus.is_builtin(data_cfg.path) and not os.path.exists(data_cfg.path):
         raise UserError(f"data file not found: {data_cfg.path} (the run's data.path), needed to {purpose}")
-    corpus = load_corpus(data_cfg, progress=False, base_vocab=ckpt["vocab"], log=lambda *a: None)
-    code_corpus.check_same(ckpt.get("data_source"), corpus.source_info, purpose)
+    corpus = load_corpus(data_cfg, progress=False, base_vocab=ckpt["vocab"], log=lambda *a: None, defer_install=True)
+    try:
+        code_corpus.check_same(ckpt.get("data_source"), corpus.source_info, purpose)
+        new = corpus.vocab.chars[len(ckpt["vocab"]):]  # the corpus's characters the model never saw, after its own
+        if new:
+            shown = ", ".join(repr(c) for c in new[:EXTRA_SHOWN]) + (" ..." if len(new) > EXTRA_SHOWN else "")
+            raise UserError(f"{data_cfg.path} (the run's data.path) has changed since the run: {len(new)} of its "
+                            f"characters are not in the model's vocabulary ({shown}); it is needed to {purpose}")
+    except BaseException:
+        corpus.discard()  # a cache built for a corpus refused writes nothing
+        raise
+    corpus.keep()
     return corpus
