@@ -187,12 +187,12 @@ function step(st, id) {  // one character through every layer: the state moves o
 // ------------------------------------------------------------------ sampling
 
 function probabilities(logits, temperature, topK) {  // sample.filter_probs: temperature, then top-k
-  const z = Array.from(logits, a => a / temperature);
+  const m = Math.max(...logits), z = Array.from(logits, a => (a - m) / temperature);  // <= 0: never overflows
   if (topK > 0 && topK < V) {
     const kth = z.slice().sort((a, b) => b - a)[topK - 1];
     for (let v = 0; v < V; v++) if (z[v] < kth) z[v] = -Infinity;
   }
-  const m = Math.max(...z), p = z.map(a => Math.exp(a - m)), s = p.reduce((a, b) => a + b, 0);
+  const p = z.map(a => Math.exp(a)), s = p.reduce((a, b) => a + b, 0);
   return p.map(a => a / s);
 }
 
