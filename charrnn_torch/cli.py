@@ -161,6 +161,22 @@ def dir_arg(flag):
     return path_arg(flag, check)
 
 
+def given_flags(parser, argv):
+    """The dests of the flags argv gives (a flag left at its default is not given), from a second
+    parse of argv by parser with every default a marker no value can be."""
+    unset = object()
+    parser.set_defaults(**dict.fromkeys(vars(parser.parse_intermixed_args(argv)), unset))
+    return {dest for dest, value in vars(parser.parse_intermixed_args(argv)).items() if value is not unset}
+
+
+def refuse_unused(args, dests, why):
+    """Refuse those flags of dests that were given (args.given), in one line: why says when they do nothing."""
+    given = [d for d in dests if d in args.given]
+    if given:
+        names = ", ".join("--" + d.replace("_", "-") for d in given)
+        raise UserError(f"{names} {'has' if len(given) == 1 else 'have'} no effect {why}")
+
+
 def _conflicts(pairs):
     """pairs: (condition, message); the first true condition is the error."""
     for condition, message in pairs:
@@ -224,6 +240,8 @@ def train_config(args):
                 (args.resume and args.init_from, "--init-from starts a new run from a checkpoint's weights; "
                                                  "--resume continues a run: give one")])
     if args.resume is not None:
+        refuse_unused(args, ["config"], "with --resume: a run continues with its own config (change keys with "
+                                        "key=value overrides)")
         path = checkpoint.resolve(args.resume, names=("ckpt.pt", "best.pt"))
         resume = checkpoint.load(path)
         return config_mod.build_config(resume["config"], args.overrides), resume, path.parent
@@ -345,6 +363,7 @@ def check_sample_args(args):
          "--score scores a file; it takes no generation flags (--prime, --prime-file, --length, --temperature, "
          "--top-k, --top-p, --greedy, --beam-width, --num-samples, --out)"),
         (args.dynamic and not args.score, "--dynamic changes how --score scores a file: give --score FILE"),
+
         (args.greedy and args.beam_width, "--greedy and --beam-width contradict each other (--beam-width 1 is "
                                           "greedy)"),
         (args.greedy and (sampling or "num_samples" in given),
@@ -354,6 +373,10 @@ def check_sample_args(args):
          "--beam-width returns the most likely text: --temperature, --top-k, --top-p and --num-samples "
          "have no effect with it"),
     ])
+    if not args.dynamic:
+        refuse_unused(args, ["dynamic_lr", "dynamic_decay"], "without --dynamic (they set dynamic evaluation)")
+    if args.greedy or args.beam_width or args.score:
+        refuse_unused(args, ["seed"], "with --greedy, --beam-width or --score: they draw nothing at random")
     for k, v in SAMPLE_DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -497,7 +520,16 @@ def bench_parser(prog):
     return p
 
 
+BENCH_MODEL_FLAGS = ("device", "shapes", "precisions", "cells", "repeats", "threads", "small_threads", "malloc",
+                     "train_steps", "no_memory")  # what the model rows take, the corpus benchmark not
+BENCH_CORPUS_FLAGS = ("work", "no_ddp")
+
+
 def bench_command(args, prog):
+    if args.corpus_mb:
+        refuse_unused(args, BENCH_MODEL_FLAGS, "with --corpus-mb: the corpus benchmark trains one small CPU model")
+    else:
+        refuse_unused(args, BENCH_CORPUS_FLAGS, "without --corpus-mb (they set the corpus benchmark)")
     if not args.corpus_mb:
         return bench.main(args, resolve_device(args.device))
     seed = corpus.ensure_corpus(corpus.DEFAULT_PATH)
@@ -632,7 +664,9 @@ def parse(name, argv, prog=None):
     """A command's arguments, checked (a UserError for any mistake), without running it. Flags and
     key=value overrides may come in any order."""
     parser = COMMANDS[name][0](prog or f"charrnn {name}")
-    return parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    args.given = given_flags(parser, argv)
+    return args
 
 
 def run(name, argv, prog):
