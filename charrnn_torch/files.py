@@ -122,6 +122,18 @@ def writer_gone(host, pid):
     return host == socket.gethostname() and pid.isdigit() and not process_exists(int(pid))
 
 
+def claim(path):
+    """Create path holding this host and process (writer_tag), only if no file is there: a lock
+    whose holder writer_gone can check. Whether this process now holds it."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(writer_tag())
+    return True
+
+
 def process_exists(pid):
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process is there
