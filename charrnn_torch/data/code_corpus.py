@@ -102,8 +102,10 @@ def read_record(text_path, record_path):
         return None
 
 
-def ensure(max_bytes, log=print):
-    """(the corpus text file, its record): built on first use, then read from the cache folder."""
+def ensure(max_bytes, log=print, written=None):
+    """(the corpus text file, its record): built on first use, then read from the cache folder.
+    written: a list that gets the two files' paths when this call writes them (for a run that removes
+    them again if it is refused, data.Corpus.discard)."""
     root = stdlib_dir()
     text_path, record_path = cached_names(root, max_bytes)
     record = read_record(text_path, record_path)
@@ -123,6 +125,8 @@ def ensure(max_bytes, log=print):
             text_path.parent.mkdir(parents=True, exist_ok=True)
             files.write_atomic(text_path, blob, mode=0o644)
             files.write_atomic(record_path, json.dumps(record).encode(), mode=0o644)
+        if written is not None:
+            written += [text_path, record_path]
     log(f"corpus: {describe(record)}; {'written to' if built else 'read from'} {text_path}")
     return text_path, record
 
