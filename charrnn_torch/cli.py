@@ -19,10 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from .tools import bench, data_bench
+from .tools import bench, data_bench, plots
 from .training import checkpoint, config as config_mod, distributed, runs
 from . import files
 from .data import corpus
@@ -30,10 +29,9 @@ from .sampling import dynamic, sample
 from .insight import export, visualize, viz_page
 from .training.config import SEED_MAX
 from .errors import RunFailed, UserError, one_line
-from .files import could_not_write, write_atomic
-from .tools.plots import plot_runs
 from .training.memory import retain_freed_memory
 from .training.runtime import NEEDS_FLOAT64, resolve_device
+from .training.rundir import run_files
 from .tools.sweep import format_rows, run_sweep
 from .training.trainer import Interrupted, train
 
@@ -164,6 +162,22 @@ def dir_arg(flag):
     return path_arg(flag, check)
 
 
+def given_flags(parser, argv):
+    """The dests of the flags argv gives (a flag left at its default is not given), from a second
+    parse of argv by parser with every default a marker no value can be."""
+    unset = object()
+    parser.set_defaults(**dict.fromkeys(vars(parser.parse_intermixed_args(argv)), unset))
+    return {dest for dest, value in vars(parser.parse_intermixed_args(argv)).items() if value is not unset}
+
+
+def refuse_unused(args, dests, why):
+    """Refuse those flags of dests that were given (args.given), in one line: why says when they do nothing."""
+    given = [d for d in dests if d in args.given]
+    if given:
+        names = ", ".join("--" + d.replace("_", "-") for d in given)
+        raise UserError(f"{names} {'has' if len(given) == 1 else 'have'} no effect {why}")
+
+
 def _conflicts(pairs):
     """pairs: (condition, message); the first true condition is the error."""
     for condition, message in pairs:
@@ -178,6 +192,17 @@ def _checkpoint_args(p, device_default="cpu"):
                    help="with a run directory: its ckpt-<step>.pt (kept by train.keep_checkpoints)")
     p.add_argument("--device", type=device_arg("--device", NEEDS_FLOAT64), default=device_default,
                    help=f"auto (CUDA, else the CPU) | cpu | cuda | cuda:N (default {device_default})")
+
+
+def _spare_inputs(args, outs, *inputs):
+    """Refuse, before anything is read or written, an output path (outs) that is the checkpoint the
+    command reads, another checkpoint of its run, or one of inputs ((path or None, what it is)).
+    Returns the checkpoint file."""
+    source = checkpoint.resolve(args.checkpoint, step=args.step)
+    keep = checkpoint.kept_files(source) + [(path, what) for path, what in inputs if path]
+    for out in outs:
+        files.check_not_input("--out", out, keep)
+    return source
 
 
 # ---------------------------------------------------------------- train
@@ -206,6 +231,8 @@ def train_config(args):
                 (args.resume and args.init_from, "--init-from starts a new run from a checkpoint's weights; "
                                                  "--resume continues a run: give one")])
     if args.resume is not None:
+        refuse_unused(args, ["config"], "with --resume: a run continues with its own config (change keys with "
+                                        "key=value overrides)")
         path = checkpoint.resolve(args.resume, names=("ckpt.pt", "best.pt"))
         resume = checkpoint.load(path)
         return config_mod.build_config(resume["config"], args.overrides), resume, path.parent
@@ -302,6 +329,7 @@ def check_sample_args(args):
          "--score scores a file; it takes no generation flags (--prime, --prime-file, --length, --temperature, "
          "--top-k, --top-p, --greedy, --beam-width, --num-samples, --out)"),
         (args.dynamic and not args.score, "--dynamic changes how --score scores a file: give --score FILE"),
+
         (args.greedy and args.beam_width, "--greedy and --beam-width contradict each other (--beam-width 1 is "
                                           "greedy)"),
         (args.greedy and (sampling or "num_samples" in given),
@@ -311,6 +339,10 @@ def check_sample_args(args):
          "--beam-width returns the most likely text: --temperature, --top-k, --top-p and --num-samples "
          "have no effect with it"),
     ])
+    if not args.dynamic:
+        refuse_unused(args, ["dynamic_lr", "dynamic_decay"], "without --dynamic (they set dynamic evaluation)")
+    if args.greedy or args.beam_width or args.score:
+        refuse_unused(args, ["seed"], "with --greedy, --beam-width or --score: they draw nothing at random")
     for k, v in SAMPLE_DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -318,6 +350,8 @@ def check_sample_args(args):
 
 def sample_command(args, prog):
     check_sample_args(args)
+    if args.out:
+        _spare_inputs(args, [args.out], (args.prime_file, "the --prime-file it reads"))
     if args.prime_file:
         args.prime = corpus.read_corpus(args.prime_file)
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
@@ -327,13 +361,13 @@ def sample_command(args, prog):
     prime = sample.default_prime(vocab, ckpt.get("char_counts")) if args.prime is None else args.prime
     sample.check_prime(vocab, prime)
     sampling = sample.Sampling(args.temperature, args.top_k, args.top_p, args.greedy, args.seed)
-    out_file = open(args.out, "w", encoding="utf-8") if args.out else None
-    try:
-        sample.write_generation(model, vocab, prime, args.length, sampling, _emitter(out_file), args.num_samples,
+    if not args.out:
+        sample.write_generation(model, vocab, prime, args.length, sampling, _emitter(None), args.num_samples,
                                 args.beam_width)
-    finally:
-        if out_file:
-            out_file.close()
+        return 0
+    with files.writing(args.out, mode=0o644) as write:  # in place once the whole text is
+        sample.write_generation(model, vocab, prime, args.length, sampling,
+                                _emitter(lambda text: write(text.encode("utf-8"))), args.num_samples, args.beam_width)
     return 0
 
 
@@ -345,12 +379,12 @@ def _score(args, model, vocab, ckpt, text):
     return dynamic.score(model, vocab, text, run.train_ids, settings, run.lut)
 
 
-def _emitter(out_file):
+def _emitter(write_out):
     def emit(text):
         sys.stdout.write(text)
         sys.stdout.flush()
-        if out_file:
-            out_file.write(text)
+        if write_out:
+            write_out(text)
     return emit
 
 
@@ -453,15 +487,23 @@ def bench_serve(args):
     for i, reason in out["failures"][:5]:
         print(f"request {i} failed: {reason}")
     if args.json:
-        with could_not_write(args.json):
-            write_atomic(args.json, json.dumps(s, indent=1).encode())
+        files.write_file(args.json, files.json_text(s, indent=1).encode())
     return 1 if out["failures"] else 0
+
+
+BENCH_MODEL_FLAGS = ("device", "shapes", "precisions", "cells", "repeats", "threads", "small_threads", "malloc",
+                     "train_steps", "no_memory", "config", "compile")  # what the model rows take, the corpus benchmark not
+BENCH_CORPUS_FLAGS = ("work", "no_ddp")
 
 
 def bench_command(args, prog):
     _conflicts([(args.serve and args.corpus_mb, "--serve and --corpus-mb are two different benchmarks: give one")])
     if args.serve:
         return bench_serve(args)
+    if args.corpus_mb:
+        refuse_unused(args, BENCH_MODEL_FLAGS, "with --corpus-mb: the corpus benchmark trains one small CPU model")
+    else:
+        refuse_unused(args, BENCH_CORPUS_FLAGS, "without --corpus-mb (they set the corpus benchmark)")
     if not args.corpus_mb:
         values = {} if args.config is None else config_mod.read_yaml(config_mod.find_config(args.config))
         return bench.main(args, resolve_device(args.device, mps=False), config_mod.build_config(values).train)
@@ -476,7 +518,8 @@ def bench_command(args, prog):
 def plot_parser(prog):
     p = _Parser(prog=prog, description="Validation loss against minutes of training, runs side by side.")
     p.add_argument("runs", nargs="+", metavar="RUN", type=dir_arg("RUN"), help="run directories (TensorBoard events)")
-    p.add_argument("--out", type=file_arg("--out", existing=False), default="runs.png", help="the PNG to write")
+    p.add_argument("--out", type=file_arg("--out", existing=False), default="runs.png",
+                   help=f"the figure to write, in the format of its extension: {', '.join(plots.FORMATS)}")
     p.add_argument("--labels", default=None, help="comma-separated, one per run (default: the directory names)")
     p.add_argument("--title", default="validation loss against minutes of training")
     return p
@@ -486,13 +529,17 @@ def plot_command(args, prog):
     labels = args.labels.split(",") if args.labels else None
     if labels is not None and len(labels) != len(args.runs):
         raise UserError(f"--labels has {len(labels)} names for {len(args.runs)} runs")
-    print(plot_runs(args.runs, args.out, labels, args.title))
+    plots.out_format(args.out)
+    for run in args.runs:
+        files.check_not_input("--out", args.out, [(p, f"a file of the run {run}") for p in run_files(run)])
+    print(plots.plot_runs(args.runs, args.out, labels, args.title))
     return 0
 
 
 # ---------------------------------------------------------------- visualize
 
 VIZ_MAX_CHARS = 3000
+VIZ_FILES = ("index.html", "insight.json")  # what visualize writes into --out
 
 
 def visualize_parser(prog):
@@ -512,6 +559,7 @@ def visualize_parser(prog):
 
 
 def visualize_command(args, prog):
+    _spare_inputs(args, [args.out / name for name in VIZ_FILES], (args.text, "the --text it reads"))
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
     if vocab.mode != "chars":
         raise UserError("the page shows characters: it needs a model trained with data.vocab=chars")
@@ -526,10 +574,10 @@ def visualize_command(args, prog):
         source += f" ({info['unknown_removed']} characters outside the vocabulary removed)"
     page, acts = visualize.page_data(model, vocab, ckpt, checkpoint.resolve(args.checkpoint, step=args.step), text,
                                      source)
-    args.out.mkdir(parents=True, exist_ok=True)
+    files.make_dir(args.out)
     # A page to share: readable by all, as a file written with open() would be under the usual umask.
-    write_atomic(args.out / "index.html", viz_page.render(page, acts).encode(), mode=0o644)
-    write_atomic(args.out / "insight.json", json.dumps(page).encode(), mode=0o644)
+    files.write_file(args.out / "index.html", viz_page.render(page, acts).encode(), mode=0o644)
+    files.write_file(args.out / "insight.json", files.json_text(page).encode(), mode=0o644)
     print(f"wrote {args.out / 'index.html'} and insight.json: {len(text):,} characters, "
           f"{page['header']['mean_bits']:.3f} bits/char")
     width = max(map(len, page["search"]))
@@ -558,11 +606,10 @@ def export_command(args, prog):
                                                       "checkpoint's dtype")])
     if args.format == "onnx":
         export.require_onnx()
-    model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
-    source = checkpoint.resolve(args.checkpoint, step=args.step)
+    source = _spare_inputs(args, [args.out])
+    model, vocab, ckpt = checkpoint.load_model(source, args.device)
     data, what = export.export(model, vocab, ckpt, source, args.format, args.half)
-    with could_not_write(args.out):
-        write_atomic(args.out, data, mode=0o644)  # a file to share: readable by all, as open() would make it
+    files.write_file(args.out, data, mode=0o644)  # a file to share: readable by all, as open() would make it
     print(f"wrote {args.out} ({len(data):,} bytes): {what}")
     return 0
 
@@ -642,7 +689,9 @@ def parse(name, argv, prog=None):
     """A command's arguments, checked (a UserError for any mistake), without running it. Flags and
     key=value overrides may come in any order."""
     parser = COMMANDS[name][0](prog or f"charrnn {name}")
-    return parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    args.given = given_flags(parser, argv)
+    return args
 
 
 def run(name, argv, prog):

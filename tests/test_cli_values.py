@@ -1,7 +1,8 @@
 """Proves that every flag of train.py, sample.py, sweep.py, bench.py and serve.py, and every kind of bad
 config value (non-finite, beyond int64, out of range), is refused where it is parsed, with one
 `error:` line and exit 2, no traceback and no file written; that flags which contradict each
-other are refused; that an empty path, for any flag or config key that takes one, is an error
+other, and flags that would have no effect (--dynamic-lr without --dynamic, --seed where nothing
+is drawn, --config with --resume, bench's flags of the mode not run), are refused; that an empty path, for any flag or config key that takes one, is an error
 naming it, never "not given"; that flags and key=value overrides mix in any order; that a run
 too large for the machine's memory is refused before anything is allocated; and that a machine
 failing under a run (a full disk, the run directory removed) ends it with one `error:` line that
@@ -92,6 +93,19 @@ def _cases(w):
         (["bench", "--serve", "http://127.0.0.1:9", "--corpus-mb", "1"], "--serve and --corpus-mb are two different"),
         (["serve", "--checkpoint", run, "--port", "65536"], "--port must be <= 65535"),
         (["serve", "--checkpoint", run, "--max-body-kb", "0"], "--max-body-kb must be >= 1"),
+        # flags that would do nothing
+        (S + ["--score", text, "--dynamic-lr", "0.01"], "--dynamic-lr has no effect without --dynamic"),
+        (S + ["--score", text, "--dynamic-decay", "0"], "--dynamic-decay has no effect without --dynamic"),
+        (S + ["--dynamic-lr", "0.01", "--dynamic-decay", "0"], "--dynamic-lr, --dynamic-decay have no effect"),
+        (S + ["--greedy", "--seed", "3"], "--seed has no effect with --greedy, --beam-width or --score"),
+        (S + ["--beam-width", "2", "--seed", "3"], "--seed has no effect with --greedy, --beam-width or --score"),
+        (S + ["--score", text, "--seed", "3"], "--seed has no effect with --greedy, --beam-width or --score"),
+        (["train", "--no-progress", "--resume", run, "--config", "shakespeare.yaml"],
+         "--config has no effect with --resume"),
+        (["bench", "--corpus-mb", "1", "--cells", "lstm"], "--cells has no effect with --corpus-mb"),
+        (["bench", "--corpus-mb", "1", "--device", "cpu", "--repeats", "2"], "--device, --repeats have no effect"),
+        (["bench", "--no-ddp"], "--no-ddp has no effect without --corpus-mb"),
+        (["bench", "--work", d], "--work has no effect without --corpus-mb"),
     ]
 
 

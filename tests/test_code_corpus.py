@@ -8,7 +8,8 @@ run records what
 it was built from (log line, config.yaml comment, checkpoint, the visualizer's header) and refuses
 to resume, or to show its validation split, on another Python's corpus; ./python-stdlib is a file;
 bad input (a cap that is not a positive size, no standard library) is one error line, exit 2,
-nothing written; and configs/python_code.yaml trains from the real standard library with no
+nothing written; a cap too small for the run is refused leaving no text or record in the cache
+(the run removes what it built); and configs/python_code.yaml trains from the real standard library with no
 corpus downloaded.
 
 Run: pytest tests/test_code_corpus.py
@@ -192,6 +193,18 @@ def test_a_cap_that_is_not_a_positive_size_is_one_error_line(stdlib, tmp_path, c
     err = capsys.readouterr().err
     assert err == f"error: {needle}\n"
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("cap", [1, 10])
+def test_a_cap_too_small_for_the_run_is_refused_and_leaves_no_corpus_behind(stdlib, tmp_path, capsys, cap):
+    out = tmp_path / "run"
+    assert main(tiny_run(out, f"data.stdlib_max_bytes={cap}")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: training text is too short") and err.count("\n") == 1, err
+    assert not out.exists() and not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    if cap == 10:  # and for a run it fits, the same cap's corpus is built and kept: text, record, ids
+        assert main(tiny_run(out, f"data.stdlib_max_bytes={cap}", "train.batch_size=1", "train.seq_len=4")) == 0
+        assert len([p for p in (tmp_path / "cache").rglob("*") if p.is_file()]) == 3
 
 
 @pytest.mark.parametrize("case", ["no-key", "missing-dir", "a-zip", "no-py-files"])

@@ -106,7 +106,7 @@ def test_sweep_2x2_summary_failure_and_resume(tmp_path, corpus_file):
     sweep_dir = tmp_path / "sweep"
     base = tiny_overrides(corpus_file, tmp_path / "unused", **{"train.max_steps": 6, "train.eval_interval": 3,
                                                                 "train.sample_interval": 0})
-    base = [o for o in base if not o.startswith("out_dir=")]
+    base = [o for o in base if not o.startswith(("out_dir=", "train.lr=", "model.hidden_size=", "train.batch_size="))]
     args = ["--config", "shakespeare.yaml", "--sweep-dir", sweep_dir,
             "--grid", "train.lr=0.01,0.003", "model.hidden_size=16,24", *base]
     r = run_script("sweep.py", *args, "--parallel", "2")
@@ -167,6 +167,19 @@ def test_a_grid_of_one_value_is_one_run(tmp_path, corpus_file):
 def test_sweep_rejects_bad_grid_before_running(tmp_path):
     r = run_script("sweep.py", "--sweep-dir", tmp_path / "s", "--grid", "train.lrr=1,2")
     assert r.returncode == 2 and r.stderr.startswith("error: unknown config key train.lrr")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("grid", [["train.lr=1e-3,2e-3", "train.lr=3e-3,4e-3"],  # two axes
+                                  ["train.lr=1e-3,2e-3", "train.lr=5e-3"],  # an axis and an override
+                                  ["model.hidden_size=8,16", "train.lr=1e-3", "train.lr=2e-3"]])  # two overrides
+def test_a_key_given_twice_is_refused_before_running(tmp_path, grid, capsys):
+    from charrnn_torch.cli import main
+
+    assert main(["sweep", "--sweep-dir", str(tmp_path / "s"), "--grid", *grid]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: train.lr is given twice in the sweep (--grid entries and overrides): give each key once, "
+                   "with all its values in one list (e.g. train.lr=v1,v2,v3)\n")
     assert not (tmp_path / "s").exists()
 
 

@@ -5,6 +5,8 @@
   imports nothing from the package, the model nothing from the config, the CLI no model code,
   and only the CLI, the Python API and the sweep reach the trainer;
 - no module imports another module's private (_underscore) names;
+- no module but files.py opens a file for writing: every file is written atomically, through
+  files.write_file / writing / write_atomic (torch.save and savefig write into a buffer, buf);
 - the three ways in (the ``charrnn`` console script, ``python -m charrnn_torch`` and the thin
   ``scripts/<command>.py``) offer the same commands, from cli.COMMANDS, and each prints its own
   name in its usage line;
@@ -96,6 +98,42 @@ def test_no_module_imports_anothers_private_names():
     bad = [f"{path.name}: {module}.{name}" for path in _modules() + sorted((ROOT / "tests").glob("*.py"))
            for module, name in _imports(path)
            if name.startswith("_") and name != "__version__"]
+    assert not bad, bad
+
+
+WRITE_CALLS = {"write_text", "write_bytes", "mkstemp", "NamedTemporaryFile", "fdopen"}  # each writes a file
+SHUTIL_WRITES = {"copyfile", "copy", "copy2", "copyfileobj", "move"}
+
+
+def _dotted(node):
+    """'torch.export.save' for the expression torch.export.save, '' for what is not a dotted name."""
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else ""
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def _writes(node):
+    """Why a call node writes a file other than through files.py, or None. torch.save, torch.export.save
+    and savefig may write into a buffer named buf only (which files.py then writes)."""
+    name = _dotted(node.func)
+    last = name.rpartition(".")[2] or getattr(node.func, "attr", "")
+    if last in WRITE_CALLS or name == "os.open" or (name.startswith("shutil.") and last in SHUTIL_WRITES):
+        return name or last
+    if name == "open" and not (node.args and _dotted(node.args[0]) == "os.devnull"):
+        mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+        if isinstance(mode, ast.Constant) and set(str(mode.value)) & set("wax+"):
+            return f"open(..., {mode.value!r})"
+    if name in ("torch.save", "torch.export.save") or last == "savefig":
+        where = node.args[1] if last == "save" and len(node.args) > 1 else (node.args[0] if node.args else None)
+        if not (isinstance(where, ast.Name) and where.id == "buf"):
+            return f"{name or last} into something else than a buffer"
+    return None
+
+
+def test_every_write_goes_through_files():
+    bad = [f"{path.relative_to(ROOT)}:{node.lineno} {why}" for path in _modules() if path.name != "files.py"
+           for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call) and (why := _writes(node))]
     assert not bad, bad
 
 

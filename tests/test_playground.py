@@ -10,7 +10,9 @@ headless Debian Chromium driven by Playwright, as test_browser.py drives the vis
 - hovering a generated character shows the five likeliest characters at that point, most likely
   first; prime characters outside the vocabulary are shown, dropped and counted;
 - the header names the checkpoint, cell, size and validation loss; no console errors, no request
-  beyond the file itself, and a screenshot that is not blank.
+  beyond the file itself, and a screenshot that is not blank;
+- a page whose checkpoint path holds `<!--<script>` and `</script>`, whose vocabulary holds < > &,
+  and whose validation loss is NaN runs all the same: the path shown as it is, the loss as n/a.
 
 Without /usr/bin/chromium or Playwright the tests skip, unless CHARRNN_REQUIRE_BROWSER=1 (.ci/run).
 """
@@ -22,6 +24,7 @@ import torch
 from charrnn_torch.training import checkpoint
 from charrnn_torch.sampling import sample
 from charrnn_torch.cli import main
+from charrnn_torch.data.vocab import Vocab
 from conftest import chromium, watch
 from test_export import H, V_CHARS, save_model
 
@@ -194,3 +197,19 @@ def test_header_and_screenshot(pages, open_page):
     page.locator("#out span.gen").nth(40).hover()
     img = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
     assert len(img.getcolors(maxcolors=1 << 20)) > 50
+
+
+def test_hostile_path_vocabulary_and_nan_loss(tmp_path, open_page):
+    d = tmp_path / "<!--<script>" / "<" / "script>"  # the path holds </script> too
+    d.mkdir(parents=True)
+    ckpt = save_model(d / "m.pt", "lstm", 1, vocab=Vocab(sorted(set("<!--script>&/ \n"))))
+    raw = torch.load(ckpt, weights_only=True)
+    checkpoint.save(dict(raw, last_val=float("nan")), ckpt)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "html", "--out", str(d / "p.html")]) == 0
+    page = open_page(d / "p.html")
+    header = dict(page.eval_on_selector_all("#header tr", "rows => rows.map(r => [r.cells[0].textContent, "
+                                                          "r.cells[1].textContent])"))
+    assert header["checkpoint"] == str(ckpt) and header["validation loss"] == "n/a"
+    text = page.evaluate("() => window.charrnn.generate({prime: '<!--<script>', length: 50, seed: 2}).text")
+    assert len(text) == 50 and set(text) <= set("<!--script>&/ \n")
+    assert "<!--<script>" not in (d / "p.html").read_text().split('<script id="data"')[1]  # escaped in the data

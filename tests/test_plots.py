@@ -1,8 +1,10 @@
 """Proves `charrnn plot` draws what the runs logged: the curve it reads is each run's loss/val
 at increasing minutes of training (a resumed run's pause between stop and resume is not training:
-its curve goes on from its stored training time, not the wall clock), the PNG it writes is a real, non-blank image, and a run
-directory without events, a mismatched --labels or an --out that is a directory get one `error:`
-line and exit 2.
+its curve goes on from its stored training time, not the wall clock), the PNG it writes is a real, non-blank image,
+the format follows --out's extension (png, svg, pdf; any other refused), a run directory without
+events, a mismatched --labels, an --out that is a directory or one of a run's own files get one
+`error:` line and exit 2, and a folder that cannot be written one `error: could not write` line
+and exit 1.
 
 Run: pytest tests/test_plots.py
 """
@@ -89,3 +91,41 @@ def test_bad_input(two_runs, capsys):
         assert main(["plot", *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and needle in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("ext,magic", [("png", b"\x89PNG"), ("svg", b"<?xml"), ("pdf", b"%PDF"), ("SVG", b"<?xml")])
+def test_the_format_follows_the_extension(two_runs, ext, magic, capsys):
+    tmp, runs = two_runs
+    out = tmp / f"curves.{ext}"
+    assert main(["plot", str(runs[0][0]), "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(magic)
+
+
+@pytest.mark.parametrize("name", ["curves.jpg", "curves", "curves.png.txt"])
+def test_another_extension_is_refused_before_anything_is_read(two_runs, name, capsys):
+    tmp, runs = two_runs
+    assert main(["plot", str(runs[0][0]), "--out", str(tmp / name)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp / name}: the format follows the extension, and it must be .png, "
+                          f".svg or .pdf") and err.count("\n") == 1, err
+    assert not (tmp / name).exists()
+
+
+@pytest.mark.parametrize("name", ["ckpt.pt", "best.pt", "config.yaml"])
+def test_an_out_that_is_a_runs_own_file_is_refused(two_runs, name, capsys, monkeypatch):
+    tmp, runs = two_runs
+    run = runs[1][0]
+    monkeypatch.setattr("charrnn_torch.tools.plots.out_format", lambda out: "png")  # the extension is not the point
+    before = (run / name).read_bytes()
+    assert main(["plot", str(runs[0][0]), str(run), "--out", str(run / name)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out {run / name} is a file of the run {run}: writing there would replace it; " \
+                  f"choose another file\n"
+    assert (run / name).read_bytes() == before
+
+
+def test_a_folder_that_cannot_be_written(two_runs, unwritable_dir, capsys):
+    _, runs = two_runs
+    locked, reason = unwritable_dir
+    assert main(["plot", str(runs[0][0]), "--out", str(locked / "p.png")]) == 1
+    assert capsys.readouterr().err == f"error: could not write {locked / 'p.png'} ({reason})\n"

@@ -52,6 +52,19 @@ def test_temperature_to_zero_and_top_k_one_equal_greedy():
     assert torch.allclose(p, F.one_hot(greedy, 4).double())
 
 
+@pytest.mark.parametrize("temperature", [1e-310, 5e-324, 1e-300])  # subnormal, the smallest float, tiny
+def test_every_tiny_temperature_is_greedy(temperature):
+    logits = torch.tensor([[0.1, 2.0, -1.0, 1.9], [3.0, 0.0, 2.5, -2.0], [1e4, -1e4, 0.0, 9999.0]],
+                          dtype=torch.float32)
+    p = filter_probs(logits, temperature=temperature)
+    assert torch.equal(p, F.one_hot(logits.argmax(-1), 4).double())
+
+
+def test_a_huge_temperature_is_uniform():
+    p = filter_probs(torch.tensor([[0.1, 2.0, -1.0, 1.9]]), temperature=1e308)
+    torch.testing.assert_close(p, torch.full((1, 4), 0.25, dtype=torch.float64))
+
+
 def test_temperature_sharpens_and_flattens():
     logits = torch.tensor([[1.0, 2.0, 3.0]])
     p1, p_hot, p_cold = (filter_probs(logits, temperature=t)[0] for t in (1.0, 2.0, 0.5))
@@ -181,6 +194,16 @@ def test_cli_sample_stream_and_out_file(run_dir, tmp_path):
     assert r.stdout.startswith("ROMEO:") and len(r.stdout) == len("ROMEO:") + 60 + 1
     assert out.read_text() == r.stdout
     assert run_script("sample.py", *args).stdout == r.stdout  # same seed, same text
+
+
+def test_cli_temperature_1e_310_is_the_greedy_text(run_dir, capsys):
+    from charrnn_torch.cli import main
+
+    texts = []
+    for flags in (["--temperature", "1e-310", "--seed", "4"], ["--greedy"]):
+        assert main(["sample", "--checkpoint", str(run_dir), "--prime", "RO", "--length", "40", *flags]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] and len(set(texts[0])) > 3
 
 
 def test_cli_greedy_beam_samples_score(run_dir, tmp_path):

@@ -64,17 +64,22 @@ def cached_names(root, max_bytes, mode, separator):
     return files_corpus.cached_names(stem, json.dumps([RULES, str(root), mode, separator]))
 
 
-def ensure(max_bytes, log=print, mode="chars", separator="\n"):
+def ensure(max_bytes, log=print, mode="chars", separator="\n", written=None):
     """(the corpus text file, its record): built on first use and when a file of the library
-    changes (files_corpus.ensure_text), else read from the cache folder."""
+    changes (files_corpus.ensure_text), else read from the cache folder. written: a list that gets
+    the text's and the record's paths when this call writes them (for a run that removes them
+    again if it is refused, data.Corpus.discard)."""
     root = stdlib_dir()
     paths = source_files(root)
     if not paths:
         raise UserError(f"data.path={NAME}: no .py files under {root} (sysconfig.get_paths()['stdlib']); "
                         f"give data.path a text file instead")
     base = {"name": NAME, "python": interpreter(), "stdlib": str(root), "max_bytes": max_bytes}
-    text_path, record, built = files_corpus.ensure_text(paths, cached_names(root, max_bytes, mode, separator), base,
-                                                        mode, separator, f"data.path={NAME}", max_bytes, root)
+    names = cached_names(root, max_bytes, mode, separator)
+    text_path, record, built = files_corpus.ensure_text(paths, names, base, mode, separator, f"data.path={NAME}",
+                                                        max_bytes, root)
+    if built and written is not None:
+        written += list(names)
     log(f"corpus: {describe(record)}; {'written to' if built else 'read from'} {text_path}")
     return text_path, record
 

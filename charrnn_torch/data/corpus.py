@@ -56,15 +56,15 @@ def ensure_corpus(path, default_path=DEFAULT_PATH, url=CORPUS_URL, sha256=CORPUS
     raise UserError(f"data file not found: {path}")
 
 
-def corpus_source(data_cfg, progress=True, log=print):
+def corpus_source(data_cfg, progress=True, log=print, written=None):
     """(the text file a data config names, its record): python-stdlib and a set of files (a
     folder, a glob, a list) are joined into one text file on first use and come with their record
-    (code_corpus.ensure, files_corpus.ensure); one text file comes with None (the default one is
-    fetched on first use)."""
+    (code_corpus.ensure, files_corpus.ensure; written: see there); one text file comes with None
+    (the default one is fetched on first use)."""
     if code_corpus.is_builtin(data_cfg.path):
-        return code_corpus.ensure(data_cfg.stdlib_max_bytes, log, data_cfg.vocab, data_cfg.separator)
+        return code_corpus.ensure(data_cfg.stdlib_max_bytes, log, data_cfg.vocab, data_cfg.separator, written)
     if files_corpus.is_file_set(data_cfg.path):
-        return files_corpus.ensure(data_cfg.path, data_cfg.vocab, data_cfg.separator, log)
+        return files_corpus.ensure(data_cfg.path, data_cfg.vocab, data_cfg.separator, log, written)
     return ensure_corpus(data_cfg.path, progress=progress), None
 
 
@@ -135,10 +135,17 @@ class Corpus:
     """
 
     def __init__(self, data_cfg, progress=True, base_vocab=None, log=print, defer_install=False):
-        source, self.source_info = corpus_source(data_cfg, progress, log)
         # defer_install: a new cache stays under a temporary name until the run has passed its
-        # checks (keep()), so that a run refused for bad input leaves nothing behind.
-        ids, header, self.pending = cache_mod.load(source, data_cfg.vocab, progress, log, install=not defer_install)
+        # checks (keep()), and a python-stdlib text built now is removed if it does not (discard()),
+        # so that a run refused for bad input leaves nothing behind.
+        self.pending, self.built = None, [] if defer_install else None
+        source, self.source_info = corpus_source(data_cfg, progress, log, self.built)
+        try:
+            ids, header, self.pending = cache_mod.load(source, data_cfg.vocab, progress, log,
+                                                       install=not defer_install)
+        except BaseException:
+            self.discard()
+            raise
         ids = torch.from_numpy(ids)
         corpus_vocab = vocab_of(data_cfg.vocab, header["vocab"])
         self.vocab, self.lut, self.char_counts = corpus_vocab, None, header["counts"]
@@ -177,11 +184,16 @@ class Corpus:
         if self.pending:
             files.install(*self.pending)
             self.pending = None
+        self.built = None
 
     def discard(self):
+        """Remove what this run built for its corpus: its cache, and a python-stdlib text and record."""
         if self.pending:
             files.discard(self.pending[0])
             self.pending = None
+        for path in self.built or []:
+            files.discard(path)
+        self.built = None
 
 
 def load_corpus(data_cfg, progress=True, base_vocab=None, log=print, defer_install=False):

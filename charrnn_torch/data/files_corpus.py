@@ -224,13 +224,16 @@ def cached_names(stem, key):
     return base / f"{stem}-{digest}.txt", base / f"{stem}-{digest}.json"
 
 
-def ensure(path, mode="chars", separator="\n", log=print):
+def ensure(path, mode="chars", separator="\n", log=print, written=None):
     """(the text file of data.path's files, the run's record): built on first use and whenever a
-    file changes, else read from the cache folder."""
+    file changes, else read from the cache folder. written: as code_corpus.ensure's."""
     paths = list_files(path)
     key = json.dumps([[os.path.abspath(e) for e in entries(path)], mode, separator])
-    text_path, record, built = ensure_text(paths, cached_names(NAME, key), {"name": NAME, "path": path}, mode,
-                                           separator, f"data.path={spec_text(path)}")
+    names = cached_names(NAME, key)
+    text_path, record, built = ensure_text(paths, names, {"name": NAME, "path": path}, mode, separator,
+                                           f"data.path={spec_text(path)}")
+    if built and written is not None:
+        written += list(names)
     log(f"corpus: {describe(record)}; {'written to' if built else 'read from'} {text_path}")
     return text_path, record
 

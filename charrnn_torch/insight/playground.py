@@ -12,8 +12,7 @@ uniform draw, here from a seeded mulberry32, so a seed gives the same text again
 next character's probabilities after prime, from the zero state) and ``generate({prime,
 temperature, topK, length, seed})``.
 """
-import html
-import json
+from .embed import html_text, script_json
 
 PAGE = r"""<!DOCTYPE html>
 <html lang="en">
@@ -188,12 +187,12 @@ function step(st, id) {  // one character through every layer: the state moves o
 // ------------------------------------------------------------------ sampling
 
 function probabilities(logits, temperature, topK) {  // sample.filter_probs: temperature, then top-k
-  const z = Array.from(logits, a => a / temperature);
+  const m = Math.max(...logits), z = Array.from(logits, a => (a - m) / temperature);  // <= 0: never overflows
   if (topK > 0 && topK < V) {
     const kth = z.slice().sort((a, b) => b - a)[topK - 1];
     for (let v = 0; v < V; v++) if (z[v] < kth) z[v] = -Infinity;
   }
-  const m = Math.max(...z), p = z.map(a => Math.exp(a - m)), s = p.reduce((a, b) => a + b, 0);
+  const p = z.map(a => Math.exp(a)), s = p.reduce((a, b) => a + b, 0);
   return p.map(a => a / s);
 }
 
@@ -358,7 +357,7 @@ document.body.dataset.ready = "1";
 
 def render(data, weights_b64):
     """The page for export.html_bytes's data and the base64 weights."""
-    blob = json.dumps(data, separators=(",", ":"), ensure_ascii=True).replace("</", "<\\/")
     head, rest = PAGE.split("__DATA__")  # split, not replace: the vocabulary may hold the markers
     middle, tail = rest.split("__WEIGHTS__")
-    return head.replace("__TITLE__", html.escape(data["header"]["checkpoint"])) + blob + middle + weights_b64 + tail
+    title = html_text(data["header"]["checkpoint"])
+    return head.replace("__TITLE__", title) + script_json(data) + middle + weights_b64 + tail

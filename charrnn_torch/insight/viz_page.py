@@ -1,7 +1,8 @@
 """The page ``visualize.py``'s numbers are shown on: one self-contained HTML file (inline CSS and
 JS, the data embedded as JSON, no requests), drawn in the browser from that data."""
 import base64
-import json
+
+from .embed import html_text, script_json
 
 PAGE = r"""<!DOCTYPE html>
 <html lang="en">
@@ -53,6 +54,9 @@ const D = JSON.parse(document.getElementById("data").textContent);
 const text = D.text, N = text.length, U = D.units.length;
 const acts = new Int8Array(Uint8Array.from(atob(D.activations), c => c.charCodeAt(0)).buffer);
 
+// A number of the data, or n/a: what was not finite is null in the data (embed.script_json).
+function fixed(v, digits) { return v == null || !isFinite(v) ? "n/a" : v.toFixed(digits); }
+
 function shown(ch) { return ch === "\n" ? "\u21b5\n" : ch; }
 function label(ch) { return ch === "\n" ? "\\n" : ch === " " ? "\u2423" : ch === "\t" ? "\\t" : ch; }
 
@@ -79,7 +83,7 @@ function colourByUnit(spans, u) {
 
 function header() {
   const rows = [["checkpoint", D.header.checkpoint], ["step", D.header.step],
-    ["validation loss", D.header.val_loss == null ? "n/a" : D.header.val_loss.toFixed(4)], ["cell", D.header.cell],
+    ["validation loss", fixed(D.header.val_loss, 4)], ["cell", D.header.cell],
     ["size", `${D.header.num_layers} x ${D.header.hidden_size} (${D.header.parameters.toLocaleString()} parameters)`],
     ["text", D.header.source], ...(D.header.corpus ? [["trained on", D.header.corpus]] : [])];
   const table = document.getElementById("header");
@@ -89,7 +93,7 @@ function header() {
 
 function surprise() {
   const S = D.surprise, spans = fillText(document.getElementById("surprise-text"), N);
-  document.getElementById("mean-bits").textContent = D.header.mean_bits.toFixed(3);
+  document.getElementById("mean-bits").textContent = fixed(D.header.mean_bits, 3);
   for (let t = 1; t < N; t++) {
     const a = Math.min(1, S.bits[t - 1] / 8), c = Math.round(255 * (1 - a));
     spans[t].style.background = `rgb(255,${c},${c})`;
@@ -101,9 +105,9 @@ function surprise() {
     let html = `<b>${escape(label(text[t]))}</b> `;
     if (t === 0) html += "<div class='muted'>the first character: nothing predicts it</div>";
     else {
-      html += `${S.bits[t - 1].toFixed(2)} bits, rank ${S.rank[t - 1]}<ol class="guesses">`;
+      html += `${fixed(S.bits[t - 1], 2)} bits, rank ${S.rank[t - 1]}<ol class="guesses">`;
       S.top_ids[t - 1].forEach((id, k) => {
-        html += `<li class="guess">${escape(label(D.vocab[id]))}: ${(100 * S.top_probs[t - 1][k]).toFixed(1)}%</li>`;
+        html += `<li class="guess">${escape(label(D.vocab[id]))}: ${fixed(100 * S.top_probs[t - 1][k], 1)}%</li>`;
       });
       html += "</ol>";
     }
@@ -139,15 +143,15 @@ function cells() {
     row.className = "feature-row";
     if (!f.occurs) { row.innerHTML = `<td>${name}</td><td colspan=3 class=muted>does not occur in this text</td>`; continue; }
     const b = f.units[0];
-    row.innerHTML = `<td>${name}</td><td>${b.state} layer ${b.layer} unit ${b.unit}</td><td>${b.corr.toFixed(3)}</td>` +
-      `<td class=muted>${f.best_per_layer.map(e => `${e.state}${e.layer}:${e.unit} (${e.corr.toFixed(2)})`).join(", ")}</td>`;
+    row.innerHTML = `<td>${name}</td><td>${b.state} layer ${b.layer} unit ${b.unit}</td><td>${fixed(b.corr, 3)}</td>` +
+      `<td class=muted>${f.best_per_layer.map(e => `${e.state}${e.layer}:${e.unit} (${fixed(e.corr, 2)})`).join(", ")}</td>`;
     row.addEventListener("click", () => {
       group.value = D.groups.findIndex(g => g[0] === b.state && g[1] === b.layer);
       index.value = b.unit;
       pick();
     });
     const h = document.createElement("p");
-    h.innerHTML = `<b>${name}</b>: ${b.state} layer ${b.layer} unit ${b.unit}, correlation ${b.corr.toFixed(3)}`;
+    h.innerHTML = `<b>${name}</b>: ${b.state} layer ${b.layer} unit ${b.unit}, correlation ${fixed(b.corr, 3)}`;
     const box = document.createElement("div");
     box.className = "text snippet";
     snippets.append(h, box);
@@ -193,7 +197,7 @@ function saturation() {
     const hist = document.createElement("div");
     hist.className = "scatter";
     const max = Math.max(...layer.abs_h_hist);
-    hist.innerHTML = `<div>layer ${layer.layer}: |h| (${(100 * layer.frac_abs_h_saturated).toFixed(1)}% above 0.9)</div>` +
+    hist.innerHTML = `<div>layer ${layer.layer}: |h| (${fixed(100 * layer.frac_abs_h_saturated, 1)}% above 0.9)</div>` +
       `<svg width="240" height="130">` + layer.abs_h_hist.map((v, i) =>
         `<rect x="${i * 12}" y="${110 - 100 * v / max}" width="11" height="${100 * v / max}" fill="#888"/>`).join("") +
       `<text x="0" y="126" font-size="11">0</text><text x="228" y="126" font-size="11">1</text></svg>`;
@@ -215,11 +219,5 @@ document.body.dataset.ready = "1";
 def render(data, acts):
     """The page for visualize.analyse's data and its (N, U) int8 activations."""
     payload = dict(data, activations=base64.b64encode(acts.tobytes()).decode("ascii"))
-    blob = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
-    blob = blob.replace("</", "<\\/")  # the text may contain "</script>"
     head, tail = PAGE.split("__DATA__")  # split, not replace: the text itself may hold the marker
-    return head.replace("__TITLE__", _html_escape(data["header"]["checkpoint"])) + blob + tail
-
-
-def _html_escape(s):
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return head.replace("__TITLE__", html_text(data["header"]["checkpoint"])) + script_json(payload) + tail

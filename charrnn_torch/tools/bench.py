@@ -11,7 +11,6 @@ torch modules eager and graphed the same way.
 """
 import contextlib
 import gc
-import json
 import math
 import platform
 import statistics
@@ -25,7 +24,7 @@ import torch.nn as nn
 from ..model import compiled, reference
 from ..training import graphs
 from ..errors import UserError, one_line
-from ..files import write_atomic
+from ..files import json_text, write_file
 from ..model.cells import CELL_CLASSES, IMPLS, CharRNN, cross_entropy, map_state
 from ..training.config import TrainConfig
 from ..training.memory import retain_freed_memory
@@ -478,9 +477,9 @@ def _bench(args, device, train_cfg):
     print()
     sampling = {} if args.train_steps else measure_sampling(args, device, shapes, precisions)
     if args.json:
-        write_atomic(args.json, json.dumps({**extra, "rows": [asdict(r) for r in rows],
-                                            "sampling": {s: {str(k): v for k, v in d.items()}
-                                                         for s, d in sampling.items()}}, indent=2).encode())
+        write_file(args.json, json_text({**extra, "rows": [asdict(r) for r in rows],
+                                         "sampling": {s: {str(k): v for k, v in d.items()}
+                                                      for s, d in sampling.items()}}, indent=2).encode())
     return 0
 
 

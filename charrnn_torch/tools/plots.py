@@ -6,7 +6,18 @@ import io
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import write_atomic
+from ..files import write_file
+
+FORMATS = ("png", "svg", "pdf")  # matplotlib's writers for them need nothing beyond matplotlib
+
+
+def out_format(out):
+    """The format a plot is written in: its file's extension, one of FORMATS."""
+    ext = Path(out).suffix[1:].lower()
+    if ext not in FORMATS:
+        raise UserError(f"--out {out}: the format follows the extension, and it must be "
+                        f"{', '.join('.' + f for f in FORMATS[:-1])} or .{FORMATS[-1]} (got {'.' + ext if ext else 'none'})")
+    return ext
 
 
 def val_curve(run_dir):
@@ -33,7 +44,8 @@ def val_curve(run_dir):
 
 
 def plot_runs(run_dirs, out, labels=None, title="validation loss against minutes of training"):
-    """Draw each run's loss/val against minutes of training into a PNG at out."""
+    """Draw each run's loss/val against minutes of training into out, in the format of its extension."""
+    fmt = out_format(out)
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -53,7 +65,7 @@ def plot_runs(run_dirs, out, labels=None, title="validation loss against minutes
     fig.tight_layout()
     out = Path(out)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format=fmt)
     plt.close(fig)
-    write_atomic(out, buf.getvalue(), mode=0o644)
+    write_file(out, buf.getvalue(), mode=0o644)
     return out

@@ -6,6 +6,7 @@ or an out-of-memory in one combination cannot take the others down, and
 finished runs and resumes unfinished ones from their ckpt.pt.
 """
 import csv
+import io
 import itertools
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import files
 from ..training import checkpoint
 from ..training.config import build_config, parse_override
 from ..errors import UserError
@@ -32,6 +34,16 @@ def parse_grid(items):
             parse_override(f"{key}={v}")  # a value YAML cannot read fails here, before any run starts
         grid.append((key.strip(), values))
     return grid
+
+
+def check_keys_once(grid, overrides):
+    """Refuse a key given twice, among the grid's axes and the overrides: one would silently win."""
+    seen = set()
+    for key in [k for k, _ in grid] + [parse_override(o)[0] for o in overrides]:
+        if key in seen:
+            raise UserError(f"{key} is given twice in the sweep (--grid entries and overrides): give each key "
+                            f"once, with all its values in one list (e.g. {key}=v1,v2,v3)")
+        seen.add(key)
 
 
 def combinations(grid):
@@ -68,6 +80,7 @@ def run_sweep(config_path, grid_items, overrides=(), sweep_dir=None, parallel=1,
 
     base = read_yaml(config_path)
     grid = parse_grid(grid_items)
+    check_keys_once(grid, overrides)
     combos = list(combinations(grid))
     sweep_dir = Path(sweep_dir or f"runs/sweep-{Path(config_path).stem}")
     plans = []
@@ -75,9 +88,9 @@ def run_sweep(config_path, grid_items, overrides=(), sweep_dir=None, parallel=1,
         ov = list(overrides) + [f"{k}={v}" for k, v in combo.items()]
         cfg = build_config(base, ov)
         plans.append((combo, ov, cfg))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(
-        {"config": str(config_path), "grid": grid_items, "overrides": list(overrides)}, sort_keys=False))
+    files.make_dir(sweep_dir)
+    files.write_file(sweep_dir / "sweep.yaml", yaml.safe_dump(
+        {"config": str(config_path), "grid": grid_items, "overrides": list(overrides)}, sort_keys=False).encode())
 
     lock = threading.Lock()
 
@@ -100,8 +113,8 @@ def run_sweep(config_path, grid_items, overrides=(), sweep_dir=None, parallel=1,
             log(f"[{'resume' if state == 'partial' else 'start'}] {name}")
         proc = subprocess.run([sys.executable, "-m", "charrnn_torch", "train", "--no-progress", *args],
                               capture_output=True, text=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "train.log").write_text(proc.stdout + proc.stderr)
+        files.make_dir(run_dir)
+        files.write_file(run_dir / "train.log", (proc.stdout + proc.stderr).encode())
         if proc.returncode != 0:
             why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
             with lock:
@@ -116,11 +129,16 @@ def run_sweep(config_path, grid_items, overrides=(), sweep_dir=None, parallel=1,
         rows = list(pool.map(one, plans))
     rows.sort(key=lambda r: (r["best_val"] is None, r["best_val"] if r["best_val"] is not None else 0))
     fields = ["run", *[k for k, _ in grid], "best_val", "last_val", "steps", "status", "out_dir"]
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_summary(sweep_dir / "summary.csv", fields, rows)
     return sweep_dir, fields, rows
+
+
+def write_summary(path, fields, rows):
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    files.write_file(path, table.getvalue().encode())
 
 
 def format_rows(fields, rows):

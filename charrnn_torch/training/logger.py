@@ -8,6 +8,8 @@ import threading
 from ..errors import RunFailed
 from ..files import could_not_write
 
+HUGE_BINS = 64  # a histogram's bins for values beyond TensorBoard's own (a diverging run's weights)
+
 
 def _guarded(method):
     """A failed TensorBoard write (a full disk, say) ends the run with one clear error."""
@@ -83,9 +85,20 @@ class RunLogger:
         self.writer.add_scalar("time/train_minutes", train_seconds / 60, step)
         self.writer.add_scalar("bpc/val", val / math.log(2), step)
         for name, p in model.named_parameters():
-            self.writer.add_histogram(f"params/{name}", p.detach().float().cpu(), step)
-            if p.grad is not None and p.grad.isfinite().all():
-                self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
+            self.histogram(f"params/{name}", p.detach(), step)
+            if p.grad is not None:
+                self.histogram(f"grads/{name}", p.grad.detach(), step)
+
+    def histogram(self, tag, values, step):
+        """TensorBoard's histogram of a tensor, left out when it holds a NaN or Inf: TensorBoard cannot
+        bin those, and raises (a diverged run is reported by the trainer, not by a traceback here).
+        TensorBoard's own bins end at 1e20, and it raises when every value is past them: larger values
+        get HUGE_BINS equal bins, in float64, where their range cannot overflow."""
+        values = values.double().cpu()
+        if not values.numel() or not bool(values.isfinite().all()):
+            return
+        bins = "tensorflow" if float(values.abs().max()) < self.writer.default_bins[-1] else HUGE_BINS
+        self.writer.add_histogram(tag, values, step, bins=bins)
 
     @_guarded
     def dynamic(self, step, val_dynamic, val):
@@ -99,7 +112,8 @@ class RunLogger:
 
     @_guarded
     def char_embedding(self, step, matrix, labels):
-        self.writer.add_embedding(matrix, metadata=labels, tag="char_embedding", global_step=step)
+        if bool(matrix.isfinite().all()):  # the projector's PCA of a NaN would be NaN throughout
+            self.writer.add_embedding(matrix, metadata=labels, tag="char_embedding", global_step=step)
 
     def validation_line(self, step, val, best, improved):
         self.console(f"step {step:6d} | val loss {val:.4f} | val bpc {val / math.log(2):.4f} | best {best:.4f}"

@@ -1,10 +1,11 @@
 """The run directory: a fresh one for a new run, never an earlier run's, and checked writable
 before anything is written."""
+import re
 from pathlib import Path
 
 from .distributed import broadcast_path
 from ..errors import UserError
-from ..files import remove_abandoned_in, writer_gone
+from ..files import discard, remove_abandoned_in, temp_file, writer_gone
 
 
 def holds_run(path):
@@ -19,6 +20,14 @@ def holds_run(path):
     if any((path / n).exists() for n in ("ckpt.pt", "best.pt")):
         return True
     return any(not _events_writer_gone(p.name) for p in path.glob("events.out.tfevents.*"))
+
+
+def run_files(path):
+    """What a run directory holds of its own: config.yaml, its checkpoints and its TensorBoard events."""
+    path = Path(path)
+    return [p for p in sorted(path.glob("*")) if p.is_file() and (
+        p.name in ("config.yaml", "ckpt.pt", "best.pt") or re.fullmatch(r"ckpt-\d+\.pt", p.name)
+        or p.name.startswith("events.out.tfevents."))]
 
 
 def _events_writer_gone(name):
@@ -56,9 +65,9 @@ def choose_out_dir(out_dir, explicit, force):
 def check_writable(path):
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with temp_file(path / ".write-test") as (_, probe):
+            pass
+        discard(probe)
     except OSError as e:
         raise UserError(f"out_dir {path} is not writable ({e.strerror})") from None
 

@@ -3,7 +3,7 @@ corpus it trained on, rebuilt for those that need it again (dynamic evaluation, 
 page's validation text)."""
 import os
 
-from ..data.corpus import check_same_source, load_corpus, names_one_file
+from ..data.corpus import EXTRA_SHOWN, check_same_source, load_corpus, names_one_file
 from ..data.files_corpus import spec_text
 from ..data.vocab import as_ids
 from ..errors import UserError
@@ -30,8 +30,14 @@ def run_corpus(ckpt, purpose):
         raise UserError(f"the checkpoint records no usable data config, needed to {purpose}") from None
     if names_one_file(data_cfg.path) and not os.path.exists(data_cfg.path):
         raise UserError(f"data file not found: {data_cfg.path} (the run's data.path), needed to {purpose}")
-    corpus = load_corpus(data_cfg, progress=False, base_vocab=ckpt["vocab"], log=lambda *a: None)
-    check_same_source(ckpt.get("data_source"), corpus.source_info, purpose)
+    corpus = load_corpus(data_cfg, progress=False, base_vocab=ckpt["vocab"], log=lambda *a: None, defer_install=True)
+    with corpus.installed_if_no_error():  # a cache built for a corpus refused writes nothing
+        check_same_source(ckpt.get("data_source"), corpus.source_info, purpose)
+        new = corpus.vocab.chars[len(ckpt["vocab"]):]  # the corpus's characters the model never saw, after its own
+        if new:
+            shown = ", ".join(repr(c) for c in new[:EXTRA_SHOWN]) + (" ..." if len(new) > EXTRA_SHOWN else "")
+            raise UserError(f"{spec_text(data_cfg.path)} (the run's data.path) has changed since the run: {len(new)} "
+                            f"of its characters are not in the model's vocabulary ({shown}); it is needed to {purpose}")
     return corpus
 
 

@@ -294,7 +294,23 @@ class Trainer:
         untouched. Returns its step.Outcome, or None from a graph, which keeps its own books."""
         if self.graphed:
             return self.graph_step(x, y)
-        return self.step_fn(x, y, self.state.hidden)
+        outcome = self.step_fn(x, y, self.state.hidden)
+        if outcome.finite:
+            self.check_weights_finite()
+        return outcome
+
+    def check_weights_finite(self):
+        """A finite step can still overflow the weights (train.weight_decay=1e30, say). That is a
+        non-finite step no later step can undo (every loss after it is NaN): counted, and the run
+        stops at once. A tensor's float64 sum is non-finite when it holds a NaN or Inf (float32 weights
+        cannot overflow it): one reduction per tensor, one host sync."""
+        if bool(torch.isfinite(torch.stack([p.detach().sum(dtype=torch.float64) for p in self.params]).sum())):
+            return
+        state = self.state
+        state.nonfinite_total += 1
+        self.log.nonfinite(state.step + 1, state.nonfinite_total)
+        raise TrainingDiverged(f"the update of step {state.step + 1} made the weights non-finite (NaN or Inf), "
+                               f"so every later step would be too; try a lower train.lr or train.weight_decay")
 
     def graph_step(self, x, y):
         if self.graph is None:
