@@ -31,10 +31,10 @@ QUIET = ["--no-progress"]
 
 def run_train(*args, env=None, cwd=None, hooks=None):
     """The training command; with hooks (see tests/hooks.py), its test-only faults switched on."""
-    if hooks is None:
-        return run_script("train.py", "--config", "shakespeare.yaml", *QUIET, *args, env=env, cwd=cwd)
-    if "--resume" not in map(str, args):
+    if "--resume" not in map(str, args):  # a resumed run takes its own config: --config is refused there
         args = ("--config", "shakespeare.yaml", *args)
+    if hooks is None:
+        return run_script("train.py", *QUIET, *args, env=env, cwd=cwd)
     return subprocess.run([sys.executable, str(ROOT / "tests" / "hooks.py"), json.dumps(hooks), *QUIET,
                            *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT,
                           env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})), timeout=300)
