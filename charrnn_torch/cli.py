@@ -340,9 +340,9 @@ def check_sample_args(args):
          "have no effect with it"),
     ])
     if not args.dynamic:
-        refuse_unused(args, ["dynamic_lr", "dynamic_decay"], "without --dynamic (they set dynamic evaluation)")
+        refuse_unused(args, ["dynamic_lr", "dynamic_decay"], "without --dynamic: dynamic evaluation is off")
     if args.greedy or args.beam_width or args.score:
-        refuse_unused(args, ["seed"], "with --greedy, --beam-width or --score: they draw nothing at random")
+        refuse_unused(args, ["seed"], "with --greedy, --beam-width or --score: nothing is drawn at random")
     for k, v in SAMPLE_DEFAULTS.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -503,7 +503,7 @@ def bench_command(args, prog):
     if args.corpus_mb:
         refuse_unused(args, BENCH_MODEL_FLAGS, "with --corpus-mb: the corpus benchmark trains one small CPU model")
     else:
-        refuse_unused(args, BENCH_CORPUS_FLAGS, "without --corpus-mb (they set the corpus benchmark)")
+        refuse_unused(args, BENCH_CORPUS_FLAGS, "without --corpus-mb: the corpus benchmark is not run")
     if not args.corpus_mb:
         values = {} if args.config is None else config_mod.read_yaml(config_mod.find_config(args.config))
         return bench.main(args, resolve_device(args.device, mps=False), config_mod.build_config(values).train)
@@ -529,9 +529,7 @@ def plot_command(args, prog):
     labels = args.labels.split(",") if args.labels else None
     if labels is not None and len(labels) != len(args.runs):
         raise UserError(f"--labels has {len(labels)} names for {len(args.runs)} runs")
-    plots.out_format(args.out)
-    for run in args.runs:
-        files.check_not_input("--out", args.out, [(p, f"a file of the run {run}") for p in run_files(run)])
+    plots.out_format(args.out)  # a .png, .svg or .pdf: never one of the runs' own files
     print(plots.plot_runs(args.runs, args.out, labels, args.title))
     return 0
 

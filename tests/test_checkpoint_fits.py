@@ -65,7 +65,7 @@ MISFITS = {  # name -> (how the checkpoint is spoiled, what the error says)
                                                 f"model_args describe (gru 2x{H}, vocabulary of"),
     "a vocabulary shorter than the output": (_short_vocab, "characters, but its model predicts"),
     "a character listed twice": (_twice, "its vocabulary lists a character twice"),
-    "NaN weights": (_nan, "its weights hold NaN or Inf (W_hy): the run diverged before it was saved"),
+    "NaN weights": (_nan, "its weights hold NaN or Inf (W_hy); use another checkpoint of the run"),
     "Inf weights": (_inf, "its weights hold NaN or Inf (cells.0.b_h)"),
 }
 

@@ -2,11 +2,12 @@
 config value (non-finite, beyond int64, out of range), is refused where it is parsed, with one
 `error:` line and exit 2, no traceback and no file written; that flags which contradict each
 other, and flags that would have no effect (--dynamic-lr without --dynamic, --seed where nothing
-is drawn, --config with --resume, bench's flags of the mode not run), are refused; that an empty path, for any flag or config key that takes one, is an error
-naming it, never "not given"; that flags and key=value overrides mix in any order; that a run
-too large for the machine's memory is refused before anything is allocated; and that a machine
-failing under a run (a full disk, the run directory removed) ends it with one `error:` line that
-names the file and the last good checkpoint, and exit 1.
+is drawn, --config with --resume, bench's flags of the mode not run), are refused; that an empty
+path, for any flag or config key that takes one, is an error naming it, never "not given"; that
+flags and key=value overrides mix in any order; that a run too large for the machine's memory is
+refused before anything is allocated; and that a machine failing under a run (a full disk, the
+run directory removed) ends it with one `error:` line that names the file and the last good
+checkpoint, and exit 1.
 
 Run: pytest tests/test_cli_values.py
 """

@@ -15,8 +15,9 @@ def out_format(out):
     """The format a plot is written in: its file's extension, one of FORMATS."""
     ext = Path(out).suffix[1:].lower()
     if ext not in FORMATS:
-        raise UserError(f"--out {out}: the format follows the extension, and it must be "
-                        f"{', '.join('.' + f for f in FORMATS[:-1])} or .{FORMATS[-1]} (got {'.' + ext if ext else 'none'})")
+        allowed = ", ".join("." + f for f in FORMATS[:-1]) + f" or .{FORMATS[-1]}"
+        raise UserError(f"--out {out}: the format follows the extension, and it must be {allowed} "
+                        f"(got {'.' + ext if ext else 'none'})")
     return ext
 
 

@@ -175,8 +175,8 @@ def _vocab_problem(ckpt):
 def _weights_problem(ckpt):
     bad = [name for name, t in ckpt["model"].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
-        return (f"its weights hold NaN or Inf ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}): the run "
-                f"diverged before it was saved; use an earlier checkpoint of the run (--step, train.keep_checkpoints)")
+        return (f"its weights hold NaN or Inf ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); use another "
+                f"checkpoint of the run (--step N, for those kept with train.keep_checkpoints)")
     return None
 
 

@@ -1,6 +1,5 @@
 """The run directory: a fresh one for a new run, never an earlier run's, and checked writable
 before anything is written."""
-import re
 from pathlib import Path
 
 from .distributed import broadcast_path
@@ -20,14 +19,6 @@ def holds_run(path):
     if any((path / n).exists() for n in ("ckpt.pt", "best.pt")):
         return True
     return any(not _events_writer_gone(p.name) for p in path.glob("events.out.tfevents.*"))
-
-
-def run_files(path):
-    """What a run directory holds of its own: config.yaml, its checkpoints and its TensorBoard events."""
-    path = Path(path)
-    return [p for p in sorted(path.glob("*")) if p.is_file() and (
-        p.name in ("config.yaml", "ckpt.pt", "best.pt") or re.fullmatch(r"ckpt-\d+\.pt", p.name)
-        or p.name.startswith("events.out.tfevents."))]
 
 
 def _events_writer_gone(name):
