@@ -237,7 +237,8 @@ def train_command(args, prog):
     finally:
         distributed.finish(dist_info)
     if dist_info.is_main:
-        print(f"done: {summary['step']} steps, val loss {summary['val_loss']:.4f} "
+        what = "val cloze loss" if cfg.model.bidirectional else "val loss"  # not a language model's loss
+        print(f"done: {summary['step']} steps, {what} {summary['val_loss']:.4f} "
               f"(bpc {summary['val_loss'] / math.log(2):.4f}), best {summary['best_val']:.4f}; "
               f"run in {summary['out_dir']}")
     return 0

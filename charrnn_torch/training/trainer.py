@@ -69,7 +69,7 @@ class RunState:
     best_val: float = math.inf
     last_val: float = None  # the latest validation loss
     smooth_loss: float = 0.0  # the tutorial's EMA; a 0-d tensor between log intervals (no GPU sync)
-    log_acc: dict = field(default_factory=lambda: {"loss": 0.0, "norm": 0.0, "n": 0})  # since the last log
+    log_acc: dict = field(default_factory=lambda: {"loss": 0.0, "norm": 0.0, "n": 0, "clipped": 0})  # since the last log
     nonfinite_total: int = 0
     train_seconds: float = 0.0  # training time so far, across resumes (evaluation and sampling excluded)
     hidden: torch.Tensor = None  # this rank's carried state (L, B/N, H), or (h, c) of them, on the device
@@ -143,7 +143,7 @@ class Trainer:
         if resume is not None:
             self.restore(resume)
         self.log = (RunLogger(self.out_dir, config_mod.dump_yaml(cfg), cfg.train, self.state.step, self.resumed,
-                              progress, log) if dist_info.is_main else NullLogger())
+                              progress, log, cloze=cfg.model.bidirectional) if dist_info.is_main else NullLogger())
         self.saved = {}  # checkpoint name -> step, as written by this process
         self.heatmap_ids = as_ids(self.corpus.val_ids[:HEATMAP_CHARS], self.corpus.lut)  # fixed: images compare
 
@@ -272,6 +272,8 @@ class Trainer:
         x, y, reset = self.batcher.next()
         if reset or not self.cfg.train.stateful:
             self.state.hidden = None  # streams wrapped (or random windows): start from h0 = 0
+        if self.model.bidirectional:
+            y = x  # a cloze model predicts each character of the window from both sides of it
         return self.to_device(x), self.to_device(y)
 
     def to_device(self, x):
@@ -325,6 +327,9 @@ class Trainer:
             state.log_acc["loss"] += outcome.loss
             state.log_acc["norm"] += outcome.norm
             state.log_acc["n"] += 1
+            # clip_grad_norm_ returns the norm before clipping, and scales by max_norm / (norm + 1e-6)
+            # whenever that is below 1
+            state.log_acc["clipped"] = state.log_acc.get("clipped", 0) + (outcome.norm + 1e-6 > self.step_fn.clip)
             state.consecutive_bad = 0
             return
         state.nonfinite_total += 1
@@ -364,13 +369,14 @@ class Trainer:
         mean_loss, mean_norm = float(acc["loss"]) / acc["n"], float(acc["norm"]) / acc["n"]
         state.smooth_loss = float(state.smooth_loss)
         state.train_log.append((state.step, mean_loss))
+        clipped = None if self.graphed else float(acc.get("clipped", 0)) / acc["n"]  # a graph keeps no such count
         self.log.train_scalars(state.step, mean_loss, state.smooth_loss, self.opt.param_groups[0]["lr"], mean_norm,
-                               meter.rate())
-        state.log_acc = {"loss": 0.0, "norm": 0.0, "n": 0}
+                               meter.rate(), clipped)
+        state.log_acc = {"loss": 0.0, "norm": 0.0, "n": 0, "clipped": 0}
         meter.reset()
 
     def sample_to_log(self):
-        if not self.dist.is_main:
+        if not self.dist.is_main or self.model.bidirectional:  # a cloze model does not generate
             return
         seeded = Sampling(seed=self.cfg.train.seed + self.state.step)  # training's RNG stays untouched
         vocab = self.corpus.vocab
@@ -386,6 +392,8 @@ class Trainer:
         total, count, hv = torch.zeros((), dtype=torch.float64, device=self.device), 0, None
         with evaluating(self.model):
             for xv, yv in windows:
+                if self.model.bidirectional:
+                    yv, hv = xv, None  # the cloze targets, from zero states
                 with self.amp:
                     logits, hv = self.model(self.to_device(xv), hv)
                 total += cross_entropy(logits, self.to_device(yv), reduction="sum").double()
