@@ -27,7 +27,7 @@ from .training import checkpoint, config as config_mod, distributed, runs
 from . import files
 from .data import corpus
 from .sampling import dynamic, fill, sample
-from .insight import export, visualize, viz_page
+from .insight import export, gradients, visualize, viz_page
 from .training.config import SEED_MAX
 from .errors import RunFailed, UserError, one_line
 from .files import could_not_write, write_atomic
@@ -534,6 +534,8 @@ def visualize_command(args, prog):
         source += f" ({info['unknown_removed']} characters outside the vocabulary removed)"
     page, acts = visualize.page_data(model, vocab, ckpt, checkpoint.resolve(args.checkpoint, step=args.step), text,
                                      source)
+    if len(text) >= 3:  # how far back the loss reaches, trained and at step 0, on the page's own text
+        page["gradients"] = gradients.report(model, runs.initial_model(ckpt, model), vocab.encode(text))
     args.out.mkdir(parents=True, exist_ok=True)
     # A page to share: readable by all, as a file written with open() would be under the usual umask.
     write_atomic(args.out / "index.html", viz_page.render(page, acts).encode(), mode=0o644)

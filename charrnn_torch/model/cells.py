@@ -403,6 +403,21 @@ class CharRNN(nn.Module):
             self._forward_loop(x, self.init_hidden(x.shape[0]) if h0 is None else h0, record=keep)
         return {name: torch.stack([torch.stack(steps, 1) for steps in layers]) for name, layers in record.items()}
 
+    def states_through_time(self, x, h0=None):
+        """The loop unroll in eval mode with autograd left on: (logits (B, T, V), {"h": L lists of T
+        states (B, H), and "c" for the LSTM}), each state a node of the graph, so that gradients
+        with respect to it can be taken (insight/gradients.py). The forward stack's states."""
+        states = {name: [[] for _ in self.cells] for name in self.state_names}
+
+        def keep(l, names, values):
+            for name, value in zip(names, values):
+                if name in states:
+                    states[name][l].append(value)
+
+        with evaluating(self):
+            top, _ = self._forward_loop(x, self.init_hidden(x.shape[0]) if h0 is None else h0, record=keep)
+        return top @ self.W_hy.t() + self.b_y, states
+
     def _forward_loop(self, x, state0, masks=None, record=None, cells=None):
         # record(layer, names, values), if given, sees each layer's gates and new state at each step.
         # cells: the stack to run (default the forward one).

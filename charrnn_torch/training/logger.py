@@ -104,6 +104,13 @@ class RunLogger:
         self.writer.add_image("hidden/units_by_time", image, step, dataformats="CHW")
 
     @_guarded
+    def gradients_through_time(self, step, image, scalars):
+        """insight/gradients.py's curve (an image) and its few numbers, at an evaluation."""
+        self.writer.add_image("gradients/norm_by_distance", image, step, dataformats="CHW")
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+
+    @_guarded
     def char_embedding(self, step, matrix, labels):
         self.writer.add_embedding(matrix, metadata=labels, tag="char_embedding", global_step=step)
 

@@ -22,6 +22,7 @@ from ..data import batchers, code_corpus
 from ..data.vocab import as_ids
 from ..errors import RunFailed, UserError
 from ..files import could_not_write, link_atomic, write_atomic
+from ..insight import gradients
 from ..insight.heatmap import char_label, heatmap_image
 from ..model.cells import build_model, cross_entropy, evaluating, map_state
 from ..sampling import dynamic
@@ -57,6 +58,7 @@ class TrainingDiverged(RunFailed):
 # ---------------------------------------------------------------- setup
 
 HEATMAP_CHARS = 100  # the validation snippet whose hidden states TensorBoard shows at each evaluation
+GRADIENT_CHARS = 4 * gradients.WINDOW + 1  # the windows whose gradients through time it shows
 
 
 # ---------------------------------------------------------------- the run's state
@@ -146,6 +148,7 @@ class Trainer:
                               progress, log, cloze=cfg.model.bidirectional) if dist_info.is_main else NullLogger())
         self.saved = {}  # checkpoint name -> step, as written by this process
         self.heatmap_ids = as_ids(self.corpus.val_ids[:HEATMAP_CHARS], self.corpus.lut)  # fixed: images compare
+        self.gradient_ids = as_ids(self.corpus.val_ids[:GRADIENT_CHARS], self.corpus.lut)
 
     def open_batches(self, train_cfg):
         """(this rank's training batcher, the number of validation streams)."""
@@ -421,12 +424,22 @@ class Trainer:
         self.log.validation(state.step, val, state.best_val, improved, self.model, state.train_seconds)
         if self.dist.is_main:
             self.log.hidden_heatmap(state.step, heatmap_image(self.model, self.to_device(self.heatmap_ids)))
+            self.log_gradients_through_time()
         self.save_checkpoint("ckpt.pt", hidden)
         self.keep_step_checkpoint()
         if improved:
             self.save_checkpoint("best.pt", hidden)  # only ever replaced by a better model
         self.log.flush()
         self.log.validation_line(state.step, val, state.best_val, improved)
+
+    def log_gradients_through_time(self):
+        """At each evaluation: how far back the loss reaches (insight/gradients.py), for a left-to-right
+        model whose validation text holds a window."""
+        if self.model.bidirectional or len(self.gradient_ids) < 3:
+            return
+        found = gradients.curves(self.model, self.to_device(gradients.windows(self.gradient_ids, count=4)),
+                                 jacobians=False)
+        self.log.gradients_through_time(self.state.step, gradients.curve_image(found), gradients.relative_scalars(found))
 
     def log_char_embedding(self):
         """For TensorBoard's projector: each character's column of layer 0's W_xh (all G gates)."""
