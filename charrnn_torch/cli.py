@@ -31,7 +31,7 @@ from .insight import export, gradients, visualize, viz_page
 from .training.config import SEED_MAX
 from .errors import RunFailed, UserError, one_line
 from .files import could_not_write, write_atomic
-from .tools.plots import plot_runs
+from .tools.plots import plot_gradients, plot_runs
 from .training.memory import retain_freed_memory
 from .training.runtime import resolve_device
 from .tools.sweep import format_rows, run_sweep
@@ -485,7 +485,10 @@ def plot_parser(prog):
     p.add_argument("runs", nargs="+", metavar="RUN", type=dir_arg("RUN"), help="run directories (TensorBoard events)")
     p.add_argument("--out", type=file_arg("--out", existing=False), default="runs.png", help="the PNG to write")
     p.add_argument("--labels", default=None, help="comma-separated, one per run (default: the directory names)")
-    p.add_argument("--title", default="validation loss against minutes of training")
+    p.add_argument("--title", default=None, help="the figure's title")
+    p.add_argument("--gradients", action="store_true",
+                   help="instead: each run's gradient norm ||dl_T/dh_t|| against the distance T - t, trained and "
+                        "at step 0, on its validation text, one panel per run")
     return p
 
 
@@ -493,7 +496,10 @@ def plot_command(args, prog):
     labels = args.labels.split(",") if args.labels else None
     if labels is not None and len(labels) != len(args.runs):
         raise UserError(f"--labels has {len(labels)} names for {len(args.runs)} runs")
-    print(plot_runs(args.runs, args.out, labels, args.title))
+    if args.gradients:
+        print(plot_gradients(args.runs, args.out, labels, args.title or "how far back the loss reaches"))
+        return 0
+    print(plot_runs(args.runs, args.out, labels, args.title or "validation loss against minutes of training"))
     return 0
 
 
