@@ -1,6 +1,6 @@
 """The one command, ``charrnn``, and its subcommands: arguments, dispatch and error reporting only.
 
-    charrnn train | sample | visualize | export | sweep | bench | plot | serve  [flags ...]
+    charrnn train | sample | fill | visualize | export | sweep | bench | plot | serve  [flags ...]
 
 ``COMMANDS`` is the one table of them. The ``charrnn`` console script (``main``), ``python -m
 charrnn_torch`` and the thin ``scripts/<command>.py`` all dispatch through ``run``, each passing
@@ -25,8 +25,8 @@ from .tools import bench, data_bench, plots
 from .training import checkpoint, config as config_mod, distributed, runs
 from . import files
 from .data import corpus
-from .sampling import dynamic, sample
-from .insight import export, visualize, viz_page
+from .sampling import dynamic, fill, sample
+from .insight import export, gradients, visualize, viz_page
 from .training.config import SEED_MAX
 from .errors import RunFailed, UserError, one_line
 from .training.memory import retain_freed_memory
@@ -267,7 +267,8 @@ def train_command(args, prog):
     finally:
         distributed.finish(dist_info)
     if dist_info.is_main:
-        print(f"done: {summary['step']} steps, val loss {summary['val_loss']:.4f} "
+        what = "val cloze loss" if cfg.model.bidirectional else "val loss"  # not a language model's loss
+        print(f"done: {summary['step']} steps, {what} {summary['val_loss']:.4f} "
               f"(bpc {summary['val_loss'] / math.log(2):.4f}), best {summary['best_val']:.4f}; "
               f"run in {summary['out_dir']}")
     return 0
@@ -355,6 +356,7 @@ def sample_command(args, prog):
     if args.prime_file:
         args.prime = corpus.read_corpus(args.prime_file)
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
+    checkpoint.refuse_bidirectional(model, args.checkpoint, "score text" if args.score else "generate text")
     if args.score:  # a byte-mode model reads the file's bytes, as its training did
         sample.print_score(_score(args, model, vocab, ckpt, corpus.read_corpus(args.score, vocab.mode)))
         return 0
@@ -377,6 +379,48 @@ def _score(args, model, vocab, ckpt, text):
     run = runs.run_corpus(ckpt, "gather dynamic evaluation's gradient statistics")
     settings = dynamic.Settings(lr=args.dynamic_lr, decay=args.dynamic_decay)
     return dynamic.score(model, vocab, text, run.train_ids, settings, run.lut)
+
+
+# ---------------------------------------------------------------- fill
+
+def fill_parser(prog):
+    p = _Parser(prog=prog, description="Repair text: replace each mask character with the model's most likely "
+                                       "character there, the surest gap first, each fill conditioning the next. A "
+                                       "bidirectional model reads both sides of a gap; a left-to-right model its "
+                                       "left context, rescored by the characters after the gap. Each mask is "
+                                       "exactly one missing character: gaps of unknown length are out of scope.")
+    _checkpoint_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", default=None, help='the text, e.g. "th_ c_t s_t on the m_t"')
+    src.add_argument("--text-file", type=file_arg("--text-file", existing=True), default=None,
+                     help="read the text from this file (UTF-8)")
+    p.add_argument("--mask-char", default="_", help="the character that marks a gap (default _); every one is a gap")
+    p.add_argument("--top-k", type=int_arg("--top-k", 0, 2**31 - 1), default=0,
+                   help="also print each gap's k best candidates with their probabilities")
+    p.add_argument("--rescore", type=int_arg("--rescore", 0, 4096), default=None,
+                   help=f"left-to-right models: rescore each gap's candidates by the likelihood of the next N "
+                        f"characters (default {fill.RESCORE}; 0: left context only)")
+    return p
+
+
+def fill_command(args, prog):
+    if len(args.mask_char) != 1:
+        raise UserError(f"--mask-char must be a single character, got {args.mask_char!r}")
+    text = corpus.read_corpus(args.text_file) if args.text_file else args.text
+    model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
+    if model.bidirectional and args.rescore is not None:
+        raise UserError("--rescore is for left-to-right models: a bidirectional model reads both sides of a gap")
+    how = fill.Fill(rescore=fill.RESCORE if args.rescore is None else args.rescore)
+    result = fill.fill(model, vocab, text, args.mask_char, args.top_k, how, ckpt.get("char_counts"))
+    sys.stdout.write(result["text"] + ("" if result["text"].endswith("\n") else "\n"))
+    for gap in result["gaps"] if args.top_k else ():
+        shown = ", ".join(f"{fill.shown(c)} {q:.3f}" for c, q in gap["candidates"])
+        print(f"gap at {gap['position']} (filled {gap['order'] + 1}{_ordinal(gap['order'] + 1)}): {shown}")
+    return 0
+
+
+def _ordinal(n):
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
 def _emitter(write_out):
@@ -521,7 +565,10 @@ def plot_parser(prog):
     p.add_argument("--out", type=file_arg("--out", existing=False), default="runs.png",
                    help=f"the figure to write, in the format of its extension: {', '.join(plots.FORMATS)}")
     p.add_argument("--labels", default=None, help="comma-separated, one per run (default: the directory names)")
-    p.add_argument("--title", default="validation loss against minutes of training")
+    p.add_argument("--title", default=None, help="the figure's title")
+    p.add_argument("--gradients", action="store_true",
+                   help="instead: each run's gradient norm ||dl_T/dh_t|| against the distance T - t, trained and "
+                        "at step 0, on its validation text, one panel per run")
     return p
 
 
@@ -530,7 +577,10 @@ def plot_command(args, prog):
     if labels is not None and len(labels) != len(args.runs):
         raise UserError(f"--labels has {len(labels)} names for {len(args.runs)} runs")
     plots.out_format(args.out)  # a .png, .svg or .pdf: never one of the runs' own files
-    print(plots.plot_runs(args.runs, args.out, labels, args.title))
+    if args.gradients:
+        print(plots.plot_gradients(args.runs, args.out, labels, args.title or "how far back the loss reaches"))
+        return 0
+    print(plots.plot_runs(args.runs, args.out, labels, args.title or "validation loss against minutes of training"))
     return 0
 
 
@@ -559,6 +609,7 @@ def visualize_parser(prog):
 def visualize_command(args, prog):
     _spare_inputs(args, [args.out / name for name in VIZ_FILES], (args.text, "the --text it reads"))
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
+    checkpoint.refuse_bidirectional(model, args.checkpoint, "be looked inside by this page")
     if vocab.mode != "chars":
         raise UserError("the page shows characters: it needs a model trained with data.vocab=chars")
     if args.text is not None:
@@ -572,6 +623,8 @@ def visualize_command(args, prog):
         source += f" ({info['unknown_removed']} characters outside the vocabulary removed)"
     page, acts = visualize.page_data(model, vocab, ckpt, checkpoint.resolve(args.checkpoint, step=args.step), text,
                                      source)
+    if len(text) >= 3:  # how far back the loss reaches, trained and at step 0, on the page's own text
+        page["gradients"] = gradients.report(model, runs.initial_model(ckpt, model), vocab.encode(text))
     files.make_dir(args.out)
     # A page to share: readable by all, as a file written with open() would be under the usual umask.
     files.write_file(args.out / "index.html", viz_page.render(page, acts).encode(), mode=0o644)
@@ -648,6 +701,7 @@ def serve_setup(args):
     all that `charrnn serve` does but serve."""
     serve, _ = serve_modules()
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
+    checkpoint.refuse_bidirectional(model, args.checkpoint, "be exported as a one-step function")
     source = checkpoint.resolve(args.checkpoint, step=args.step)
     defaults = {k: SAMPLE_DEFAULTS[k] for k in ("temperature", "top_k", "top_p")}
     served = serve.Served(model=model, vocab=vocab, checkpoint=str(source), step=ckpt.get("step"),
@@ -674,6 +728,7 @@ def serve_command(args, prog):
 COMMANDS = {
     "train": (train_parser, train_command, "train a model from a YAML config (or resume, or fine-tune one)"),
     "sample": (sample_parser, sample_command, "generate text from a checkpoint, or score a file"),
+    "fill": (fill_parser, fill_command, "repair text: fill each masked character from its context"),
     "visualize": (visualize_parser, visualize_command, "write an HTML page of what a model learned"),
     "export": (export_parser, export_command, "a model as ONNX, a torch.export program or an HTML playground"),
     "sweep": (sweep_parser, sweep_command, "train one run per combination of a grid"),

@@ -79,6 +79,11 @@ def _cases(w):
         (T + ["model.hidden_size=1000000"], "this run needs about"),
         (T + ["train.batch_size=1000000000", "train.stateful=false"], "this run needs about"),
         (["train", "--no-progress", "--resume", run, "--force"], "--force and --resume contradict"),
+        (["fill", "--checkpoint", run, "--text", "ROMEO"], "the text has no '_' to fill"),
+        (["fill", "--checkpoint", run, "--text", "RO#EO", "--mask-char", "#!"], "--mask-char must be a single character"),
+        (["fill", "--checkpoint", run, "--text", "R\u00e9_"], "outside the model's vocabulary"),
+        (["fill", "--checkpoint", run, "--text", "R_", "--top-k", "-1"], "--top-k must be >= 0"),
+        (["fill", "--checkpoint", run, "--text-file", d], "is a directory"),
         (["sweep", "--sweep-dir", w / "s", "--parallel", "0", "--grid", "train.lr=1,2"], "--parallel must be >= 1"),
         (["sweep", "--sweep-dir", f, "--grid", "train.lr=1,2"], "--sweep-dir " + str(f) + " is a file"),
         (["bench", "--repeats", "0"], "--repeats must be >= 1"),
@@ -149,7 +154,8 @@ def test_an_empty_path_is_an_error_for_every_path_flag_and_key(world, tmp_path, 
     after = {"train": ["--no-progress", *ok], "sample": ["--checkpoint", run], "visualize": ["--checkpoint", run],
              "sweep": ["--config", world / "missing.yaml", "--sweep-dir", world / "s", "--grid", "train.lr=1,2"],
              "bench": ["--shapes", "none"], "plot": [run], "export": ["--checkpoint", run, "--format", "none"],
-             "serve": ["--checkpoint", run, "--port", "65536"]}
+             "serve": ["--checkpoint", run, "--port", "65536"],
+             "fill": ["--checkpoint", run, "--text", "R_"]}
     cases = [([name, flag, "", *after[name]] if flag.startswith("-") else [name, ""], flag) for name, flag in flags]
     cases += [(["train", "--no-progress", *ok, f"{key}="], key) for key in config_mod.PATH_KEYS]
     cases += [(["train", "--no-progress", "--resume", run, "train.init_from="], "train.init_from")]

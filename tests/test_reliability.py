@@ -61,6 +61,8 @@ MODES = {
     "regularisers": {"model.num_layers": 2, "model.dropout": 0.3, "model.dropout_output": 0.2,
                      "model.weight_drop": 0.2, "model.variational_dropout": "true", "model.cell": "lstm"},
     "random_windows": {"train.stateful": "false", "model.dropout": 0.0},
+    "bidirectional": {"model.bidirectional": "true", "train.stateful": "false", "model.num_layers": 2,
+                      "model.cell": "gru", "model.dropout": 0.3, "model.dropout_output": 0.2, "model.weight_drop": 0.2},
 }
 
 

@@ -46,6 +46,11 @@ over all layers. Click a row to colour the text below by that unit (blue &minus;
 <p id="saturation-note"></p>
 <div id="saturation"></div>
 
+<h2>Gradients through time</h2>
+<p id="gradients-note"></p>
+<div id="gradients"></div>
+<table id="gradient-factors"></table>
+
 <div id="tip"></div>
 <script id="data" type="application/json">__DATA__</script>
 <script>
@@ -205,10 +210,62 @@ function saturation() {
   }
 }
 
+function gradients() {
+  const G = D.gradients, out = document.getElementById("gradients");
+  const note = document.getElementById("gradients-note");
+  if (!G) { note.textContent = "The text is too short for a window."; return; }
+  note.textContent = `How far back the loss reaches: the norm of \u2202\u2113_T/\u2202h_t (and \u2202\u2113_T/\u2202c_t for the LSTM) ` +
+    `against the distance T \u2212 t, for \u2113_T the loss at the last character of a window of ${G.window}, averaged ` +
+    `over ${G.windows} windows of this text, on a log scale: the trained model (solid) and the same architecture at ` +
+    `step 0, from the run's seed (dashed). One colour per layer.`;
+  const W = 560, Hh = 260, P = 46, ns = "http://www.w3.org/2000/svg";
+  const lines = [];
+  for (const [when, dash] of [["trained", ""], ["init", "5,4"]])
+    for (const [name, layers] of Object.entries(G[when].grad))
+      layers.forEach((c, l) => lines.push({c: c.map(v => Math.log10(Math.max(v, 1e-30))), dash, l, name, when}));
+  const lo = Math.min(...lines.map(s => Math.min(...s.c))), hi = Math.max(...lines.map(s => Math.max(...s.c)));
+  const span = Math.max(hi - lo, 1e-9), n = G.window;
+  const X = d => P + W * d / Math.max(1, n - 1), Y = v => 10 + Hh * (1 - (v - lo) / span);
+  const colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", W + P + 160); svg.setAttribute("height", Hh + 50); svg.id = "gradient-curves";
+  let body = `<rect x="${P}" y="10" width="${W}" height="${Hh}" fill="none" stroke="#999"/>` +
+    `<text x="${P + W / 2}" y="${Hh + 44}" text-anchor="middle" font-size="11">distance T \u2212 t (characters)</text>` +
+    `<text x="${P - 4}" y="16" text-anchor="end" font-size="10">1e${hi.toFixed(1)}</text>` +
+    `<text x="${P - 4}" y="${Hh + 10}" text-anchor="end" font-size="10">1e${lo.toFixed(1)}</text>` +
+    `<text x="${P}" y="${Hh + 26}" font-size="10">0</text><text x="${P + W}" y="${Hh + 26}" font-size="10" text-anchor="end">${n - 1}</text>`;
+  lines.forEach((s, k) => {
+    const pts = s.c.map((v, d) => `${X(d).toFixed(1)},${Y(v).toFixed(1)}`).join(" ");
+    const colour = colours[s.l % 4];
+    body += `<polyline class="gradient-line" points="${pts}" fill="none" stroke="${colour}" stroke-width="1.4" ` +
+      `stroke-dasharray="${s.dash}" stroke-opacity="${s.name === "c" ? 0.5 : 1}"/>`;
+    if (s.when === "trained") body += `<text x="${P + W + 8}" y="${24 + 14 * k}" font-size="11" fill="${colour}">` +
+      `${s.name === "c" ? "c" : "h"} layer ${s.l}</text>`;
+  });
+  svg.innerHTML = body;
+  out.appendChild(svg);
+  const table = document.getElementById("gradient-factors");
+  table.insertRow().innerHTML = "<th>layer</th><th>per-step factor ||\u2202s_t/\u2202s_{t\u22121}||, trained / step 0</th>" +
+    "<th>spectral radius of W_hh's blocks, trained / step 0</th>";
+  G.trained.spectral_radius.forEach((radii, l) => {
+    const row = table.insertRow();
+    const init = G.init.spectral_radius[l];
+    row.innerHTML = "<td></td><td></td><td></td>";
+    row.cells[0].textContent = l;
+    row.cells[1].textContent = `${G.trained.jacobian[l].toFixed(3)} / ${G.init.jacobian[l].toFixed(3)}`;
+    row.cells[2].textContent = Object.keys(radii).map(k => `${k} ${radii[k].toFixed(3)} / ${init[k].toFixed(3)}`).join(", ");
+  });
+  const foot = table.insertRow();
+  foot.innerHTML = `<td colspan=3 class=muted>The per-step factor is the spectral norm of the state-to-state Jacobian ` +
+    `(s = h, or (h, c) for the LSTM; the input from below held fixed), by ${G.power_steps} power iterations on ` +
+    `J<sup>T</sup>J (a lower bound that converges to it), averaged over the windows' steps.</td>`;
+}
+
 header();
 surprise();
 cells();
 saturation();
+gradients();
 document.body.dataset.ready = "1";
 </script>
 </body>

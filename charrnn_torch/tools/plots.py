@@ -1,4 +1,5 @@
-"""Validation loss against minutes of training, for runs side by side (``charrnn plot``).
+"""Validation loss against minutes of training, or gradients through time, for runs side by side
+(``charrnn plot``).
 
 matplotlib is an optional extra (``pip install -e ".[plot]"``): only this module needs it.
 """
@@ -7,6 +8,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import write_file
+from ..insight import gradients
+from ..training import checkpoint, runs
 
 FORMATS = ("png", "svg", "pdf")  # matplotlib's writers for them need nothing beyond matplotlib
 
@@ -44,15 +47,20 @@ def val_curve(run_dir):
     return [((e.wall_time - t0) / 60, e.value) for e in points]
 
 
-def plot_runs(run_dirs, out, labels=None, title="validation loss against minutes of training"):
-    """Draw each run's loss/val against minutes of training into out, in the format of its extension."""
-    fmt = out_format(out)
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError('plotting needs matplotlib: pip install -e ".[plot]"') from None
+    return plt
+
+
+def plot_runs(run_dirs, out, labels=None, title="validation loss against minutes of training"):
+    """Draw each run's loss/val against minutes of training into out, in the format of its extension."""
+    out_format(out)
+    plt = _pyplot()
     curves = [val_curve(r) for r in run_dirs]
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
     for run, label, curve in zip(run_dirs, labels or [Path(r).name for r in run_dirs], curves):
@@ -63,10 +71,45 @@ def plot_runs(run_dirs, out, labels=None, title="validation loss against minutes
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the axes: never over a curve
+    return _save(fig, plt, out)
+
+
+def _save(fig, plt, out):
     fig.tight_layout()
     out = Path(out)
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt)
+    fig.savefig(buf, format=out_format(out))
     plt.close(fig)
     write_file(out, buf.getvalue(), mode=0o644)
     return out
+
+
+def run_gradients(run_dir, chars=gradients.WINDOWS * gradients.WINDOW + 1):
+    """(model, step, insight/gradients.py's report) for a run's checkpoint on its validation text, trained
+    and at step 0."""
+    model, vocab, ckpt = checkpoint.load_model(run_dir)
+    checkpoint.refuse_bidirectional(model, run_dir, "have its gradients through time drawn")
+    text, _ = runs.validation_text(ckpt, chars)
+    return model, ckpt.get("step"), gradients.report(model, runs.initial_model(ckpt, model), vocab.encode(text))
+
+
+def plot_gradients(run_dirs, out, labels=None, title="how far back the loss reaches"):
+    """Each run's mean ||dl_T/dh_t|| against the distance T - t, per layer, trained (solid) and at step
+    0 (dashed), one panel per run side by side, on one log scale, into out (its extension's format)."""
+    out_format(out)
+    plt = _pyplot()
+    found = [run_gradients(r) for r in run_dirs]
+    fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.6), dpi=110, sharey=True, squeeze=False)
+    for ax, label, (model, step, g) in zip(axes[0], labels or [Path(r).name for r in run_dirs], found):
+        for when, style in (("trained", "-"), ("init", "--")):
+            for l, curve in enumerate(g[when]["grad"]["h"]):
+                ax.semilogy(g[when]["distance"], curve, style, color=f"C{l}", linewidth=1.3,
+                            label=f"layer {l}, {'trained' if when == 'trained' else 'step 0'}")
+        ax.set_title(f"{label}: {model.cell} {model.num_layers}x{model.hidden_size}, step {step}", fontsize=9)
+        ax.set_xlabel("distance T - t (characters)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("mean ||dl_T / dh_t||")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, plt, out)
+

@@ -193,3 +193,10 @@ def load_model(path, device_name="cpu", step=None):
         raise UserError(f"checkpoint {path} does not hold a CharRNN ({one_line(e)[:200]})") from None
     model.build_kernels().to(device=device).eval()
     return model, vocab_from_checkpoint(ckpt), ckpt
+
+
+def refuse_bidirectional(model, path, what):
+    """A bidirectional (cloze) model cannot do what needs a left-to-right model: one line naming fill."""
+    if model.bidirectional:
+        raise UserError(f"{path} is a bidirectional model, which predicts each character from both sides of it, so "
+                        f"it cannot {what} (that needs a left-to-right model); use charrnn fill to repair text")

@@ -38,7 +38,7 @@ SEED_MAX = 2**SEED_BITS
 PATH_KEYS = ("data.path", "out_dir", "train.init_from")
 LIST_KEYS = ("data.path",)  # the keys that take a list of values as well as one
 
-FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers", "model.cell", "train.optimizer",
+FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers", "model.cell", "model.bidirectional", "train.optimizer",
                     "train.dtype", "train.batch_size", "train.seq_len", "train.stateful", "train.init_from")
 
 
@@ -63,6 +63,7 @@ class ModelConfig:
     weight_drop: float = 0.0  # DropConnect on every W_hh, one mask per window (AWD-LSTM)
     impl: str = "fused"  # loop: the readable unroll; fused: hand-written BPTT; fused_cpp: + compiled LSTM kernels
     cell: str = "rnn"  # rnn: the tutorial's tanh cell; lstm; gru
+    bidirectional: bool = False  # a second stack reads each window backwards: a cloze model for `charrnn fill`
 
 
 @dataclass
@@ -206,10 +207,30 @@ def validate(cfg):
                          ("train.dtype", DTYPES), ("data.vocab", VOCABS)):
         need(get_key(cfg, key) in choices, key, f"must be one of {', '.join(choices)}")
     need(is_device_name(cfg.device), "device", f"must be {DEVICE_NAMES}")
+    if cfg.model.bidirectional:
+        check_bidirectional(train)
     check_path("out_dir", cfg.out_dir)
     if isinstance(cfg.data.path, str):
         check_path("data.path", cfg.data.path)
     return cfg
+
+
+# What a bidirectional model cannot take, and why: key -> (the value it needs, the reason).
+BIDIRECTIONAL_NEEDS = {
+    "train.stateful": (False, "its windows start from zero states, since the backward stack cannot carry "
+                              "its state from one window into the next"),
+    "train.dynamic_eval": (False, "dynamic evaluation scores text left to right, as a language model"),
+    "train.cuda_graphs": ("off", "the captured step carries the state between windows"),
+}
+
+
+def check_bidirectional(train_cfg):
+    """model.bidirectional: refuse, in one line, the first setting it cannot take."""
+    for key, (needed, why) in BIDIRECTIONAL_NEEDS.items():
+        value = getattr(train_cfg, key.split(".")[1])
+        if value != needed:
+            shown = lambda v: str(v).lower() if isinstance(v, bool) else v  # noqa: E731 - as YAML writes it
+            raise UserError(f"model.bidirectional=true needs {key}={shown(needed)} ({why}), got {shown(value)}")
 
 
 def check_path(name, value):

@@ -44,8 +44,11 @@ class RunLogger:
     """config_yaml: the run's config as YAML text (TensorBoard's config tab); train_cfg: the train
     section, whose limits the progress bar counts."""
 
-    def __init__(self, out_dir, config_yaml, train_cfg, start_step, resumed, progress, console):
+    def __init__(self, out_dir, config_yaml, train_cfg, start_step, resumed, progress, console, cloze=False):
         self.out_dir, self.console = out_dir, console
+        # A bidirectional model's validation loss sees both sides of each character: not a language
+        # model's loss/val, so it is never logged under that name.
+        self.val_tag = "val_cloze" if cloze else "val"
         self.quiet_threads = QuietWriterThreads()
         self.open(config_yaml, train_cfg, start_step, resumed, progress)
 
@@ -68,10 +71,13 @@ class RunLogger:
         self.bar.update(1)
 
     @_guarded
-    def train_scalars(self, step, loss, smooth, lr, grad_norm, chars_per_sec):
+    def train_scalars(self, step, loss, smooth, lr, grad_norm, chars_per_sec, clipped=None):
+        """clipped: the fraction of steps since the last log whose gradient norm was clipped."""
         for tag, value in (("loss/train", loss), ("loss/train_smooth", smooth), ("bpc/train", loss / math.log(2)),
                            ("lr", lr), ("grad_norm", grad_norm), ("throughput/chars_per_sec", chars_per_sec)):
             self.writer.add_scalar(tag, value, step)
+        if clipped is not None:
+            self.writer.add_scalar("grad_clipped_fraction", clipped, step)
         self.bar.set_postfix(loss=f"{loss:.3f}", chars_s=f"{chars_per_sec:,.0f}")
 
     @_guarded
@@ -80,10 +86,10 @@ class RunLogger:
 
     @_guarded
     def validation(self, step, val, best, improved, model, train_seconds):
-        self.writer.add_scalar("loss/val", val, step)
+        self.writer.add_scalar(f"loss/{self.val_tag}", val, step)
         # Training time, not wall-clock: a resumed run's pause and its evaluations do not count.
         self.writer.add_scalar("time/train_minutes", train_seconds / 60, step)
-        self.writer.add_scalar("bpc/val", val / math.log(2), step)
+        self.writer.add_scalar(f"bpc/{self.val_tag}", val / math.log(2), step)
         for name, p in model.named_parameters():
             self.histogram(f"params/{name}", p.detach(), step)
             if p.grad is not None:
@@ -111,12 +117,20 @@ class RunLogger:
         self.writer.add_image("hidden/units_by_time", image, step, dataformats="CHW")
 
     @_guarded
+    def gradients_through_time(self, step, image, scalars):
+        """insight/gradients.py's curve (an image) and its few numbers, at an evaluation."""
+        self.writer.add_image("gradients/norm_by_distance", image, step, dataformats="CHW")
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+
+    @_guarded
     def char_embedding(self, step, matrix, labels):
         if bool(matrix.isfinite().all()):  # the projector's PCA of a NaN would be NaN throughout
             self.writer.add_embedding(matrix, metadata=labels, tag="char_embedding", global_step=step)
 
     def validation_line(self, step, val, best, improved):
-        self.console(f"step {step:6d} | val loss {val:.4f} | val bpc {val / math.log(2):.4f} | best {best:.4f}"
+        what = self.val_tag.replace("_", " ")  # val, or val cloze
+        self.console(f"step {step:6d} | {what} loss {val:.4f} | {what} bpc {val / math.log(2):.4f} | best {best:.4f}"
                      f"{' (saved best.pt)' if improved else ''}")
 
     @_guarded
@@ -139,7 +153,7 @@ class RunLogger:
         # subdirectory (or, given run_name=".", add a second loss/val point at step 0 to this
         # one), so the three summaries go through the writer's file writer directly.
         file_writer = self.writer._get_file_writer()
-        for summary in hparams(flat, {"loss/val": val, "bpc/val": val / math.log(2)}):
+        for summary in hparams(flat, {f"loss/{self.val_tag}": val, f"bpc/{self.val_tag}": val / math.log(2)}):
             file_writer.add_summary(summary)
 
     def close(self):

@@ -3,10 +3,13 @@ corpus it trained on, rebuilt for those that need it again (dynamic evaluation, 
 page's validation text)."""
 import os
 
+import torch
+
 from ..data.corpus import EXTRA_SHOWN, check_same_source, load_corpus, names_one_file
 from ..data.files_corpus import spec_text
 from ..data.vocab import as_ids
 from ..errors import UserError
+from ..model.cells import build_model
 from . import config as config_mod
 
 
@@ -48,3 +51,15 @@ def validation_text(ckpt, n):
     text = run.vocab.decode(as_ids(run.val_ids[:n], run.lut).tolist())
     return text, (f"the first {len(text):,} characters of the validation split of "
                   f"{spec_text(ckpt['config']['data']['path'])}")
+
+
+def initial_model(ckpt, model):
+    """The checkpoint's architecture at step 0: built as the trainer builds it, from the run's seed
+    (train.seed, rank 0), without touching this process's random state; like model (its device,
+    dtype), in eval mode. A fine-tuned run's step 0 is its own fresh init, not the weights it
+    started from."""
+    cfg = config_mod.build_config(ckpt["config"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        fresh = build_model(cfg.model, len(ckpt["vocab"]), model.W_hy.dtype).build_kernels()
+    return fresh.to(model.W_hy.device).eval()

@@ -24,6 +24,7 @@ from ..data.corpus import describe_source
 from ..data.vocab import as_ids
 from ..errors import RunFailed, UserError
 from ..files import could_not_write, link_atomic, write_atomic
+from ..insight import gradients
 from ..insight.heatmap import char_label, heatmap_image
 from ..model.cells import build_model, cross_entropy, evaluating, map_state
 from ..sampling import dynamic
@@ -60,6 +61,7 @@ class TrainingDiverged(RunFailed):
 # ---------------------------------------------------------------- setup
 
 HEATMAP_CHARS = 100  # the validation snippet whose hidden states TensorBoard shows at each evaluation
+GRADIENT_CHARS = 4 * gradients.WINDOW + 1  # the windows whose gradients through time it shows
 
 
 # ---------------------------------------------------------------- the run's state
@@ -72,7 +74,7 @@ class RunState:
     best_val: float = math.inf
     last_val: float = None  # the latest validation loss
     smooth_loss: float = 0.0  # the tutorial's EMA; a 0-d tensor between log intervals (no GPU sync)
-    log_acc: dict = field(default_factory=lambda: {"loss": 0.0, "norm": 0.0, "n": 0})  # since the last log
+    log_acc: dict = field(default_factory=lambda: {"loss": 0.0, "norm": 0.0, "n": 0, "clipped": 0})  # since the last log
     nonfinite_total: int = 0
     train_seconds: float = 0.0  # training time so far, across resumes (evaluation and sampling excluded)
     evals_since_gain: int = 0  # train.patience's count: evaluations since loss/val last beat gain_best by min_delta
@@ -152,9 +154,10 @@ class Trainer:
         if resume is not None:
             self.restore(resume)
         self.log = (RunLogger(self.out_dir, config_mod.dump_yaml(cfg), cfg.train, self.state.step, self.resumed,
-                              progress, log) if dist_info.is_main else NullLogger())
+                              progress, log, cloze=cfg.model.bidirectional) if dist_info.is_main else NullLogger())
         self.saved = {}  # checkpoint name -> step, as written by this process
         self.heatmap_ids = as_ids(self.corpus.val_ids[:HEATMAP_CHARS], self.corpus.lut)  # fixed: images compare
+        self.gradient_ids = as_ids(self.corpus.val_ids[:GRADIENT_CHARS], self.corpus.lut)
 
     def open_batches(self, train_cfg):
         """(this rank's training batcher, the number of validation streams)."""
@@ -283,6 +286,8 @@ class Trainer:
         x, y, reset = self.batcher.next()
         if reset or not self.cfg.train.stateful:
             self.state.hidden = None  # streams wrapped (or random windows): start from h0 = 0
+        if self.model.bidirectional:
+            y = x  # a cloze model predicts each character of the window from both sides of it
         return self.to_device(x), self.to_device(y)
 
     def to_device(self, x):
@@ -352,6 +357,9 @@ class Trainer:
             state.log_acc["loss"] += outcome.loss
             state.log_acc["norm"] += outcome.norm
             state.log_acc["n"] += 1
+            # clip_grad_norm_ returns the norm before clipping, and scales by max_norm / (norm + 1e-6)
+            # whenever that is below 1
+            state.log_acc["clipped"] = state.log_acc.get("clipped", 0) + (outcome.norm + 1e-6 > self.step_fn.clip)
             state.consecutive_bad = 0
             return
         state.nonfinite_total += 1
@@ -404,13 +412,14 @@ class Trainer:
         mean_loss, mean_norm = float(acc["loss"]) / acc["n"], float(acc["norm"]) / acc["n"]
         state.smooth_loss = float(state.smooth_loss)
         state.train_log.append((state.step, mean_loss))
+        clipped = None if self.graphed else float(acc.get("clipped", 0)) / acc["n"]  # a graph keeps no such count
         self.log.train_scalars(state.step, mean_loss, state.smooth_loss, self.opt.param_groups[0]["lr"], mean_norm,
-                               meter.rate())
-        state.log_acc = {"loss": 0.0, "norm": 0.0, "n": 0}
+                               meter.rate(), clipped)
+        state.log_acc = {"loss": 0.0, "norm": 0.0, "n": 0, "clipped": 0}
         meter.reset()
 
     def sample_to_log(self):
-        if not self.dist.is_main:
+        if not self.dist.is_main or self.model.bidirectional:  # a cloze model does not generate
             return
         seeded = Sampling(seed=self.cfg.train.seed + self.state.step)  # training's RNG stays untouched
         vocab = self.corpus.vocab
@@ -426,6 +435,8 @@ class Trainer:
         total, count, hv = torch.zeros((), dtype=sum_dtype(self.device), device=self.device), 0, None
         with evaluating(self.model):
             for xv, yv in windows:
+                if self.model.bidirectional:
+                    yv, hv = xv, None  # the cloze targets, from zero states
                 with self.amp:
                     logits, hv = self.model(self.to_device(xv), hv)
                 total += cross_entropy(logits, self.to_device(yv), reduction="sum").to(total.dtype)
@@ -457,6 +468,7 @@ class Trainer:
         if self.dist.is_main:
             model = self.float64_model()
             self.log.hidden_heatmap(state.step, heatmap_image(model, self.heatmap_ids.to(model.W_hy.device)))
+            self.log_gradients_through_time()
         self.save_checkpoint("ckpt.pt", hidden)
         self.keep_step_checkpoint()
         if improved:
@@ -468,6 +480,15 @@ class Trainer:
         """The model for what computes in float64 (sampling, the heat map, dynamic evaluation): itself,
         or a CPU copy of it on a device without float64 (MPS)."""
         return self.model if has_float64(self.device) else copy.deepcopy(self.model).cpu()
+
+    def log_gradients_through_time(self):
+        """At each evaluation: how far back the loss reaches (insight/gradients.py), for a left-to-right
+        model whose validation text holds a window."""
+        if self.model.bidirectional or len(self.gradient_ids) < 3:
+            return
+        found = gradients.curves(self.model, self.to_device(gradients.windows(self.gradient_ids, count=4)),
+                                 jacobians=False)
+        self.log.gradients_through_time(self.state.step, gradients.curve_image(found), gradients.relative_scalars(found))
 
     def log_char_embedding(self):
         """For TensorBoard's projector: each character's column of layer 0's W_xh (all G gates)."""
