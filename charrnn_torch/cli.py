@@ -31,7 +31,6 @@ from .training.config import SEED_MAX
 from .errors import RunFailed, UserError, one_line
 from .training.memory import retain_freed_memory
 from .training.runtime import NEEDS_FLOAT64, resolve_device
-from .training.rundir import run_files
 from .tools.sweep import format_rows, run_sweep
 from .training.trainer import Interrupted, train
 
