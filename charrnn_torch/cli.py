@@ -559,9 +559,8 @@ def visualize_command(args, prog):
     page, acts = visualize.page_data(model, vocab, ckpt, checkpoint.resolve(args.checkpoint, step=args.step), text,
                                      source)
     args.out.mkdir(parents=True, exist_ok=True)
-    # A page to share: readable by all, as a file written with open() would be under the usual umask.
-    write_atomic(args.out / "index.html", viz_page.render(page, acts).encode(), mode=0o644)
-    write_atomic(args.out / "insight.json", json.dumps(page).encode(), mode=0o644)
+    write_atomic(args.out / "index.html", viz_page.render(page, acts).encode())
+    write_atomic(args.out / "insight.json", json.dumps(page).encode())
     print(f"wrote {args.out / 'index.html'} and insight.json: {len(text):,} characters, "
           f"{page['header']['mean_bits']:.3f} bits/char")
     width = max(map(len, page["search"]))
@@ -594,7 +593,7 @@ def export_command(args, prog):
     source = checkpoint.resolve(args.checkpoint, step=args.step)
     data, what = export.export(model, vocab, ckpt, source, args.format, args.half)
     with could_not_write(args.out):
-        write_atomic(args.out, data, mode=0o644)  # a file to share: readable by all, as open() would make it
+        write_atomic(args.out, data)
     print(f"wrote {args.out} ({len(data):,} bytes): {what}")
     return 0
 

@@ -27,7 +27,7 @@ def download(url, dest, sha256, timeout=30, progress=True):
     files.remove_abandoned(dest, suffix=".part")  # a download killed half way
     digest = hashlib.sha256()
     try:
-        with files.temp_file(dest, mode=0o644, suffix=".part") as (f, tmp), \
+        with files.temp_file(dest, suffix=".part") as (f, tmp), \
                 urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"fetching {dest.name}",

@@ -55,5 +55,5 @@ def plot_runs(run_dirs, out, labels=None, title="validation loss against minutes
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    write_atomic(out, buf.getvalue(), mode=0o644)
+    write_atomic(out, buf.getvalue())
     return out
