@@ -249,10 +249,26 @@ def train_command(args, prog):
     finally:
         finish_distributed(dist_info)
     if dist_info.is_main:
-        print(f"done: {summary['step']} steps, val loss {summary['val_loss']:.4f} "
-              f"(bpc {summary['val_loss'] / math.log(2):.4f}), best {summary['best_val']:.4f}; "
-              f"run in {summary['out_dir']}")
+        print(done_line(summary, cfg.train))
     return 0
+
+
+def done_line(summary, train_cfg):
+    """The run's last line: where it ended, and what its time went on. A budget counts training
+    only, so a budgeted run says what its evaluations cost beside it, and how to cap them."""
+    budget = f" (the budget: {_duration(60 * train_cfg.max_minutes)})" if train_cfg.max_minutes else ""
+    passes = summary["evaluations"]
+    cap = ("; train.eval_chars=N scores fewer" if train_cfg.max_minutes and not train_cfg.eval_chars
+           and summary["eval_seconds"] > 0.1 * summary["train_seconds"] else "")
+    return (f"done: {summary['step']} steps, val loss {summary['val_loss']:.4f} "
+            f"(bpc {summary['val_loss'] / math.log(2):.4f}), best {summary['best_val']:.4f}; "
+            f"trained {_duration(summary['train_seconds'])}{budget}, evaluated {_duration(summary['eval_seconds'])} "
+            f"({passes} pass{'es' if passes != 1 else ''} over {summary['eval_chars']:,} "
+            f"characters{cap}); run in {summary['out_dir']}")
+
+
+def _duration(seconds):
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _dist_from_env(env):

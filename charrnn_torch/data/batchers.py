@@ -125,7 +125,16 @@ def eval_windows(ids, num_streams, seq_len, rank=0, world_size=1, lut=None):
     per_rank = num_streams // world_size
     local = streams[rank * per_rank:(rank + 1) * per_rank]
     n = local.shape[1]
-    for i in range(0, n - 1, seq_len):
+    for i in _window_starts(n, seq_len):
         t = min(seq_len, n - 1 - i)
         yield as_ids(local[:, i:i + t], lut), as_ids(local[:, i + 1:i + 1 + t], lut)
+
+
+def eval_window_count(n_ids, num_streams, seq_len):
+    """How many windows eval_windows yields for a split of n_ids characters."""
+    return len(_window_starts(n_ids // num_streams, seq_len))
+
+
+def _window_starts(stream_len, seq_len):
+    return range(0, stream_len - 1, seq_len)
 

@@ -37,7 +37,8 @@ SEED_MAX = 2**SEED_BITS
 PATH_KEYS = ("data.path", "out_dir", "train.init_from")
 
 FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers", "model.cell", "train.optimizer",
-                    "train.dtype", "train.batch_size", "train.seq_len", "train.stateful", "train.init_from")
+                    "train.dtype", "train.batch_size", "train.seq_len", "train.stateful", "train.init_from",
+                    "train.eval_chars")  # another subset of the split: best.pt's loss would not compare
 
 
 @dataclass
@@ -77,6 +78,7 @@ class TrainConfig:
     lr_gamma: float = 0.5
     stateful: bool = True  # carry h across windows of B contiguous streams; false: random windows, h0 = 0
     eval_interval: int = 250
+    eval_chars: int = 0  # score the first N characters of the validation split at each evaluation; 0: all of it
     log_interval: int = 10
     sample_interval: int = 500  # 0 disables TensorBoard samples
     sample_length: int = 300
@@ -174,6 +176,7 @@ def validate(cfg):
     need(0 < train.lr_gamma <= 1, "train.lr_gamma", "must be in (0, 1]")
     need(train.sample_interval >= 0, "train.sample_interval", "must be >= 0 (0 disables)")
     need(train.sample_length > 0, "train.sample_length", "must be > 0")
+    need(train.eval_chars >= 0, "train.eval_chars", "must be >= 0 (0 scores the whole validation split)")
     need(train.keep_checkpoints >= 0, "train.keep_checkpoints", "must be >= 0 (0 keeps only ckpt.pt and best.pt)")
     need(0 <= train.threads <= 4096, "train.threads", "must be in [0, 4096] (0 keeps torch's default)")
     need(0 <= train.seed <= SEED_MAX, "train.seed", f"must be in [0, 2**{SEED_BITS}]")

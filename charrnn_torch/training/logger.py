@@ -34,35 +34,41 @@ def _quiet_writer_threads():
 
 
 class RunLogger:
-    def __init__(self, out_dir, cfg, start_step, resumed, progress, console):
-        self.out_dir, self.console = out_dir, console
-        self.open(cfg, start_step, resumed, progress)
+    def __init__(self, out_dir, cfg, start_step, resumed, progress, console, start_seconds=0.0):
+        self.out_dir, self.console, self.progress = out_dir, console, progress
+        self.bar_counts = BarCounts(cfg.train)
+        self.open(cfg, start_step, resumed, start_seconds)
 
     @_guarded
-    def open(self, cfg, start_step, resumed, progress):
+    def open(self, cfg, start_step, resumed, start_seconds):
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
 
         _quiet_writer_threads()
         # purge_step drops events a killed run logged after its last checkpoint,
         # so the resumed steps follow on with no duplicates.
         self.writer = SummaryWriter(str(self.out_dir), purge_step=start_step + 1 if resumed else None)
         self.writer.add_text("config", "```yaml\n" + config_mod.dump_yaml(cfg) + "```", start_step)
-        self.bar = tqdm(total=cfg.train.max_steps, initial=start_step, disable=not progress,
-                        dynamic_ncols=True, desc="train")
+        self.bar = self.bar_counts.bar(start_step, start_seconds, self.progress)
 
     def line(self, text):
         self.console(text)
 
-    def step_done(self):
-        self.bar.update(1)
+    def step_done(self, step, train_seconds):
+        self.bar_counts.update(self.bar, step, train_seconds)
+
+    def eval_progress(self, windows, total):
+        """The validation windows, counted by a bar of their own that goes when the pass ends."""
+        from tqdm import tqdm
+
+        return tqdm(windows, total=total, desc="evaluate", unit="window", leave=False, dynamic_ncols=True,
+                    disable=not self.progress)
 
     @_guarded
     def train_scalars(self, step, loss, smooth, lr, grad_norm, chars_per_sec):
         for tag, value in (("loss/train", loss), ("loss/train_smooth", smooth), ("bpc/train", loss / math.log(2)),
                            ("lr", lr), ("grad_norm", grad_norm), ("throughput/chars_per_sec", chars_per_sec)):
             self.writer.add_scalar(tag, value, step)
-        self.bar.set_postfix(loss=f"{loss:.3f}", chars_s=f"{chars_per_sec:,.0f}")
+        self.bar.set_postfix({**self.bar_counts.postfix(step), "loss": f"{loss:.3f}", "chars/s": f"{chars_per_sec:,.0f}"})
 
     @_guarded
     def nonfinite(self, step, total):
@@ -131,11 +137,48 @@ class RunLogger:
             pass
 
 
+class BarCounts:
+    """What the training bar counts. A run with a training-time budget (train.max_minutes) counts
+    the budget's seconds, so that its total and ETA say when the run will end: such a config's
+    max_steps is a ceiling (a million) that a bar of steps would show as hundreds of hours. The
+    bar moves by whichever of the budget and the steps is further along, as the cosine's progress
+    does (trainer.lr_factor), so it fills when either ends the run; the step goes in the postfix.
+    A run without a budget counts steps."""
+
+    def __init__(self, train_cfg):
+        self.max_steps, self.budget = train_cfg.max_steps, 60 * train_cfg.max_minutes
+
+    def position(self, step, train_seconds):
+        if not self.budget:
+            return step
+        return min(self.budget, max(train_seconds, self.budget * step / self.max_steps))
+
+    def bar(self, start_step, start_seconds, progress):
+        from tqdm import tqdm
+
+        if not self.budget:
+            return tqdm(total=self.max_steps, initial=start_step, disable=not progress, dynamic_ncols=True,
+                        desc="train", unit="step")
+        return tqdm(total=self.budget, initial=self.position(start_step, start_seconds), disable=not progress,
+                    dynamic_ncols=True, desc="train", unit="s",
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of training "
+                               "[{elapsed}<{remaining}{postfix}]")
+
+    def update(self, bar, step, train_seconds):
+        bar.update(self.position(step, train_seconds) - bar.n)
+
+    def postfix(self, step):
+        return {"step": step} if self.budget else {}
+
+
 class NullLogger:
     """What ranks other than 0 log: nothing."""
 
     def __getattr__(self, name):
         return _nothing
+
+    def eval_progress(self, windows, total):
+        return windows
 
 
 def _nothing(*args, **kwargs):

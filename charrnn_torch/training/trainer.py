@@ -91,6 +91,7 @@ class RunState:
     consecutive_bad: int = 0
     last_eval_step: int = None
     val_dynamic: float = None  # train.dynamic_eval's figure, at the end of the run
+    eval_seconds: float = 0.0  # this process's validation passes, which a budget does not count
     train_log: list = field(default_factory=list)
     val_log: list = field(default_factory=list)
 
@@ -147,7 +148,7 @@ class Trainer:
         self.build(init)                                                  # model, optimizer, schedule, state
         if resume is not None:
             self.restore(resume)
-        self.log = (RunLogger(self.out_dir, cfg, self.state.step, self.resumed, progress, log)
+        self.log = (RunLogger(self.out_dir, cfg, self.state.step, self.resumed, progress, log, self.state.train_seconds)
                     if dist_info.is_main else NullLogger())
         self.saved = {}  # checkpoint name -> step, as written by this process
         self.heatmap_ids = vocab_mod.as_ids(self.corpus.val_ids[:HEATMAP_CHARS], self.corpus.lut)  # fixed: images compare
@@ -160,7 +161,8 @@ class Trainer:
         self.corpus = distributed.load_corpus(cfg.data, dist_info, progress, base and base["vocab"], log)
         try:
             self.batcher = batchers_mod.make_batcher(self.corpus.train_ids, train_cfg, dist_info, self.corpus.lut)
-            self.n_eval = batchers_mod.eval_stream_count(len(self.corpus.val_ids), train_cfg.batch_size,
+            self.eval_ids = self.corpus.val_ids[:train_cfg.eval_chars or None]  # train.eval_chars caps the pass
+            self.n_eval = batchers_mod.eval_stream_count(len(self.eval_ids), train_cfg.batch_size,
                                                      train_cfg.seq_len, dist_info.world_size)
             if resume is not None:
                 checkpoint.check_resume(resume, cfg, self.corpus)
@@ -255,7 +257,7 @@ class Trainer:
                     self.sched.step()
                     state.step += 1
                     meter.chars += x.numel() * self.dist.world_size
-                    self.log.step_done()
+                    self.log.step_done(state.step, state.train_seconds)
                     self.account(outcome)                              # carry the state; smooth; NaN guard
                     if state.step % train_cfg.log_interval == 0:
                         self.log_training(meter)
@@ -420,8 +422,10 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self):
         """Mean validation loss per character: one stateful pass over the split, summed over ranks."""
-        windows = batchers_mod.eval_windows(self.corpus.val_ids, self.n_eval, self.cfg.train.seq_len, self.dist.rank,
+        seq_len = self.cfg.train.seq_len
+        windows = batchers_mod.eval_windows(self.eval_ids, self.n_eval, seq_len, self.dist.rank,
                                         self.dist.world_size, self.corpus.lut)
+        windows = self.log.eval_progress(windows, batchers_mod.eval_window_count(len(self.eval_ids), self.n_eval, seq_len))
         total, count, hv = torch.zeros((), dtype=torch.float64, device=self.device), 0, None
         with evaluating(self.model):
             for xv, yv in windows:
@@ -443,7 +447,9 @@ class Trainer:
     def evaluate_and_checkpoint(self):
         self.collect_graph()  # the checkpoint holds the books up to this step
         state = self.state
+        tick = time.perf_counter()
         state.last_val = val = self.evaluate()
+        state.eval_seconds += time.perf_counter() - tick
         state.val_log.append((state.step, val))
         state.last_eval_step = state.step
         hidden = self.gathered_state()  # a collective: every rank takes part
@@ -531,7 +537,8 @@ class Trainer:
         return {"out_dir": str(self.out_dir), "step": state.step, "val_loss": state.last_val,
                 "val_dynamic": state.val_dynamic, "best_val": state.best_val, "train_log": state.train_log,
                 "val_log": state.val_log, "nonfinite_steps": state.nonfinite_total,
-                "train_seconds": state.train_seconds}
+                "train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
+                "evaluations": len(state.val_log), "eval_chars": len(self.eval_ids)}
 
 
 def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=None,
