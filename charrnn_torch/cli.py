@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .tools import bench, data_bench
 from .training import checkpoint, config as config_mod
-from . import files
+from . import __version__, files
 from .data import corpus, vocab as vocab_mod
 from .sampling import dynamic, sample
 from .insight import export, visualize, viz_page
@@ -192,7 +192,8 @@ def find_config(name):
 # ---------------------------------------------------------------- train
 
 def train_parser(prog):
-    p = _Parser(prog=prog, description="Train a character-level RNN from a YAML config.")
+    p = _Parser(prog=prog, description="Train a character-level RNN from a YAML config.", epilog=config_keys_help(),
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=path_arg("--config"), default=None,
                    help="a YAML file, or a bare name looked up in configs/ (default: shakespeare.yaml); "
                         "with --resume the run's own stored config is used instead")
@@ -201,10 +202,22 @@ def train_parser(prog):
     p.add_argument("--init-from", metavar="CKPT", type=path_arg("--init-from"), default=None,
                    help="fine-tune: start from this checkpoint's (or run directory's best) weights, on the "
                         "config's corpus, with a fresh optimizer and schedule (sets train.init_from)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config, each key explained, and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=3e-3 device=cpu")
     return p
+
+
+def config_keys_help():
+    """train --help's list of every config key and what it means (config.key_help)."""
+    import textwrap
+
+    help_of = config_mod.key_help()
+    width = max(map(len, help_of)) + 2
+    lines = ["config keys (in the YAML file, or as key=value; --print-config shows their values):"]
+    for key, text in help_of.items():
+        lines += textwrap.wrap(text, 100, initial_indent=f"  {key:<{width}}", subsequent_indent=" " * (width + 2))
+    return "\n".join(lines)
 
 
 def train_config(args):
@@ -228,7 +241,7 @@ def train_config(args):
 def train_command(args, prog):
     cfg, resume, resume_dir = train_config(args)
     if args.print_config:
-        sys.stdout.write(config_mod.dump_yaml(cfg))
+        sys.stdout.write(config_mod.dump_yaml_explained(cfg))
         return 0
     retain_freed_memory()
     dist_info = _dist_from_env(os.environ)
@@ -326,7 +339,8 @@ def sample_parser(prog):
     p.add_argument("--beam-width", type=int_arg("--beam-width", 0, 4096), help="beam search with this many beams")
     p.add_argument("--num-samples", type=int_arg("--num-samples", 1, 65536),
                    help="independent samples, drawn in one batch")
-    p.add_argument("--seed", type=int_arg("--seed", 0, SEED_MAX), default=None)
+    p.add_argument("--seed", type=int_arg("--seed", 0, SEED_MAX), default=None,
+                   help="the same seed gives the same text, on CPU and CUDA (default: a fresh one each time)")
     p.add_argument("--out", type=file_arg("--out", existing=False), default=None,
                    help="also write the text to this file")
     p.add_argument("--score", metavar="FILE", type=file_arg("--score", existing=True), default=None,
@@ -437,7 +451,9 @@ def _generate(args, model, vocab, prime, generator, emit):
 
 def sweep_parser(prog):
     p = _Parser(prog=prog, description="Train one run per combination of a grid.")
-    p.add_argument("--config", type=path_arg("--config"), default="shakespeare.yaml")
+    p.add_argument("--config", type=path_arg("--config"), default="shakespeare.yaml",
+                   help="the config every run starts from: a YAML file, or a bare name looked up in configs/ "
+                        "(default shakespeare.yaml)")
     p.add_argument("--grid", nargs="+", required=True, metavar="key=v1,v2",
                    help="e.g. --grid train.lr=1e-3,3e-3 model.hidden_size=256,512; the first entry and every "
                         "list are axes (one value: a grid of one), later single values apply to every run")
@@ -514,12 +530,15 @@ def bench_command(args, prog):
 
 # ---------------------------------------------------------------- plot
 
+PLOT_TITLE = "validation loss against minutes of training"
+
+
 def plot_parser(prog):
     p = _Parser(prog=prog, description="Validation loss against minutes of training, runs side by side.")
     p.add_argument("runs", nargs="+", metavar="RUN", type=dir_arg("RUN"), help="run directories (TensorBoard events)")
     p.add_argument("--out", type=file_arg("--out", existing=False), default="runs.png", help="the PNG to write")
     p.add_argument("--labels", default=None, help="comma-separated, one per run (default: the directory names)")
-    p.add_argument("--title", default="validation loss against minutes of training")
+    p.add_argument("--title", default=PLOT_TITLE, help=f"the figure's title (default: {PLOT_TITLE})")
     return p
 
 
@@ -577,7 +596,7 @@ def visualize_command(args, prog):
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "index.html", viz_page.render(page, acts).encode())
     write_atomic(args.out / "insight.json", json.dumps(page).encode())
-    print(f"wrote {args.out / 'index.html'} and insight.json: {len(text):,} characters, "
+    print(f"wrote {args.out / 'index.html'} and {args.out / 'insight.json'}: {len(text):,} characters, "
           f"{page['header']['mean_bits']:.3f} bits/char")
     width = max(map(len, page["search"]))
     for name, f in page["search"].items():
@@ -644,7 +663,7 @@ def usage(prog):
     width = max(map(len, COMMANDS))
     lines = [f"usage: {prog} {{{','.join(COMMANDS)}}} ...", "", "commands:"]
     lines += [f"  {name:<{width}}  {entry[2]}" for name, entry in COMMANDS.items()]
-    return "\n".join(lines + ["", f"{prog} COMMAND --help shows a command's flags"])
+    return "\n".join(lines + ["", f"{prog} COMMAND --help shows a command's flags; {prog} --version the versions"])
 
 
 def main(argv=None, prog="charrnn"):
@@ -652,6 +671,9 @@ def main(argv=None, prog="charrnn"):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("-h", "--help"):
         print(usage(prog))
+        return 0
+    if argv and argv[0] in ("-V", "--version"):
+        print(f"charrnn_torch {__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})")
         return 0
     if not argv or argv[0] not in COMMANDS:
         got = f"unknown command {argv[0]!r}" if argv else "no command given"

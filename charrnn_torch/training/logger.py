@@ -33,6 +33,9 @@ def _quiet_writer_threads():
     threading.excepthook = hook
 
 
+PROJECTOR_DIR = "projector"  # in a run directory: TensorBoard projector's files, one folder per step
+
+
 class RunLogger:
     def __init__(self, out_dir, cfg, start_step, resumed, progress, console, start_seconds=0.0):
         self.out_dir, self.console, self.progress = out_dir, console, progress
@@ -97,7 +100,12 @@ class RunLogger:
 
     @_guarded
     def char_embedding(self, step, matrix, labels):
-        self.writer.add_embedding(matrix, metadata=labels, tag="char_embedding", global_step=step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        # The projector writes a folder per step (00200/char_embedding/...) into its writer's log
+        # directory: a writer of its own keeps them all under the run's projector/.
+        with SummaryWriter(str(self.out_dir / PROJECTOR_DIR)) as writer:
+            writer.add_embedding(matrix, metadata=labels, tag="char_embedding", global_step=step)
 
     def validation_line(self, step, val, best, improved):
         self.console(f"step {step:6d} | val loss {val:.4f} | val bpc {val / math.log(2):.4f} | best {best:.4f}"

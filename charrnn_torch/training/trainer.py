@@ -262,9 +262,10 @@ class Trainer:
                     if state.step % train_cfg.log_interval == 0:
                         self.log_training(meter)
                     with meter.paused():                               # sampling and evaluation are not training
-                        if train_cfg.sample_interval and state.step % train_cfg.sample_interval == 0:
+                        last = state.step == train_cfg.max_steps or out_of_time  # a short run has samples too
+                        if train_cfg.sample_interval and (state.step % train_cfg.sample_interval == 0 or last):
                             self.sample_to_log()
-                        if state.step % train_cfg.eval_interval == 0 or state.step == train_cfg.max_steps or out_of_time:
+                        if state.step % train_cfg.eval_interval == 0 or last:
                             self.evaluate_and_checkpoint()
                     if self.stop_agreed(stop):
                         self.interrupt(stop["signum"])
