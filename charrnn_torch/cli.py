@@ -531,21 +531,23 @@ def bench_command(args, prog):
 # ---------------------------------------------------------------- plot
 
 PLOT_TITLE = "validation loss against minutes of training"
+PLOT_OUT = "runs.png"
 
 
 def plot_parser(prog):
     p = _Parser(prog=prog, description="Validation loss against minutes of training, runs side by side.")
-    p.add_argument("runs", nargs="+", metavar="RUN", type=dir_arg("RUN"), help="run directories (TensorBoard events)")
-    p.add_argument("--out", type=file_arg("--out", existing=False), default="runs.png", help="the PNG to write")
-    p.add_argument("--labels", default=None, help="comma-separated, one per run (default: the directory names)")
+    p.add_argument("runs", nargs="+", metavar="RUN", type=path_arg("RUN"),
+                   help="run directories (TensorBoard events), or a folder of runs such as a sweep's; other files "
+                        "and folders (summary.csv) are skipped, and so are runs not yet evaluated, each named")
+    p.add_argument("--out", type=file_arg("--out", existing=False), default=PLOT_OUT,
+                   help=f"the PNG to write (default: {PLOT_OUT}, in the current folder)")
+    p.add_argument("--labels", default=None, help="comma-separated, one per run found (default: the directory names)")
     p.add_argument("--title", default=PLOT_TITLE, help=f"the figure's title (default: {PLOT_TITLE})")
     return p
 
 
 def plot_command(args, prog):
     labels = args.labels.split(",") if args.labels else None
-    if labels is not None and len(labels) != len(args.runs):
-        raise UserError(f"--labels has {len(labels)} names for {len(args.runs)} runs")
     print(plot_runs(args.runs, args.out, labels, args.title))
     return 0
 
