@@ -18,6 +18,14 @@ def make_batcher(train_ids, train_cfg, dist_info, lut=None):
 
 
 
+def streams_that_fit(n_train, batch_size, seq_len, world_size):
+    """The batch size a stateful run of n_train training characters can have: train.batch_size, or
+    fewer streams when the text cannot fill that many windows of seq_len + 1 (a multiple of
+    world_size; 0 when not even one stream per process fits)."""
+    fit = min(batch_size, n_train // (seq_len + 1))
+    return fit // world_size * world_size
+
+
 def eval_stream_count(n_val, batch_size, seq_len, world_size):
     """As many validation streams as the batch, fewer when the split is short; a multiple of world_size."""
     streams = min(batch_size, max(1, n_val // (seq_len + 1)))

@@ -70,6 +70,18 @@ def lr_factor(step, train_cfg, train_seconds=0.0):
     return 1.0
 
 
+def fit_batch(train_cfg, n_train, dist_info, log):
+    """A fine-tuning run's train config, its batch fitted to the text: a config written for a big
+    corpus (shakespeare.yaml's 128 streams) would otherwise refuse any text under 16.5k characters.
+    Said in one line; config.yaml records the batch the run used."""
+    fit = batchers_mod.streams_that_fit(n_train, train_cfg.batch_size, train_cfg.seq_len, dist_info.world_size)
+    if not train_cfg.stateful or fit in (0, train_cfg.batch_size):
+        return train_cfg  # random windows fit any text; too short for even one stream: the batcher says so
+    log(f"fine-tuning on {n_train:,} training characters, which fill {fit} streams of train.seq_len + 1 = "
+        f"{train_cfg.seq_len + 1} characters: training with train.batch_size={fit} (not {train_cfg.batch_size})")
+    return dataclasses.replace(train_cfg, batch_size=fit)
+
+
 HEATMAP_CHARS = 100  # the validation snippet whose hidden states TensorBoard shows at each evaluation
 
 
@@ -139,8 +151,8 @@ class Trainer:
         self.device = resolve_device(cfg.device, dist_info)
         configure_backends(self.device, cfg.train)
         init = checkpoint.load_init(cfg) if resume is None and cfg.train.init_from else None
-        self.open_run(cfg, init, resume, dict(explicit=out_dir_explicit, force=force, resume_dir=resume_dir), progress,
-                      log)                                                # corpus and checks, then the run directory
+        cfg = self.open_run(cfg, init, resume, dict(explicit=out_dir_explicit, force=force, resume_dir=resume_dir),
+                            progress, log)                                # corpus and checks, then the run directory
         # The config (and every checkpoint) records where the run really lives, numbered sibling or not.
         self.cfg = cfg = dataclasses.replace(cfg, out_dir=str(self.out_dir))
         if dist_info.is_main:
@@ -155,10 +167,14 @@ class Trainer:
 
     def open_run(self, cfg, init, resume, out, progress, log):
         """The corpus, the batcher and every check of the run's inputs; only then, when all passed,
-        the run directory (out: choose_out_dir's explicit and force, and a resumed run's directory)."""
-        train_cfg, dist_info = cfg.train, self.dist
-        base = init if init is not None else (resume if resume is not None and train_cfg.init_from else None)
+        the run directory (out: choose_out_dir's explicit and force, and a resumed run's directory).
+        Returns cfg, with a fine-tuning run's batch fitted to its text."""
+        dist_info = self.dist
+        base = init if init is not None else (resume if resume is not None and cfg.train.init_from else None)
         self.corpus = distributed.load_corpus(cfg.data, dist_info, progress, base and base["vocab"], log)
+        if init is not None:
+            cfg = dataclasses.replace(cfg, train=fit_batch(cfg.train, len(self.corpus.train_ids), dist_info, log))
+        train_cfg = cfg.train
         try:
             self.batcher = batchers_mod.make_batcher(self.corpus.train_ids, train_cfg, dist_info, self.corpus.lut)
             self.eval_ids = self.corpus.val_ids[:train_cfg.eval_chars or None]  # train.eval_chars caps the pass
@@ -174,6 +190,7 @@ class Trainer:
             self.corpus.discard()
             raise
         self.corpus.keep()
+        return cfg
 
     def check_graphs(self, cfg):
         """Whether the training step runs as one CUDA graph (train.cuda_graphs, graphs.py). on refuses
