@@ -387,8 +387,7 @@ def sample_command(args, prog):
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
     if args.score:  # a byte-mode model reads the file's bytes, as its training did
         return _print_score(_score(args, model, vocab, ckpt, corpus.read_corpus(args.score, vocab.mode)))
-    prime = sample.default_prime(vocab, ckpt.get("char_counts")) if args.prime is None else args.prime
-    sample.check_prime(vocab, prime)
+    prime = sample.default_prime(vocab, ckpt.get("char_counts")) if args.prime is None else known_prime(vocab, args.prime)
     generator = torch.Generator()
     if args.seed is not None:
         generator.manual_seed(args.seed)
@@ -401,6 +400,26 @@ def sample_command(args, prog):
         if out_file:
             out_file.close()
     return 0
+
+
+def known_prime(vocab, prime):
+    """The one rule for characters outside the vocabulary, in a prime (here and in the playground)
+    as in a scored file: dropped and reported, never mapped to another character; a prime with
+    none left is refused."""
+    if not prime:
+        raise UserError("--prime is empty; leave it out for the default prime")
+    kept, unknown = vocab_mod.drop_unknown(vocab, prime)
+    if not kept:
+        raise UserError(f"no character of the prime is in the vocabulary (not in it: {_listed(unknown)})")
+    if unknown:
+        n = len(prime) - len(kept)
+        print(f"note: {n} prime character{'s' if n > 1 else ''} not in the vocabulary, dropped: {_listed(unknown)}",
+              file=sys.stderr)
+    return kept
+
+
+def _listed(chars):
+    return ", ".join(repr(c) for c in chars)
 
 
 def _score(args, model, vocab, ckpt, text):
@@ -416,8 +435,7 @@ def _print_score(r):
     print(f"{'dynamic ' if r.get('dynamic') else ''}loss {r['loss']:.4f} nats/{unit} | {r['bpc']:.4f} bits/{unit} | "
           f"{r['count']} {'characters' if unit == 'char' else 'bytes'} scored")
     if r["unknown_chars"]:
-        print(f"{r['unknown_chars']} characters not in the vocabulary were skipped: "
-              f"{', '.join(repr(c) for c in r['unknown_set'])}")
+        print(f"{r['unknown_chars']} characters not in the vocabulary, dropped: {_listed(r['unknown_set'])}")
     return 0
 
 
