@@ -56,8 +56,10 @@ def overrides_for(name, words, corpus):
     extra = {"data.path": corpus, **TINY}
     if any(config in words for config in BUDGETED):
         extra = {**TINY, "data.stdlib_max_bytes": 30_000, "train.max_minutes": 0.02}
+    elif not given:  # the first run: `sample --step 1500` reads its ckpt-1500.pt
+        extra["train.max_steps"] = 1500
     elif "train.max_steps" not in given:
-        extra["train.max_steps"] = 1500  # the first run's ckpt-1500.pt is what `sample --step 1500` reads
+        extra["train.max_steps"] = 20
     return [f"{k}={v}" for k, v in extra.items() if k not in given]
 
 
