@@ -307,3 +307,17 @@ def test_bad_fine_tuning_and_data_flags(tmp_path, corpus_file, capsys):
     assert "data.vocab" in _error_of(["--no-progress", *tiny_overrides(corpus_file, tmp_path / "c",
                                                                        **{"data.vocab": "words"})], capsys)
     assert not (tmp_path / "ft").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_build_message_is_meaningful_at_small_sizes(tmp_path):
+    """A small corpus's build says its size in bytes and no speed (a speed over a few milliseconds
+    of start-up says nothing); from 10 MB up it gives MB and MB/s."""
+    small = tmp_path / "letters.txt"
+    small.write_text("Dear Sir,\n" * 123)
+    said = []
+    cache.ensure(small, "chars", progress=False, log=said.append)
+    assert said[-1].startswith(f"encoded {small} (1,230 bytes) into ") and "MB" not in said[-1]
+    big = tmp_path / "big.txt"
+    big.write_text("the quick brown fox\n" * 520_000)  # 10.4 MB
+    cache.ensure(big, "chars", progress=False, log=said.append)
+    assert said[-1].startswith(f"encoded {big} (10.4 MB) into ") and said[-1].endswith(" MB/s)")

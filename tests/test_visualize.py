@@ -348,7 +348,7 @@ def save_model(model, vocab, path, **extra):
     return path
 
 
-def test_surprise_sums_to_the_score_and_guesses_are_the_models(tmp_path):
+def test_surprise_sums_to_the_score_and_guesses_are_the_models(tmp_path, capsys):
     text = bracket_text(1500, seed=3) + "Z"  # Z: outside the vocabulary, removed by both
     vocab = Vocab.from_text(BRACKETS)
     model = planted_model(vocab)
@@ -356,6 +356,8 @@ def test_surprise_sums_to_the_score_and_guesses_are_the_models(tmp_path):
     (tmp_path / "t.txt").write_text(text)
     assert main(["visualize", "--checkpoint", str(ck), "--text", str(tmp_path / "t.txt"), "--out",
                            str(tmp_path / "viz"), "--max-chars", "5000"]) == 0
+    viz = tmp_path / "viz"
+    assert capsys.readouterr().out.startswith(f"wrote {viz / 'index.html'} and {viz / 'insight.json'}: 1,500 characters")
     data = json.loads((tmp_path / "viz" / "insight.json").read_text())
     S = data["surprise"]
     want = score(model, vocab, text)
