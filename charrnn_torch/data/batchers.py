@@ -32,8 +32,8 @@ def eval_stream_count(n_val, batch_size, seq_len, world_size):
     streams = max(world_size, streams // world_size * world_size)
     if n_val // streams < 2:
         raise UserError(f"validation split is too short: {n_val} characters "
-                        f"(data.val_fraction) for {streams} stream(s); use a longer corpus or a larger "
-                        f"data.val_fraction")
+                        f"(data.val_fraction, train.eval_chars) for {streams} stream(s); use a longer corpus, or a "
+                        f"larger data.val_fraction or train.eval_chars")
     return streams
 
 
