@@ -340,7 +340,8 @@ def sample_parser(prog):
     p.add_argument("--num-samples", type=int_arg("--num-samples", 1, 65536),
                    help="independent samples, drawn in one batch")
     p.add_argument("--seed", type=int_arg("--seed", 0, SEED_MAX), default=None,
-                   help="the same seed gives the same text, on CPU and CUDA (default: a fresh one each time)")
+                   help="the same seed gives the same text, on CPU and CUDA and in the exported playground "
+                        "(default: a fresh one each time)")
     p.add_argument("--out", type=file_arg("--out", existing=False), default=None,
                    help="also write the text to this file")
     p.add_argument("--score", metavar="FILE", type=file_arg("--score", existing=True), default=None,
