@@ -19,12 +19,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from .tools import bench, data_bench, plots
 from .training import checkpoint, config as config_mod, distributed, runs
-from . import files
-from .data import corpus
+from . import __version__, files
+from .data import corpus, vocab as vocab_mod
 from .sampling import dynamic, fill, sample
 from .insight import export, gradients, visualize, viz_page
 from .training.config import SEED_MAX
@@ -207,7 +208,8 @@ def _spare_inputs(args, outs, *inputs):
 # ---------------------------------------------------------------- train
 
 def train_parser(prog):
-    p = _Parser(prog=prog, description="Train a character-level RNN from a YAML config.")
+    p = _Parser(prog=prog, description="Train a character-level RNN from a YAML config.", epilog=config_keys_help(),
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=path_arg("--config"), default=None,
                    help="a YAML file, or a bare name looked up in configs/ (default: shakespeare.yaml); "
                         "with --resume the run's own stored config is used instead")
@@ -216,10 +218,22 @@ def train_parser(prog):
     p.add_argument("--init-from", metavar="CKPT", type=path_arg("--init-from"), default=None,
                    help="fine-tune: start from this checkpoint's (or run directory's best) weights, on the "
                         "config's corpus, with a fresh optimizer and schedule (sets train.init_from)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config, each key explained, and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=3e-3 device=cpu")
     return p
+
+
+def config_keys_help():
+    """train --help's list of every config key and what it means (config.key_help)."""
+    import textwrap
+
+    help_of = config_mod.key_help()
+    width = max(map(len, help_of)) + 2
+    lines = ["config keys (in the YAML file, or as key=value; --print-config shows their values):"]
+    for key, text in help_of.items():
+        lines += textwrap.wrap(text, 100, initial_indent=f"  {key:<{width}}", subsequent_indent=" " * (width + 2))
+    return "\n".join(lines)
 
 
 def train_config(args):
@@ -245,7 +259,7 @@ def train_config(args):
 def train_command(args, prog):
     cfg, resume, resume_dir = train_config(args)
     if args.print_config:
-        sys.stdout.write(config_mod.dump_yaml(cfg))
+        sys.stdout.write(config_mod.dump_yaml_explained(cfg))
         return 0
     retain_freed_memory()
     dist_info = distributed.from_env(os.environ)
@@ -266,11 +280,27 @@ def train_command(args, prog):
     finally:
         distributed.finish(dist_info)
     if dist_info.is_main:
-        what = "val cloze loss" if cfg.model.bidirectional else "val loss"  # not a language model's loss
-        print(f"done: {summary['step']} steps, {what} {summary['val_loss']:.4f} "
-              f"(bpc {summary['val_loss'] / math.log(2):.4f}), best {summary['best_val']:.4f}; "
-              f"run in {summary['out_dir']}")
+        print(done_line(summary, cfg.train))
     return 0
+
+
+def done_line(summary, train_cfg):
+    """The run's last line: where it ended, and what its time went on. A budget counts training
+    only, so a budgeted run says what its evaluations cost beside it, and how to cap them."""
+    budget = f" (the budget: {_duration(60 * train_cfg.max_minutes)})" if train_cfg.max_minutes else ""
+    passes = summary["evaluations"]
+    cap = ("; train.eval_chars=N scores fewer" if train_cfg.max_minutes and not train_cfg.eval_chars
+           and summary["eval_seconds"] > 0.1 * summary["train_seconds"] else "")
+    what = "val cloze loss" if summary.get("cloze") else "val loss"  # a bidirectional model's is not a LM loss
+    return (f"done: {summary['step']} steps, {what} {summary['val_loss']:.4f} "
+            f"(bpc {summary['val_loss'] / math.log(2):.4f}), best {summary['best_val']:.4f}; "
+            f"trained {_duration(summary['train_seconds'])}{budget}, evaluated {_duration(summary['eval_seconds'])} "
+            f"({passes} pass{'es' if passes != 1 else ''} over {summary['eval_chars']:,} "
+            f"characters{cap}); run in {summary['out_dir']}")
+
+
+def _duration(seconds):
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _console_log(line):
@@ -303,7 +333,9 @@ def sample_parser(prog):
     p.add_argument("--beam-width", type=int_arg("--beam-width", 0, 4096), help="beam search with this many beams")
     p.add_argument("--num-samples", type=int_arg("--num-samples", 1, 65536),
                    help="independent samples, drawn in one batch")
-    p.add_argument("--seed", type=int_arg("--seed", 0, SEED_MAX), default=None)
+    p.add_argument("--seed", type=int_arg("--seed", 0, SEED_MAX), default=None,
+                   help="the same seed gives the same text, on CPU and CUDA and in the exported playground "
+                        "(default: a fresh one each time)")
     p.add_argument("--out", type=file_arg("--out", existing=False), default=None,
                    help="also write the text to this file")
     p.add_argument("--score", metavar="FILE", type=file_arg("--score", existing=True), default=None,
@@ -359,8 +391,7 @@ def sample_command(args, prog):
     if args.score:  # a byte-mode model reads the file's bytes, as its training did
         sample.print_score(_score(args, model, vocab, ckpt, corpus.read_corpus(args.score, vocab.mode)))
         return 0
-    prime = sample.default_prime(vocab, ckpt.get("char_counts")) if args.prime is None else args.prime
-    sample.check_prime(vocab, prime)
+    prime = sample.default_prime(vocab, ckpt.get("char_counts")) if args.prime is None else known_prime(vocab, args.prime)
     sampling = sample.Sampling(args.temperature, args.top_k, args.top_p, args.greedy, args.seed)
     if not args.out:
         sample.write_generation(model, vocab, prime, args.length, sampling, _emitter(None), args.num_samples,
@@ -370,6 +401,26 @@ def sample_command(args, prog):
         sample.write_generation(model, vocab, prime, args.length, sampling,
                                 _emitter(lambda text: write(text.encode("utf-8"))), args.num_samples, args.beam_width)
     return 0
+
+
+def known_prime(vocab, prime):
+    """The one rule for characters outside the vocabulary, in a prime (here and in the playground)
+    as in a scored file: dropped and reported, never mapped to another character; a prime with
+    none left is refused."""
+    if not prime:
+        raise UserError("--prime is empty; leave it out for the default prime")
+    kept, unknown = vocab_mod.drop_unknown(vocab, prime)
+    if not kept:
+        raise UserError(f"no character of the prime is in the vocabulary (not in it: {_listed(unknown)})")
+    if unknown:
+        n = len(prime) - len(kept)
+        print(f"note: {n} prime character{'s' if n > 1 else ''} not in the vocabulary, dropped: {_listed(unknown)}",
+              file=sys.stderr)
+    return kept
+
+
+def _listed(chars):
+    return ", ".join(repr(c) for c in chars)
 
 
 def _score(args, model, vocab, ckpt, text):
@@ -435,7 +486,9 @@ def _emitter(write_out):
 
 def sweep_parser(prog):
     p = _Parser(prog=prog, description="Train one run per combination of a grid.")
-    p.add_argument("--config", type=path_arg("--config"), default="shakespeare.yaml")
+    p.add_argument("--config", type=path_arg("--config"), default="shakespeare.yaml",
+                   help="the config every run starts from: a YAML file, or a bare name looked up in configs/ "
+                        "(default shakespeare.yaml)")
     p.add_argument("--grid", nargs="+", required=True, metavar="key=v1,v2",
                    help="e.g. --grid train.lr=1e-3,3e-3 model.hidden_size=256,512; the first entry and every "
                         "list are axes (one value: a grid of one), later single values apply to every run")
@@ -558,13 +611,21 @@ def bench_command(args, prog):
 
 # ---------------------------------------------------------------- plot
 
+PLOT_TITLE = "validation loss against minutes of training"
+PLOT_OUT = "runs.png"
+
+
 def plot_parser(prog):
     p = _Parser(prog=prog, description="Validation loss against minutes of training, runs side by side.")
-    p.add_argument("runs", nargs="+", metavar="RUN", type=dir_arg("RUN"), help="run directories (TensorBoard events)")
-    p.add_argument("--out", type=file_arg("--out", existing=False), default="runs.png",
-                   help=f"the figure to write, in the format of its extension: {', '.join(plots.FORMATS)}")
-    p.add_argument("--labels", default=None, help="comma-separated, one per run (default: the directory names)")
-    p.add_argument("--title", default=None, help="the figure's title")
+    p.add_argument("runs", nargs="+", metavar="RUN", type=path_arg("RUN"),
+                   help="run directories (TensorBoard events), or a folder of runs such as a sweep's; other files "
+                        "and folders (summary.csv) are skipped, and so are runs not yet evaluated, each named")
+    p.add_argument("--out", type=file_arg("--out", existing=False), default=PLOT_OUT,
+                   help=f"the figure to write, in the format of its extension: {', '.join(plots.FORMATS)} "
+                        f"(default: {PLOT_OUT}, in the current folder)")
+    p.add_argument("--labels", default=None, help="comma-separated, one per run found (default: the directory names)")
+    p.add_argument("--title", default=None, help=f"the figure's title (default: {PLOT_TITLE}; with --gradients: "
+                                                 f"how far back the loss reaches)")
     p.add_argument("--gradients", action="store_true",
                    help="instead: each run's gradient norm ||dl_T/dh_t|| against the distance T - t, trained and "
                         "at step 0, on its validation text, one panel per run")
@@ -573,13 +634,11 @@ def plot_parser(prog):
 
 def plot_command(args, prog):
     labels = args.labels.split(",") if args.labels else None
-    if labels is not None and len(labels) != len(args.runs):
-        raise UserError(f"--labels has {len(labels)} names for {len(args.runs)} runs")
     plots.out_format(args.out)  # a .png, .svg or .pdf: never one of the runs' own files
     if args.gradients:
         print(plots.plot_gradients(args.runs, args.out, labels, args.title or "how far back the loss reaches"))
         return 0
-    print(plots.plot_runs(args.runs, args.out, labels, args.title or "validation loss against minutes of training"))
+    print(plots.plot_runs(args.runs, args.out, labels, args.title or PLOT_TITLE))
     return 0
 
 
@@ -625,10 +684,9 @@ def visualize_command(args, prog):
     if len(text) >= 3:  # how far back the loss reaches, trained and at step 0, on the page's own text
         page["gradients"] = gradients.report(model, runs.initial_model(ckpt, model), vocab.encode(text))
     files.make_dir(args.out)
-    # A page to share: readable by all, as a file written with open() would be under the usual umask.
-    files.write_file(args.out / "index.html", viz_page.render(page, acts).encode(), mode=0o644)
-    files.write_file(args.out / "insight.json", files.json_text(page).encode(), mode=0o644)
-    print(f"wrote {args.out / 'index.html'} and insight.json: {len(text):,} characters, "
+    files.write_file(args.out / "index.html", viz_page.render(page, acts).encode())
+    files.write_file(args.out / "insight.json", files.json_text(page).encode())
+    print(f"wrote {args.out / 'index.html'} and {args.out / 'insight.json'}: {len(text):,} characters, "
           f"{page['header']['mean_bits']:.3f} bits/char")
     width = max(map(len, page["search"]))
     for name, f in page["search"].items():
@@ -659,7 +717,7 @@ def export_command(args, prog):
     source = _spare_inputs(args, [args.out])
     model, vocab, ckpt = checkpoint.load_model(source, args.device)
     data, what = export.export(model, vocab, ckpt, source, args.format, args.half)
-    files.write_file(args.out, data, mode=0o644)  # a file to share: readable by all, as open() would make it
+    files.write_file(args.out, data)
     print(f"wrote {args.out} ({len(data):,} bytes): {what}")
     return 0
 
@@ -755,7 +813,7 @@ def usage(prog):
     width = max(map(len, COMMANDS))
     lines = [f"usage: {prog} {{{','.join(COMMANDS)}}} ...", "", "commands:"]
     lines += [f"  {name:<{width}}  {entry[2]}" for name, entry in COMMANDS.items()]
-    return "\n".join(lines + ["", f"{prog} COMMAND --help shows a command's flags"])
+    return "\n".join(lines + ["", f"{prog} COMMAND --help shows a command's flags; {prog} --version the versions"])
 
 
 def main(argv=None, prog="charrnn"):
@@ -763,6 +821,9 @@ def main(argv=None, prog="charrnn"):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("-h", "--help"):
         print(usage(prog))
+        return 0
+    if argv and argv[0] in ("-V", "--version"):
+        print(f"charrnn_torch {__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})")
         return 0
     if not argv or argv[0] not in COMMANDS:
         got = f"unknown command {argv[0]!r}" if argv else "no command given"

@@ -56,14 +56,14 @@ def writer_tag():
 @contextlib.contextmanager
 def temp_file(dest, mode=None, suffix=TEMP_SUFFIX):
     """(open binary file, its path) under a temporary name beside dest, fsynced when the block
-    ends; removed if the block fails. The file is private to its owner (mkstemp's 0o600) unless
-    mode says otherwise. The caller renames it into place with install(), or removes it. The name
-    is .<dest's name>.<host>-<pid>.<random><suffix>: see remove_abandoned."""
+    ends; removed if the block fails. The file gets the mode open() would give it under the
+    user's umask (mkstemp's private 0o600 would lock out a lab sharing a runs folder), unless mode
+    says otherwise. The caller renames it into place with install(), or removes it. The name is
+    .<dest's name>.<host>-<pid>.<random><suffix>: see remove_abandoned."""
     dest = Path(dest)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.{writer_tag()}.", suffix=suffix)
     try:
-        if mode is not None:
-            os.fchmod(fd, mode)
+        os.fchmod(fd, 0o666 & ~current_umask() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             yield f, Path(tmp)
             f.flush()
@@ -71,6 +71,20 @@ def temp_file(dest, mode=None, suffix=TEMP_SUFFIX):
     except BaseException:
         discard(tmp)
         raise
+
+
+def current_umask():
+    """The process's umask, read without changing it where Linux tells it (/proc/self/status): the
+    os.umask() swap, the only other way, briefly changes it for every thread of the process."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def install(tmp, dest):
@@ -207,6 +221,24 @@ def writing(path, mode=None):
     with could_not_write(path):
         stack.close()  # flushed and fsynced
         install(tmp, path)
+
+
+@contextlib.contextmanager
+def live_log(path):
+    """A function write(str) appending to the log file path as lines come, flushed each time, for a
+    reader to tail while it grows: the one file not written atomically, since its reader wants the
+    lines now. A failure is could_not_write's one line."""
+    with could_not_write(path):
+        f = open(path, "w", encoding="utf-8")
+
+    def write(text):
+        with could_not_write(path):
+            f.write(text)
+            f.flush()
+    try:
+        yield write
+    finally:
+        f.close()
 
 
 def same_file(a, b):

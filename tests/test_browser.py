@@ -1,7 +1,8 @@
 """Proves visualize.py's page works in a real browser (headless Debian Chromium, driven by
 Playwright): it loads from file:// with no console errors and no network requests, hovering a
 character shows the model's top-5 guesses for it, the header names what a built-in corpus was
-built from, picking a unit recolours the text by that unit, clicking a feature's row picks its
+built from, only the features the text has get rows and the unit picker opens on the first one's
+best unit, picking a unit recolours the text by that unit, clicking a feature's row picks its
 best unit, and a screenshot is not blank. A page whose every embedded string is hostile (`<!--`
 then `<script`, `</script>`, `&amp;`: in the checkpoint's path, the text and the corpus record)
 and whose validation loss is NaN runs all the same, shows each string as it is and the loss as
@@ -70,6 +71,21 @@ def test_loads_offline_without_errors(browser_page, page_file):
     assert seen["requests"] == [page_file.as_uri()]  # the page itself, nothing else
     assert page.inner_text("#header").count("lstm") == 1
     assert f"trained on\t{describe(SOURCE)}" in page.inner_text("#header")
+
+
+def test_it_shows_the_features_of_this_text_and_starts_at_the_first(browser_page, page_file):
+    """Rows only for the features the text has (the others named in one line), and "colour by unit"
+    opens on the first feature's best unit, not on unit 0 of layer 0."""
+    page, _ = browser_page
+    search = json.loads((page_file.parent / "insight.json").read_text())["search"]
+    shown = [name for name, f in search.items() if f["occurs"]]
+    absent = [name for name, f in search.items() if not f["occurs"]]
+    assert absent and page.locator("#features tr.feature-row").all_inner_texts()[0].startswith(shown[0])
+    assert page.locator("#features tr.feature-row").count() == len(shown)
+    assert page.inner_text("#absent") == f"Not in this text, so not searched: {', '.join(absent)}."
+    best = search[shown[0]]["units"][0]
+    assert page.inner_text("#unit-label") == f"{best['state']} layer {best['layer']} unit {best['unit']}"
+    assert (best["state"], best["layer"], best["unit"]) != ("h", 0, 0)
 
 
 def test_hover_shows_the_top5_guesses(browser_page, page_file):

@@ -1,6 +1,7 @@
 """Proves the experiment tooling: 2-process DDP over gloo on 127.0.0.1 equals a
 single-process run with the same global batch (float64, 1e-10), also when resumed with
-another number of ranks, and a failing 2-rank run exits cleanly; a 2x2 sweep runs, summarises,
+another number of ranks, and a failing 2-rank run exits cleanly; a 2x2 sweep runs (saying where
+each run's log is, repeating each run's evaluations, counting runs done with the time left), summarises,
 survives a failing combination and resumes; a grid of one value is one run; and a real
 `tensorboard` server serves exactly the scalars and hparams that training logged.
 
@@ -123,6 +124,15 @@ def test_sweep_2x2_summary_failure_and_resume(tmp_path, corpus_file):
         acc, _ = read_scalars(run)
         assert "_hparams_/session_start_info" in acc.summary_metadata
     lines = r.stdout.splitlines()
+    # What the user watches: each run's log path, its evaluations under its name, the overall count.
+    assert lines[0] == (f"sweep: 4 runs in {sweep_dir}, 2 at a time; each run's output goes to <run>/train.log "
+                        f"as it runs")
+    for x in rows:
+        log = Path(x["out_dir"]) / "train.log"
+        assert f"[start] {x['run']}: log {log}" in lines and "done: 6 steps" in log.read_text()
+        assert [ln.split("|")[0].split()[-1] for ln in lines if ln.startswith(f"  [{x['run']}] step ")] == ["3", "6"]
+    counts = [ln for ln in lines if re.match(r"\[\d/4 runs done\] elapsed \d+:\d\d", ln)]
+    assert [c[1] for c in counts] == ["1", "2", "3", "4"] and "left" in counts[0] and "left" not in counts[-1]
     head = next(i for i, ln in enumerate(lines) if ln.startswith("run "))
     assert [ln.split()[0] for ln in lines[head + 1:head + 5]] == [x["run"] for x in rows]  # printed best first
 

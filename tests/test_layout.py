@@ -203,7 +203,7 @@ def readme_commands():
     return commands
 
 
-def _command_of(words):
+def command_of(words):
     """(cli command, its arguments) for a command of this project, else None."""
     if words[0] == "charrnn":
         return words[1], words[2:]
@@ -240,7 +240,7 @@ def test_every_readme_command_parses(tmp_path, monkeypatch):
     commands = readme_commands()
     assert commands, "the README has no ```bash block"
     for words in commands:
-        ours = _command_of(words)
+        ours = command_of(words)
         if ours is None:
             _check_other(words)
             continue
@@ -256,7 +256,7 @@ def test_every_readme_command_parses(tmp_path, monkeypatch):
 
 
 def test_readme_shows_the_one_command():
-    assert any(_command_of(words) and words[0] == "charrnn" for words in readme_commands())
+    assert any(command_of(words) and words[0] == "charrnn" for words in readme_commands())
 
 
 @pytest.mark.parametrize("text", ["issue", "session"])

@@ -227,7 +227,8 @@ def test_cli_greedy_beam_samples_score(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--prime", "ROMEO@"], "prime character not in the vocabulary: '@'"),
+    (["--prime", "@@"], "no character of the prime is in the vocabulary (not in it: '@')"),
+    (["--prime", ""], "--prime is empty; leave it out for the default prime"),
     (["--temperature", "0"], "--temperature must be > 0"),
     (["--temperature", "-1"], "--temperature must be > 0"),
     (["--top-k", "-1"], "--top-k must be >= 0"),
@@ -241,6 +242,15 @@ def test_cli_bad_input(run_dir, args, needle):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("error: ") and needle in r.stderr and r.stderr.count("\n") == 1
     assert "Traceback" not in r.stderr
+
+
+def test_unknown_prime_characters_are_dropped_and_said(run_dir):
+    """The one rule (also --score's and the playground's): dropped and reported, never mapped."""
+    r = run_script("sample.py", "--checkpoint", run_dir, "--prime", "RO@ME@Oé", "--length", "5", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "note: 3 prime characters not in the vocabulary, dropped: '@', 'é'\n"
+    same = run_script("sample.py", "--checkpoint", run_dir, "--prime", "ROMEO", "--length", "5", "--seed", "3")
+    assert r.stdout == same.stdout and r.stdout.startswith("ROMEO")
 
 
 def test_cli_bad_checkpoints(tmp_path):

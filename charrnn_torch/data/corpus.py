@@ -20,15 +20,28 @@ CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565e
 
 def download(url, dest, sha256, timeout=30, progress=True):
     """Fetch url to dest through a temp file in dest's directory; keep it only if sha256 matches."""
-    from tqdm import tqdm
-
     dest = Path(dest)
-    where = f"download it from {url} and save it as {dest.resolve()}"
+    where = f"fetch it yourself and save it as {dest.resolve()}"
+    made = [d for d in dest.parents if not d.exists()]  # nearest first: removed again if the fetch fails
     dest.parent.mkdir(parents=True, exist_ok=True)
     files.remove_abandoned(dest, suffix=".part")  # a download killed half way
+    try:
+        return _fetch(url, dest, sha256, timeout, progress, where)
+    except BaseException:
+        for d in made:  # a failed first run leaves no empty data/ in the folder it ran from
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _fetch(url, dest, sha256, timeout, progress, where):
+    from tqdm import tqdm
+
     digest = hashlib.sha256()
     try:
-        with files.temp_file(dest, mode=0o644, suffix=".part") as (f, tmp), \
+        with files.temp_file(dest, suffix=".part") as (f, tmp), \
                 urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"fetching {dest.name}",

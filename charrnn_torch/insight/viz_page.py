@@ -37,6 +37,7 @@ red: 8 or more). Mean: <b id="mean-bits"></b> bits/char. Hover a character for t
 <p>For each feature of the text, the hidden unit whose activation tracks it best (|Pearson correlation|),
 over all layers. Click a row to colour the text below by that unit (blue &minus;1, white 0, red +1).</p>
 <table id="features"><tr><th>feature</th><th>best unit</th><th>correlation</th><th>best per layer</th></tr></table>
+<p id="absent" class="muted"></p>
 <p>Colour by unit: <select id="unit-group"></select> unit <input id="unit-index" type="number" min="0" value="0"
  style="width:6em"> <span id="unit-label" class="muted"></span></p>
 <div class="text" id="unit-text"></div>
@@ -143,10 +144,12 @@ function cells() {
   group.addEventListener("change", pick);
   index.addEventListener("input", pick);
   const table = document.getElementById("features"), snippets = document.getElementById("snippets");
-  for (const [name, f] of Object.entries(D.search)) {
+  const shown = Object.entries(D.search).filter(([, f]) => f.occurs);  // a feature the text lacks says nothing
+  const absent = Object.keys(D.search).filter(name => !D.search[name].occurs);
+  document.getElementById("absent").textContent = absent.length ? `Not in this text, so not searched: ${absent.join(", ")}.` : "";
+  for (const [name, f] of shown) {
     const row = table.insertRow();
     row.className = "feature-row";
-    if (!f.occurs) { row.innerHTML = `<td>${name}</td><td colspan=3 class=muted>does not occur in this text</td>`; continue; }
     const b = f.units[0];
     row.innerHTML = `<td>${name}</td><td>${b.state} layer ${b.layer} unit ${b.unit}</td><td>${fixed(b.corr, 3)}</td>` +
       `<td class=muted>${f.best_per_layer.map(e => `${e.state}${e.layer}:${e.unit} (${fixed(e.corr, 2)})`).join(", ")}</td>`;
@@ -161,6 +164,11 @@ function cells() {
     box.className = "text snippet";
     snippets.append(h, box);
     colourByUnit(fillText(box, Math.min(N, 600)), unitIndex(b.state, b.layer, b.unit));
+  }
+  if (shown.length) {  // start at something that means something: the first feature's best unit
+    const b = shown[0][1].units[0];
+    group.value = D.groups.findIndex(g => g[0] === b.state && g[1] === b.layer);
+    index.value = b.unit;
   }
   pick();
 }

@@ -230,5 +230,5 @@ def print_score(result):
     print(f"{'dynamic ' if result.get('dynamic') else ''}loss {result['loss']:.4f} nats/{unit} | "
           f"{result['bpc']:.4f} bits/{unit} | {result['count']} {'characters' if unit == 'char' else 'bytes'} scored")
     if result["unknown_chars"]:
-        print(f"{result['unknown_chars']} characters not in the vocabulary were skipped: "
+        print(f"{result['unknown_chars']} characters not in the vocabulary, dropped: "
               f"{', '.join(repr(c) for c in result['unknown_set'])}")

@@ -32,12 +32,12 @@ def val_curve(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or not any(run_dir.glob("events.out.tfevents.*")):
+    if not is_run(run_dir):
         raise UserError(f"{run_dir} holds no TensorBoard events (expected a run directory)")
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     if "loss/val" not in acc.Tags()["scalars"]:
-        raise UserError(f"{run_dir} has no loss/val yet")
+        return []  # not evaluated yet
     points = acc.Scalars("loss/val")
     if "time/train_minutes" in acc.Tags()["scalars"]:
         minutes = {e.step: e.value for e in acc.Scalars("time/train_minutes")}
@@ -45,6 +45,27 @@ def val_curve(run_dir):
     starts = [e.wall_time for tag in acc.Tags()["tensors"] for e in acc.Tensors(tag)[:1]]
     t0 = min(starts + [points[0].wall_time])
     return [((e.wall_time - t0) / 60, e.value) for e in points]
+
+
+def is_run(path):
+    return path.is_dir() and any(path.glob("events.out.tfevents.*"))
+
+
+def find_runs(paths):
+    """(the run directories among paths, [(path, why it was skipped)]). A folder of runs (a sweep's)
+    stands for its runs; anything else that is not a run (summary.csv, sweep.yaml, a folder without
+    events, as a shell's runs/sweep/* brings in) is skipped. A path that does not exist is a typo:
+    an error."""
+    runs, skipped = [], []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise UserError(f"RUN {path}: no such file or directory")
+        inner = sorted(d for d in path.iterdir() if is_run(d)) if path.is_dir() and not is_run(path) else []
+        if is_run(path) or inner:
+            runs += inner or [path]
+        else:
+            skipped.append((path, "not a run directory" if path.is_file() else "no TensorBoard events"))
+    return runs, skipped
 
 
 def _pyplot():
@@ -57,13 +78,26 @@ def _pyplot():
     return plt
 
 
-def plot_runs(run_dirs, out, labels=None, title="validation loss against minutes of training"):
-    """Draw each run's loss/val against minutes of training into out, in the format of its extension."""
+def plot_runs(paths, out, labels=None, title="validation loss against minutes of training"):
+    """Draw each run's loss/val against minutes of training into out, in the format of its extension
+    (paths: find_runs'). Returns the line that says what was drawn and what was skipped."""
     out_format(out)
     plt = _pyplot()
-    curves = [val_curve(r) for r in run_dirs]
+    run_dirs, skipped = find_runs(paths)
+    if labels is not None and len(labels) != len(run_dirs):
+        raise UserError(f"--labels has {len(labels)} names for {len(run_dirs)} runs")
+    drawn = []
+    for run, label in zip(run_dirs, labels or [r.name for r in run_dirs]):
+        curve = val_curve(run)
+        if curve:
+            drawn.append((label, curve))
+        else:
+            skipped.append((run, "no loss/val yet"))
+    said = "; skipped " + ", ".join(f"{p} ({why})" for p, why in skipped) if skipped else ""
+    if not drawn:
+        raise UserError(f"nothing to draw{said}")
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
-    for run, label, curve in zip(run_dirs, labels or [Path(r).name for r in run_dirs], curves):
+    for label, curve in drawn:
         minutes, losses = zip(*curve)
         ax.plot(minutes, losses, marker="o", markersize=2.5, linewidth=1.4, label=f"{label} (best {min(losses):.3f})")
     ax.set_xlabel("minutes of training (evaluation and pauses excluded)")
@@ -71,7 +105,8 @@ def plot_runs(run_dirs, out, labels=None, title="validation loss against minutes
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the axes: never over a curve
-    return _save(fig, plt, out)
+    _save(fig, plt, out)
+    return f"wrote {out}: {len(drawn)} run{'s' if len(drawn) != 1 else ''}{said}"
 
 
 def _save(fig, plt, out):
@@ -80,7 +115,7 @@ def _save(fig, plt, out):
     buf = io.BytesIO()
     fig.savefig(buf, format=out_format(out))
     plt.close(fig)
-    write_file(out, buf.getvalue(), mode=0o644)
+    write_file(out, buf.getvalue())
     return out
 
 

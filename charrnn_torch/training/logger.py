@@ -20,6 +20,9 @@ def _guarded(method):
     return wrapper
 
 
+PROJECTOR_DIR = "projector"  # in a run directory: TensorBoard projector's files, one folder per step
+
+
 class QuietWriterThreads:
     """TensorBoard writes from a background thread; when a write fails, that thread prints a
     traceback, and the same error reaches the main thread at its next write, where the run
@@ -44,31 +47,38 @@ class RunLogger:
     """config_yaml: the run's config as YAML text (TensorBoard's config tab); train_cfg: the train
     section, whose limits the progress bar counts."""
 
-    def __init__(self, out_dir, config_yaml, train_cfg, start_step, resumed, progress, console, cloze=False):
-        self.out_dir, self.console = out_dir, console
+    def __init__(self, out_dir, config_yaml, train_cfg, start_step, resumed, progress, console, cloze=False,
+                 start_seconds=0.0):
+        self.out_dir, self.console, self.progress = out_dir, console, progress
+        self.bar_counts = BarCounts(train_cfg)
         # A bidirectional model's validation loss sees both sides of each character: not a language
         # model's loss/val, so it is never logged under that name.
         self.val_tag = "val_cloze" if cloze else "val"
         self.quiet_threads = QuietWriterThreads()
-        self.open(config_yaml, train_cfg, start_step, resumed, progress)
+        self.open(config_yaml, start_step, resumed, start_seconds)
 
     @_guarded
-    def open(self, config_yaml, train_cfg, start_step, resumed, progress):
+    def open(self, config_yaml, start_step, resumed, start_seconds):
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
 
         # purge_step drops events a killed run logged after its last checkpoint,
         # so the resumed steps follow on with no duplicates.
         self.writer = SummaryWriter(str(self.out_dir), purge_step=start_step + 1 if resumed else None)
         self.writer.add_text("config", "```yaml\n" + config_yaml + "```", start_step)
-        self.bar = tqdm(total=train_cfg.max_steps, initial=start_step, disable=not progress,
-                        dynamic_ncols=True, desc="train")
+        self.bar = self.bar_counts.bar(start_step, start_seconds, self.progress)
 
     def line(self, text):
         self.console(text)
 
-    def step_done(self):
-        self.bar.update(1)
+    def step_done(self, step, train_seconds):
+        self.bar_counts.update(self.bar, step, train_seconds)
+
+    def eval_progress(self, windows, total):
+        """The validation windows, counted by a bar of their own that goes when the pass ends."""
+        from tqdm import tqdm
+
+        return tqdm(windows, total=total, desc="evaluate", unit="window", leave=False, dynamic_ncols=True,
+                    disable=not self.progress)
 
     @_guarded
     def train_scalars(self, step, loss, smooth, lr, grad_norm, chars_per_sec, clipped=None):
@@ -78,7 +88,7 @@ class RunLogger:
             self.writer.add_scalar(tag, value, step)
         if clipped is not None:
             self.writer.add_scalar("grad_clipped_fraction", clipped, step)
-        self.bar.set_postfix(loss=f"{loss:.3f}", chars_s=f"{chars_per_sec:,.0f}")
+        self.bar.set_postfix({**self.bar_counts.postfix(step), "loss": f"{loss:.3f}", "chars/s": f"{chars_per_sec:,.0f}"})
 
     @_guarded
     def nonfinite(self, step, total):
@@ -125,8 +135,14 @@ class RunLogger:
 
     @_guarded
     def char_embedding(self, step, matrix, labels):
-        if bool(matrix.isfinite().all()):  # the projector's PCA of a NaN would be NaN throughout
-            self.writer.add_embedding(matrix, metadata=labels, tag="char_embedding", global_step=step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        if not bool(matrix.isfinite().all()):  # the projector's PCA of a NaN would be NaN throughout
+            return
+        # The projector writes a folder per step (00200/char_embedding/...) into its writer's log
+        # directory: a writer of its own keeps them all under the run's projector/.
+        with SummaryWriter(str(self.out_dir / PROJECTOR_DIR)) as writer:
+            writer.add_embedding(matrix, metadata=labels, tag="char_embedding", global_step=step)
 
     def validation_line(self, step, val, best, improved):
         what = self.val_tag.replace("_", " ")  # val, or val cloze
@@ -175,11 +191,48 @@ class RunLogger:
             pass
 
 
+class BarCounts:
+    """What the training bar counts. A run with a training-time budget (train.max_minutes) counts
+    the budget's seconds, so that its total and ETA say when the run will end: such a config's
+    max_steps is a ceiling (a million) that a bar of steps would show as hundreds of hours. The
+    bar moves by whichever of the budget and the steps is further along, as the cosine's progress
+    does (trainer.lr_factor), so it fills when either ends the run; the step goes in the postfix.
+    A run without a budget counts steps."""
+
+    def __init__(self, train_cfg):
+        self.max_steps, self.budget = train_cfg.max_steps, 60 * train_cfg.max_minutes
+
+    def position(self, step, train_seconds):
+        if not self.budget:
+            return step
+        return min(self.budget, max(train_seconds, self.budget * step / self.max_steps))
+
+    def bar(self, start_step, start_seconds, progress):
+        from tqdm import tqdm
+
+        if not self.budget:
+            return tqdm(total=self.max_steps, initial=start_step, disable=not progress, dynamic_ncols=True,
+                        desc="train", unit="step")
+        return tqdm(total=self.budget, initial=self.position(start_step, start_seconds), disable=not progress,
+                    dynamic_ncols=True, desc="train", unit="s",
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of training "
+                               "[{elapsed}<{remaining}{postfix}]")
+
+    def update(self, bar, step, train_seconds):
+        bar.update(self.position(step, train_seconds) - bar.n)
+
+    def postfix(self, step):
+        return {"step": step} if self.budget else {}
+
+
 class NullLogger:
     """What ranks other than 0 log: nothing."""
 
     def __getattr__(self, name):
         return _nothing
+
+    def eval_progress(self, windows, total):
+        return windows
 
 
 def _nothing(*args, **kwargs):

@@ -60,6 +60,18 @@ class TrainingDiverged(RunFailed):
 
 # ---------------------------------------------------------------- setup
 
+def fit_batch(train_cfg, n_train, dist_info, log):
+    """A fine-tuning run's train config, its batch fitted to the text: a config written for a big
+    corpus (shakespeare.yaml's 128 streams) would otherwise refuse any text under 16.5k characters.
+    Said in one line; config.yaml records the batch the run used."""
+    fit = batchers.streams_that_fit(n_train, train_cfg.batch_size, train_cfg.seq_len, dist_info.world_size)
+    if not train_cfg.stateful or fit in (0, train_cfg.batch_size):
+        return train_cfg  # random windows fit any text; too short for even one stream: the batcher says so
+    log(f"fine-tuning on {n_train:,} training characters, which fill {fit} streams of train.seq_len + 1 = "
+        f"{train_cfg.seq_len + 1} characters: training with train.batch_size={fit} (not {train_cfg.batch_size})")
+    return dataclasses.replace(train_cfg, batch_size=fit)
+
+
 HEATMAP_CHARS = 100  # the validation snippet whose hidden states TensorBoard shows at each evaluation
 GRADIENT_CHARS = 4 * gradients.WINDOW + 1  # the windows whose gradients through time it shows
 
@@ -84,6 +96,7 @@ class RunState:
     consecutive_bad: int = 0
     last_eval_step: int = None
     val_dynamic: float = None  # train.dynamic_eval's figure, at the end of the run
+    eval_seconds: float = 0.0  # this process's validation passes, which a budget does not count
     train_log: list = field(default_factory=list)
     val_log: list = field(default_factory=list)
 
@@ -136,6 +149,8 @@ class Trainer:
                 if resume is None and cfg.train.init_from else None)
         base = init if init is not None else (resume if resume is not None and cfg.train.init_from else None)
         self.corpus = distributed.load_corpus(cfg.data, dist_info, progress, base and base["vocab"], log)
+        if init is not None:
+            cfg = dataclasses.replace(cfg, train=fit_batch(cfg.train, len(self.corpus.train_ids), dist_info, log))
         with self.corpus.installed_if_no_error():  # every check of the run's inputs, then the run directory
             self.batcher, self.n_eval = self.open_batches(cfg.train)
             if resume is not None:
@@ -154,16 +169,19 @@ class Trainer:
         if resume is not None:
             self.restore(resume)
         self.log = (RunLogger(self.out_dir, config_mod.dump_yaml(cfg), cfg.train, self.state.step, self.resumed,
-                              progress, log, cloze=cfg.model.bidirectional) if dist_info.is_main else NullLogger())
+                              progress, log, cloze=cfg.model.bidirectional, start_seconds=self.state.train_seconds)
+                    if dist_info.is_main else NullLogger())
         self.saved = {}  # checkpoint name -> step, as written by this process
         self.heatmap_ids = as_ids(self.corpus.val_ids[:HEATMAP_CHARS], self.corpus.lut)  # fixed: images compare
         self.gradient_ids = as_ids(self.corpus.val_ids[:GRADIENT_CHARS], self.corpus.lut)
 
     def open_batches(self, train_cfg):
-        """(this rank's training batcher, the number of validation streams)."""
+        """(this rank's training batcher, the number of validation streams); self.eval_ids: the part of
+        the validation split each evaluation reads (train.eval_chars caps it)."""
         corpus, world = self.corpus, self.dist.world_size
         batcher = batchers.make_batcher(corpus.train_ids, train_cfg, self.dist, corpus.lut)
-        return batcher, batchers.eval_stream_count(len(corpus.val_ids), train_cfg.batch_size, train_cfg.seq_len, world)
+        self.eval_ids = corpus.val_ids[:train_cfg.eval_chars or None]
+        return batcher, batchers.eval_stream_count(len(self.eval_ids), train_cfg.batch_size, train_cfg.seq_len, world)
 
     def graph_mode(self, train_cfg):
         """(whether the training step runs as one CUDA graph, notices): train.cuda_graphs=on refuses a
@@ -250,14 +268,15 @@ class Trainer:
                     self.sched.step()
                     state.step += 1
                     meter.chars += x.numel() * self.dist.world_size
-                    self.log.step_done()
+                    self.log.step_done(state.step, state.train_seconds)
                     self.account(outcome)                              # carry the state; smooth; NaN guard
                     if state.step % train_cfg.log_interval == 0:
                         self.log_training(meter)
                     with meter.paused():                               # sampling and evaluation are not training
-                        if train_cfg.sample_interval and state.step % train_cfg.sample_interval == 0:
+                        last = state.step == train_cfg.max_steps or out_of_time  # a short run has samples too
+                        if train_cfg.sample_interval and (state.step % train_cfg.sample_interval == 0 or last):
                             self.sample_to_log()
-                        if state.step % train_cfg.eval_interval == 0 or state.step == train_cfg.max_steps or out_of_time:
+                        if state.step % train_cfg.eval_interval == 0 or last:
                             self.evaluate_and_checkpoint()
                     if self.stop_agreed(stop):
                         self.interrupt(stop["signum"])
@@ -430,8 +449,10 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self):
         """Mean validation loss per character: one stateful pass over the split, summed over ranks."""
-        windows = batchers.eval_windows(self.corpus.val_ids, self.n_eval, self.cfg.train.seq_len, self.dist.rank,
-                                        self.dist.world_size, self.corpus.lut)
+        seq_len = self.cfg.train.seq_len
+        windows = batchers.eval_windows(self.eval_ids, self.n_eval, seq_len, self.dist.rank, self.dist.world_size,
+                                        self.corpus.lut)
+        windows = self.log.eval_progress(windows, batchers.eval_window_count(len(self.eval_ids), self.n_eval, seq_len))
         total, count, hv = torch.zeros((), dtype=sum_dtype(self.device), device=self.device), 0, None
         with evaluating(self.model):
             for xv, yv in windows:
@@ -456,7 +477,9 @@ class Trainer:
     def evaluate_and_checkpoint(self):
         self.collect_graph()  # the checkpoint holds the books up to this step
         state = self.state
+        tick = time.perf_counter()
         state.last_val = val = self.evaluate()
+        state.eval_seconds += time.perf_counter() - tick
         state.val_log.append((state.step, val))
         state.last_eval_step = state.step
         hidden = self.gathered_state()  # a collective: every rank takes part
@@ -549,7 +572,9 @@ class Trainer:
         return {"out_dir": str(self.out_dir), "step": state.step, "val_loss": state.last_val,
                 "val_dynamic": state.val_dynamic, "best_val": state.best_val, "train_log": state.train_log,
                 "val_log": state.val_log, "nonfinite_steps": state.nonfinite_total,
-                "train_seconds": state.train_seconds, "stopped_early": self.patience_spent()}
+                "train_seconds": state.train_seconds, "stopped_early": self.patience_spent(),
+                "eval_seconds": state.eval_seconds, "evaluations": len(state.val_log), "eval_chars": len(self.eval_ids),
+                "cloze": self.model.bidirectional}
 
 
 def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=None,
