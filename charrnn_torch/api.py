@@ -45,8 +45,9 @@ class Model:
 
     def sample(self, prime=None, length=DEFAULT_LENGTH, temperature=Sampling.temperature, top_k=Sampling.top_k,
                top_p=Sampling.top_p, seed=None, greedy=False, num_samples=1):
-        """prime plus length generated characters; a list of num_samples such texts when it is more
-        than 1. The knobs are Sampling's (and ``charrnn sample``'s flags, with their defaults)."""
+        """prime plus length generated characters (tokens for a words or bpe model, decoded); a list of
+        num_samples such texts when it is more than 1. The knobs are Sampling's (and ``charrnn
+        sample``'s flags, with their defaults)."""
         self._left_to_right("generate text")
         prime = self.default_prime() if prime is None else prime
         sampling = Sampling(temperature, top_k, top_p, greedy, seed)
@@ -64,13 +65,14 @@ class Model:
         return beam_search(self.net, self.vocab, prime, length, width)
 
     def score(self, text):
-        """The model's loss on text: {"loss" (nats per character, or per byte for a bytes model),
-        "bpc", "count", "unknown_chars", ...}, as ``charrnn sample --score`` prints it."""
+        """The model's loss on text: {"loss" (nats per character; per byte for a bytes model, per token
+        for words and bpe), "bpc" (bits per character of text), "count", "chars", "unknown_chars",
+        ...}, as ``charrnn sample --score`` prints it."""
         self._left_to_right("score text")
         return score(self.net, self.vocab, text)
 
     def trace(self, text):
-        """Every layer's state and gates at every character of text, run from the zero state:
+        """Every layer's state and gates at every character (token) of text, run from the zero state:
         {"h": (L, T, H), "c" for the LSTM, one entry per gate of the cell} as numpy float64 arrays,
         and "text": the characters they belong to."""
         self._left_to_right("be traced")

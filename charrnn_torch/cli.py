@@ -293,7 +293,7 @@ def done_line(summary, train_cfg):
            and summary["eval_seconds"] > 0.1 * summary["train_seconds"] else "")
     what = "val cloze loss" if summary.get("cloze") else "val loss"  # a bidirectional model's is not a LM loss
     return (f"done: {summary['step']} steps, {what} {summary['val_loss']:.4f} "
-            f"(bpc {summary['val_loss'] / math.log(2):.4f}), best {summary['best_val']:.4f}; "
+            f"(bpc {summary['val_bpc']:.4f}), best {summary['best_val']:.4f}; "
             f"trained {_duration(summary['train_seconds'])}{budget}, evaluated {_duration(summary['eval_seconds'])} "
             f"({passes} pass{'es' if passes != 1 else ''} over {summary['eval_chars']:,} "
             f"characters{cap}); run in {summary['out_dir']}")
@@ -325,7 +325,7 @@ def sample_parser(prog):
     p.add_argument("--prime-file", type=file_arg("--prime-file", existing=True), default=None,
                    help="read the prime text from this file (UTF-8), for long primes")
     p.add_argument("--length", type=int_arg("--length", 0, 10**9),
-                   help="characters to generate after the prime (default 500)")
+                   help="characters to generate after the prime (tokens for a words or bpe model; default 500)")
     p.add_argument("--temperature", type=float_arg("--temperature", gt=0), help="default 0.8")
     p.add_argument("--top-k", type=int_arg("--top-k", 0, 2**31 - 1), help="sample only from the k most likely (0: all)")
     p.add_argument("--top-p", type=float_arg("--top-p", gt=0, le=1), help="nucleus sampling mass in (0, 1]")
@@ -669,7 +669,8 @@ def visualize_command(args, prog):
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
     checkpoint.refuse_bidirectional(model, args.checkpoint, "be looked inside by this page")
     if vocab.mode != "chars":
-        raise UserError("the page shows characters: it needs a model trained with data.vocab=chars")
+        raise UserError(f"the page shows characters: it needs a model trained with data.vocab=chars (this one "
+                        f"models {vocab.mode})")
     if args.text is not None:
         raw, source = corpus.read_corpus(args.text), str(args.text)
     else:

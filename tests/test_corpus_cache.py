@@ -305,7 +305,7 @@ def test_bad_fine_tuning_and_data_flags(tmp_path, corpus_file, capsys):
     err = _error_of(["--no-progress", *tiny_overrides(bad, tmp_path / "b", **{"train.max_steps": 2})], capsys)
     assert "bad byte at offset 3" in err and "data.vocab=bytes" in err
     assert "data.vocab" in _error_of(["--no-progress", *tiny_overrides(corpus_file, tmp_path / "c",
-                                                                       **{"data.vocab": "words"})], capsys)
+                                                                       **{"data.vocab": "letters"})], capsys)
     assert not (tmp_path / "ft").exists() and not (tmp_path / "b").exists()
 
 

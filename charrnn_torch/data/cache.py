@@ -33,6 +33,7 @@ import numpy as np
 from .. import files
 from ..errors import RunFailed, UserError
 from ..files import temp_file
+from .vocab import MODES
 
 MAGIC = b"CHARRNN-IDS\n"
 VERSION = 1
@@ -186,6 +187,20 @@ def build(source, dest, mode, progress=True, install=True):
     return tmp, read_header(tmp)
 
 
+def write(dest, header, ids, source, install=True):
+    """A cache file of ids encoded elsewhere (token_cache.py's), written as build() writes one: under
+    a temporary name, then installed (install=False: left for the caller). Returns (path, header)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with temp_file(dest, mode=readable_like(source)) as (f, tmp):
+        f.write(_header_bytes(header))
+        f.write(ids.tobytes())
+    if install:
+        files.install(tmp, dest)
+        return dest, read_header(dest)
+    return tmp, read_header(tmp)
+
+
 def encode_in_memory(source, mode, progress=True):
     """(ids, header): source encoded into an array, for a run that has nowhere to write its cache."""
     header, symbols, dtype, fp = describe(source, mode, progress)
@@ -211,7 +226,7 @@ def read_header(path):
             header = json.loads(f.read(n))
             offset = -(-(len(MAGIC) + 8 + n) // ALIGN) * ALIGN
             itemsize = np.dtype(header["dtype"]).itemsize
-            ok = (header["version"] == VERSION and header["vocab_mode"] in ("chars", "bytes")
+            ok = (header["version"] == VERSION and header["vocab_mode"] in MODES
                   and header["dtype"] in ("uint8", "uint16", "uint32") and len(header["counts"]) > 0
                   and sum(header["counts"]) == header["length"])
         except (ValueError, KeyError, TypeError):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import cache as cache_mod, code_corpus, files_corpus
+from . import cache as cache_mod, code_corpus, files_corpus, token_cache, tokens
 from .. import files
 from ..errors import UserError, one_line
 from .vocab import Vocab, vocab_of
@@ -128,9 +128,10 @@ def read_corpus(path, mode="chars"):
 EXTRA_SHOWN = 40  # new characters named in the fine-tuning notice; a larger alphabet is counted, not listed
 
 
-def split(ids, val_fraction):
-    """A contiguous split: the first (1 - val_fraction) for training, the rest for validation."""
-    n_val = int(len(ids) * val_fraction)
+def split(ids, val_fraction, n_train=None):
+    """A contiguous split: the first (1 - val_fraction) for training, the rest for validation
+    (n_train: where a token corpus's splits meet, token_cache.py)."""
+    n_val = int(len(ids) * val_fraction) if n_train is None else len(ids) - n_train
     return ids[: len(ids) - n_val], ids[len(ids) - n_val:]
 
 
@@ -145,6 +146,8 @@ class Corpus:
     characters they lack, and lut maps the cache's ids to the run's.
 
     source_info: what a corpus of many files was joined from (files_corpus's record), else None.
+    train_chars, val_lens: for bits per character, a token corpus's training characters and the
+    characters each validation id spells (token_cache.char_counts); None for chars and bytes.
     """
 
     def __init__(self, data_cfg, progress=True, base_vocab=None, log=print, defer_install=False):
@@ -154,17 +157,22 @@ class Corpus:
         self.pending, self.built = None, [] if defer_install else None
         source, self.source_info = corpus_source(data_cfg, progress, log, self.built)
         try:
-            ids, header, self.pending = cache_mod.load(source, data_cfg.vocab, progress, log,
-                                                       install=not defer_install)
+            if data_cfg.vocab in tokens.MODES:
+                ids, header, self.pending = token_cache.load(source, data_cfg, read_corpus, progress, log,
+                                                             install=not defer_install)
+            else:
+                ids, header, self.pending = cache_mod.load(source, data_cfg.vocab, progress, log,
+                                                           install=not defer_install)
         except BaseException:
             self.discard()
             raise
         ids = torch.from_numpy(ids)
-        corpus_vocab = vocab_of(data_cfg.vocab, header["vocab"])
+        corpus_vocab = vocab_of(data_cfg.vocab, header["vocab"], header.get("tokens", {}).get("tokenizer"))
         self.vocab, self.lut, self.char_counts = corpus_vocab, None, header["counts"]
         if base_vocab is not None and data_cfg.vocab == "chars":
             self.extend(base_vocab, corpus_vocab, header["counts"], log)
-        self.train_ids, self.val_ids = split(ids, data_cfg.val_fraction)
+        self.train_ids, self.val_ids = split(ids, data_cfg.val_fraction, token_cache.train_length(header))
+        self.train_chars, self.val_lens = token_cache.char_counts(header, self.vocab, self.val_ids)
 
     def extend(self, base_vocab, corpus_vocab, counts, log):
         """The run's vocabulary: base_vocab's characters, in their order, then the corpus's others

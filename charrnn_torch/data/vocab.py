@@ -1,7 +1,12 @@
-"""The vocabularies: characters (data.vocab=chars) or the 256 byte values (bytes), and ids for text."""
+"""The vocabularies: characters (data.vocab=chars) or the 256 byte values (bytes), and ids for text;
+words and BPE tokens are tokens.py's."""
 import codecs
 
 import torch
+
+from . import tokens
+
+MODES = ("chars", "bytes") + tokens.MODES  # every data.vocab
 
 
 class Vocab:
@@ -9,6 +14,8 @@ class Vocab:
 
     mode = "chars"
     unit = "char"  # what one id is, for the scores: nats/char
+    unk_id = None  # the id unknown text reads as; None: unknown text is refused or skipped
+    tokenizer_json = None  # what rebuilds the vocabulary beside chars (a BPE's merges)
 
     def __init__(self, chars):
         self.chars = list(chars)
@@ -30,6 +37,10 @@ class Vocab:
     def encode(self, text):
         return torch.tensor([self.stoi[c] for c in text], dtype=torch.long)
 
+    def tokenize(self, text):
+        """(ids, the characters each spells): None, one each (tokens.py's spell several)."""
+        return self.encode(text), None
+
     def decode(self, ids):
         return "".join(self.chars[i] for i in ids)
 
@@ -45,6 +56,8 @@ class ByteVocab:
 
     mode = "bytes"
     unit = "byte"
+    unk_id = None
+    tokenizer_json = None
     chars = [chr(b) for b in range(256)]  # one label per id (Latin-1), for display only
 
     def __len__(self):
@@ -60,6 +73,9 @@ class ByteVocab:
         """Text as its UTF-8 bytes; bytes (a file read with read_corpus(path, "bytes")) as they are."""
         raw = text if isinstance(text, bytes) else text.encode("utf-8")
         return torch.tensor(list(raw), dtype=torch.long)
+
+    def tokenize(self, text):
+        return self.encode(text), None  # a bytes model's character is its byte, as its scores say
 
     def decode(self, ids):
         return bytes(ids).decode("utf-8", errors="replace")
@@ -78,15 +94,19 @@ def drop_unknown(vocab, text):
 
 
 
-def vocab_of(mode, chars=None):
-    """The vocabulary of a data.vocab mode: chars needs its characters."""
+def vocab_of(mode, chars=None, tokenizer_json=None):
+    """The vocabulary of a data.vocab mode: chars and words need their symbols, bpe its tokenizer."""
+    if mode == "bpe":
+        return tokens.BPEVocab(tokenizer_json)
+    if mode == "words":
+        return tokens.WordVocab(chars)
     return ByteVocab() if mode == "bytes" else Vocab(chars)
 
 
 
 def vocab_from_checkpoint(ckpt):
     """Checkpoints before data.vocab record only the characters: those are chars mode."""
-    return vocab_of(ckpt.get("vocab_mode", "chars"), ckpt["vocab"])
+    return vocab_of(ckpt.get("vocab_mode", "chars"), ckpt["vocab"], ckpt.get("tokenizer"))
 
 
 

@@ -109,7 +109,9 @@ def metadata(model, vocab, ckpt, source):
     """What a sampler needs beside the weights, as strings: the vocabulary and the model's config
     (JSON), where the weights came from, and the inputs and outputs of the step."""
     names = model.state_names
+    tokenizer = {"charrnn.tokenizer": vocab.tokenizer_json} if vocab.tokenizer_json else {}  # a BPE's merges
     return {
+        **tokenizer,
         "charrnn.vocab": json.dumps(list(vocab.chars), ensure_ascii=False),
         "charrnn.vocab_mode": vocab.mode,
         "charrnn.model_args": json.dumps(model.model_args()),
@@ -253,8 +255,8 @@ def packed_weights(model, half):
 def html_bytes(model, vocab, ckpt, source, half):
     """The playground page for model, weights embedded."""
     if vocab.mode != "chars":
-        raise UserError("the playground shows characters: --format html needs a model trained with "
-                        "data.vocab=chars (this one models bytes; export it as onnx or pt2)")
+        raise UserError(f"the playground shows characters: --format html needs a model trained with "
+                        f"data.vocab=chars (this one models {vocab.mode}; export it as onnx or pt2)")
     blob, index = packed_weights(model, half)
     header = {"checkpoint": str(source), "step": ckpt.get("step"), "val_loss": ckpt.get("last_val"),
               "cell": model.cell, "num_layers": model.num_layers, "hidden_size": model.hidden_size,

@@ -17,7 +17,7 @@ from ..data.vocab import drop_unknown
 from ..errors import UserError
 from ..model.cells import evaluating, map_state
 
-DEFAULT_LENGTH = 500  # characters generated after the prime, when not told
+DEFAULT_LENGTH = 500  # symbols generated after the prime, when not told: characters (tokens for words, bpe)
 
 
 @dataclass(frozen=True)
@@ -187,22 +187,29 @@ def char_losses(model, ids, chunk_len=1024, keep_logits=False):
 
 
 def score(model, vocab, text, chunk_len=1024, total_nats=None):
-    """Mean loss per symbol (nats/char, or nats/byte for a data.vocab=bytes model, whose text may
-    be bytes) and bits per symbol of the model on text, state carried across chunks. "count" is
-    the number of predictions: every symbol but the first. total_nats(ids) replaces the plain
-    model's summed loss (dynamic evaluation's, say).
+    """Mean loss per symbol (nats/char; nats/byte for a data.vocab=bytes model, whose text may be
+    bytes; nats/token for words and bpe) and bits per character of the model on text, state
+    carried across chunks. "count" is the number of predictions: every symbol but the first;
+    "chars" the characters they spell, over which "bpc" spreads the total (for chars and bytes,
+    count: bpc is the loss in bits). total_nats(ids) replaces the plain model's summed loss
+    (dynamic evaluation's, say).
 
-    Characters outside the vocabulary are removed before scoring and reported
-    (count and set), never mapped to some other id.
+    Characters outside a chars vocabulary are removed before scoring and reported (count and
+    set), never mapped to some other id; a words model reads an unknown word as its unknown token,
+    as training did, and "unknown_tokens" counts those scored.
     """
     kept, unknown = drop_unknown(vocab, text)
-    ids = vocab.encode(kept)
+    ids, lengths = vocab.tokenize(kept)
     if len(ids) < 2:
         raise UserError(f"nothing to score: the text has {len(ids)} in-vocabulary {vocab.unit}s (need >= 2)")
     total = total_nats(ids) if total_nats else float(char_losses(model, ids, chunk_len).sum())
-    loss = total / (len(ids) - 1)
-    return {"loss": loss, "bpc": loss / math.log(2), "count": len(ids) - 1, "unit": vocab.unit,
-            "total_nats": total, "unknown_chars": len(text) - len(kept), "unknown_set": unknown}
+    count = len(ids) - 1
+    loss = total / count
+    chars = count if lengths is None else int(lengths[1:].sum())
+    bpc = loss / math.log(2) if lengths is None else total / max(chars, 1) / math.log(2)
+    unk = 0 if vocab.unk_id is None else int((ids[1:] == vocab.unk_id).sum())
+    return {"loss": loss, "bpc": bpc, "count": count, "chars": chars, "unit": vocab.unit, "total_nats": total,
+            "unknown_chars": len(text) - len(kept), "unknown_set": unknown, "unknown_tokens": unk}
 
 
 # ---------------------------------------------------------------- what charrnn sample prints
@@ -213,7 +220,7 @@ def write_generation(model, vocab, prime, length, sampling, emit, num_samples=1,
     if beam_width:
         text, logp = beam_search(model, vocab, prime, length, beam_width)
         emit(text + "\n")
-        print(f"log-probability {logp:.4f} nats ({-logp / max(length, 1):.4f} nats/char)", file=sys.stderr)
+        print(f"log-probability {logp:.4f} nats ({-logp / max(length, 1):.4f} nats/{vocab.unit})", file=sys.stderr)
     elif num_samples == 1:
         emit(prime)
         generate(model, vocab, prime, length, sampling, on_text=emit)
@@ -226,9 +233,16 @@ def write_generation(model, vocab, prime, length, sampling, emit, num_samples=1,
 
 def print_score(result):
     """charrnn sample --score's lines, from score()'s result (or dynamic evaluation's)."""
-    unit = result["unit"]
-    print(f"{'dynamic ' if result.get('dynamic') else ''}loss {result['loss']:.4f} nats/{unit} | "
-          f"{result['bpc']:.4f} bits/{unit} | {result['count']} {'characters' if unit == 'char' else 'bytes'} scored")
+    unit, dynamic = result["unit"], "dynamic " if result.get("dynamic") else ""
+    if unit == "token":
+        print(f"{dynamic}loss {result['loss']:.4f} nats/token | {result['bpc']:.4f} bits/char | {result['count']} "
+              f"tokens ({result['chars']} characters) scored")
+    else:
+        print(f"{dynamic}loss {result['loss']:.4f} nats/{unit} | {result['bpc']:.4f} bits/{unit} | {result['count']} "
+              f"{'characters' if unit == 'char' else 'bytes'} scored")
+    if result.get("unknown_tokens"):
+        print(f"{result['unknown_tokens']} of those tokens were words outside the vocabulary, scored as its unknown "
+              f"token: bits/char leave out what spelling them would cost")
     if result["unknown_chars"]:
         print(f"{result['unknown_chars']} characters not in the vocabulary, dropped: "
               f"{', '.join(repr(c) for c in result['unknown_set'])}")

@@ -75,7 +75,7 @@ def _status(run_dir, train_cfg):
 
 
 def _result(ck):
-    return {"best_val": ck["best_val"], "last_val": ck.get("last_val"), "steps": ck["step"]}
+    return {"best_val": ck["best_val"], "last_val": ck.get("last_val"), "val_bpc": ck.get("val_bpc"), "steps": ck["step"]}
 
 
 def run_sweep(config_path, grid_items, overrides=(), sweep_dir=None, parallel=1, log=print):
@@ -109,7 +109,7 @@ def run_sweep(config_path, grid_items, overrides=(), sweep_dir=None, parallel=1,
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         rows = list(pool.map(one, plans))
     rows.sort(key=lambda r: (r["best_val"] is None, r["best_val"] if r["best_val"] is not None else 0))
-    fields = ["run", *[k for k, _ in grid], "best_val", "last_val", "steps", "status", "out_dir"]
+    fields = ["run", *[k for k, _ in grid], "best_val", "last_val", "val_bpc", "steps", "status", "out_dir"]
     write_summary(sweep_dir / "summary.csv", fields, rows)
     return sweep_dir, fields, rows
 

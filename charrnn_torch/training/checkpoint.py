@@ -28,6 +28,7 @@ def run_dict(model, corpus, config, progress, world_size):
         "model_args": model.model_args(),
         "vocab": list(corpus.vocab.chars),
         "vocab_mode": corpus.vocab.mode,
+        "tokenizer": corpus.vocab.tokenizer_json,  # a BPE's merges (JSON text); None for the others
         "char_counts": corpus.char_counts,  # for sampling's default prime when there is no newline
         "config": config,
         "data_source": corpus.source_info,  # what a set of files was joined from; None for one file

@@ -12,7 +12,9 @@ from pathlib import Path
 import yaml
 
 from ..data.code_corpus import DEFAULT_MAX_BYTES
+from ..data import tokens
 from ..data.corpus import DEFAULT_PATH
+from ..data.vocab import MODES
 from ..errors import UserError, one_line
 from ..files import check_regular
 from ..model.cells import CELLS, IMPLS
@@ -24,7 +26,7 @@ AMP = ("none", "bf16")
 CUDA_GRAPHS = ("off", "on", "auto")  # on: refuse a run that cannot be captured; auto: fall back to eager steps
 DTYPES = ("float32", "float64")  # names of torch dtypes
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"  # is_device_name's rule, as the messages say it
-VOCABS = ("chars", "bytes")  # data.vocab: the text's sorted characters, or its 256 byte values
+VOCABS = MODES  # data.vocab: chars, bytes (vocab.py), words, bpe (tokens.py)
 INT_MAX = 2**63 - 1  # torch reads integers as int64: a larger one fails deep inside a call
 SEED_BITS = 62  # every seed, config key or flag, is in [0, 2**62]: room for the per-rank and per-step seeds derived from it
 SEED_MAX = 2**SEED_BITS
@@ -54,8 +56,10 @@ class DataConfig:
     path: object = DEFAULT_PATH
     separator: str = "\n"  # after each file of a set of files (python-stdlib's too)
     val_fraction: float = 0.1  # the last 10% of the text, contiguous, as nanoGPT splits
-    vocab: str = "chars"  # chars: the text's characters; bytes: its raw bytes (V = 256), any file
+    vocab: str = "chars"  # chars: the text's characters; bytes: its raw bytes (V = 256), any file; words; bpe (tokens.py)
     stdlib_max_bytes: int = DEFAULT_MAX_BYTES  # the size of the python-stdlib corpus; a text file is used whole
+    max_vocab: int = 10000  # data.vocab=words: the unknown token and the max_vocab - 1 most frequent tokens
+    bpe_vocab_size: int = 1024  # data.vocab=bpe: the 256 byte values and up to bpe_vocab_size - 256 merges
 
 
 @dataclass
@@ -194,6 +198,9 @@ def validate(cfg):
     need(math.isfinite(train.grad_clip) and train.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)")
     need(0 < cfg.data.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
     need(cfg.data.stdlib_max_bytes > 0, "data.stdlib_max_bytes", "must be a positive number of bytes")
+    need(cfg.data.max_vocab > 1, "data.max_vocab", "must be > 1 (the unknown token and at least one word)")
+    need(tokens.BPE_MIN <= cfg.data.bpe_vocab_size <= tokens.BPE_MAX, "data.bpe_vocab_size",
+         f"must be in [{tokens.BPE_MIN}, {tokens.BPE_MAX}] (the 256 byte values and at least one merge)")
     for key in ("model.dropout", "model.dropout_output", "model.weight_drop"):
         need(0 <= get_key(cfg, key) < 1, key, "must be in [0, 1)")
     need(train.weight_decay >= 0, "train.weight_decay", "must be >= 0")
@@ -214,6 +221,8 @@ def validate(cfg):
     need(is_device_name(cfg.device), "device", f"must be {DEVICE_NAMES}")
     if cfg.model.bidirectional:
         check_bidirectional(train)
+    if cfg.data.vocab == "bpe":
+        tokens.require_tokenizers()
     check_path("out_dir", cfg.out_dir)
     if isinstance(cfg.data.path, str):
         check_path("data.path", cfg.data.path)

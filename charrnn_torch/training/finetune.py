@@ -2,6 +2,7 @@
 model whose vocabulary may be larger."""
 import torch
 
+from ..data import tokens
 from ..errors import UserError
 from .checkpoint import load, resolve
 
@@ -11,6 +12,9 @@ def load_init(init_from, model_cfg, vocab_mode):
     model section and data.vocab: the same architecture (cell, layers, hidden size) and the same
     kind of vocabulary."""
     path = resolve(init_from)
+    if vocab_mode in tokens.MODES:
+        raise UserError(f"--init-from: fine-tuning needs data.vocab=chars or bytes; a {vocab_mode} vocabulary is "
+                        f"built from its own training text, so a new corpus would give it other tokens")
     ckpt = load(path)
     args = ckpt.get("model_args", {})
     theirs = (args.get("cell", "rnn"), args.get("num_layers"), args.get("hidden_size"))

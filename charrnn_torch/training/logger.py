@@ -1,8 +1,13 @@
 """Everything a run shows: TensorBoard scalars, text, histograms and hparams, the tqdm bar, and
 the console lines. Rank 0 gets a RunLogger; other ranks a NullLogger that does nothing, so the
-training loop never asks which rank it is on before logging."""
+training loop never asks which rank it is on before logging.
+
+loss/* are nats per symbol: per character, per byte (data.vocab=bytes) or per token (words, bpe).
+bpc/* are bits per character of text for every vocabulary, so runs on different ones compare: for
+chars and bytes (whose character is the byte) the loss in bits; for a token model its nats over
+the characters its tokens spell (bpc/train over its training split's characters per token, bpc/val
+over the very characters scored). throughput/chars_per_sec counts characters of text likewise."""
 import functools
-import math
 import threading
 
 from ..errors import RunFailed
@@ -81,9 +86,9 @@ class RunLogger:
                     disable=not self.progress)
 
     @_guarded
-    def train_scalars(self, step, loss, smooth, lr, grad_norm, chars_per_sec, clipped=None):
+    def train_scalars(self, step, loss, smooth, lr, grad_norm, chars_per_sec, bpc, clipped=None):
         """clipped: the fraction of steps since the last log whose gradient norm was clipped."""
-        for tag, value in (("loss/train", loss), ("loss/train_smooth", smooth), ("bpc/train", loss / math.log(2)),
+        for tag, value in (("loss/train", loss), ("loss/train_smooth", smooth), ("bpc/train", bpc),
                            ("lr", lr), ("grad_norm", grad_norm), ("throughput/chars_per_sec", chars_per_sec)):
             self.writer.add_scalar(tag, value, step)
         if clipped is not None:
@@ -95,11 +100,11 @@ class RunLogger:
         self.writer.add_scalar("train/nonfinite_steps", total, step)
 
     @_guarded
-    def validation(self, step, val, best, improved, model, train_seconds):
+    def validation(self, step, val, bpc, model, train_seconds):
         self.writer.add_scalar(f"loss/{self.val_tag}", val, step)
         # Training time, not wall-clock: a resumed run's pause and its evaluations do not count.
         self.writer.add_scalar("time/train_minutes", train_seconds / 60, step)
-        self.writer.add_scalar(f"bpc/{self.val_tag}", val / math.log(2), step)
+        self.writer.add_scalar(f"bpc/{self.val_tag}", bpc, step)
         for name, p in model.named_parameters():
             self.histogram(f"params/{name}", p.detach(), step)
             if p.grad is not None:
@@ -117,10 +122,10 @@ class RunLogger:
         self.writer.add_histogram(tag, values, step, bins=bins)
 
     @_guarded
-    def dynamic(self, step, val_dynamic, val):
+    def dynamic(self, step, val_dynamic, val, bpc):
         self.writer.add_scalar("loss/val_dynamic", val_dynamic, step)
         self.console(f"dynamic evaluation at step {step}: loss/val_dynamic {val_dynamic:.4f} "
-                     f"(bpc {val_dynamic / math.log(2):.4f}), against loss/val {val:.4f}: {val - val_dynamic:+.4f}")
+                     f"(bpc {bpc:.4f}), against loss/val {val:.4f}: {val - val_dynamic:+.4f}")
 
     @_guarded
     def hidden_heatmap(self, step, image):
@@ -144,9 +149,9 @@ class RunLogger:
         with SummaryWriter(str(self.out_dir / PROJECTOR_DIR)) as writer:
             writer.add_embedding(matrix, metadata=labels, tag="char_embedding", global_step=step)
 
-    def validation_line(self, step, val, best, improved):
+    def validation_line(self, step, val, bpc, best, improved):
         what = self.val_tag.replace("_", " ")  # val, or val cloze
-        self.console(f"step {step:6d} | {what} loss {val:.4f} | {what} bpc {val / math.log(2):.4f} | best {best:.4f}"
+        self.console(f"step {step:6d} | {what} loss {val:.4f} | {what} bpc {bpc:.4f} | best {best:.4f}"
                      f"{' (saved best.pt)' if improved else ''}")
 
     @_guarded
@@ -158,7 +163,7 @@ class RunLogger:
         self.writer.flush()
 
     @_guarded
-    def hparams(self, flat, val):
+    def hparams(self, flat, val, bpc):
         """flat: the config's values by dotted key, against the run's final validation loss."""
         from torch.utils.tensorboard.summary import hparams
 
@@ -169,7 +174,7 @@ class RunLogger:
         # subdirectory (or, given run_name=".", add a second loss/val point at step 0 to this
         # one), so the three summaries go through the writer's file writer directly.
         file_writer = self.writer._get_file_writer()
-        for summary in hparams(flat, {f"loss/{self.val_tag}": val, f"bpc/{self.val_tag}": val / math.log(2)}):
+        for summary in hparams(flat, {f"loss/{self.val_tag}": val, f"bpc/{self.val_tag}": bpc}):
             file_writer.add_summary(summary)
 
     def close(self):

@@ -20,8 +20,8 @@ def check_resume(ckpt, config_values, corpus):
     check_same_source(ckpt.get("data_source"), corpus.source_info, "resume")
     vocab = corpus.vocab
     if ckpt["vocab"] != vocab.chars:
-        raise UserError(f"cannot resume: the vocabulary of {spec_text(config_values['data']['path'])} ({len(vocab)} characters) differs "
-                        f"from the checkpoint's ({len(ckpt['vocab'])} characters)")
+        raise UserError(f"cannot resume: the vocabulary of {spec_text(config_values['data']['path'])} "
+                        f"({len(vocab)} {vocab.unit}s) differs from the checkpoint's ({len(ckpt['vocab'])} {vocab.unit}s)")
 
 
 def run_corpus(ckpt, purpose):

@@ -72,6 +72,13 @@ def fit_batch(train_cfg, n_train, dist_info, log):
     return dataclasses.replace(train_cfg, batch_size=fit)
 
 
+def bits_per_char(nats, symbols_per_char):
+    """Nats per symbol as bits per character of text (Trainer.symbols_per_char): the loss in bits
+    for chars (and bytes, whose character is the byte)."""
+    return nats * symbols_per_char / math.log(2)
+
+
+EMBEDDED = 4096  # symbols in TensorBoard's projector: every character; a token vocabulary's first
 HEATMAP_CHARS = 100  # the validation snippet whose hidden states TensorBoard shows at each evaluation
 GRADIENT_CHARS = 4 * gradients.WINDOW + 1  # the windows whose gradients through time it shows
 
@@ -85,6 +92,7 @@ class RunState:
     step: int = 0
     best_val: float = math.inf
     last_val: float = None  # the latest validation loss
+    val_bpc: float = None  # the same in bits per character of text (bits_per_char)
     smooth_loss: float = 0.0  # the tutorial's EMA; a 0-d tensor between log intervals (no GPU sync)
     log_acc: dict = field(default_factory=lambda: {"loss": 0.0, "norm": 0.0, "n": 0, "clipped": 0})  # since the last log
     nonfinite_total: int = 0
@@ -100,7 +108,7 @@ class RunState:
     train_log: list = field(default_factory=list)
     val_log: list = field(default_factory=list)
 
-    SAVED = ("step", "best_val", "last_val", "smooth_loss", "log_acc", "nonfinite_total", "train_seconds",
+    SAVED = ("step", "best_val", "last_val", "val_bpc", "smooth_loss", "log_acc", "nonfinite_total", "train_seconds",
              "evals_since_gain", "gain_best")
 
     def to_checkpoint(self):
@@ -143,6 +151,8 @@ class Trainer:
     def __init__(self, cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=None,
                  dist_info=DistInfo(), progress=True, log=print):
         self.dist, self.resumed = dist_info, resume is not None
+        if resume is not None:  # a frozen key changed: refused before any corpus is encoded for it
+            config_mod.check_resume(resume["config"], config_mod.to_dict(cfg))
         self.device = resolve_device(cfg.device, dist_info)
         configure_backends(self.device, cfg.train)
         init = (finetune.load_init(cfg.train.init_from, cfg.model, cfg.data.vocab)
@@ -153,6 +163,7 @@ class Trainer:
             cfg = dataclasses.replace(cfg, train=fit_batch(cfg.train, len(self.corpus.train_ids), dist_info, log))
         with self.corpus.installed_if_no_error():  # every check of the run's inputs, then the run directory
             self.batcher, self.n_eval = self.open_batches(cfg.train)
+            self.per_char = self.symbols_per_char()
             if resume is not None:
                 runs.check_resume(resume, config_mod.to_dict(cfg), self.corpus)
             check_device(cfg.train, self.device, dist_info.world_size)
@@ -182,6 +193,16 @@ class Trainer:
         batcher = batchers.make_batcher(corpus.train_ids, train_cfg, self.dist, corpus.lut)
         self.eval_ids = corpus.val_ids[:train_cfg.eval_chars or None]
         return batcher, batchers.eval_stream_count(len(self.eval_ids), train_cfg.batch_size, train_cfg.seq_len, world)
+
+    def symbols_per_char(self):
+        """(training, validation) symbols per character of text, which turn nats per symbol into
+        bits per character (bits_per_char): 1 for chars and bytes; for a token corpus, its training
+        split's, and exactly that of the characters evaluate() scores (those its targets spell)."""
+        corpus = self.corpus
+        if corpus.val_lens is None:
+            return 1.0, 1.0
+        scored = batchers.batchify(corpus.val_lens[:len(self.eval_ids)], self.n_eval)[:, 1:]  # eval_windows' targets
+        return len(corpus.train_ids) / max(corpus.train_chars, 1), scored.numel() / max(int(scored.sum()), 1)
 
     def graph_mode(self, train_cfg):
         """(whether the training step runs as one CUDA graph, notices): train.cuda_graphs=on refuses a
@@ -295,7 +316,7 @@ class Trainer:
         if train_cfg.dynamic_eval and self.dist.is_main:
             self.evaluate_dynamic()
         self.log_char_embedding()
-        self.log.hparams(config_mod.flatten(config_mod.to_dict(self.cfg)), state.last_val)
+        self.log.hparams(config_mod.flatten(config_mod.to_dict(self.cfg)), state.last_val, state.val_bpc)
         self.log.close()
         return self.summary()
 
@@ -433,7 +454,7 @@ class Trainer:
         state.train_log.append((state.step, mean_loss))
         clipped = None if self.graphed else float(acc.get("clipped", 0)) / acc["n"]  # a graph keeps no such count
         self.log.train_scalars(state.step, mean_loss, state.smooth_loss, self.opt.param_groups[0]["lr"], mean_norm,
-                               meter.rate(), clipped)
+                               meter.rate() / self.per_char[0], bits_per_char(mean_loss, self.per_char[0]), clipped)
         state.log_acc = {"loss": 0.0, "norm": 0.0, "n": 0, "clipped": 0}
         meter.reset()
 
@@ -472,7 +493,8 @@ class Trainer:
         stats = dynamic.gradient_stats(model, corpus.train_ids, settings, corpus.lut)
         total, count = dynamic.dynamic_score(model, corpus.val_ids, stats, settings, corpus.lut)
         self.state.val_dynamic = total / count
-        self.log.dynamic(self.state.step, self.state.val_dynamic, self.state.last_val)
+        self.log.dynamic(self.state.step, self.state.val_dynamic, self.state.last_val,
+                         bits_per_char(self.state.val_dynamic, self.per_char[1]))
 
     def evaluate_and_checkpoint(self):
         self.collect_graph()  # the checkpoint holds the books up to this step
@@ -480,6 +502,7 @@ class Trainer:
         tick = time.perf_counter()
         state.last_val = val = self.evaluate()
         state.eval_seconds += time.perf_counter() - tick
+        state.val_bpc = bits_per_char(val, self.per_char[1])
         state.val_log.append((state.step, val))
         state.last_eval_step = state.step
         hidden = self.gathered_state()  # a collective: every rank takes part
@@ -487,7 +510,7 @@ class Trainer:
         state.best_val = min(state.best_val, val)
         gained = val < state.gain_best - self.cfg.train.min_delta
         state.gain_best, state.evals_since_gain = (val, 0) if gained else (state.gain_best, state.evals_since_gain + 1)
-        self.log.validation(state.step, val, state.best_val, improved, self.model, state.train_seconds)
+        self.log.validation(state.step, val, state.val_bpc, self.model, state.train_seconds)
         if self.dist.is_main:
             model = self.float64_model()
             self.log.hidden_heatmap(state.step, heatmap_image(model, self.heatmap_ids.to(model.W_hy.device)))
@@ -497,7 +520,7 @@ class Trainer:
         if improved:
             self.save_checkpoint("best.pt", hidden)  # only ever replaced by a better model
         self.log.flush()
-        self.log.validation_line(state.step, val, state.best_val, improved)
+        self.log.validation_line(state.step, val, state.val_bpc, state.best_val, improved)
 
     def float64_model(self):
         """The model for what computes in float64 (sampling, the heat map, dynamic evaluation): itself,
@@ -516,8 +539,9 @@ class Trainer:
     def log_char_embedding(self):
         """For TensorBoard's projector: each character's column of layer 0's W_xh (all G gates)."""
         if self.dist.is_main:
-            emb = self.model.cells[0].W_xh.detach().t().float().cpu()  # (V, G·H)
-            self.log.char_embedding(self.state.step, emb, [char_label(c) for c in self.corpus.vocab.chars])
+            emb = self.model.cells[0].W_xh.detach().t().float().cpu()[:EMBEDDED]  # (V, G·H)
+            labels = [char_label(c) for c in self.corpus.vocab.chars[:EMBEDDED]]
+            self.log.char_embedding(self.state.step, emb, labels)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -569,7 +593,7 @@ class Trainer:
 
     def summary(self):
         state = self.state
-        return {"out_dir": str(self.out_dir), "step": state.step, "val_loss": state.last_val,
+        return {"out_dir": str(self.out_dir), "step": state.step, "val_loss": state.last_val, "val_bpc": state.val_bpc,
                 "val_dynamic": state.val_dynamic, "best_val": state.best_val, "train_log": state.train_log,
                 "val_log": state.val_log, "nonfinite_steps": state.nonfinite_total,
                 "train_seconds": state.train_seconds, "stopped_early": self.patience_spent(),
