@@ -164,12 +164,14 @@ def _vocab_problem(ckpt):
     vocab, mode, size = ckpt.get("vocab"), ckpt.get("vocab_mode", "chars"), ckpt["model_args"].get("vocab_size")
     if mode not in config_mod.VOCABS:
         return f"its vocab_mode is {mode!r}, not one of {', '.join(config_mod.VOCABS)}"
-    if not isinstance(vocab, list) or not all(isinstance(c, str) and len(c) == 1 for c in vocab):
-        return "its vocabulary is not a list of characters"
+    single = mode in ("chars", "bytes")  # a symbol is one character; words and bpe tokens are strings
+    what = "characters" if single else "tokens"
+    if not isinstance(vocab, list) or not all(isinstance(c, str) and (len(c) == 1 or not single) for c in vocab):
+        return f"its vocabulary is not a list of {what}"
     if len(set(vocab)) != len(vocab):
-        return "its vocabulary lists a character twice"
+        return "its vocabulary lists a symbol twice"
     if len(vocab_from_checkpoint(ckpt)) != size or len(vocab) != size:
-        return f"its vocabulary has {len(vocab)} characters, but its model predicts {size}"
+        return f"its vocabulary has {len(vocab)} {what}, but its model predicts {size}"
     return None
 
 

@@ -469,7 +469,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self):
-        """Mean validation loss per character: one stateful pass over the split, summed over ranks."""
+        """Mean validation loss per symbol (character, byte or token): one stateful pass over the split,
+        summed over ranks."""
         seq_len = self.cfg.train.seq_len
         windows = batchers.eval_windows(self.eval_ids, self.n_eval, seq_len, self.dist.rank, self.dist.world_size,
                                         self.corpus.lut)
