@@ -7,6 +7,7 @@ it, in a few calls. Its defaults are ``charrnn sample``'s, and the same seed giv
     model.sample("ROMEO:", length=200, temperature=0.8, seed=1)
     model.score("To be, or not to be")["bpc"]
     model.trace("To be, or not to be")["h"]  # (L, T, H): every unit at every character
+    model.fill("To b_, or not t_ be")["text"]  # each _ replaced by its most likely character
 
 Bad input raises ``UserError`` with the message the CLI would print.
 """
@@ -16,6 +17,7 @@ import numpy as np
 
 from .errors import UserError
 from .insight.visualize import trace as trace_states
+from .sampling import fill as filling
 from .sampling.sample import DEFAULT_LENGTH, Sampling, beam_search, check_prime, default_prime, generate_batch, score
 from .training import checkpoint, config as config_mod
 from .training.trainer import train as train_run
@@ -46,6 +48,7 @@ class Model:
         """prime plus length generated characters (tokens for a words or bpe model, decoded); a list of
         num_samples such texts when it is more than 1. The knobs are Sampling's (and ``charrnn
         sample``'s flags, with their defaults)."""
+        self._left_to_right("generate text")
         prime = self.default_prime() if prime is None else prime
         sampling = Sampling(temperature, top_k, top_p, greedy, seed)
         _check_sampling(sampling, length, num_samples)
@@ -55,6 +58,7 @@ class Model:
     def beam(self, prime=None, length=DEFAULT_LENGTH, width=8):
         """(the most likely continuation found by beam search, prime included; its log-probability in
         nats)."""
+        self._left_to_right("generate text")
         prime = self.default_prime() if prime is None else prime
         if width < 1:
             raise UserError(f"width={width}: beam search needs at least 1 beam")
@@ -64,15 +68,31 @@ class Model:
         """The model's loss on text: {"loss" (nats per character; per byte for a bytes model, per token
         for words and bpe), "bpc" (bits per character of text), "count", "chars", "unknown_chars",
         ...}, as ``charrnn sample --score`` prints it."""
+        self._left_to_right("score text")
         return score(self.net, self.vocab, text)
 
     def trace(self, text):
         """Every layer's state and gates at every character (token) of text, run from the zero state:
         {"h": (L, T, H), "c" for the LSTM, one entry per gate of the cell} as numpy float64 arrays,
         and "text": the characters they belong to."""
+        self._left_to_right("be traced")
         check_prime(self.vocab, text)
         found = trace_states(self.net, self.vocab.encode(text))
         return {**found, "text": text}
+
+    def fill(self, text, mask="_", top_k=0, rescore=filling.RESCORE):
+        """text with each mask character replaced by the model's most likely character there, the
+        surest gap first, as ``charrnn fill`` does: {"text", "gaps": [{"position", "char", "prob",
+        "order", "candidates": the top_k (char, prob)}]}. rescore: a left-to-right model's right
+        context, in characters (0: left context only); a bidirectional model reads both sides."""
+        for name, value in (("top_k", top_k), ("rescore", rescore)):
+            if not isinstance(value, (int, np.integer)) or value < 0:
+                raise UserError(f"{name}={value!r}: must be an integer >= 0")
+        how = filling.Fill(rescore=rescore)
+        return filling.fill(self.net, self.vocab, text, mask, top_k, how, self.checkpoint.get("char_counts"))
+
+    def _left_to_right(self, what):
+        checkpoint.refuse_bidirectional(self.net, self.path, what)
 
 
 def _check_sampling(sampling, length, num_samples):

@@ -4,14 +4,24 @@ and the one check on a file before it is read.
 Every file the project writes (checkpoints, the corpus cache, the downloaded corpus, pages,
 results) goes through ``temp_file`` and ``install``: written under a temporary name in the
 destination's directory, fsynced, then renamed into place. The temporary name says which host and
-process writes it, so that ``remove_abandoned`` can clear what a killed writer left behind.
+process writes it, so that ``remove_abandoned`` can clear what a killed writer left behind. A
+command writes through ``write_file`` (a whole file), ``writing`` (a file written as it goes) and
+``make_dir``: each is atomic, and a failure is ``could_not_write``'s one line. tests/test_layout.py
+holds that no other module opens a file for writing.
+
+What a file holds as JSON is ``json_text``'s: valid JSON, a non-finite number written as null.
+
+``check_not_input`` refuses an output path that is one of the files a command reads or must keep.
 """
 import contextlib
 import glob
+import json
+import math
 import os
 import secrets
 import socket
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -46,14 +56,14 @@ def writer_tag():
 @contextlib.contextmanager
 def temp_file(dest, mode=None, suffix=TEMP_SUFFIX):
     """(open binary file, its path) under a temporary name beside dest, fsynced when the block
-    ends; removed if the block fails. The file is private to its owner (mkstemp's 0o600) unless
-    mode says otherwise. The caller renames it into place with install(), or removes it. The name
-    is .<dest's name>.<host>-<pid>.<random><suffix>: see remove_abandoned."""
+    ends; removed if the block fails. The file gets the mode open() would give it under the
+    user's umask (mkstemp's private 0o600 would lock out a lab sharing a runs folder), unless mode
+    says otherwise. The caller renames it into place with install(), or removes it. The name is
+    .<dest's name>.<host>-<pid>.<random><suffix>: see remove_abandoned."""
     dest = Path(dest)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.{writer_tag()}.", suffix=suffix)
     try:
-        if mode is not None:
-            os.fchmod(fd, mode)
+        os.fchmod(fd, 0o666 & ~current_umask() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             yield f, Path(tmp)
             f.flush()
@@ -61,6 +71,20 @@ def temp_file(dest, mode=None, suffix=TEMP_SUFFIX):
     except BaseException:
         discard(tmp)
         raise
+
+
+def current_umask():
+    """The process's umask, read without changing it where Linux tells it (/proc/self/status): the
+    os.umask() swap, the only other way, briefly changes it for every thread of the process."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def install(tmp, dest):
@@ -123,6 +147,18 @@ def writer_gone(host, pid):
     return host == socket.gethostname() and pid.isdigit() and not process_exists(int(pid))
 
 
+def claim(path):
+    """Create path holding this host and process (writer_tag), only if no file is there: a lock
+    whose holder writer_gone can check. Whether this process now holds it."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(writer_tag())
+    return True
+
+
 def process_exists(pid):
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process is there
@@ -153,6 +189,75 @@ def write_atomic(path, data, mode=None):
     install(tmp, path)
 
 
+def write_file(path, data, mode=None):
+    """What a command writes, whole: atomically (write_atomic); a failure is one line (could_not_write)."""
+    with could_not_write(path):
+        write_atomic(path, data, mode)
+
+
+def make_dir(path):
+    """A directory a command writes into, made if missing; a failure is one line (could_not_write)."""
+    with could_not_write(path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def writing(path, mode=None):
+    """A function write(bytes) that streams into path's temporary file (temp_file), installed at path
+    when the block ends, discarded if it fails. Only the file's own failures are could_not_write's
+    line: an error of the block (a closed stdout, Ctrl-C) passes through as it was raised."""
+    stack = contextlib.ExitStack()
+    with could_not_write(path):
+        f, tmp = stack.enter_context(temp_file(path, mode))
+
+    def write(data):
+        with could_not_write(path):
+            f.write(data)
+    try:
+        yield write
+    except BaseException:
+        if not stack.__exit__(*sys.exc_info()):  # temp_file discards its file
+            raise
+    with could_not_write(path):
+        stack.close()  # flushed and fsynced
+        install(tmp, path)
+
+
+@contextlib.contextmanager
+def live_log(path):
+    """A function write(str) appending to the log file path as lines come, flushed each time, for a
+    reader to tail while it grows: the one file not written atomically, since its reader wants the
+    lines now. A failure is could_not_write's one line."""
+    with could_not_write(path):
+        f = open(path, "w", encoding="utf-8")
+
+    def write(text):
+        with could_not_write(path):
+            f.write(text)
+            f.flush()
+    try:
+        yield write
+    finally:
+        f.close()
+
+
+def same_file(a, b):
+    """Whether writing path a would replace file b: the same path once links are followed, or the
+    same file under another name (a hard link)."""
+    try:
+        return Path(a).resolve() == Path(b).resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_input(flag, out, keep):
+    """Refuse flag's output path out when it is one of keep: (path, what it is) pairs, the files the
+    command reads or must leave alone. Nothing is written: an atomic write would replace them."""
+    for path, what in keep:
+        if same_file(out, path):
+            raise UserError(f"{flag} {out} is {what}: writing there would replace it; choose another file")
+
+
 @contextlib.contextmanager
 def could_not_write(what):
     """A failed write (a full disk, a removed directory) inside the block ends the run with one
@@ -161,3 +266,20 @@ def could_not_write(what):
         yield
     except OSError as e:
         raise RunFailed(f"could not write {what} ({e.strerror or e})") from None
+
+
+def finite_or_none(obj):
+    """obj (dicts, lists, tuples, numbers, strings) with every non-finite float replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def json_text(obj, **dumps_args):
+    """obj as valid JSON: NaN and Infinity, which JSON has no words for (json.dumps would write them
+    bare, and JSON.parse refuse the file), become null."""
+    return json.dumps(finite_or_none(obj), allow_nan=False, **dumps_args)

@@ -12,6 +12,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from charrnn_torch import files
 from charrnn_torch.tools.bench import shown
 
 
@@ -70,7 +71,7 @@ def main(argv):
     runs = sorted((results / "runs").glob("*")) if (results / "runs").is_dir() else []
     summary["quality"] = [run_result(r, results / f"train_{r.name}.log") for r in runs]
     summary["samples"] = {p.stem: p.read_text(errors="replace") for p in sorted(results.glob("sample_*.txt"))}
-    (results / "summary.json").write_text(json.dumps(summary, indent=2))
+    files.write_file(results / "summary.json", files.json_text(summary, indent=2).encode())
 
     for s in summary["stages"]:
         print(f"stage {s['stage']:<8} rc={s['rc']:<4} {s['seconds']:>7.1f}s")

@@ -121,3 +121,25 @@ def watch(page):
     page.on("pageerror", lambda e: seen["errors"].append(str(e)))
     page.on("request", lambda r: seen["requests"].append(r.url))
     return seen
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """(a directory nothing here can write into, the reason a write there fails): read-only by its
+    mode; for root, whom modes do not stop, a read-only tmpfs mounted there (skipped where it
+    cannot be mounted)."""
+    import subprocess
+
+    d = tmp_path / "locked"
+    d.mkdir()
+    if os.geteuid() != 0:
+        d.chmod(0o555)
+        yield d, "Permission denied"
+        d.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("running as root, and a read-only filesystem cannot be mounted to write into")
+    try:
+        yield d, "Read-only file system"
+    finally:
+        subprocess.run(["umount", str(d)], capture_output=True)

@@ -157,3 +157,18 @@ def test_corpus_bench_json(tmp_path):
 def test_corpus_bench_rejects_bad_sizes():
     r = run_script("bench.py", "--corpus-mb", "100,x")
     assert r.returncode == 2 and r.stderr.startswith("error: --corpus-mb must be an integer")
+
+
+@pytest.mark.slow
+def test_compiled_rows_train_and_report_their_compile_time(monkeypatch):
+    # torch.compile of the readable loop (and of the torch module: the same machinery, not timed
+    # here): rows of their own, their first steps (the compile) reported apart from the steady rate.
+    monkeypatch.setitem(bench.SHAPES, "tiny", (11, 4, 3, 2, 1))
+    impls = bench.build_impls("tiny", torch.device("cpu"), compiled_rows=True)
+    assert {"CharRNN loop" + bench.COMPILED, "nn.RNN stack" + bench.COMPILED} <= set(impls)
+    name = "CharRNN loop" + bench.COMPILED
+    before = [p.detach().clone() for p in impls[name].params]
+    rows, _ = bench.run_shape("tiny", torch.device("cpu"), repeats=1, memory=False, impls={name: impls[name]})
+    assert any(not torch.equal(a, b) for a, b in zip(before, impls[name].params))
+    assert rows[0].warmup_s > 0 and rows[0].chars_per_sec > 0
+    assert "compiled in" in bench.format_table(rows).splitlines()[2]

@@ -1,8 +1,12 @@
 """Proves visualize.py's page works in a real browser (headless Debian Chromium, driven by
 Playwright): it loads from file:// with no console errors and no network requests, hovering a
 character shows the model's top-5 guesses for it, the header names what a built-in corpus was
-built from, picking a unit recolours the text by that unit, clicking a feature's row picks its
-best unit, and a screenshot is not blank.
+built from, only the features the text has get rows and the unit picker opens on the first one's
+best unit, picking a unit recolours the text by that unit, clicking a feature's row picks its
+best unit, and a screenshot is not blank. A page whose every embedded string is hostile (`<!--`
+then `<script`, `</script>`, `&amp;`: in the checkpoint's path, the text and the corpus record)
+and whose validation loss is NaN runs all the same, shows each string as it is and the loss as
+n/a, and its insight.json is strict JSON.
 
 Nothing downloads a browser: the tests use /usr/bin/chromium (apt-get install chromium). Without
 it they skip, unless CHARRNN_REQUIRE_BROWSER=1 (set by .ci/run), where a missing browser fails.
@@ -46,14 +50,19 @@ def page_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser_page(page_file):
-    """The page, loaded, with what it logged and requested."""
+def browser():
     with chromium({"width": 1200, "height": 900}) as ctx:
-        page = ctx.new_page()
-        seen = watch(page)
-        page.goto(page_file.as_uri())
-        page.wait_for_selector("body[data-ready='1']", timeout=30000)
-        yield page, seen
+        yield ctx
+
+
+@pytest.fixture(scope="module")
+def browser_page(browser, page_file):
+    """The page, loaded, with what it logged and requested."""
+    page = browser.new_page()
+    seen = watch(page)
+    page.goto(page_file.as_uri())
+    page.wait_for_selector("body[data-ready='1']", timeout=30000)
+    yield page, seen
 
 
 def test_loads_offline_without_errors(browser_page, page_file):
@@ -62,6 +71,21 @@ def test_loads_offline_without_errors(browser_page, page_file):
     assert seen["requests"] == [page_file.as_uri()]  # the page itself, nothing else
     assert page.inner_text("#header").count("lstm") == 1
     assert f"trained on\t{describe(SOURCE)}" in page.inner_text("#header")
+
+
+def test_it_shows_the_features_of_this_text_and_starts_at_the_first(browser_page, page_file):
+    """Rows only for the features the text has (the others named in one line), and "colour by unit"
+    opens on the first feature's best unit, not on unit 0 of layer 0."""
+    page, _ = browser_page
+    search = json.loads((page_file.parent / "insight.json").read_text())["search"]
+    shown = [name for name, f in search.items() if f["occurs"]]
+    absent = [name for name, f in search.items() if not f["occurs"]]
+    assert absent and page.locator("#features tr.feature-row").all_inner_texts()[0].startswith(shown[0])
+    assert page.locator("#features tr.feature-row").count() == len(shown)
+    assert page.inner_text("#absent") == f"Not in this text, so not searched: {', '.join(absent)}."
+    best = search[shown[0]]["units"][0]
+    assert page.inner_text("#unit-label") == f"{best['state']} layer {best['layer']} unit {best['unit']}"
+    assert (best["state"], best["layer"], best["unit"]) != ("h", 0, 0)
 
 
 def test_hover_shows_the_top5_guesses(browser_page, page_file):
@@ -106,3 +130,46 @@ def test_screenshot_is_not_blank(browser_page):
     img = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
     colours = img.getcolors(maxcolors=1 << 20)
     assert len(colours) > 50, len(colours)
+
+
+HOSTILE = "<!--<script>x</script>&amp;<b>"  # ends a naive page's data early, or makes it skip its own end
+
+
+@pytest.fixture(scope="module")
+def hostile_page(tmp_path_factory):
+    """The page of a checkpoint whose path, text and corpus record hold HOSTILE, its last loss NaN."""
+    d = tmp_path_factory.mktemp("viz") / "<!--<script>" / "<" / "script>"  # the path holds </script> too
+    d.mkdir(parents=True)
+    text = "".join(f"{HOSTILE} line {i} & <!-- more -->\n" for i in range(30))
+    vocab = Vocab.from_text(text)
+    torch.manual_seed(1)
+    model = CharRNN(len(vocab), 8, cell="gru")
+    source = dict(SOURCE, python=HOSTILE, stdlib="</script><!--<script>")
+    checkpoint.save({"format": checkpoint.FORMAT, "model": model.state_dict(), "model_args": model.model_args(),
+                     "vocab": list(vocab.chars), "step": 3, "last_val": float("nan"), "data_source": source},
+                    d / "m.pt")
+    (d / "t.txt").write_text(text)
+    assert main(["visualize", "--checkpoint", str(d / "m.pt"), "--text", str(d / "t.txt"), "--out", str(d)]) == 0
+    return d, text, source
+
+
+def test_hostile_strings_and_nan_do_not_stop_the_page(browser, hostile_page):
+    d, text, source = hostile_page
+    page_file = d / "index.html"
+    page = browser.new_page()
+    seen = watch(page)
+    page.goto(page_file.as_uri())
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    header = dict(page.eval_on_selector_all("#header tr", "rows => rows.map(r => [r.cells[0].textContent, "
+                                                            "r.cells[1].textContent])"))
+    shown = page.eval_on_selector_all("#surprise-text span", "s => s.map(e => e.textContent).join('')")
+    assert seen["errors"] == [] and seen["requests"] == [page_file.as_uri()]
+    assert header["checkpoint"] == str(d / "m.pt") and header["validation loss"] == "n/a"
+    assert header["text"] == str(d / "t.txt") and header["trained on"] == describe(source)
+    assert shown == text.replace("\n", "\u21b5\n")
+    assert HOSTILE not in page_file.read_text()  # escaped in the data and the title, never as it is
+
+    def no_constants(name):
+        raise AssertionError(f"insight.json holds {name}, which is not JSON")
+    data = json.loads((d / "insight.json").read_text(), parse_constant=no_constants)
+    assert data["header"]["val_loss"] is None and data["text"] == text

@@ -1,11 +1,13 @@
-"""Proves that every flag of train.py, sample.py, sweep.py and bench.py, and every kind of bad
+"""Proves that every flag of train.py, sample.py, sweep.py, bench.py and serve.py, and every kind of bad
 config value (non-finite, beyond int64, out of range), is refused where it is parsed, with one
 `error:` line and exit 2, no traceback and no file written; that flags which contradict each
-other are refused; that an empty path, for any flag or config key that takes one, is an error
-naming it, never "not given"; that flags and key=value overrides mix in any order; that a run
-too large for the machine's memory is refused before anything is allocated; and that a machine
-failing under a run (a full disk, the run directory removed) ends it with one `error:` line that
-names the file and the last good checkpoint, and exit 1.
+other, and flags that would have no effect (--dynamic-lr without --dynamic, --seed where nothing
+is drawn, --config with --resume, bench's flags of the mode not run), are refused; that an empty
+path, for any flag or config key that takes one, is an error naming it, never "not given"; that
+flags and key=value overrides mix in any order; that a run too large for the machine's memory is
+refused before anything is allocated; and that a machine failing under a run (a full disk, the
+run directory removed) ends it with one `error:` line that names the file and the last good
+checkpoint, and exit 1.
 
 Run: pytest tests/test_cli_values.py
 """
@@ -53,7 +55,11 @@ def _cases(w):
         (S + ["--num-samples", "0"], "--num-samples must be >= 1"),
         (S + ["--beam-width", "-1"], "--beam-width must be >= 0"),
         (S + ["--top-k", str(2**40)], "--top-k must be <="),
-        (S + ["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+        (S + ["--device", "tpu"], "--device must be auto, cpu, cuda, cuda:N or mps"),
+        (S + ["--device", "mps"], "--device mps: sampling, scoring, the look-inside page and export compute in float64"),
+        (["visualize", "--checkpoint", run, "--device", "mps"], "--device mps: sampling, scoring"),
+        (["export", "--checkpoint", run, "--format", "html", "--out", w / "p.html", "--device", "mps"],
+         "--device mps: sampling, scoring"),
         (S + ["--out", d], "--out " + str(d) + " is a directory"),
         (S + ["--out", w / "missing" / "o.txt"], "does not exist"),
         (S + ["--score", d], "is a directory"),
@@ -73,16 +79,39 @@ def _cases(w):
         (T + ["model.hidden_size=1000000"], "this run needs about"),
         (T + ["train.batch_size=1000000000", "train.stateful=false"], "this run needs about"),
         (["train", "--no-progress", "--resume", run, "--force"], "--force and --resume contradict"),
+        (["fill", "--checkpoint", run, "--text", "ROMEO"], "the text has no '_' to fill"),
+        (["fill", "--checkpoint", run, "--text", "RO#EO", "--mask-char", "#!"], "--mask-char must be a single character"),
+        (["fill", "--checkpoint", run, "--text", "R\u00e9_"], "outside the model's vocabulary"),
+        (["fill", "--checkpoint", run, "--text", "R_", "--top-k", "-1"], "--top-k must be >= 0"),
+        (["fill", "--checkpoint", run, "--text-file", d], "is a directory"),
         (["sweep", "--sweep-dir", w / "s", "--parallel", "0", "--grid", "train.lr=1,2"], "--parallel must be >= 1"),
         (["sweep", "--sweep-dir", f, "--grid", "train.lr=1,2"], "--sweep-dir " + str(f) + " is a file"),
         (["bench", "--repeats", "0"], "--repeats must be >= 1"),
         (["bench", "--threads", "-1"], "--threads must be >= 0"),
         (["bench", "--small-threads", "0"], "--small-threads must be >= 1"),
         (["bench", "--json", d], "--json " + str(d) + " is a directory"),
-        (["bench", "--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N"),
+        (["bench", "--device", "gpu"], "--device must be auto, cpu, cuda, cuda:N or mps"),
+        (["bench", "--device", "mps"], "--device mps: the bench measures CPUs and CUDA devices"),
         (["bench", "--precisions", "fp64"], "unknown precision 'fp64'"),
         (["bench", "--shapes", "tiny,cpu"], "unknown shape 'tiny'"),
         (["bench", "--malloc", "jemalloc"], "invalid choice"),
+        (["bench", "--clients", "0"], "--clients must be >= 1"),
+        (["bench", "--serve", "http://127.0.0.1:9", "--corpus-mb", "1"], "--serve and --corpus-mb are two different"),
+        (["serve", "--checkpoint", run, "--port", "65536"], "--port must be <= 65535"),
+        (["serve", "--checkpoint", run, "--max-body-kb", "0"], "--max-body-kb must be >= 1"),
+        # flags that would do nothing
+        (S + ["--score", text, "--dynamic-lr", "0.01"], "--dynamic-lr has no effect without --dynamic"),
+        (S + ["--score", text, "--dynamic-decay", "0"], "--dynamic-decay has no effect without --dynamic"),
+        (S + ["--dynamic-lr", "0.01", "--dynamic-decay", "0"], "--dynamic-lr, --dynamic-decay have no effect"),
+        (S + ["--greedy", "--seed", "3"], "--seed has no effect with --greedy, --beam-width or --score"),
+        (S + ["--beam-width", "2", "--seed", "3"], "--seed has no effect with --greedy, --beam-width or --score"),
+        (S + ["--score", text, "--seed", "3"], "--seed has no effect with --greedy, --beam-width or --score"),
+        (["train", "--no-progress", "--resume", run, "--config", "shakespeare.yaml"],
+         "--config has no effect with --resume"),
+        (["bench", "--corpus-mb", "1", "--cells", "lstm"], "--cells has no effect with --corpus-mb"),
+        (["bench", "--corpus-mb", "1", "--device", "cpu", "--repeats", "2"], "--device, --repeats have no effect"),
+        (["bench", "--no-ddp"], "--no-ddp has no effect without --corpus-mb"),
+        (["bench", "--work", d], "--work has no effect without --corpus-mb"),
     ]
 
 
@@ -124,7 +153,9 @@ def test_an_empty_path_is_an_error_for_every_path_flag_and_key(world, tmp_path, 
     # an unknown shape) instead of sweeping or benchmarking for minutes.
     after = {"train": ["--no-progress", *ok], "sample": ["--checkpoint", run], "visualize": ["--checkpoint", run],
              "sweep": ["--config", world / "missing.yaml", "--sweep-dir", world / "s", "--grid", "train.lr=1,2"],
-             "bench": ["--shapes", "none"], "plot": [run], "export": ["--checkpoint", run, "--format", "none"]}
+             "bench": ["--shapes", "none"], "plot": [run], "export": ["--checkpoint", run, "--format", "none"],
+             "serve": ["--checkpoint", run, "--port", "65536"],
+             "fill": ["--checkpoint", run, "--text", "R_"]}
     cases = [([name, flag, "", *after[name]] if flag.startswith("-") else [name, ""], flag) for name, flag in flags]
     cases += [(["train", "--no-progress", *ok, f"{key}="], key) for key in config_mod.PATH_KEYS]
     cases += [(["train", "--no-progress", "--resume", run, "train.init_from="], "train.init_from")]
@@ -156,7 +187,7 @@ def test_flags_and_overrides_in_any_order(world, capsys):
 
 def test_memory_is_refused_before_allocating(world, monkeypatch):
     # The refusal comes from the estimate, never from the allocator: nothing was built.
-    import charrnn_torch.trainer as trainer_mod
+    import charrnn_torch.training.trainer as trainer_mod
     monkeypatch.setattr(trainer_mod, "build_model", lambda *a, **k: pytest.fail("the model was built"))
     cfg = build_config({}, tiny_overrides(world / "corpus.txt", world / "huge", **{"model.hidden_size": 10**6}))
     with pytest.raises(Exception, match=r"needs about 1\d\d\d\d\.\d GiB"):

@@ -1,16 +1,20 @@
 """Proves the built-in corpus data.path=python-stdlib (code_corpus.py) on a fake standard library
 in a temporary folder: the .py files outside site-packages, dist-packages and the test suites,
-sorted by path, each followed by a newline; files that are not UTF-8 skipped and counted; the cap
-cut at data.stdlib_max_bytes on a whole character, with nothing read after it; the text written
-once to $XDG_CACHE_HOME and reused, rebuilt for another cap or another Python; a run records what
+sorted by path, each followed by a newline (data.separator); files that are not UTF-8 skipped and
+counted (kept with data.vocab=bytes); the list of files hashed; the cap cut at
+data.stdlib_max_bytes on a whole character, with nothing read after it; the text written once to
+$XDG_CACHE_HOME and reused, rebuilt when a file is added, for another cap or another Python; a
+run records what
 it was built from (log line, config.yaml comment, checkpoint, the visualizer's header) and refuses
 to resume, or to show its validation split, on another Python's corpus; ./python-stdlib is a file;
 bad input (a cap that is not a positive size, no standard library) is one error line, exit 2,
-nothing written; and configs/python_code.yaml trains from the real standard library with no
+nothing written; a cap too small for the run is refused leaving no text or record in the cache
+(the run removes what it built); and configs/python_code.yaml trains from the real standard library with no
 corpus downloaded.
 
 Run: pytest tests/test_code_corpus.py
 """
+import hashlib
 import json
 import os
 import sysconfig
@@ -45,6 +49,8 @@ FILES = {  # relative path -> content; the excluded ones say so
 # sorted by path: uppercase first, "." < "/" < "_"
 ORDER = ["Upper.py", "a.py", "b.py", "idlelib/ok.py", "pkg.py", "pkg/__init__.py", "pkg/z.py", "pkg_b.py"]
 EXPECTED = "".join(FILES[name] + "\n" for name in ORDER)
+# files_corpus's list hash, written out: each file used, relative to the library, and its size
+LIST_SHA256 = hashlib.sha256("".join(f"{n}\t{len(FILES[n].encode())}\n" for n in ORDER).encode()).hexdigest()
 
 
 def write_tree(root, files):
@@ -64,9 +70,9 @@ def stdlib(tmp_path, monkeypatch):
     return root
 
 
-def build(max_bytes=10**6):
+def build(max_bytes=10**6, **kw):
     lines = []
-    path, record = code_corpus.ensure(max_bytes, log=lines.append)
+    path, record = code_corpus.ensure(max_bytes, log=lines.append, **kw)
     return path, record, lines
 
 
@@ -75,7 +81,8 @@ def test_sorted_files_outside_the_exclusions_each_with_a_newline(stdlib, tmp_pat
     assert path.read_text() == EXPECTED
     assert path.parent == tmp_path / "cache" / "charrnn_torch"
     assert record == {"name": "python-stdlib", "python": code_corpus.interpreter(), "stdlib": str(stdlib),
-                      "max_bytes": 10**6, "files": len(ORDER), "skipped": 0, "bytes": len(EXPECTED.encode())}
+                      "max_bytes": 10**6, "separator": "\n", "files": len(ORDER), "skipped": 0, "skipped_by": {},
+                      "bytes": len(EXPECTED.encode()), "list_sha256": LIST_SHA256}
     assert lines == [f"corpus: {code_corpus.describe(record)}; written to {path}"]
 
 
@@ -83,8 +90,17 @@ def test_files_that_are_not_utf8_are_skipped_and_counted(stdlib):
     write_tree(stdlib, {"latin1.py": b"caf\xe9 = 1\n", "pkg/bad.py": b"\xff\xfe\n"})
     path, record, _ = build()
     assert path.read_text() == EXPECTED
-    assert (record["files"], record["skipped"]) == (len(ORDER), 2)
-    assert "2 skipped (not valid UTF-8, or unreadable)" in code_corpus.describe(record)
+    assert (record["files"], record["skipped"], record["list_sha256"]) == (len(ORDER), 2, LIST_SHA256)
+    assert "2 skipped (2 not valid UTF-8)" in code_corpus.describe(record)
+    path, record, _ = build(mode="bytes")  # bytes mode reads every file: UTF-8 or not
+    assert (record["files"], record["skipped"]) == (len(ORDER) + 2, 0)
+    assert b"caf\xe9 = 1\n\n" in path.read_bytes()
+
+
+def test_another_separator_parts_the_files(stdlib):
+    path, record, _ = build(separator="\n# ---\n")
+    assert path.read_text() == "".join(FILES[name] + "\n# ---\n" for name in ORDER)
+    assert record["separator"] == "\n# ---\n" and record["list_sha256"] == LIST_SHA256
 
 
 def test_the_cap_cuts_on_a_whole_character_and_reads_nothing_after(stdlib):
@@ -98,15 +114,19 @@ def test_the_cap_cuts_on_a_whole_character_and_reads_nothing_after(stdlib):
     assert path.read_text() == exact and record["files"] == 2
 
 
-def test_built_once_reused_then_rebuilt_for_another_cap_or_python(stdlib, monkeypatch):
+def test_built_once_reused_then_rebuilt_for_a_new_file_another_cap_or_python(stdlib, monkeypatch):
     first, record, _ = build()
-    write_tree(stdlib, {"a_new.py": "new = 1\n"})  # the key is the Python, the library's path and the cap
     again, record_again, lines = build()
     assert again == first and record_again == record and again.read_text() == EXPECTED
     assert lines == [f"corpus: {code_corpus.describe(record)}; read from {first}"]
+    write_tree(stdlib, {"a_new.py": "new = 1\n"})  # the listing changed: the text is rebuilt in its place
+    again, record_again, lines = build()
+    assert again == first and again.read_text().startswith("U = 0\n\na = 1\nnew = 1\n\n")
+    assert record_again["files"] == len(ORDER) + 1 and record_again["list_sha256"] != LIST_SHA256
+    assert lines == [f"corpus: {code_corpus.describe(record_again)}; written to {first}"]
     capped, capped_record, _ = build(7)
     assert capped != first and capped.read_text() == "U = 0\n\n" and capped_record["max_bytes"] == 7
-    assert first.read_text() == EXPECTED  # the other cap's text is left alone
+    assert first.read_text().startswith("U = 0\n\na = 1\nnew") # the other cap's text is left alone
     monkeypatch.setattr(code_corpus.platform, "python_version", lambda: "3.99.0")
     other, other_record, _ = build()
     assert other != first and other_record["python"].endswith(" 3.99.0")
@@ -140,6 +160,7 @@ def test_the_run_records_its_corpus_and_refuses_another_pythons(stdlib, tmp_path
     out = tmp_path / "run"
     assert main(tiny_run(out)) == 0
     record = json.loads(next((tmp_path / "cache" / "charrnn_torch").glob("*.json")).read_text())
+    del record["listing"]  # the cache's own key (paths, sizes and times), not the run's record
     line = f"corpus: {code_corpus.describe(record)}"
     assert line in capsys.readouterr().out
     text = (out / "config.yaml").read_text()
@@ -172,6 +193,18 @@ def test_a_cap_that_is_not_a_positive_size_is_one_error_line(stdlib, tmp_path, c
     err = capsys.readouterr().err
     assert err == f"error: {needle}\n"
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("cap", [1, 10])
+def test_a_cap_too_small_for_the_run_is_refused_and_leaves_no_corpus_behind(stdlib, tmp_path, capsys, cap):
+    out = tmp_path / "run"
+    assert main(tiny_run(out, f"data.stdlib_max_bytes={cap}")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: training text is too short") and err.count("\n") == 1, err
+    assert not out.exists() and not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    if cap == 10:  # and for a run it fits, the same cap's corpus is built and kept: text, record, ids
+        assert main(tiny_run(out, f"data.stdlib_max_bytes={cap}", "train.batch_size=1", "train.seq_len=4")) == 0
+        assert len([p for p in (tmp_path / "cache").rglob("*") if p.is_file()]) == 3
 
 
 @pytest.mark.parametrize("case", ["no-key", "missing-dir", "a-zip", "no-py-files"])

@@ -4,11 +4,20 @@ CI); in float32 they match fused's aten kernels to 1e-5, at a width that is no m
 vector length, and their own exp and tanh match torch's over the whole range of inputs (tanh to a
 few float32 roundings, relatively, near 0); they refuse buffers of the wrong shape or dtype; and
 where they cannot be built, fused_cpp warns once and runs fused's kernels, bit for bit the same as
-fused. Their float64 gradients are proved against the numpy reference to 1e-9 with every other
-impl's, in test_gated_cells.py.
+fused. The warning is one line, why and what runs instead, with no line of torch's and no
+"building" line for a build that never starts; a lock left by a killed build is cleared, a live
+build is waited for at most BUILD_WAIT_S, and a lock no charrnn build claims is given up once it
+is older than that: never a hang. Their float64 gradients are proved against the numpy reference
+to 1e-9 with every other impl's, in test_gated_cells.py.
 """
+import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import warnings
 
 import pytest
 import torch
@@ -17,6 +26,7 @@ import torch.utils.cpp_extension
 from charrnn_torch import CharRNN
 from charrnn_torch.model import compiled
 from charrnn_torch.model.cells import cross_entropy
+from conftest import ROOT
 
 V, H, B, T, L = 11, 37, 5, 9, 2  # H = 37: every vector loop has a tail
 
@@ -85,16 +95,130 @@ def test_kernels_refuse_wrong_buffers(kernels):
         kernels.backward_step(a, s, s, torch.zeros(H, B).t(), s, a.clone())  # dh's rows are strided
 
 
-def test_without_a_toolchain_it_runs_fused(monkeypatch):
-    def no_compiler(*args, **kwargs):
-        raise RuntimeError("Ninja is required to load C++ extensions")
+INSTEAD = "; running fused's kernels instead (the same maths, not compiled)\n"
 
-    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    """A build directory of its own (TORCH_EXTENSIONS_DIR), nothing cached; torch's loader replaced
+    by one that, like torch's, would wait for as long as its lock exists (here: fails after 20 s);
+    BUILD_WAIT_S 5 s."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(compiled, "BUILD_WAIT_S", 5)  # a test that waits, waits seconds
+    build_dir = tmp_path / compiled.build_name()[0]
+    loads = []
+
+    def load(**kwargs):
+        deadline = time.monotonic() + 20
+        while (build_dir / "lock").exists():
+            assert time.monotonic() < deadline, "torch's loader would wait on its lock forever"
+            time.sleep(0.05)
+        loads.append(kwargs["build_directory"])
+        return "the kernels"
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", load)
     compiled.lstm_kernels.cache_clear()
+    yield build_dir, loads
+    compiled.lstm_kernels.cache_clear()  # the next user builds (or loads) the real kernels
+
+
+def gone_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def leave(build_dir, pid=None, age_s=0):
+    """What a build leaves in build_dir: torch's lock (age_s old) and, for pid, charrnn's owner file."""
+    build_dir.mkdir(parents=True)
+    (build_dir / "lock").touch()
+    os.utime(build_dir / "lock", (time.time() - age_s, time.time() - age_s))
+    if pid is not None:
+        (build_dir / compiled.OWNER).write_text(f"{socket.gethostname()}-{pid}")
+
+
+def test_a_lock_left_by_a_killed_build_is_cleared(fresh, capsys):
+    build_dir, loads = fresh
+    leave(build_dir, pid=gone_pid())
+    assert compiled.lstm_kernels() == "the kernels" and loads == [str(build_dir)]
+    assert not (build_dir / "lock").exists() and not (build_dir / compiled.OWNER).exists()
+    assert capsys.readouterr().err == (f"impl fused_cpp: building the compiled LSTM kernels into {build_dir} "
+                                       f"(once, about a minute)\n")
+
+
+def test_a_live_build_is_waited_for_at_most_build_wait_s(fresh, capsys, monkeypatch):
+    build_dir, loads = fresh
+    monkeypatch.setattr(compiled, "BUILD_WAIT_S", 1)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        with pytest.warns(UserWarning, match="could not build the compiled LSTM kernels.*Ninja is required"):
-            got = run("fused_cpp")
-        want = run("fused")
-        assert all(torch.equal(a, b) for a, b in zip(got, want))
+        leave(build_dir, pid=alive.pid)
+        assert compiled.lstm_kernels() is None and loads == []
     finally:
-        compiled.lstm_kernels.cache_clear()  # the next user builds (or loads) the real kernels
+        alive.kill()
+        alive.wait()
+    host = socket.gethostname()
+    assert capsys.readouterr().err == (
+        f"impl fused_cpp: waiting for another build of the LSTM kernels (process {alive.pid} on {host})\n"
+        f"warning: impl fused_cpp: another build of the LSTM kernels (process {alive.pid} on {host}) has held "
+        f"{build_dir} for over 1 s" + INSTEAD)
+
+
+def test_a_lock_no_build_claims_is_given_up_once_old(fresh, capsys):
+    build_dir, loads = fresh
+    leave(build_dir, age_s=3600)
+    assert compiled.lstm_kernels() is None and loads == []
+    assert capsys.readouterr().err == (f"warning: impl fused_cpp: {build_dir / 'lock'} has stood for 60 minutes "
+                                       f"with no build running (a build killed mid-way leaves it: delete it)" + INSTEAD)
+
+
+def test_a_fresh_lock_no_build_claims_is_waited_for_until_it_is_old(fresh, capsys, monkeypatch):
+    build_dir, loads = fresh
+    monkeypatch.setattr(compiled, "BUILD_WAIT_S", 1.5)
+    leave(build_dir)
+    tic = time.monotonic()
+    assert compiled.lstm_kernels() is None and loads == [] and time.monotonic() - tic >= 1
+    lock = build_dir / "lock"
+    assert capsys.readouterr().err == (
+        f"impl fused_cpp: waiting for a build outside charrnn that holds {lock}, until the lock is 0.025 minutes "
+        f"old (delete it if no build is running)\n"
+        f"warning: impl fused_cpp: {lock} has stood for 0 minutes with no build running (a build killed mid-way "
+        f"leaves it: delete it)" + INSTEAD)
+
+
+def test_without_a_compiler_one_line_and_no_build_started(fresh, capsys, monkeypatch):
+    build_dir, loads = fresh
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    got = run("fused_cpp")
+    assert capsys.readouterr().err == ("warning: impl fused_cpp: no C++ compiler to build the compiled LSTM kernels "
+                                       "(/nonexistent/c++ is not on PATH; set CXX)" + INSTEAD)
+    assert loads == [] and all(torch.equal(a, b) for a, b in zip(got, run("fused")))
+
+
+FAILED_BUILD = """
+import logging, sys, warnings
+import torch.utils.cpp_extension as ext
+from charrnn_torch.model import compiled
+
+LOG = ("Error building extension 'charrnn_lstm': [1/2] c++ -MMD -MF lstm_kernel.o.d " + "-I/usr/include " * 60
+       + "\\nlstm_kernel.cpp:12:3: error: 'vfoo' was not declared in this scope\\n   12 |   vfoo(x);\\n"
+       + "ninja: build stopped: subcommand failed.\\n")
+
+def banner_then_fail(**kwargs):  # what torch's loader says of a compiler it does not know, then its error
+    ext.logger.warning(ext.WRONG_COMPILER_WARNING, "cc", "g++", sys.platform, "g++", "cc", "cc")
+    warnings.warn("a warning of torch's own")
+    raise RuntimeError(LOG)
+
+ext.load = banner_then_fail
+assert compiled.lstm_kernels() is None
+"""
+
+
+def test_a_failed_build_is_one_line_naming_the_compilers_error(tmp_path):
+    # In a process of its own: what a user's terminal shows, with torch's own logging set up as it is.
+    r = subprocess.run([sys.executable, "-c", FAILED_BUILD], capture_output=True, text=True, cwd=ROOT,
+                       env=dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path), PYTHONPATH=str(ROOT)))
+    build_dir = tmp_path / compiled.build_name()[0]
+    assert r.returncode == 0 and r.stdout == "", r.stderr
+    assert r.stderr == (
+        f"impl fused_cpp: building the compiled LSTM kernels into {build_dir} (once, about a minute)\n"
+        "warning: impl fused_cpp: could not build the compiled LSTM kernels (lstm_kernel.cpp:12:3: error: 'vfoo' "
+        "was not declared in this scope)" + INSTEAD)

@@ -51,7 +51,7 @@ def test_resolved_config_round_trips():
     ({}, ["data.stdlib_max_bytes=0"], "data.stdlib_max_bytes: must be a positive number of bytes"),
     ({}, ["train.optimizer=adamax"], "train.optimizer: must be one of adagrad, adam, adamw, rmsprop, sgd"),
     ({}, ["train.lr_schedule=linear"], "train.lr_schedule: must be one of constant, cosine, step"),
-    ({}, ["device=tpu"], "device: must be auto, cpu, cuda or cuda:N"),
+    ({}, ["device=tpu"], "device: must be auto, cpu, cuda, cuda:N or mps"),
     ({}, ["model.impl=magic"], "model.impl: must be one of loop, fused"),
     ({}, ["model.dropout=1.0"], "model.dropout: must be in [0, 1)"),
     ({}, ["train.max_minutes=-1"], "train.max_minutes: must be >= 0"),
@@ -104,3 +104,37 @@ def test_build_config_leaves_its_input_alone():
     values = {"model": {"hidden_size": 32}}
     build_config(values, ["model.hidden_size=64"])
     assert values == {"model": {"hidden_size": 32}}
+
+
+def test_every_key_is_explained_once_from_the_schema():
+    """config.key_help reads the comment beside each field: every key has one, and a key with a
+    list of allowed values names them from config.CHOICES."""
+    from charrnn_torch.training import config
+    help_of = config.key_help()
+    keys = set(config.flatten(config.to_dict(config.Config())))
+    assert set(help_of) == keys and all(len(text) > 10 for text in help_of.values())
+    assert help_of["train.max_minutes"].startswith("a budget of training time")
+    assert help_of["train.optimizer"].endswith("(one of adagrad, adam, adamw, rmsprop, sgd)")
+
+
+def test_print_config_explains_each_key_and_is_still_yaml():
+    import yaml
+
+    from charrnn_torch.training import config
+    cfg = build_config({"data": {"path": "my file: #1 'x'.txt"}}, ["train.lr=0.5", "train.cuda_graphs=off"])
+    text = config.dump_yaml_explained(cfg)
+    assert yaml.safe_load(text) == config.to_dict(cfg)  # values survive any character, comments stay comments
+    help_of = config.key_help()
+    line = next(li for li in text.splitlines() if li.strip().startswith("seq_len:"))
+    assert line == f"  seq_len: 128  # {help_of['train.seq_len']}"
+
+
+def test_train_help_lists_every_key(capsys):
+    from charrnn_torch import cli
+    from charrnn_torch.training import config
+    with pytest.raises(SystemExit) as e:
+        cli.parse("train", ["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for key in config.key_help():
+        assert f"  {key} " in out, key

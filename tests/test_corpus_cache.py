@@ -4,7 +4,8 @@ changes and reused when not; a failed build leaves nothing that could pass for a
 split across read chunks encodes right and bad UTF-8 is reported at its byte offset; byte mode
 trains on any file, samples decode with replacement and scores count bytes; a large alphabet is
 stored as uint16 and trains; fine-tuning carries the shared characters' weights over and says
-which characters it adds (and refuses another architecture); step checkpoints are kept, pruned
+which characters it adds (and refuses another architecture), fitting its batch to a small text and
+saying so; step checkpoints are kept, pruned
 and sampled from; --prime-file primes; and every bad cache or flag is one error line with exit
 status 2 that leaves the files as they were. (Other users, odd files and crashes:
 test_corpus_robustness.py.)
@@ -203,6 +204,28 @@ def test_fine_tuning_carries_the_shared_characters_over(tmp_path, corpus_file):
     assert main(["train", "--resume", str(tmp_path / "ft"), "--no-progress", "train.max_steps=12"]) == 0
 
 
+def test_fine_tuning_fits_the_batch_to_a_small_text(tmp_path, corpus_file):
+    """A config written for a big corpus fine-tunes on a text too small for its batch: the batch
+    shrinks to the streams the text fills, said in one line and recorded in the run's config; a
+    fresh run on the same text still refuses it (its config is the user's own)."""
+    src_run = tmp_path / "src"
+    train(build_config({}, tiny_overrides(corpus_file, src_run, **{"train.max_steps": 4})), progress=False, log=quiet)
+    letters = tmp_path / "letters.txt"
+    letters.write_text("Dear Sir, the fox is quick.\n" * 20)  # 560 characters: 504 to train on
+    cfg = build_config({}, tiny_overrides(letters, tmp_path / "ft", **{"train.max_steps": 4, "train.batch_size": 64}))
+    cfg.train.init_from = str(src_run)
+    said = []
+    summary = train(cfg, progress=False, log=said.append)
+    fit = 504 // 17  # streams of seq_len + 1 = 17 characters
+    assert (f"fine-tuning on 504 training characters, which fill {fit} streams of train.seq_len + 1 = 17 "
+            f"characters: training with train.batch_size={fit} (not 64)") in said
+    assert summary["step"] == 4
+    assert checkpoint.load(tmp_path / "ft" / "ckpt.pt")["config"]["train"]["batch_size"] == fit
+    fresh = build_config({}, tiny_overrides(letters, tmp_path / "fresh", **{"train.batch_size": 64}))
+    with pytest.raises(UserError, match="do not fill one batch of 64 streams"):
+        train(fresh, progress=False, log=quiet)
+
+
 def test_step_checkpoints_are_kept_pruned_and_sampled(tmp_path, corpus_file, capsys):
     out = tmp_path / "run"
     train(build_config({}, tiny_overrides(corpus_file, out, **{"train.max_steps": 40, "train.keep_checkpoints": 2})),
@@ -284,3 +307,17 @@ def test_bad_fine_tuning_and_data_flags(tmp_path, corpus_file, capsys):
     assert "data.vocab" in _error_of(["--no-progress", *tiny_overrides(corpus_file, tmp_path / "c",
                                                                        **{"data.vocab": "letters"})], capsys)
     assert not (tmp_path / "ft").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_build_message_is_meaningful_at_small_sizes(tmp_path):
+    """A small corpus's build says its size in bytes and no speed (a speed over a few milliseconds
+    of start-up says nothing); from 10 MB up it gives MB and MB/s."""
+    small = tmp_path / "letters.txt"
+    small.write_text("Dear Sir,\n" * 123)
+    said = []
+    cache.ensure(small, "chars", progress=False, log=said.append)
+    assert said[-1].startswith(f"encoded {small} (1,230 bytes) into ") and "MB" not in said[-1]
+    big = tmp_path / "big.txt"
+    big.write_text("the quick brown fox\n" * 520_000)  # 10.4 MB
+    cache.ensure(big, "chars", progress=False, log=said.append)
+    assert said[-1].startswith(f"encoded {big} (10.4 MB) into ") and said[-1].endswith(" MB/s)")

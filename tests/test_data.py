@@ -49,8 +49,9 @@ def test_download_hash_mismatch_keeps_nothing(http_root, tmp_path):
     with pytest.raises(UserError) as e:
         corpus.download(f"{base}/input.txt", dest, sha256="0" * 64, progress=False)
     msg = str(e.value)
-    assert "sha256" in msg and str(dest.resolve()) in msg
-    assert not dest.exists() and list(dest.parent.iterdir()) == []
+    assert "sha256" in msg and str(dest.resolve()) in msg and msg.count(base) == 1
+    assert not dest.exists() and not dest.parent.exists()  # the data/ it made is gone again
+    assert list(tmp_path.iterdir()) == [root]
 
 
 def test_offline_says_where_to_put_the_file(tmp_path):
@@ -63,7 +64,23 @@ def test_offline_says_where_to_put_the_file(tmp_path):
     with pytest.raises(UserError) as e:
         corpus.ensure_corpus(dest, default_path=str(dest), url=f"http://127.0.0.1:{port}/input.txt", progress=False)
     assert "cannot download" in str(e.value) and str(dest.resolve()) in str(e.value)
+    assert str(e.value).count(f"127.0.0.1:{port}") == 1  # the URL once: it is long
     assert not dest.exists()
+
+
+def test_a_failed_download_leaves_no_folder_it_made(tmp_path):
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("x")
+    for dest in (tmp_path / "data" / "deeper" / "corpus.txt", tmp_path / "mine" / "corpus.txt"):
+        with pytest.raises(UserError, match="cannot download"):
+            corpus.download(f"http://127.0.0.1:{port}/input.txt", dest, sha256="0" * 64, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # data/deeper/ made and removed; mine/ kept
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep.txt"]
 
 
 def test_non_default_missing_path_is_not_downloaded(tmp_path):

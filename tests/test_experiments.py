@@ -1,6 +1,7 @@
 """Proves the experiment tooling: 2-process DDP over gloo on 127.0.0.1 equals a
 single-process run with the same global batch (float64, 1e-10), also when resumed with
-another number of ranks, and a failing 2-rank run exits cleanly; a 2x2 sweep runs, summarises,
+another number of ranks, and a failing 2-rank run exits cleanly; a 2x2 sweep runs (saying where
+each run's log is, repeating each run's evaluations, counting runs done with the time left), summarises,
 survives a failing combination and resumes; a grid of one value is one run; and a real
 `tensorboard` server serves exactly the scalars and hparams that training logged.
 
@@ -106,7 +107,7 @@ def test_sweep_2x2_summary_failure_and_resume(tmp_path, corpus_file):
     sweep_dir = tmp_path / "sweep"
     base = tiny_overrides(corpus_file, tmp_path / "unused", **{"train.max_steps": 6, "train.eval_interval": 3,
                                                                 "train.sample_interval": 0})
-    base = [o for o in base if not o.startswith("out_dir=")]
+    base = [o for o in base if not o.startswith(("out_dir=", "train.lr=", "model.hidden_size=", "train.batch_size="))]
     args = ["--config", "shakespeare.yaml", "--sweep-dir", sweep_dir,
             "--grid", "train.lr=0.01,0.003", "model.hidden_size=16,24", *base]
     r = run_script("sweep.py", *args, "--parallel", "2")
@@ -123,6 +124,15 @@ def test_sweep_2x2_summary_failure_and_resume(tmp_path, corpus_file):
         acc, _ = read_scalars(run)
         assert "_hparams_/session_start_info" in acc.summary_metadata
     lines = r.stdout.splitlines()
+    # What the user watches: each run's log path, its evaluations under its name, the overall count.
+    assert lines[0] == (f"sweep: 4 runs in {sweep_dir}, 2 at a time; each run's output goes to <run>/train.log "
+                        f"as it runs")
+    for x in rows:
+        log = Path(x["out_dir"]) / "train.log"
+        assert f"[start] {x['run']}: log {log}" in lines and "done: 6 steps" in log.read_text()
+        assert [ln.split("|")[0].split()[-1] for ln in lines if ln.startswith(f"  [{x['run']}] step ")] == ["3", "6"]
+    counts = [ln for ln in lines if re.match(r"\[\d/4 runs done\] elapsed \d+:\d\d", ln)]
+    assert [c[1] for c in counts] == ["1", "2", "3", "4"] and "left" in counts[0] and "left" not in counts[-1]
     head = next(i for i, ln in enumerate(lines) if ln.startswith("run "))
     assert [ln.split()[0] for ln in lines[head + 1:head + 5]] == [x["run"] for x in rows]  # printed best first
 
@@ -167,6 +177,19 @@ def test_a_grid_of_one_value_is_one_run(tmp_path, corpus_file):
 def test_sweep_rejects_bad_grid_before_running(tmp_path):
     r = run_script("sweep.py", "--sweep-dir", tmp_path / "s", "--grid", "train.lrr=1,2")
     assert r.returncode == 2 and r.stderr.startswith("error: unknown config key train.lrr")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("grid", [["train.lr=1e-3,2e-3", "train.lr=3e-3,4e-3"],  # two axes
+                                  ["train.lr=1e-3,2e-3", "train.lr=5e-3"],  # an axis and an override
+                                  ["model.hidden_size=8,16", "train.lr=1e-3", "train.lr=2e-3"]])  # two overrides
+def test_a_key_given_twice_is_refused_before_running(tmp_path, grid, capsys):
+    from charrnn_torch.cli import main
+
+    assert main(["sweep", "--sweep-dir", str(tmp_path / "s"), "--grid", *grid]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: train.lr is given twice in the sweep (--grid entries and overrides): give each key once, "
+                   "with all its values in one list (e.g. train.lr=v1,v2,v3)\n")
     assert not (tmp_path / "s").exists()
 
 

@@ -5,6 +5,8 @@
   imports nothing from the package, the model nothing from the config, the CLI no model code,
   and only the CLI, the Python API and the sweep reach the trainer;
 - no module imports another module's private (_underscore) names;
+- no module but files.py opens a file for writing: every file is written atomically, through
+  files.write_file / writing / write_atomic (torch.save and savefig write into a buffer, buf);
 - the three ways in (the ``charrnn`` console script, ``python -m charrnn_torch`` and the thin
   ``scripts/<command>.py``) offer the same commands, from cli.COMMANDS, and each prints its own
   name in its usage line;
@@ -99,6 +101,42 @@ def test_no_module_imports_anothers_private_names():
     assert not bad, bad
 
 
+WRITE_CALLS = {"write_text", "write_bytes", "mkstemp", "NamedTemporaryFile", "fdopen"}  # each writes a file
+SHUTIL_WRITES = {"copyfile", "copy", "copy2", "copyfileobj", "move"}
+
+
+def _dotted(node):
+    """'torch.export.save' for the expression torch.export.save, '' for what is not a dotted name."""
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else ""
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def _writes(node):
+    """Why a call node writes a file other than through files.py, or None. torch.save, torch.export.save
+    and savefig may write into a buffer named buf only (which files.py then writes)."""
+    name = _dotted(node.func)
+    last = name.rpartition(".")[2] or getattr(node.func, "attr", "")
+    if last in WRITE_CALLS or name == "os.open" or (name.startswith("shutil.") and last in SHUTIL_WRITES):
+        return name or last
+    if name == "open" and not (node.args and _dotted(node.args[0]) == "os.devnull"):
+        mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+        if isinstance(mode, ast.Constant) and set(str(mode.value)) & set("wax+"):
+            return f"open(..., {mode.value!r})"
+    if name in ("torch.save", "torch.export.save") or last == "savefig":
+        where = node.args[1] if last == "save" and len(node.args) > 1 else (node.args[0] if node.args else None)
+        if not (isinstance(where, ast.Name) and where.id == "buf"):
+            return f"{name or last} into something else than a buffer"
+    return None
+
+
+def test_every_write_goes_through_files():
+    bad = [f"{path.relative_to(ROOT)}:{node.lineno} {why}" for path in _modules() if path.name != "files.py"
+           for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call) and (why := _writes(node))]
+    assert not bad, bad
+
+
 def test_lower_layers_never_import_higher_ones():
     upward = [f"{dotted} imports {other}" for dotted, path in _package_modules().items()
               for other in _package_imports(dotted, path) if _layer(other) > _layer(dotted)]
@@ -165,7 +203,7 @@ def readme_commands():
     return commands
 
 
-def _command_of(words):
+def command_of(words):
     """(cli command, its arguments) for a command of this project, else None."""
     if words[0] == "charrnn":
         return words[1], words[2:]
@@ -202,7 +240,7 @@ def test_every_readme_command_parses(tmp_path, monkeypatch):
     commands = readme_commands()
     assert commands, "the README has no ```bash block"
     for words in commands:
-        ours = _command_of(words)
+        ours = command_of(words)
         if ours is None:
             _check_other(words)
             continue
@@ -218,7 +256,7 @@ def test_every_readme_command_parses(tmp_path, monkeypatch):
 
 
 def test_readme_shows_the_one_command():
-    assert any(_command_of(words) and words[0] == "charrnn" for words in readme_commands())
+    assert any(command_of(words) and words[0] == "charrnn" for words in readme_commands())
 
 
 @pytest.mark.parametrize("text", ["issue", "session"])

@@ -5,12 +5,18 @@ headless Debian Chromium driven by Playwright, as test_browser.py drives the vis
   probabilities equal torch's to <= 1e-5, for the tanh cell, the LSTM and the GRU (1 and 2 layers),
   and with --half equal those of the model with its weights rounded to float16; with top-k 1 it
   generates torch's greedy text, so the state is carried as torch carries it;
+- its uniform draws are torch's CPU generator's, bit for bit, and its temperature, top-k and top-p
+  filter as sample.filter_probs does, so a seed gives the text `charrnn sample --seed` gives with
+  the same prime and settings (three seeds, four settings, four models);
 - Generate streams text of the asked length from the vocabulary into the page, the same text the
   page's API gives, and a seed gives the same text twice (another seed, another text);
 - hovering a generated character shows the five likeliest characters at that point, most likely
-  first; prime characters outside the vocabulary are shown, dropped and counted;
+  first; prime characters outside the vocabulary are shown, dropped and counted, and a prime with
+  none left is refused;
 - the header names the checkpoint, cell, size and validation loss; no console errors, no request
-  beyond the file itself, and a screenshot that is not blank.
+  beyond the file itself, and a screenshot that is not blank;
+- a page whose checkpoint path holds `<!--<script>` and `</script>`, whose vocabulary holds < > &,
+  and whose validation loss is NaN runs all the same: the path shown as it is, the loss as n/a.
 
 Without /usr/bin/chromium or Playwright the tests skip, unless CHARRNN_REQUIRE_BROWSER=1 (.ci/run).
 """
@@ -22,6 +28,7 @@ import torch
 from charrnn_torch.training import checkpoint
 from charrnn_torch.sampling import sample
 from charrnn_torch.cli import main
+from charrnn_torch.data.vocab import Vocab
 from conftest import chromium, watch
 from test_export import H, V_CHARS, save_model
 
@@ -112,6 +119,53 @@ def test_top_k_1_generates_torchs_greedy_text(pages, open_page, name):
     assert "bad cafe" + got == sample.generate(model, vocab, "bad cafe", 60, sample.Sampling(greedy=True))
 
 
+SEEDS = [0, 1, 7, 1337, 2**31 + 5, 2**40 + 3, 2**62]
+
+
+def test_its_uniforms_are_torchs(pages, open_page):
+    """The page's generator is torch's CPU generator: the same float64 draws, bit for bit, for
+    seeds above 2**32 too (torch keeps their low 32 bits)."""
+    page = open_page(pages["rnn1"][1])
+    for seed in SEEDS:
+        got = page.evaluate("([s, n]) => window.charrnn.uniforms(s, n)", [str(seed), 1500])  # past one 624-word refill
+        g = torch.Generator().manual_seed(seed)
+        want = [torch.rand(1, generator=g, dtype=torch.float64).item() for _ in range(1500)]
+        assert got == want, seed
+
+
+@pytest.mark.parametrize("name,settings", [
+    ("lstm2", {"temperature": 1.0, "topK": 0, "topP": 1.0}),
+    ("gru2", {"temperature": 0.8, "topK": 5, "topP": 1.0}),
+    ("rnn1", {"temperature": 1.3, "topK": 0, "topP": 0.7}),
+    ("gru1", {"temperature": 0.9, "topK": 6, "topP": 0.85}),
+])
+def test_a_seed_gives_the_text_charrnn_sample_gives(pages, open_page, capsys, name, settings):
+    ckpt, path = pages[name]
+    page = open_page(path)
+    for seed in (1, 42, 2**33 + 9):
+        got = page.evaluate("o => window.charrnn.generate(o).text",
+                            {"prime": "bad cafe", "length": 300, "seed": str(seed), **settings})
+        assert main(["sample", "--checkpoint", str(ckpt), "--prime", "bad cafe", "--length", "300", "--seed", str(seed),
+                     "--temperature", str(settings["temperature"]), "--top-k", str(settings["topK"]),
+                     "--top-p", str(settings["topP"])]) == 0
+        assert capsys.readouterr().out == "bad cafe" + got + "\n", (name, seed)
+
+
+def test_top_p_filters_as_sample_does(pages, open_page):
+    """The page's distribution after a prime, through temperature, top-k and top-p, is
+    sample.filter_probs' to float64 rounding: the same characters kept, the same mass on each."""
+    ckpt, path = pages["lstm2"]
+    page = open_page(path)
+    model, vocab, _ = checkpoint.load_model(ckpt)
+    with torch.no_grad():
+        logits, _ = model(vocab.encode("bad cafe")[None])
+    for t, k, top_p in ((1.0, 0, 0.5), (0.7, 4, 0.9), (2.0, 0, 0.3), (1.0, 3, 1.0)):
+        want = sample.filter_probs(logits[:, -1], t, k, top_p)[0]
+        got = torch.tensor(page.evaluate("([t, k, p]) => { const s = window.charrnn; return s.filtered('bad cafe', t, k, p); }",
+                                         [t, k, top_p]), dtype=torch.float64)
+        assert torch.equal(got > 0, want > 0) and float((got - want).abs().max()) <= TOL, (t, k, top_p)
+
+
 def test_generate_gives_the_asked_length_from_the_vocabulary_and_a_seed_repeats(pages, open_page):
     page = open_page(pages["lstm2"][1])
     run = "o => window.charrnn.generate(o).text"
@@ -152,7 +206,8 @@ def test_hover_shows_the_five_likeliest_characters(pages, open_page):
     _fill(page, "ace", 50, 2)
     page.click("#generate")
     page.wait_for_selector("body[data-done='1']")
-    span = page.locator("#out span.gen").nth(10)
+    texts = page.locator("#out span.gen").all_inner_texts()
+    span = page.locator("#out span.gen").nth(next(i for i in range(10, 50) if texts[i].strip()))  # one with ink
     span.hover()
     alts = page.locator("#tip li.alt").all_inner_texts()
     assert page.is_visible("#tip") and len(alts) == 5
@@ -177,6 +232,8 @@ def test_prime_outside_the_vocabulary_is_shown_dropped_and_counted(pages, open_p
     page.click("#generate")
     page.wait_for_selector("body[data-done='2']")
     assert "Nothing of the prime is in the vocabulary" in page.inner_text("#note")
+    assert page.locator("#out span.gen").count() == 0  # refused, as charrnn sample refuses it
+    assert page.evaluate("() => window.charrnn.generate({prime: '€!'})") == {"text": "", "dropped": 2, "refused": True}
 
 
 def test_header_and_screenshot(pages, open_page):
@@ -194,3 +251,19 @@ def test_header_and_screenshot(pages, open_page):
     page.locator("#out span.gen").nth(40).hover()
     img = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
     assert len(img.getcolors(maxcolors=1 << 20)) > 50
+
+
+def test_hostile_path_vocabulary_and_nan_loss(tmp_path, open_page):
+    d = tmp_path / "<!--<script>" / "<" / "script>"  # the path holds </script> too
+    d.mkdir(parents=True)
+    ckpt = save_model(d / "m.pt", "lstm", 1, vocab=Vocab(sorted(set("<!--script>&/ \n"))))
+    raw = torch.load(ckpt, weights_only=True)
+    checkpoint.save(dict(raw, last_val=float("nan")), ckpt)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "html", "--out", str(d / "p.html")]) == 0
+    page = open_page(d / "p.html")
+    header = dict(page.eval_on_selector_all("#header tr", "rows => rows.map(r => [r.cells[0].textContent, "
+                                                          "r.cells[1].textContent])"))
+    assert header["checkpoint"] == str(ckpt) and header["validation loss"] == "n/a"
+    text = page.evaluate("() => window.charrnn.generate({prime: '<!--<script>', length: 50, seed: 2}).text")
+    assert len(text) == 50 and set(text) <= set("<!--script>&/ \n")
+    assert "<!--<script>" not in (d / "p.html").read_text().split('<script id="data"')[1]  # escaped in the data

@@ -52,6 +52,19 @@ def test_temperature_to_zero_and_top_k_one_equal_greedy():
     assert torch.allclose(p, F.one_hot(greedy, 4).double())
 
 
+@pytest.mark.parametrize("temperature", [1e-310, 5e-324, 1e-300])  # subnormal, the smallest float, tiny
+def test_every_tiny_temperature_is_greedy(temperature):
+    logits = torch.tensor([[0.1, 2.0, -1.0, 1.9], [3.0, 0.0, 2.5, -2.0], [1e4, -1e4, 0.0, 9999.0]],
+                          dtype=torch.float32)
+    p = filter_probs(logits, temperature=temperature)
+    assert torch.equal(p, F.one_hot(logits.argmax(-1), 4).double())
+
+
+def test_a_huge_temperature_is_uniform():
+    p = filter_probs(torch.tensor([[0.1, 2.0, -1.0, 1.9]]), temperature=1e308)
+    torch.testing.assert_close(p, torch.full((1, 4), 0.25, dtype=torch.float64))
+
+
 def test_temperature_sharpens_and_flattens():
     logits = torch.tensor([[1.0, 2.0, 3.0]])
     p1, p_hot, p_cold = (filter_probs(logits, temperature=t)[0] for t in (1.0, 2.0, 0.5))
@@ -183,6 +196,16 @@ def test_cli_sample_stream_and_out_file(run_dir, tmp_path):
     assert run_script("sample.py", *args).stdout == r.stdout  # same seed, same text
 
 
+def test_cli_temperature_1e_310_is_the_greedy_text(run_dir, capsys):
+    from charrnn_torch.cli import main
+
+    texts = []
+    for flags in (["--temperature", "1e-310", "--seed", "4"], ["--greedy"]):
+        assert main(["sample", "--checkpoint", str(run_dir), "--prime", "RO", "--length", "40", *flags]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] and len(set(texts[0])) > 3
+
+
 def test_cli_greedy_beam_samples_score(run_dir, tmp_path):
     greedy = run_script("sample.py", "--checkpoint", run_dir / "ckpt.pt", "--prime", "RO", "--length", "20", "--greedy")
     beam1 = run_script("sample.py", "--checkpoint", run_dir, "--prime", "RO", "--length", "20", "--beam-width", "1")
@@ -204,7 +227,8 @@ def test_cli_greedy_beam_samples_score(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--prime", "ROMEO@"], "prime character not in the vocabulary: '@'"),
+    (["--prime", "@@"], "no character of the prime is in the vocabulary (not in it: '@')"),
+    (["--prime", ""], "--prime is empty; leave it out for the default prime"),
     (["--temperature", "0"], "--temperature must be > 0"),
     (["--temperature", "-1"], "--temperature must be > 0"),
     (["--top-k", "-1"], "--top-k must be >= 0"),
@@ -218,6 +242,15 @@ def test_cli_bad_input(run_dir, args, needle):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("error: ") and needle in r.stderr and r.stderr.count("\n") == 1
     assert "Traceback" not in r.stderr
+
+
+def test_unknown_prime_characters_are_dropped_and_said(run_dir):
+    """The one rule (also --score's and the playground's): dropped and reported, never mapped."""
+    r = run_script("sample.py", "--checkpoint", run_dir, "--prime", "RO@ME@Oé", "--length", "5", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "note: 3 prime characters not in the vocabulary, dropped: '@', 'é'\n"
+    same = run_script("sample.py", "--checkpoint", run_dir, "--prime", "ROMEO", "--length", "5", "--seed", "3")
+    assert r.stdout == same.stdout and r.stdout.startswith("ROMEO")
 
 
 def test_cli_bad_checkpoints(tmp_path):

@@ -166,3 +166,19 @@ def test_checkpoint_from_before_the_time_budget_resumes(tmp_path, corpus_file):
     resumed_cfg = build_config(ck["config"], ["train.max_steps=20"])
     s = train(resumed_cfg, resume=ck, resume_dir=out, progress=False, log=lambda *a: None)
     assert s["step"] == 20 and 0 < s["train_seconds"]
+
+
+def test_a_short_run_has_samples_and_a_tidy_run_directory(tmp_path, corpus_file):
+    """A run shorter than train.sample_interval still shows a sample (at its last step); the
+    projector's per-step folders live under projector/, the only folder in a run directory."""
+    out = tmp_path / "run"
+    cfg = build_config({}, tiny_overrides(corpus_file, out, **{"train.max_steps": 12, "train.sample_interval": 500}))
+    train(cfg, progress=False, log=lambda *a: None)
+    acc, _ = read_scalars(out)
+    assert [e.step for e in acc.Tensors("samples/text_summary")] == [12]
+    names = {p.name for p in out.iterdir()}
+    assert {n for n in names if not n.startswith("events.out.tfevents.")} == {"config.yaml", "ckpt.pt", "best.pt",
+                                                                            "projector"}
+    projector = out / "projector"
+    assert (projector / "projector_config.pbtxt").is_file()
+    assert (projector / "00012" / "char_embedding" / "tensors.tsv").is_file()

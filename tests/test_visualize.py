@@ -4,7 +4,8 @@ search with correlation near 1, and so are GRU units wired by hand to track each
 Python-like text (a toggle inside '...', "..." and triple-quoted strings, a switch inside a comment,
 a counter of bracket depth, and three units that read a line's indentation); the Python scanner
 reads strings, escapes, comments, brackets and indentation as the snippets' known answers say, and
-the code features do not occur in prose; the page's per-character losses sum to --score's total and its
+the code features do not occur in prose, and apply only to code (a text that reads as Python,
+or a model of python-stdlib); the page's per-character losses sum to --score's total and its
 top-5 guesses and ranks are the model's; the recorded states and gates are the ones the model
 computes (the trace ends in the model's own final state, and an LSTM's recorded gates rebuild its
 recorded c); saturation counts left and right the right way round; the text features mark what
@@ -214,6 +215,30 @@ def test_code_features_do_not_occur_in_prose():
     assert [name for name, f in found.items() if name.startswith("code:") and f["occurs"]] == ["code: bracket depth"]
 
 
+PROSE = "ROMEO:\nCall'd it the night's own. 'Tis true (he said).\nJULIET:\nAy me, 'twas so.\n" * 20
+
+
+def test_the_code_features_apply_to_code_only():
+    """The rule (visualize.CODE_LINE): a text whose lines open like Python statements gets the code
+    features; prose gets none, however many apostrophes open a '...'; a model trained on
+    python-stdlib gets them on any text."""
+    import inspect
+    import functools
+    from charrnn_torch.insight import visualize
+    code = inspect.getsource(functools)[:3000]
+    assert visualize.looks_like_code(code)
+    assert not visualize.looks_like_code(PROSE) and not visualize.looks_like_code("")
+    assert not any(name.startswith("code:") for name in text_features(PROSE, code=False))
+    vocab = Vocab.from_text(PROSE)
+    model = CharRNN(len(vocab), 7)
+    stdlib = {"name": "python-stdlib", "python": "CPython 3.0.1", "stdlib": "/opt/lib/python3.0", "max_bytes": 5000,
+              "files": 12, "skipped": 1, "bytes": 4999}
+    for source, want in ((None, False), (stdlib, True)):
+        data, _ = visualize.page_data(model, vocab, {"step": 1, "data_source": source}, "m.pt", PROSE, "prose")
+        assert any(name.startswith("code:") for name in data["search"]) == want, source
+    assert text_features(PROSE)["code: inside '...'"].any()  # what the rule keeps off a prose page
+
+
 def test_text_features_mark_what_they_say():
     text = 'To be (or [not])\nROMEO:\nSay "hi". Ok'
     f = text_features(text)
@@ -325,7 +350,7 @@ def save_model(model, vocab, path, **extra):
     return path
 
 
-def test_surprise_sums_to_the_score_and_guesses_are_the_models(tmp_path):
+def test_surprise_sums_to_the_score_and_guesses_are_the_models(tmp_path, capsys):
     text = bracket_text(1500, seed=3) + "Z"  # Z: outside the vocabulary, removed by both
     vocab = Vocab.from_text(BRACKETS)
     model = planted_model(vocab)
@@ -333,6 +358,8 @@ def test_surprise_sums_to_the_score_and_guesses_are_the_models(tmp_path):
     (tmp_path / "t.txt").write_text(text)
     assert main(["visualize", "--checkpoint", str(ck), "--text", str(tmp_path / "t.txt"), "--out",
                            str(tmp_path / "viz"), "--max-chars", "5000"]) == 0
+    viz = tmp_path / "viz"
+    assert capsys.readouterr().out.startswith(f"wrote {viz / 'index.html'} and {viz / 'insight.json'}: 1,500 characters")
     data = json.loads((tmp_path / "viz" / "insight.json").read_text())
     S = data["surprise"]
     want = score(model, vocab, text)
@@ -386,10 +413,10 @@ def test_tensorboard_gets_the_heatmap_and_the_embedding(tmp_path, corpus_file):
     images = acc.Images("hidden/units_by_time")
     assert [e.step for e in images] == [10, 20]
     assert (images[0].height, images[0].width) == (2 * 12, 100)
-    labels = (out / "00020" / "char_embedding" / "metadata.tsv").read_text().split("\n")
+    labels = (out / "projector" / "00020" / "char_embedding" / "metadata.tsv").read_text().split("\n")
     vocab = sorted(set(corpus_file.read_text()))
     assert labels[:len(vocab)] == [{"\n": "\\n", " ": "\u2423"}.get(c, c) for c in vocab]
-    rows = (out / "00020" / "char_embedding" / "tensors.tsv").read_text().strip().split("\n")
+    rows = (out / "projector" / "00020" / "char_embedding" / "tensors.tsv").read_text().strip().split("\n")
     assert len(rows) == len(vocab) and len(rows[0].split("\t")) == 12
 
 

@@ -1,2 +1,3 @@
-"""Text as ids: reading and fetching a corpus (corpus.py), the vocabularies (vocab.py), the encoded cache
-(cache.py), the built-in code corpus (code_corpus.py) and the batchers that cut it into windows (batchers.py)."""
+"""Text as ids: reading and fetching a corpus (corpus.py), a corpus of many files (files_corpus.py; the built-in
+code corpus, code_corpus.py, is one), the vocabularies (vocab.py), the encoded cache (cache.py) and the batchers
+that cut it into windows (batchers.py)."""

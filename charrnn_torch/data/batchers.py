@@ -18,14 +18,22 @@ def make_batcher(train_ids, train_cfg, dist_info, lut=None):
 
 
 
+def streams_that_fit(n_train, batch_size, seq_len, world_size):
+    """The batch size a stateful run of n_train training characters can have: train.batch_size, or
+    fewer streams when the text cannot fill that many windows of seq_len + 1 (a multiple of
+    world_size; 0 when not even one stream per process fits)."""
+    fit = min(batch_size, n_train // (seq_len + 1))
+    return fit // world_size * world_size
+
+
 def eval_stream_count(n_val, batch_size, seq_len, world_size):
     """As many validation streams as the batch, fewer when the split is short; a multiple of world_size."""
     streams = min(batch_size, max(1, n_val // (seq_len + 1)))
     streams = max(world_size, streams // world_size * world_size)
     if n_val // streams < 2:
         raise UserError(f"validation split is too short: {n_val} characters "
-                        f"(data.val_fraction) for {streams} stream(s); use a longer corpus or a larger "
-                        f"data.val_fraction")
+                        f"(data.val_fraction, train.eval_chars) for {streams} stream(s); use a longer corpus, or a "
+                        f"larger data.val_fraction or train.eval_chars")
     return streams
 
 
@@ -125,7 +133,16 @@ def eval_windows(ids, num_streams, seq_len, rank=0, world_size=1, lut=None):
     per_rank = num_streams // world_size
     local = streams[rank * per_rank:(rank + 1) * per_rank]
     n = local.shape[1]
-    for i in range(0, n - 1, seq_len):
+    for i in _window_starts(n, seq_len):
         t = min(seq_len, n - 1 - i)
         yield as_ids(local[:, i:i + t], lut), as_ids(local[:, i + 1:i + 1 + t], lut)
+
+
+def eval_window_count(n_ids, num_streams, seq_len):
+    """How many windows eval_windows yields for a split of n_ids characters."""
+    return len(_window_starts(n_ids // num_streams, seq_len))
+
+
+def _window_starts(stream_len, seq_len):
+    return range(0, stream_len - 1, seq_len)
 

@@ -347,10 +347,13 @@ def _build_somewhere(source, mode, places, stale, problems, progress, log, insta
         except OSError as e:
             problems.append(f"cannot write {dest} ({e.strerror or e})")
             continue
-        secs, mb = time.perf_counter() - tic, os.path.getsize(source) / 1e6
+        secs, size = time.perf_counter() - tic, os.path.getsize(source)
         if problems:
             log(f"{'; '.join(problems)}: using {dest}")
-        log(f"encoded {source} ({mb:.1f} MB) into {dest} in {secs:.2f} s ({mb / max(secs, 1e-9):.0f} MB/s)")
+        # A speed means something only where the encoding, not the start-up around it, takes the time.
+        speed = f" ({size / 1e6 / secs:.0f} MB/s)" if size >= 10**7 else ""
+        shown = f"{size / 1e6:.1f} MB" if size >= 10**6 else f"{size:,} bytes"
+        log(f"encoded {source} ({shown}) into {dest} in {secs:.2f} s{speed}")
         return path, header, (None if install else (path, dest))
     raise NoCachePlace("; ".join(problems))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import cache as cache_mod, code_corpus, token_cache, tokens
+from . import cache as cache_mod, code_corpus, files_corpus, token_cache, tokens
 from .. import files
 from ..errors import UserError, one_line
 from .vocab import Vocab, vocab_of
@@ -20,15 +20,28 @@ CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565e
 
 def download(url, dest, sha256, timeout=30, progress=True):
     """Fetch url to dest through a temp file in dest's directory; keep it only if sha256 matches."""
-    from tqdm import tqdm
-
     dest = Path(dest)
-    where = f"download it from {url} and save it as {dest.resolve()}"
+    where = f"fetch it yourself and save it as {dest.resolve()}"
+    made = [d for d in dest.parents if not d.exists()]  # nearest first: removed again if the fetch fails
     dest.parent.mkdir(parents=True, exist_ok=True)
     files.remove_abandoned(dest, suffix=".part")  # a download killed half way
+    try:
+        return _fetch(url, dest, sha256, timeout, progress, where)
+    except BaseException:
+        for d in made:  # a failed first run leaves no empty data/ in the folder it ran from
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _fetch(url, dest, sha256, timeout, progress, where):
+    from tqdm import tqdm
+
     digest = hashlib.sha256()
     try:
-        with files.temp_file(dest, mode=0o644, suffix=".part") as (f, tmp), \
+        with files.temp_file(dest, suffix=".part") as (f, tmp), \
                 urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"fetching {dest.name}",
@@ -56,13 +69,37 @@ def ensure_corpus(path, default_path=DEFAULT_PATH, url=CORPUS_URL, sha256=CORPUS
     raise UserError(f"data file not found: {path}")
 
 
-def corpus_source(data_cfg, progress=True, log=print):
-    """(the text file a data config names, its record): python-stdlib is built on first use and
-    comes with code_corpus.ensure's record; a path comes with None (the default one is fetched on
-    first use)."""
+def corpus_source(data_cfg, progress=True, log=print, written=None):
+    """(the text file a data config names, its record): python-stdlib and a set of files (a
+    folder, a glob, a list) are joined into one text file on first use and come with their record
+    (code_corpus.ensure, files_corpus.ensure; written: see there); one text file comes with None
+    (the default one is fetched on first use)."""
     if code_corpus.is_builtin(data_cfg.path):
-        return code_corpus.ensure(data_cfg.stdlib_max_bytes, log)
+        return code_corpus.ensure(data_cfg.stdlib_max_bytes, log, data_cfg.vocab, data_cfg.separator, written)
+    if files_corpus.is_file_set(data_cfg.path):
+        return files_corpus.ensure(data_cfg.path, data_cfg.vocab, data_cfg.separator, log, written)
     return ensure_corpus(data_cfg.path, progress=progress), None
+
+
+def names_one_file(path):
+    """Whether data.path is one text file (not python-stdlib, not a set of files)."""
+    return not code_corpus.is_builtin(path) and not files_corpus.is_file_set(path)
+
+
+def describe_source(record):
+    """One line for what a run's corpus was joined from (its record), for the log, config.yaml and
+    the visualizer's header."""
+    return (code_corpus.describe if record["name"] == code_corpus.NAME else files_corpus.describe)(record)
+
+
+def check_same_source(recorded, current, doing):
+    """Refuse to go on (doing: 'resume', ...) when the run's corpus was joined from other files than
+    the corpus here (another standard library, files added, removed or resized): same data.path,
+    different text."""
+    if not files_corpus.same(recorded, current):
+        was = describe_source(recorded) if recorded else "a text file"
+        now = describe_source(current) if current else "a text file"
+        raise UserError(f"cannot {doing}: the run was trained on {was}, but here the corpus is {now}")
 
 
 def read_corpus(path, mode="chars"):
@@ -108,20 +145,27 @@ class Corpus:
     run starts from. The run's vocabulary is then those, in their order, followed by the corpus's
     characters they lack, and lut maps the cache's ids to the run's.
 
-    source_info: what a built-in corpus was built from (code_corpus.ensure's record), else None.
+    source_info: what a corpus of many files was joined from (files_corpus's record), else None.
     train_chars, val_lens: for bits per character, a token corpus's training characters and the
     characters each validation id spells (token_cache.char_counts); None for chars and bytes.
     """
 
     def __init__(self, data_cfg, progress=True, base_vocab=None, log=print, defer_install=False):
-        source, self.source_info = corpus_source(data_cfg, progress, log)
         # defer_install: a new cache stays under a temporary name until the run has passed its
-        # checks (keep()), so that a run refused for bad input leaves nothing behind.
-        if data_cfg.vocab in tokens.MODES:
-            ids, header, self.pending = token_cache.load(source, data_cfg, read_corpus, progress, log,
-                                                         install=not defer_install)
-        else:
-            ids, header, self.pending = cache_mod.load(source, data_cfg.vocab, progress, log, install=not defer_install)
+        # checks (keep()), and a python-stdlib text built now is removed if it does not (discard()),
+        # so that a run refused for bad input leaves nothing behind.
+        self.pending, self.built = None, [] if defer_install else None
+        source, self.source_info = corpus_source(data_cfg, progress, log, self.built)
+        try:
+            if data_cfg.vocab in tokens.MODES:
+                ids, header, self.pending = token_cache.load(source, data_cfg, read_corpus, progress, log,
+                                                             install=not defer_install)
+            else:
+                ids, header, self.pending = cache_mod.load(source, data_cfg.vocab, progress, log,
+                                                           install=not defer_install)
+        except BaseException:
+            self.discard()
+            raise
         ids = torch.from_numpy(ids)
         corpus_vocab = vocab_of(data_cfg.vocab, header["vocab"], header.get("tokens", {}).get("tokenizer"))
         self.vocab, self.lut, self.char_counts = corpus_vocab, None, header["counts"]
@@ -161,11 +205,16 @@ class Corpus:
         if self.pending:
             files.install(*self.pending)
             self.pending = None
+        self.built = None
 
     def discard(self):
+        """Remove what this run built for its corpus: its cache, and a python-stdlib text and record."""
         if self.pending:
             files.discard(self.pending[0])
             self.pending = None
+        for path in self.built or []:
+            files.discard(path)
+        self.built = None
 
 
 def load_corpus(data_cfg, progress=True, base_vocab=None, log=print, defer_install=False):

@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from . import playground
 from ..errors import RunFailed, UserError, one_line
+from ..files import json_text
 from ..model.cells import CharRNN
 from ..sampling.sample import default_prime
 
@@ -116,8 +117,8 @@ def metadata(model, vocab, ckpt, source):
         "charrnn.model_args": json.dumps(model.model_args()),
         "charrnn.default_prime": default_prime(vocab, ckpt.get("char_counts")),
         "charrnn.checkpoint": str(source),
-        "charrnn.step": json.dumps(ckpt.get("step")),
-        "charrnn.val_loss": json.dumps(ckpt.get("last_val")),
+        "charrnn.step": json_text(ckpt.get("step")),
+        "charrnn.val_loss": json_text(ckpt.get("last_val")),  # a NaN loss is null: valid JSON
         "charrnn.inputs": ", ".join(("x",) + names),
         "charrnn.outputs": ", ".join(("logits",) + tuple(f"{n}_next" for n in names)),
         "charrnn.signature": "x: (B,) int64 character ids; h, c: (L, B, H) states, zeros to start; logits: "

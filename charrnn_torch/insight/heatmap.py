@@ -17,7 +17,7 @@ def diverging_rgb(values):
 def heatmap_image(model, ids):
     """Every layer's h over a snippet ids (T,), as TensorBoard's hidden-state image: (3, L*H, T)
     uint8, a row per unit (layer 0 on top), a column per character."""
-    h = trace(model, ids)["h"]  # (L, T, H)
+    h = np.nan_to_num(trace(model, ids)["h"])  # (L, T, H); a diverged model's NaN is drawn white, as 0
     return diverging_rgb(h.transpose(0, 2, 1).reshape(-1, len(ids)))
 
 

@@ -4,16 +4,20 @@ and JS, the weights embedded as base64, no requests) that runs the model in the 
 Its forward pass is plain JavaScript over typed arrays, the equations of model.py: the tanh cell,
 the LSTM (gates stacked i, f, g, o in the rows of W_xh, W_hh and b_h) and the GRU (r, z, n, with
 b_hn apart, since r multiplies it), any number of layers; layer 0's W_xh x is column x of W_xh, as
-model.py gathers it. Sampling is sample.py's: temperature, then top-k, then the inverse CDF of a
-uniform draw, here from a seeded mulberry32, so a seed gives the same text again (not the text
-`charrnn sample --seed` gives, whose uniforms come from torch's generator).
+model.py gathers it. Sampling is sample.py's, step for step: temperature, top-k, then top-p
+(filter_probs), then the inverse CDF (pick) of a uniform draw from torch's CPU generator, redone
+here: MT19937 seeded as torch.Generator().manual_seed(seed) seeds it (the seed's low 32 bits), and
+each float64 uniform built from two of its 32-bit outputs as torch.rand builds one. So a seed gives
+the text `charrnn sample --seed` gives for the same prime and settings. Only a near-tie can part
+them: a float32 model's logits differ here in their last bits (this forward runs in float64), and a
+draw that falls between the two rounding's cumulative probabilities picks another character.
 
 ``window.charrnn`` is a small API for scripts and the browser tests: ``probsAfter(prime)`` (the
-next character's probabilities after prime, from the zero state) and ``generate({prime,
-temperature, topK, length, seed})``.
+next character's probabilities after prime, from the zero state), ``filtered(prime, temperature,
+topK, topP)`` (the same through the sampling filters), ``generate({prime,
+temperature, topK, topP, length, seed})`` and ``uniforms(seed, n)`` (the generator's first n draws).
 """
-import html
-import json
+from .embed import html_text, script_json
 
 PAGE = r"""<!DOCTYPE html>
 <html lang="en">
@@ -48,6 +52,7 @@ details { margin-top: 1.2em; color: #444; } pre.eq { font-size: 12.5px; backgrou
   <label>prime <input id="prime" type="text"></label>
   <label>temperature <input id="temperature" class="num" type="number" min="0.05" step="0.05" value="0.8"></label>
   <label>top-k (0: all) <input id="topk" class="num" type="number" min="0" step="1" value="0"></label>
+  <label>top-p (1: all) <input id="topp" class="num" type="number" min="0.01" max="1" step="0.05" value="1"></label>
   <label>length <input id="length" class="num" type="number" min="1" step="100" value="500"></label>
   <label>seed <input id="seed" class="num" type="number" min="0" step="1" value="1"></label>
   <button id="generate">Generate</button>
@@ -61,10 +66,15 @@ request is made. The equations are those of <code>charrnn_torch/model.py</code>,
 (layer 0 reads the character as a one-hot x, so W<sub>xh</sub>x is a column of W<sub>xh</sub>; the
 layers above read h of the layer below):</p>
 <pre class="eq" id="equations"></pre>
-<p>Then p = softmax(y / temperature) over the top-k characters, and the next character is the first
-whose cumulative probability exceeds a uniform draw from a seeded PRNG (mulberry32). Prime
-characters outside the vocabulary are shown struck through, dropped and counted. Hover a generated
-character for the five characters the model rated most likely at that point.</p>
+<p>Then p = softmax(y / temperature) over the top-k characters, cut to the most likely ones whose
+probability adds up to top-p, and the next character is the first whose cumulative probability
+exceeds a uniform draw from torch's own generator (MT19937 as <code>torch.rand</code> uses it): the
+same seed gives the same text as <code>charrnn sample --seed</code> with the same prime and settings
+(a float32 model's logits differ here in their last bits, so a draw that falls right on a boundary
+can, very rarely, pick another character). Prime characters outside the vocabulary are shown struck
+through, dropped and counted, as <code>charrnn sample</code> drops them; a prime with none left is
+refused. Hover a generated character for the five characters the model rated most likely at that
+point.</p>
 </details>
 <div id="tip"></div>
 <script id="data" type="application/json">__DATA__</script>
@@ -187,14 +197,22 @@ function step(st, id) {  // one character through every layer: the state moves o
 
 // ------------------------------------------------------------------ sampling
 
-function probabilities(logits, temperature, topK) {  // sample.filter_probs: temperature, then top-k
-  const z = Array.from(logits, a => a / temperature);
+function probabilities(logits, temperature, topK, topP) {  // sample.filter_probs, operation for operation
+  const m = Math.max(...logits), z = Array.from(logits, a => (a - m) / temperature);  // <= 0: never overflows
   if (topK > 0 && topK < V) {
     const kth = z.slice().sort((a, b) => b - a)[topK - 1];
     for (let v = 0; v < V; v++) if (z[v] < kth) z[v] = -Infinity;
   }
-  const m = Math.max(...z), p = z.map(a => Math.exp(a - m)), s = p.reduce((a, b) => a + b, 0);
-  return p.map(a => a / s);
+  const m = Math.max(...z), e = z.map(a => Math.exp(a - m)), s = e.reduce((a, b) => a + b, 0);
+  let p = e.map(a => a / s);
+  if (topP < 1) {  // keep a character while the mass ranked above it is short of topP
+    const order = Array.from(p.keys()).sort((a, b) => p[b] - p[a]), keep = new Array(V).fill(false);
+    let cum = 0;
+    for (const v of order) { cum += p[v]; keep[v] = cum - p[v] < topP; }
+    const kept = p.map((a, v) => keep[v] ? a : 0), t = kept.reduce((a, b) => a + b, 0);
+    p = kept.map(a => a / t);
+  }
+  return p;
 }
 
 function pick(p, u) {  // sample.pick: the first id whose cumulative probability exceeds u
@@ -203,15 +221,25 @@ function pick(p, u) {  // sample.pick: the first id whose cumulative probability
   return V - 1;
 }
 
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return function () {
-    a = (a + 0x6D2B79F5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+function torchRand(seed) {  // torch.Generator().manual_seed(seed), then torch.rand(1, dtype=float64) per call
+  const mt = new Uint32Array(624);
+  mt[0] = Number(BigInt(seed) & 0xffffffffn);  // torch's MT19937 takes the seed's low 32 bits
+  for (let i = 1; i < 624; i++) mt[i] = Math.imul(1812433253, mt[i - 1] ^ (mt[i - 1] >>> 30)) + i;
+  let next = 624;
+  function u32() {
+    if (next === 624) {
+      for (let i = 0; i < 624; i++) {
+        const y = (mt[i] & 0x80000000) | (mt[(i + 1) % 624] & 0x7fffffff);
+        mt[i] = mt[(i + 397) % 624] ^ (y >>> 1) ^ (y & 1 ? 0x9908b0df : 0);
+      }
+      next = 0;
+    }
+    let y = mt[next++];
+    y ^= y >>> 11; y ^= (y << 7) & 0x9d2c5680; y ^= (y << 15) & 0xefc60000; y ^= y >>> 18;
+    return y >>> 0;
+  }
+  // random64() = first << 32 | second; its low 53 bits times 2^-53, as torch's uniform_real does
+  return () => { const hi = u32() & 0x1fffff; return (hi * 4294967296 + u32()) / 9007199254740992; };
 }
 
 function top5(p) {
@@ -220,7 +248,7 @@ function top5(p) {
 
 function splitPrime(prime) {  // the characters kept, and those dropped (not in the vocabulary)
   const chars = Array.from(prime), kept = chars.filter(c => STOI.has(c)), dropped = chars.filter(c => !STOI.has(c));
-  return {chars, kept: kept.length ? kept : Array.from(D.default_prime), dropped, defaulted: !kept.length};
+  return {chars, kept, dropped, refused: !kept.length};
 }
 
 function primed(kept) {  // the state after the prime, and the logits it predicts next
@@ -231,10 +259,11 @@ function primed(kept) {  // the state after the prime, and the logits it predict
 }
 
 function sampler(opts) {  // next() -> [character, its probability, top-5 of the distribution it was drawn from]
-  const prime = splitPrime(opts.prime), rng = mulberry32(opts.seed);
+  const prime = splitPrime(opts.prime), rng = torchRand(opts.seed);
+  if (prime.refused) return {prime, next: null};  // as charrnn sample: no prime left, nothing to condition on
   let {st, logits} = primed(prime.kept);
   return {prime, next() {
-    const p = probabilities(logits, opts.temperature, opts.topK), id = pick(p, rng());
+    const p = probabilities(logits, opts.temperature, opts.topK, opts.topP), id = pick(p, rng());
     logits = step(st, id);
     return [D.vocab[id], p[id], top5(p)];
   }};
@@ -242,14 +271,18 @@ function sampler(opts) {  // next() -> [character, its probability, top-5 of the
 
 window.charrnn = {
   header: HD, vocab: D.vocab,
-  probsAfter(prime) { return Array.from(probabilities(primed(splitPrime(prime).kept).logits, 1, 0)); },
+  probsAfter(prime) { return Array.from(probabilities(primed(splitPrime(prime).kept).logits, 1, 0, 1)); },
+  filtered(prime, temperature, topK, topP) {
+    return Array.from(probabilities(primed(splitPrime(prime).kept).logits, temperature, topK, topP));
+  },
   generate(opts) {
-    const o = Object.assign({prime: D.default_prime, temperature: 1, topK: 0, length: 100, seed: 1}, opts);
+    const o = Object.assign({prime: D.default_prime, temperature: 1, topK: 0, topP: 1, length: 100, seed: 1}, opts);
     const s = sampler(o);
     let text = "";
-    for (let i = 0; i < o.length; i++) text += s.next()[0];
-    return {text, dropped: s.prime.dropped.length};
+    for (let i = 0; s.next && i < o.length; i++) text += s.next()[0];
+    return {text, dropped: s.prime.dropped.length, refused: s.prime.refused};
   },
+  uniforms(seed, n) { const r = torchRand(seed); return Array.from({length: n}, r); },
 };
 
 // ------------------------------------------------------------------ the page
@@ -283,7 +316,7 @@ function showPrime(out, prime) {
   const list = Array.from(counts, ([c, n]) => `"${c}"` + (n > 1 ? ` x${n}` : "")).join(", ");
   document.getElementById("note").textContent = (prime.dropped.length
     ? `${prime.dropped.length} prime character${prime.dropped.length > 1 ? "s" : ""} not in the vocabulary, dropped: ${list}. ` : "") +
-    (prime.defaulted ? `Nothing of the prime is in the vocabulary: starting from ${JSON.stringify(D.default_prime)}.` : "");
+    (prime.refused ? "Nothing of the prime is in the vocabulary: there is nothing to start from." : "");
 }
 
 let run = 0, TOPS = [];
@@ -291,11 +324,11 @@ let run = 0, TOPS = [];
 function controls() {
   const num = id => Number(document.getElementById(id).value);
   const seedBox = document.getElementById("seed");
-  if (seedBox.value === "") seedBox.value = Math.floor(Math.random() * 2 ** 31);
-  const prime = document.getElementById("prime").value;
+  if (!/^\d+$/.test(seedBox.value.trim())) seedBox.value = Math.floor(Math.random() * 2 ** 31);
+  const prime = document.getElementById("prime").value, topP = num("topp");
   return {prime: prime === "" ? D.default_prime : prime, temperature: Math.max(num("temperature"), 1e-3),
-          topK: Math.max(0, Math.floor(num("topk"))), length: Math.max(1, Math.floor(num("length"))),
-          seed: Math.floor(num("seed"))};
+          topK: Math.max(0, Math.floor(num("topk"))), topP: topP > 0 && topP < 1 ? topP : 1,
+          length: Math.max(1, Math.floor(num("length"))), seed: seedBox.value.trim()};
 }
 
 function generateClicked() {
@@ -305,6 +338,7 @@ function generateClicked() {
   const s = sampler(opts);
   showPrime(out, s.prime);
   document.body.dataset.done = "";
+  if (!s.next) { status.textContent = ""; document.body.dataset.done = String(me); return; }
   const t0 = performance.now();
   let n = 0;
   function pump() {  // 40 ms of sampling, then the page is drawn: the text streams in
@@ -358,7 +392,7 @@ document.body.dataset.ready = "1";
 
 def render(data, weights_b64):
     """The page for export.html_bytes's data and the base64 weights."""
-    blob = json.dumps(data, separators=(",", ":"), ensure_ascii=True).replace("</", "<\\/")
     head, rest = PAGE.split("__DATA__")  # split, not replace: the vocabulary may hold the markers
     middle, tail = rest.split("__WEIGHTS__")
-    return head.replace("__TITLE__", html.escape(data["header"]["checkpoint"])) + blob + middle + weights_b64 + tail
+    title = html_text(data["header"]["checkpoint"])
+    return head.replace("__TITLE__", title) + script_json(data) + middle + weights_b64 + tail

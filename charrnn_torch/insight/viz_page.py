@@ -1,7 +1,8 @@
 """The page ``visualize.py``'s numbers are shown on: one self-contained HTML file (inline CSS and
 JS, the data embedded as JSON, no requests), drawn in the browser from that data."""
 import base64
-import json
+
+from .embed import html_text, script_json
 
 PAGE = r"""<!DOCTYPE html>
 <html lang="en">
@@ -36,6 +37,7 @@ red: 8 or more). Mean: <b id="mean-bits"></b> bits/char. Hover a character for t
 <p>For each feature of the text, the hidden unit whose activation tracks it best (|Pearson correlation|),
 over all layers. Click a row to colour the text below by that unit (blue &minus;1, white 0, red +1).</p>
 <table id="features"><tr><th>feature</th><th>best unit</th><th>correlation</th><th>best per layer</th></tr></table>
+<p id="absent" class="muted"></p>
 <p>Colour by unit: <select id="unit-group"></select> unit <input id="unit-index" type="number" min="0" value="0"
  style="width:6em"> <span id="unit-label" class="muted"></span></p>
 <div class="text" id="unit-text"></div>
@@ -45,6 +47,11 @@ over all layers. Click a row to colour the text below by that unit (blue &minus;
 <p id="saturation-note"></p>
 <div id="saturation"></div>
 
+<h2>Gradients through time</h2>
+<p id="gradients-note"></p>
+<div id="gradients"></div>
+<table id="gradient-factors"></table>
+
 <div id="tip"></div>
 <script id="data" type="application/json">__DATA__</script>
 <script>
@@ -52,6 +59,9 @@ over all layers. Click a row to colour the text below by that unit (blue &minus;
 const D = JSON.parse(document.getElementById("data").textContent);
 const text = D.text, N = text.length, U = D.units.length;
 const acts = new Int8Array(Uint8Array.from(atob(D.activations), c => c.charCodeAt(0)).buffer);
+
+// A number of the data, or n/a: what was not finite is null in the data (embed.script_json).
+function fixed(v, digits) { return v == null || !isFinite(v) ? "n/a" : v.toFixed(digits); }
 
 function shown(ch) { return ch === "\n" ? "\u21b5\n" : ch; }
 function label(ch) { return ch === "\n" ? "\\n" : ch === " " ? "\u2423" : ch === "\t" ? "\\t" : ch; }
@@ -79,7 +89,7 @@ function colourByUnit(spans, u) {
 
 function header() {
   const rows = [["checkpoint", D.header.checkpoint], ["step", D.header.step],
-    ["validation loss", D.header.val_loss == null ? "n/a" : D.header.val_loss.toFixed(4)], ["cell", D.header.cell],
+    ["validation loss", fixed(D.header.val_loss, 4)], ["cell", D.header.cell],
     ["size", `${D.header.num_layers} x ${D.header.hidden_size} (${D.header.parameters.toLocaleString()} parameters)`],
     ["text", D.header.source], ...(D.header.corpus ? [["trained on", D.header.corpus]] : [])];
   const table = document.getElementById("header");
@@ -89,7 +99,7 @@ function header() {
 
 function surprise() {
   const S = D.surprise, spans = fillText(document.getElementById("surprise-text"), N);
-  document.getElementById("mean-bits").textContent = D.header.mean_bits.toFixed(3);
+  document.getElementById("mean-bits").textContent = fixed(D.header.mean_bits, 3);
   for (let t = 1; t < N; t++) {
     const a = Math.min(1, S.bits[t - 1] / 8), c = Math.round(255 * (1 - a));
     spans[t].style.background = `rgb(255,${c},${c})`;
@@ -101,9 +111,9 @@ function surprise() {
     let html = `<b>${escape(label(text[t]))}</b> `;
     if (t === 0) html += "<div class='muted'>the first character: nothing predicts it</div>";
     else {
-      html += `${S.bits[t - 1].toFixed(2)} bits, rank ${S.rank[t - 1]}<ol class="guesses">`;
+      html += `${fixed(S.bits[t - 1], 2)} bits, rank ${S.rank[t - 1]}<ol class="guesses">`;
       S.top_ids[t - 1].forEach((id, k) => {
-        html += `<li class="guess">${escape(label(D.vocab[id]))}: ${(100 * S.top_probs[t - 1][k]).toFixed(1)}%</li>`;
+        html += `<li class="guess">${escape(label(D.vocab[id]))}: ${fixed(100 * S.top_probs[t - 1][k], 1)}%</li>`;
       });
       html += "</ol>";
     }
@@ -134,24 +144,31 @@ function cells() {
   group.addEventListener("change", pick);
   index.addEventListener("input", pick);
   const table = document.getElementById("features"), snippets = document.getElementById("snippets");
-  for (const [name, f] of Object.entries(D.search)) {
+  const shown = Object.entries(D.search).filter(([, f]) => f.occurs);  // a feature the text lacks says nothing
+  const absent = Object.keys(D.search).filter(name => !D.search[name].occurs);
+  document.getElementById("absent").textContent = absent.length ? `Not in this text, so not searched: ${absent.join(", ")}.` : "";
+  for (const [name, f] of shown) {
     const row = table.insertRow();
     row.className = "feature-row";
-    if (!f.occurs) { row.innerHTML = `<td>${name}</td><td colspan=3 class=muted>does not occur in this text</td>`; continue; }
     const b = f.units[0];
-    row.innerHTML = `<td>${name}</td><td>${b.state} layer ${b.layer} unit ${b.unit}</td><td>${b.corr.toFixed(3)}</td>` +
-      `<td class=muted>${f.best_per_layer.map(e => `${e.state}${e.layer}:${e.unit} (${e.corr.toFixed(2)})`).join(", ")}</td>`;
+    row.innerHTML = `<td>${name}</td><td>${b.state} layer ${b.layer} unit ${b.unit}</td><td>${fixed(b.corr, 3)}</td>` +
+      `<td class=muted>${f.best_per_layer.map(e => `${e.state}${e.layer}:${e.unit} (${fixed(e.corr, 2)})`).join(", ")}</td>`;
     row.addEventListener("click", () => {
       group.value = D.groups.findIndex(g => g[0] === b.state && g[1] === b.layer);
       index.value = b.unit;
       pick();
     });
     const h = document.createElement("p");
-    h.innerHTML = `<b>${name}</b>: ${b.state} layer ${b.layer} unit ${b.unit}, correlation ${b.corr.toFixed(3)}`;
+    h.innerHTML = `<b>${name}</b>: ${b.state} layer ${b.layer} unit ${b.unit}, correlation ${fixed(b.corr, 3)}`;
     const box = document.createElement("div");
     box.className = "text snippet";
     snippets.append(h, box);
     colourByUnit(fillText(box, Math.min(N, 600)), unitIndex(b.state, b.layer, b.unit));
+  }
+  if (shown.length) {  // start at something that means something: the first feature's best unit
+    const b = shown[0][1].units[0];
+    group.value = D.groups.findIndex(g => g[0] === b.state && g[1] === b.layer);
+    index.value = b.unit;
   }
   pick();
 }
@@ -193,7 +210,7 @@ function saturation() {
     const hist = document.createElement("div");
     hist.className = "scatter";
     const max = Math.max(...layer.abs_h_hist);
-    hist.innerHTML = `<div>layer ${layer.layer}: |h| (${(100 * layer.frac_abs_h_saturated).toFixed(1)}% above 0.9)</div>` +
+    hist.innerHTML = `<div>layer ${layer.layer}: |h| (${fixed(100 * layer.frac_abs_h_saturated, 1)}% above 0.9)</div>` +
       `<svg width="240" height="130">` + layer.abs_h_hist.map((v, i) =>
         `<rect x="${i * 12}" y="${110 - 100 * v / max}" width="11" height="${100 * v / max}" fill="#888"/>`).join("") +
       `<text x="0" y="126" font-size="11">0</text><text x="228" y="126" font-size="11">1</text></svg>`;
@@ -201,10 +218,62 @@ function saturation() {
   }
 }
 
+function gradients() {
+  const G = D.gradients, out = document.getElementById("gradients");
+  const note = document.getElementById("gradients-note");
+  if (!G) { note.textContent = "The text is too short for a window."; return; }
+  note.textContent = `How far back the loss reaches: the norm of \u2202\u2113_T/\u2202h_t (and \u2202\u2113_T/\u2202c_t for the LSTM) ` +
+    `against the distance T \u2212 t, for \u2113_T the loss at the last character of a window of ${G.window}, averaged ` +
+    `over ${G.windows} windows of this text, on a log scale: the trained model (solid) and the same architecture at ` +
+    `step 0, from the run's seed (dashed). One colour per layer.`;
+  const W = 560, Hh = 260, P = 46, ns = "http://www.w3.org/2000/svg";
+  const lines = [];
+  for (const [when, dash] of [["trained", ""], ["init", "5,4"]])
+    for (const [name, layers] of Object.entries(G[when].grad))
+      layers.forEach((c, l) => lines.push({c: c.map(v => Math.log10(Math.max(v, 1e-30))), dash, l, name, when}));
+  const lo = Math.min(...lines.map(s => Math.min(...s.c))), hi = Math.max(...lines.map(s => Math.max(...s.c)));
+  const span = Math.max(hi - lo, 1e-9), n = G.window;
+  const X = d => P + W * d / Math.max(1, n - 1), Y = v => 10 + Hh * (1 - (v - lo) / span);
+  const colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", W + P + 160); svg.setAttribute("height", Hh + 50); svg.id = "gradient-curves";
+  let body = `<rect x="${P}" y="10" width="${W}" height="${Hh}" fill="none" stroke="#999"/>` +
+    `<text x="${P + W / 2}" y="${Hh + 44}" text-anchor="middle" font-size="11">distance T \u2212 t (characters)</text>` +
+    `<text x="${P - 4}" y="16" text-anchor="end" font-size="10">1e${hi.toFixed(1)}</text>` +
+    `<text x="${P - 4}" y="${Hh + 10}" text-anchor="end" font-size="10">1e${lo.toFixed(1)}</text>` +
+    `<text x="${P}" y="${Hh + 26}" font-size="10">0</text><text x="${P + W}" y="${Hh + 26}" font-size="10" text-anchor="end">${n - 1}</text>`;
+  lines.forEach((s, k) => {
+    const pts = s.c.map((v, d) => `${X(d).toFixed(1)},${Y(v).toFixed(1)}`).join(" ");
+    const colour = colours[s.l % 4];
+    body += `<polyline class="gradient-line" points="${pts}" fill="none" stroke="${colour}" stroke-width="1.4" ` +
+      `stroke-dasharray="${s.dash}" stroke-opacity="${s.name === "c" ? 0.5 : 1}"/>`;
+    if (s.when === "trained") body += `<text x="${P + W + 8}" y="${24 + 14 * k}" font-size="11" fill="${colour}">` +
+      `${s.name === "c" ? "c" : "h"} layer ${s.l}</text>`;
+  });
+  svg.innerHTML = body;
+  out.appendChild(svg);
+  const table = document.getElementById("gradient-factors");
+  table.insertRow().innerHTML = "<th>layer</th><th>per-step factor ||\u2202s_t/\u2202s_{t\u22121}||, trained / step 0</th>" +
+    "<th>spectral radius of W_hh's blocks, trained / step 0</th>";
+  G.trained.spectral_radius.forEach((radii, l) => {
+    const row = table.insertRow();
+    const init = G.init.spectral_radius[l];
+    row.innerHTML = "<td></td><td></td><td></td>";
+    row.cells[0].textContent = l;
+    row.cells[1].textContent = `${G.trained.jacobian[l].toFixed(3)} / ${G.init.jacobian[l].toFixed(3)}`;
+    row.cells[2].textContent = Object.keys(radii).map(k => `${k} ${radii[k].toFixed(3)} / ${init[k].toFixed(3)}`).join(", ");
+  });
+  const foot = table.insertRow();
+  foot.innerHTML = `<td colspan=3 class=muted>The per-step factor is the spectral norm of the state-to-state Jacobian ` +
+    `(s = h, or (h, c) for the LSTM; the input from below held fixed), by ${G.power_steps} power iterations on ` +
+    `J<sup>T</sup>J (a lower bound that converges to it), averaged over the windows' steps.</td>`;
+}
+
 header();
 surprise();
 cells();
 saturation();
+gradients();
 document.body.dataset.ready = "1";
 </script>
 </body>
@@ -215,11 +284,5 @@ document.body.dataset.ready = "1";
 def render(data, acts):
     """The page for visualize.analyse's data and its (N, U) int8 activations."""
     payload = dict(data, activations=base64.b64encode(acts.tobytes()).decode("ascii"))
-    blob = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
-    blob = blob.replace("</", "<\\/")  # the text may contain "</script>"
     head, tail = PAGE.split("__DATA__")  # split, not replace: the text itself may hold the marker
-    return head.replace("__TITLE__", _html_escape(data["header"]["checkpoint"])) + blob + tail
-
-
-def _html_escape(s):
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return head.replace("__TITLE__", html_text(data["header"]["checkpoint"])) + script_json(payload) + tail

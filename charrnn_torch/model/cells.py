@@ -198,11 +198,13 @@ class Masks:
     between: L-1 masks on layer l's h where it feeds layer l+1. None: model.dropout's own fresh
     mask at every step (F.dropout), as nn.RNN's dropout does. output: on the top layer's h before
     W_hy (char-rnn's dropout). W_hh: L masks (G·H, H), DropConnect on each layer's W_hh, one per
-    forward (AWD-LSTM's weight drop). CharRNN.draw_masks draws them; the gradient proofs give the
-    same masks to the model and to the numpy reference."""
+    forward (AWD-LSTM's weight drop). bwd: a bidirectional model's backward stack's own Masks, whose
+    step t is that stack's t-th step (it reads x_{T-1-t}). CharRNN.draw_masks draws them; the
+    gradient proofs give the same masks to the model and to the numpy reference."""
     between: list = None
     output: torch.Tensor = None
     W_hh: list = None
+    bwd: "Masks" = None
 
 
 def _draw_mask(shape, p, like):
@@ -251,10 +253,18 @@ class CharRNN(nn.Module):
     in compiled kernels where a C++ toolchain builds them (``compiled.py``), built by an explicit
     ``build_kernels()`` before the first forward, so that a first build is never inside a run's
     time budget. All pass the same tests against the numpy reference.
+
+    ``bidirectional`` adds a second stack of the same cell, ``cells_bwd`` (its layers' ``W_xh``,
+    ``W_hh``, ``b_h`` named as the forward stack's), that reads each window from its end to its
+    start, and its own output weights ``W_hy_bwd`` (V, H); ``W_hy`` is then the forward stack's
+    W_hy_fwd. Such a model predicts each character from both sides (a cloze model, not a language
+    model): ``logits_t = W_hy h_fwd[t-1] + W_hy_bwd h_bwd[t+1] + b_y``, both states zero past the
+    window's ends, trained against x itself. It starts every window from zero states (h0 must be
+    None), and the state it returns is the forward stack's, for the contract's sake.
     """
 
     def __init__(self, vocab_size, hidden_size, num_layers=1, dropout=0.0, impl="loop", cell="rnn",
-                 dropout_output=0.0, variational=False, weight_drop=0.0):
+                 dropout_output=0.0, variational=False, weight_drop=0.0, bidirectional=False):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"unknown impl {impl!r}; expected one of {', '.join(IMPLS)}")
@@ -276,6 +286,12 @@ class CharRNN(nn.Module):
         )
         self.W_hy = nn.Parameter(torch.empty(vocab_size, hidden_size))  # (V, H)
         self.b_y = nn.Parameter(torch.empty(vocab_size))  # (V,)
+        self.bidirectional = bidirectional
+        if bidirectional:
+            self.cells_bwd = nn.ModuleList(
+                CELL_CLASSES[cell](vocab_size if l == 0 else hidden_size, hidden_size, onehot_input=(l == 0))
+                for l in range(num_layers))
+            self.W_hy_bwd = nn.Parameter(torch.empty(vocab_size, hidden_size))  # (V, H)
         self.reset_parameters()
 
     def build_kernels(self):
@@ -296,7 +312,11 @@ class CharRNN(nn.Module):
         """The constructor arguments, as plain data for checkpoints."""
         return dict(vocab_size=self.vocab_size, hidden_size=self.hidden_size, num_layers=self.num_layers,
                     dropout=self.dropout, impl=self.impl, cell=self.cell, dropout_output=self.dropout_output,
-                    variational=self.variational, weight_drop=self.weight_drop)
+                    variational=self.variational, weight_drop=self.weight_drop, bidirectional=self.bidirectional)
+
+    def stacks(self):
+        """The stacks of cells: the forward one, and a bidirectional model's backward one."""
+        return [self.cells, self.cells_bwd] if self.bidirectional else [self.cells]
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -308,13 +328,16 @@ class CharRNN(nn.Module):
         biases are the tutorial's.
         """
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
+        # The backward stack's weights are drawn last, so that a bidirectional model's forward stack
+        # starts as the left-to-right model of the same seed does.
+        for _, p in sorted(self.named_parameters(), key=lambda item: "_bwd" in item[0]):
             if p.dim() == 2:
                 p.uniform_(-bound, bound)
             else:
                 p.zero_()
-        for cell in self.cells:
-            cell.reset_biases()
+        for cells in self.stacks():
+            for cell in cells:
+                cell.reset_biases()
 
     def init_hidden(self, batch_size, device=None, dtype=None):
         """The zero state: (L, B, H), or (h, c) of two for the LSTM."""
@@ -326,12 +349,15 @@ class CharRNN(nn.Module):
     def forward(self, x, h0=None, masks=None):
         # x: (B, T) ids; h0: (L, B, H), (h0, c0) for the LSTM, or None; masks: Masks, or None to
         # draw them when training (evaluation, sampling and scoring never drop anything)
+        h0_given = h0 is not None
         if h0 is None:
             h0 = self.init_hidden(x.shape[0])
         if masks is None and self.training:
             masks = self.draw_masks(*x.shape)
         if not self.kernels_built:
             raise RuntimeError("impl fused_cpp: call model.build_kernels() before the first forward")
+        if self.bidirectional:
+            return self._forward_bidirectional(x, h0_given, masks)
         if self.impl != "loop":
             return self._forward_fused(x, h0, masks)
         top, h = self._forward_loop(x, h0, masks)
@@ -340,19 +366,27 @@ class CharRNN(nn.Module):
 
     def draw_masks(self, B, T):
         """Fresh Masks for a training window, from the model's rates; None when only model.dropout
-        (drawn per step by F.dropout, as it always was) or nothing is on."""
+        (drawn per step by F.dropout, as it always was) or nothing is on. A bidirectional model's
+        backward stack gets its own (Masks.bwd)."""
         if not (self.variational or self.dropout_output or self.weight_drop):
             return None
         steps, H, like = 1 if self.variational else T, self.hidden_size, self.W_hy
-        between = [_draw_mask((B, steps, H), self.dropout, like) for _ in range(self.num_layers - 1)]
-        return Masks(between=between if self.variational else None,
-                     output=_draw_mask((B, steps, H), self.dropout_output, like),
-                     W_hh=[_draw_mask(cell.W_hh.shape, self.weight_drop, like) for cell in self.cells])
+        drawn = []
+        for cells in self.stacks():
+            between = [_draw_mask((B, steps, H), self.dropout, like) for _ in range(self.num_layers - 1)]
+            drawn.append(Masks(between=between if self.variational else None,
+                               output=_draw_mask((B, steps, H), self.dropout_output, like),
+                               W_hh=[_draw_mask(cell.W_hh.shape, self.weight_drop, like) for cell in cells]))
+        if self.bidirectional:
+            drawn[0].bwd = drawn[1]
+        return drawn[0]
 
-    def recurrent_weights(self, masks):
-        """Each layer's W_hh for this forward: its own, or its DropConnect-masked copy."""
+    def recurrent_weights(self, masks, cells=None):
+        """Each layer's W_hh of cells (default: the forward stack) for this forward: its own, or its
+        DropConnect-masked copy."""
+        cells = self.cells if cells is None else cells
         drop = masks.W_hh if masks is not None and masks.W_hh is not None else [None] * self.num_layers
-        return [cell.W_hh if m is None else cell.W_hh * m for cell, m in zip(self.cells, drop)]
+        return [cell.W_hh if m is None else cell.W_hh * m for cell, m in zip(cells, drop)]
 
     @torch.no_grad()
     def trace(self, x, h0=None):
@@ -369,15 +403,32 @@ class CharRNN(nn.Module):
             self._forward_loop(x, self.init_hidden(x.shape[0]) if h0 is None else h0, record=keep)
         return {name: torch.stack([torch.stack(steps, 1) for steps in layers]) for name, layers in record.items()}
 
-    def _forward_loop(self, x, state0, masks=None, record=None):
+    def states_through_time(self, x, h0=None):
+        """The loop unroll in eval mode with autograd left on: (logits (B, T, V), {"h": L lists of T
+        states (B, H), and "c" for the LSTM}), each state a node of the graph, so that gradients
+        with respect to it can be taken (insight/gradients.py). The forward stack's states."""
+        states = {name: [[] for _ in self.cells] for name in self.state_names}
+
+        def keep(l, names, values):
+            for name, value in zip(names, values):
+                if name in states:
+                    states[name][l].append(value)
+
+        with evaluating(self):
+            top, _ = self._forward_loop(x, self.init_hidden(x.shape[0]) if h0 is None else h0, record=keep)
+        return top @ self.W_hy.t() + self.b_y, states
+
+    def _forward_loop(self, x, state0, masks=None, record=None, cells=None):
         # record(layer, names, values), if given, sees each layer's gates and new state at each step.
+        # cells: the stack to run (default the forward one).
         B, T = x.shape
-        W_hh, between = self.recurrent_weights(masks), self._between_masks(masks)
+        cells = self.cells if cells is None else cells
+        W_hh, between = self.recurrent_weights(masks, cells), self._between_masks(masks)
         states = _per_layer(state0)  # h (B, H), or (h, c) for the LSTM, of each layer
         outputs = []
         for t in range(T):
             inp = x[:, t]  # (B,) ids
-            for l, cell in enumerate(self.cells):
+            for l, cell in enumerate(cells):
                 if record is not None:
                     record(l, cell.gate_names, cell.gate_values(inp, _output(states[l]), W_hh[l]))
                 states[l] = cell(inp, states[l], W_hh[l])
@@ -393,22 +444,53 @@ class CharRNN(nn.Module):
     def _forward_fused(self, x, state0, masks=None):
         # Time-major rows (T*B, ·): each step's B rows are contiguous for the in-place GEMMs.
         T, B = x.shape[1], x.shape[0]
-        W_hh, between = self.recurrent_weights(masks), self._between_masks(masks)
-        compiled = self.impl == "fused_cpp"
         out_mask = _time_major(masks.output if masks is not None else None, T, B)
+        # the top layer also runs the output projection, one GEMM over all T*B rows (unless its h is
+        # dropped first)
+        top, finals, logits = self._stack_fused(self.cells, x, state0, masks, head=out_mask is None)
+        if out_mask is not None:
+            logits = torch.addmm(self.b_y, top * out_mask, self.W_hy.t())
+        return logits.view(T, B, -1).transpose(0, 1), _stacked(finals)  # (B, T, V), (L, B, H) or (h, c)
+
+    def _stack_fused(self, cells, x, state0, masks, head):
+        """One stack of cells over x (B, T), fused: (its top layer's h (T*B, H) time-major, before
+        the output dropout; each layer's final state; the logits (T*B, V) when head, else None)."""
+        T, B = x.shape[1], x.shape[0]
+        W_hh, between = self.recurrent_weights(masks, cells), self._between_masks(masks)
+        compiled = self.impl == "fused_cpp"
         inp = x.t().reshape(T * B)  # ids, time-major
-        finals = []
-        for l, (cell, s0) in enumerate(zip(self.cells, _per_layer(state0))):
-            # the top layer also runs the output projection, one GEMM over all T*B rows (unless
-            # its h is dropped first)
-            head = (self.W_hy, self.b_y) if l == self.num_layers - 1 and out_mask is None else ()
+        finals, logits = [], None
+        for l, (cell, s0) in enumerate(zip(cells, _per_layer(state0))):
+            top_head = (self.W_hy, self.b_y) if head and l == self.num_layers - 1 else ()
             pre = cell.pre_activation(inp)  # (T*B, G·H)
-            out, final, logits = cell.recurrence(pre, s0, head, W_hh[l], compiled)  # (T*B, H), ·, (T*B, V)
+            out, final, logits = cell.recurrence(pre, s0, top_head, W_hh[l], compiled)  # (T*B, H), ·, (T*B, V)
             finals.append(final)
             inp = self._between_layers(out, l, _time_major(between[l], T, B))
-        if out_mask is not None:
-            logits = torch.addmm(self.b_y, inp * out_mask, self.W_hy.t())
-        return logits.view(T, B, -1).transpose(0, 1), _stacked(finals)  # (B, T, V), (L, B, H) or (h, c)
+        return inp, finals, logits
+
+    def _forward_bidirectional(self, x, h0_given, masks):
+        """logits_t = W_hy h_fwd[t-1] + W_hy_bwd h_bwd[t+1] + b_y, each state zero past the window's
+        ends: the forward stack reads x in order, the backward stack reads it flipped."""
+        if h0_given:
+            raise ValueError("a bidirectional model starts every window from zero states: h0 must be None")
+        B, T = x.shape
+        tops, finals = [], None
+        for cells, m in zip(self.stacks(), (masks, masks.bwd if masks is not None else None)):
+            seq, zero = x if cells is self.cells else x.flip(1), self.init_hidden(B)
+            if self.impl == "loop":
+                top, final = self._forward_loop(seq, zero, m, cells=cells)  # (B, T, H), output dropout applied
+            else:
+                top, final, _ = self._stack_fused(cells, seq, zero, m, head=False)
+                out_mask = _time_major(m.output if m is not None else None, T, B)
+                top = (top if out_mask is None else top * out_mask).view(T, B, -1).transpose(0, 1)
+                final = _stacked(final)
+            tops.append(top if cells is self.cells else top.flip(1))
+            finals = final if finals is None else finals
+        zeros = tops[0].new_zeros(B, 1, self.hidden_size)
+        before = torch.cat([zeros, tops[0][:, :-1]], 1)  # h_fwd[t-1]
+        after = torch.cat([tops[1][:, 1:], zeros], 1)  # h_bwd[t+1]
+        logits = before @ self.W_hy.t() + after @ self.W_hy_bwd.t() + self.b_y  # (B, T, V)
+        return logits, finals
 
     def _between_masks(self, masks):
         """L masks over time (the top layer's None): layer l's mask where it feeds layer l+1."""
@@ -432,7 +514,8 @@ def build_model(model_cfg, vocab_size, dtype=torch.float32):
     does not import the config layer)."""
     return CharRNN(vocab_size, model_cfg.hidden_size, model_cfg.num_layers, model_cfg.dropout, impl=model_cfg.impl,
                    cell=model_cfg.cell, dropout_output=model_cfg.dropout_output,
-                   variational=model_cfg.variational_dropout, weight_drop=model_cfg.weight_drop).to(dtype)
+                   variational=model_cfg.variational_dropout, weight_drop=model_cfg.weight_drop,
+                   bidirectional=model_cfg.bidirectional).to(dtype)
 
 
 def cross_entropy(logits, targets, reduction="mean"):

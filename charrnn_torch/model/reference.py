@@ -12,15 +12,17 @@ import numpy as np
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # rows of W_xh, W_hh and b_h, in units of H
 
 
-def param_names(num_layers, cell="rnn"):
+def param_names(num_layers, cell="rnn", bidirectional=False):
     names = []
-    for l in range(num_layers):
-        names += [f"cells.{l}.W_xh", f"cells.{l}.W_hh", f"cells.{l}.b_h"] + ([f"cells.{l}.b_hn"] if cell == "gru" else [])
-    return names + ["W_hy", "b_y"]
+    for stack in ("cells", "cells_bwd") if bidirectional else ("cells",):
+        for l in range(num_layers):
+            names += [f"{stack}.{l}.W_xh", f"{stack}.{l}.W_hh", f"{stack}.{l}.b_h"] + (
+                [f"{stack}.{l}.b_hn"] if cell == "gru" else [])
+    return names + ["W_hy", "b_y"] + (["W_hy_bwd"] if bidirectional else [])
 
 
 def num_layers_of(params):
-    return sum(1 for k in params if k.endswith(".W_hh"))
+    return sum(1 for k in params if k.startswith("cells.") and k.endswith(".W_hh"))
 
 
 def cell_of(params):
@@ -92,49 +94,75 @@ def forward(params, x, h0, masks=None):
     return logits, hs
 
 
-def output_loss_and_grads(params, top, targets, grads):
+def output_loss_and_grads(params, top, targets, grads, loss_steps=None):
     """The output layer, shared by every cell: y = W_hy h + b_y over the top layer's h (B, T, H),
     the summed cross-entropy against targets (B, T), and its backward. Fills grads["W_hy"] and
-    grads["b_y"]; returns (loss, logits (B, T, V), dL/dtop (B, T, H))."""
-    B, T, H = top.shape
+    grads["b_y"]; returns (loss, logits (B, T, V), dL/dtop (B, T, H)). loss_steps: the steps whose
+    loss counts (default all), e.g. [T - 1] for the loss at the window's last character alone."""
     logits = top @ params["W_hy"].T + params["b_y"]  # (B, T, V)
-    p = softmax(logits)
-    b_idx, t_idx = np.meshgrid(np.arange(B), np.arange(T), indexing="ij")
-    loss = -np.log(p[b_idx, t_idx, targets]).sum()
-    dy = p.copy()
-    dy[b_idx, t_idx, targets] -= 1  # backprop into y: softmax minus one-hot
-    grads["W_hy"] = dy.reshape(-1, dy.shape[-1]).T @ top.reshape(-1, H)
+    loss, dy = cross_entropy_and_grad(logits, targets, loss_steps)
+    grads["W_hy"] = dy.reshape(-1, dy.shape[-1]).T @ top.reshape(-1, top.shape[-1])
     grads["b_y"] = dy.sum(axis=(0, 1))
     return loss, logits, dy @ params["W_hy"]
 
 
-def loss_and_grads(params, x, targets, h0, masks=None):
+def cross_entropy_and_grad(logits, targets, loss_steps=None):
+    """(summed cross-entropy of logits (B, T, V) against targets (B, T) over loss_steps (default
+    all), its gradient with respect to the logits)."""
+    B, T, _ = logits.shape
+    counted = np.zeros(T)
+    counted[np.arange(T) if loss_steps is None else loss_steps] = 1.0
+    p = softmax(logits)
+    b_idx, t_idx = np.meshgrid(np.arange(B), np.arange(T), indexing="ij")
+    loss = -(np.log(p[b_idx, t_idx, targets]) * counted).sum()
+    dy = p.copy()
+    dy[b_idx, t_idx, targets] -= 1  # backprop into y: softmax minus one-hot
+    return loss, dy * counted[None, :, None]
+
+
+def loss_and_grads(params, x, targets, h0, masks=None, loss_steps=None, deltas=None):
     """The tutorial's lossFun, batched and stacked.
 
     loss = sum over b, t of -log p_t[target] (a sum, as in the tutorial, not a mean).
     Returns (loss, grads, dh0, h_last, logits); h_last (L, B, H) chains into the
     next chunk as the tutorial's hprev does. masks: dropout masks fixed in advance
-    (unpack_masks). Gated cells (LSTM, GRU) go to gated_loss_and_grads, below.
+    (unpack_masks). loss_steps: the steps whose loss counts (default all). deltas: a dict that,
+    if given, receives the BPTT deltas, the gradient carried back through time: deltas["h"][l, t]
+    = dL/dh_t of layer l (L, T, B, H), and for the LSTM deltas["c"], dL/dc_t. Gated cells (LSTM,
+    GRU) go to gated_loss_and_grads, below.
     """
     if cell_of(params) != "rnn":
-        return gated_loss_and_grads(params, x, targets, h0, masks)
+        return gated_loss_and_grads(params, x, targets, h0, masks, loss_steps, deltas)
     L = num_layers_of(params)
-    B, T = x.shape
-    between, out_mask, W_drop = unpack_masks(masks, L)
-    W_hhs = recurrent_weights(params, W_drop)
+    _, out_mask, _ = unpack_masks(masks, L)
     _, hs = forward(params, x, h0, masks)
-    H = h0.shape[-1]
     grads = {k: np.zeros_like(v) for k, v in params.items()}
     out_mask = 1.0 if out_mask is None else out_mask
-    loss, logits, dtop = output_loss_and_grads(params, np.stack(hs[L - 1], axis=1) * out_mask, targets, grads)
-    dtop = dtop * out_mask  # through the output dropout
+    loss, logits, dtop = output_loss_and_grads(params, np.stack(hs[L - 1], axis=1) * out_mask, targets, grads,
+                                               loss_steps)
+    dh0 = rnn_backward(params, x, h0, hs, dtop * out_mask, masks, grads, deltas)  # through the output dropout
+    h_last = np.stack([hs[l][-1] for l in range(L)])
+    return loss, grads, dh0, h_last, logits
 
+
+def rnn_backward(params, x, h0, hs, dtop, masks, grads, deltas=None):
+    """BPTT of the tanh cell from dL/dtop (B, T, H), the gradient reaching the top layer's h from
+    the output: adds into grads, fills deltas (loss_and_grads) if given, returns dL/dh0."""
+    L = num_layers_of(params)
+    B, T = x.shape
+    between, _, W_drop = unpack_masks(masks, L)
+    W_hhs = recurrent_weights(params, W_drop)
+    H = h0.shape[-1]
+    if deltas is not None:
+        deltas["h"] = np.zeros((L, T, B, H))
     dhnext = [np.zeros((B, H)) for _ in range(L)]
     for t in reversed(range(T)):
         dinp = dtop[:, t]  # gradient reaching layer l's h_t from above
         for l in reversed(range(L)):
             W_xh = params[f"cells.{l}.W_xh"]
             dh = dinp + dhnext[l]
+            if deltas is not None:
+                deltas["h"][l, t] = dh
             dhraw = (1 - hs[l][t] ** 2) * dh  # backprop through tanh
             hprev = hs[l][t - 1] if t > 0 else h0[l]
             grads[f"cells.{l}.b_h"] += dhraw.sum(axis=0)
@@ -149,9 +177,7 @@ def loss_and_grads(params, x, targets, h0, masks=None):
             dhnext[l] = dhraw @ W_hhs[l]
     for l, m in enumerate(W_drop):
         grads[f"cells.{l}.W_hh"] *= 1.0 if m is None else m  # d(W_hh * m)/dW_hh
-    dh0 = np.stack(dhnext)
-    h_last = np.stack([hs[l][T - 1] for l in range(L)])
-    return loss, grads, dh0, h_last, logits
+    return np.stack(dhnext)
 
 
 def clip_global_norm(grads, max_norm):
@@ -223,7 +249,7 @@ def lstm_step(a, c_prev):
 
 
 def lstm_step_back(cache, dh, dc):
-    """(dL/da, dL/dc_prev) from dL/dh_t and the dL/dc_t that reaches c_t from step t+1."""
+    """(dL/da, dL/dc_prev, dL/dc_t) from dL/dh_t and the dL/dc_t that reaches c_t from step t+1."""
     i, f, g, o, c, c_prev = cache
     tc = np.tanh(c)
     dc = dc + dh * o * (1 - tc ** 2)  # c_t reaches the loss through h_t too
@@ -231,7 +257,7 @@ def lstm_step_back(cache, dh, dc):
                          dc * c_prev * f * (1 - f),  # forget gate
                          dc * i * (1 - g ** 2),  # cell candidate
                          dh * tc * o * (1 - o)], axis=1)  # output gate
-    return da, dc * f
+    return da, dc * f, dc
 
 
 def gru_step(ax, ah, b_hn, h_prev):
@@ -277,22 +303,31 @@ def gated_forward(params, x, state0, W_hhs, between):
     return h, c, hs, caches
 
 
-def gated_loss_and_grads(params, x, targets, state0, masks=None):
+def gated_loss_and_grads(params, x, targets, state0, masks=None, loss_steps=None, deltas=None):
     """loss_and_grads for the LSTM (state0 = (h0, c0)) and the GRU (state0 = h0), each (L, B, H).
 
     Returns (loss, grads, dstate0, state_last, logits), the states shaped like state0.
     """
     L, lstm = num_layers_of(params), cell_of(params) == "lstm"
-    B, T = x.shape
     between, out_mask, W_drop = unpack_masks(masks, L)
-    W_hhs = recurrent_weights(params, W_drop)
     out_mask = 1.0 if out_mask is None else out_mask
-    h, c, hs, caches = gated_forward(params, x, state0, W_hhs, between)
-    H = h[0].shape[-1]
+    h, c, hs, caches = gated_forward(params, x, state0, recurrent_weights(params, W_drop), between)
     grads = {k: np.zeros_like(v) for k, v in params.items()}
-    loss, logits, dtop = output_loss_and_grads(params, np.stack(hs[L - 1], axis=1) * out_mask, targets, grads)
-    dtop = dtop * out_mask  # through the output dropout
+    loss, logits, dtop = output_loss_and_grads(params, np.stack(hs[L - 1], axis=1) * out_mask, targets, grads,
+                                               loss_steps)
+    dstate0 = gated_backward(params, x, caches, dtop * out_mask, masks, grads, deltas)  # through the output dropout
+    return loss, grads, dstate0, (np.stack(h), np.stack(c)) if lstm else np.stack(h), logits
 
+
+def gated_backward(params, x, caches, dtop, masks, grads, deltas=None):
+    """BPTT of the LSTM or GRU from dL/dtop (B, T, H): adds into grads, fills deltas if given,
+    returns dL/dstate0 ((dh0, dc0) for the LSTM)."""
+    L, lstm = num_layers_of(params), cell_of(params) == "lstm"
+    B, T, H = dtop.shape
+    between, _, W_drop = unpack_masks(masks, L)
+    W_hhs = recurrent_weights(params, W_drop)
+    if deltas is not None:
+        deltas.update({name: np.zeros((L, T, B, H)) for name in (("h", "c") if lstm else ("h",))})
     dh_next = [np.zeros((B, H)) for _ in range(L)]
     dc_next = [np.zeros((B, H)) for _ in range(L)]
     for t in reversed(range(T)):
@@ -301,8 +336,12 @@ def gated_loss_and_grads(params, x, targets, state0, masks=None):
             W_xh = params[f"cells.{l}.W_xh"]
             cache, h_prev, inp = caches[l][t]
             dh = dinp + dh_next[l]
+            if deltas is not None:
+                deltas["h"][l, t] = dh
             if lstm:
-                dax, dc_next[l] = lstm_step_back(cache, dh, dc_next[l])
+                dax, dc_next[l], dc = lstm_step_back(cache, dh, dc_next[l])
+                if deltas is not None:
+                    deltas["c"][l, t] = dc
                 dah, dh_skip = dax, 0.0  # one pre-activation feeds both products
             else:
                 dax, dah, dh_skip = gru_step_back(cache, dh)
@@ -317,7 +356,78 @@ def gated_loss_and_grads(params, x, targets, state0, masks=None):
             dh_next[l] = dh_skip + dah @ W_hhs[l]
     for l, m in enumerate(W_drop):
         grads[f"cells.{l}.W_hh"] *= 1.0 if m is None else m  # d(W_hh * m)/dW_hh
-    h_last = np.stack(h)
-    if lstm:
-        return loss, grads, (np.stack(dh_next), np.stack(dc_next)), (h_last, np.stack(c)), logits
-    return loss, grads, np.stack(dh_next), h_last, logits
+    return (np.stack(dh_next), np.stack(dc_next)) if lstm else np.stack(dh_next)
+
+
+# ---------------------------------------------------------------- both directions
+# A bidirectional model: the forward stack (cells.*, W_hy) reads x in order, the backward stack
+# (cells_bwd.*, W_hy_bwd) reads it flipped, and logits_t = W_hy h_fwd[t-1] + W_hy_bwd h_bwd[t+1]
+# + b_y, each state zero past the window's ends, scored against x itself.
+
+def direction_params(params, stack):
+    """One direction's parameters (stack "fwd" or "bwd") under the forward stack's names (cells.*,
+    W_hy, b_y), as the one-direction functions above read them; the same arrays, not copies."""
+    prefix, W_hy = ("cells.", "W_hy") if stack == "fwd" else ("cells_bwd.", "W_hy_bwd")
+    out = {"cells." + k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+    out["W_hy"], out["b_y"] = params[W_hy], params["b_y"]
+    return out
+
+
+def zero_state(params, B):
+    L, H = num_layers_of(params), params["cells.0.W_hh"].shape[1]
+    zeros = np.zeros((L, B, H))
+    return (zeros, zeros.copy()) if cell_of(params) == "lstm" else zeros
+
+
+def stack_forward(params, x, state0, masks):
+    """One stack over x (B, T): (its top layer's h (B, T, H) after the output dropout, what
+    stack_backward needs)."""
+    L = num_layers_of(params)
+    between, out_mask, W_drop = unpack_masks(masks, L)
+    if cell_of(params) == "rnn":
+        _, saved = forward(params, x, state0, masks)
+        hs = saved
+    else:
+        _, _, hs, saved = gated_forward(params, x, state0, recurrent_weights(params, W_drop), between)
+    return np.stack(hs[L - 1], axis=1) * (1.0 if out_mask is None else out_mask), saved
+
+
+def stack_backward(params, x, state0, saved, dtop, masks, grads):
+    """BPTT of one stack from dL/dtop, the gradient on its top layer's h after the output dropout."""
+    _, out_mask, _ = unpack_masks(masks, num_layers_of(params))
+    dtop = dtop * (1.0 if out_mask is None else out_mask)
+    if cell_of(params) == "rnn":
+        return rnn_backward(params, x, state0, saved, dtop, masks, grads)
+    return gated_backward(params, x, saved, dtop, masks, grads)
+
+
+def bidirectional_loss_and_grads(params, x, masks=None):
+    """(summed cross-entropy of the cloze predictions against x, grads, logits (B, T, V)). masks:
+    the forward stack's (unpack_masks), with the backward stack's own under "bwd", its step t
+    being that stack's t-th step (it reads x_{T-1-t})."""
+    B, T = x.shape
+    masks = masks or {}
+    runs = []
+    for name, seq, m in (("fwd", x, masks), ("bwd", x[:, ::-1], masks.get("bwd"))):
+        p = direction_params(params, name)
+        state0 = zero_state(p, B)
+        top, saved = stack_forward(p, seq, state0, m)
+        runs.append((name, p, seq, state0, saved, m, top))
+    top_f, top_b = runs[0][-1], runs[1][-1][:, ::-1]  # the backward stack's h back in text order
+    zeros = np.zeros((B, 1, top_f.shape[-1]))
+    before = np.concatenate([zeros, top_f[:, :-1]], axis=1)  # h_fwd[t-1]
+    after = np.concatenate([top_b[:, 1:], zeros], axis=1)  # h_bwd[t+1]
+    logits = before @ params["W_hy"].T + after @ params["W_hy_bwd"].T + params["b_y"]
+    loss, dy = cross_entropy_and_grad(logits, x)
+    flat = dy.reshape(B * T, -1)
+    grads = {"W_hy": flat.T @ before.reshape(B * T, -1), "W_hy_bwd": flat.T @ after.reshape(B * T, -1),
+             "b_y": dy.sum(axis=(0, 1))}
+    dtop_f, dtop_b = np.zeros_like(top_f), np.zeros_like(top_f)
+    dtop_f[:, :-1] = (dy @ params["W_hy"])[:, 1:]  # h_fwd[t] feeds the prediction of x_{t+1}
+    dtop_b[:, 1:] = (dy @ params["W_hy_bwd"])[:, :-1]  # h_bwd[t] feeds the prediction of x_{t-1}
+    for (name, p, seq, state0, saved, m, _), dtop in zip(runs, (dtop_f, dtop_b[:, ::-1])):
+        own = {k: np.zeros_like(v) for k, v in p.items()}
+        stack_backward(p, seq, state0, saved, dtop, m, own)
+        prefix = "cells." if name == "fwd" else "cells_bwd."
+        grads.update({prefix + k[len("cells."):]: g for k, g in own.items() if k.startswith("cells.")})
+    return loss, grads, logits

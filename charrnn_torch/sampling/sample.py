@@ -63,8 +63,11 @@ def default_prime(vocab, char_counts=None):
 
 
 def filter_probs(logits, temperature=1.0, top_k=0, top_p=1.0):
-    """(N, V) logits -> (N, V) float64 probabilities after temperature, top-k and top-p."""
-    logits = logits.double() / temperature
+    """(N, V) logits -> (N, V) float64 probabilities after temperature, top-k and top-p. The largest
+    logit is subtracted before the division: every logit / temperature is then <= 0, so no positive
+    temperature overflows it (1e-310 is greedy; logits / 1e-310 would be inf, and inf - inf NaN)."""
+    logits = logits.double()
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     if top_k > 0 and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -241,5 +244,5 @@ def print_score(result):
         print(f"{result['unknown_tokens']} of those tokens were words outside the vocabulary, scored as its unknown "
               f"token: bits/char leave out what spelling them would cost")
     if result["unknown_chars"]:
-        print(f"{result['unknown_chars']} characters not in the vocabulary were skipped: "
+        print(f"{result['unknown_chars']} characters not in the vocabulary, dropped: "
               f"{', '.join(repr(c) for c in result['unknown_set'])}")

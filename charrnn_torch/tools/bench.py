@@ -11,7 +11,6 @@ torch modules eager and graphed the same way.
 """
 import contextlib
 import gc
-import json
 import math
 import platform
 import statistics
@@ -25,7 +24,7 @@ import torch.nn as nn
 from ..model import compiled, reference
 from ..training import graphs
 from ..errors import UserError, one_line
-from ..files import write_atomic
+from ..files import json_text, write_file
 from ..model.cells import CELL_CLASSES, IMPLS, CharRNN, cross_entropy, map_state
 from ..training.config import TrainConfig
 from ..training.memory import retain_freed_memory
@@ -86,6 +85,7 @@ class Row:
     peak_mem_mb: float
     threads: int
     optimizer: str = ""  # the training step's optimizer and settings (step_settings)
+    warmup_s: float = float("nan")  # the first two steps: for a torch.compile row, its compile time
     note: str = ""  # why a row has no numbers (e.g. a CUDA graph capture that failed)
 
 
@@ -234,7 +234,8 @@ def _cpu_peak_child(shape, dims, name, threads, queue, retain_memory, cell, trai
     if retain_memory:
         retain_freed_memory()  # as in the parent, whose timings these numbers sit beside
     torch.set_num_threads(threads)
-    step = build_impls(shape, torch.device("cpu"), only=name, cell=cell, train_cfg=train_cfg, dims=dims)[name]
+    step = build_impls(shape, torch.device("cpu"), only=name, cell=cell, train_cfg=train_cfg, dims=dims,
+                       compiled_rows=name.endswith(COMPILED))[name]
     gc.collect()
     base = _status_kb("VmRSS")
     for _ in range(2):
@@ -292,14 +293,18 @@ def _steps_for(shape, device):
     return max(3, min(200, int(2e6 / (B * T * H) * (40 if device.type == "cuda" else 1)) + 2))
 
 
+COMPILED = " (torch.compile)"  # the suffix of a compiled row's name
+
+
 def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, failures=None, cell="rnn",
-                train_cfg=TrainConfig(), dims=None):
+                train_cfg=TrainConfig(), dims=None, compiled_rows=False):
     """name -> a callable doing one training step of `cell` (BenchStep under train_cfg) at shape (its
     dims: SHAPES[shape] unless given). The numpy reference (the tutorial's tanh cell) runs on CPU
     only, and not at the gpu shapes, where one step takes minutes. On CUDA, `CharRNN fused+graphs`
     replays the fused impl as CUDA graphs (for a state that is one tensor: not the LSTM's (h, c));
     if capturing fails, its error goes into `failures` (name -> message) rather than stopping the
-    other rows."""
+    other rows. compiled_rows adds torch.compile of the readable loop impl and of the torch module,
+    the first thing a PyTorch user tries: inductor compiles them at their first steps."""
     V, H, B, T, L = dims or SHAPES[shape]
     makers = {}
     if device.type == "cpu" and not shape.startswith("gpu") and cell == "rnn":
@@ -314,6 +319,11 @@ def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, f
                                               device, train_cfg, amp_dtype)
     makers[yardstick_name(cell)] = lambda: BenchStep(NNStack(V, H, L, cell).to(dtype), V, B, T, device, train_cfg,
                                                      amp_dtype)
+    if compiled_rows:
+        makers["CharRNN loop" + COMPILED] = lambda: BenchStep(
+            torch.compile(CharRNN(V, H, L, impl="loop", cell=cell).to(dtype)), V, B, T, device, train_cfg, amp_dtype)
+        makers[yardstick_name(cell) + COMPILED] = lambda: BenchStep(
+            torch.compile(NNStack(V, H, L, cell).to(dtype)), V, B, T, device, train_cfg, amp_dtype)
     impls = {}
     for name, make in makers.items():
         if only is None or name == only:
@@ -350,18 +360,18 @@ def build_step_impls(shape, device, amp_dtype=None, cell="rnn", yardstick_only=F
 
 
 def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, threads=None, retain_memory=False,
-              cell="rnn", memory=True, impls=None, train_cfg=TrainConfig()):
+              cell="rnn", memory=True, impls=None, train_cfg=TrainConfig(), compiled_rows=False):
     """Rows for every implementation of `cell` at one shape (or for the given impls: name -> step),
     each training step under train_cfg, plus the matmul peak measured alongside."""
     V, H, B, T, L = SHAPES[shape]
     failures, given = {}, impls is not None
     if not given:
-        impls = build_impls(shape, device, dtype, amp_dtype, failures=failures, cell=cell, train_cfg=train_cfg)
+        impls = build_impls(shape, device, dtype, amp_dtype, failures=failures, cell=cell, train_cfg=train_cfg,
+                            compiled_rows=compiled_rows)
     peak = MatmulPeak(device, amp_dtype or dtype, n=256 if shape == "smoke" else None)
     n = _steps_for(shape, device)
-    for step in [*impls.values(), peak]:  # warm-up (allocator, caches, cuDNN heuristics)
-        for _ in range(2):
-            step()
+    warmup = {name: time_steps(step, device, 2) * 2 for name, step in impls.items()}  # allocator, caches, compiles
+    time_steps(peak, device, 2)
     times = {name: [] for name in impls}
     peak_times = []
     for _ in range(repeats):
@@ -374,7 +384,8 @@ def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, thr
         peak_times.append(time_steps(peak, device, 10 if device.type == "cpu" else 20))
     peak_gflops = peak.gflops(statistics.median(peak_times))
     threads = threads or torch.get_num_threads()
-    # A fresh process per CPU row rebuilds only build_impls' rows; --train-steps rows are measured on CUDA only.
+    # A fresh process per CPU row rebuilds only build_impls' rows (compiling again, for a compiled row);
+    # --train-steps rows are measured on CUDA only.
     memory = memory and (device.type == "cuda" or not given)
     mems = {name: measure_peak_mem(shape, name, step, device, threads, retain_memory, cell, train_cfg) if memory
             else float("nan") for name, step in impls.items()}
@@ -384,7 +395,7 @@ def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, thr
         cps = B * T / statistics.median(times[name])
         gf = cps * fpc / 1e9
         settings = NUMPY_SETTINGS if name == NUMPY else step_settings(train_cfg)
-        rows.append(Row(shape, name, cps, gf, 100 * gf / peak_gflops, mems[name], threads, settings))
+        rows.append(Row(shape, name, cps, gf, 100 * gf / peak_gflops, mems[name], threads, settings, warmup[name]))
     nan = float("nan")
     rows += [Row(shape, name, nan, nan, nan, nan, threads, note=f"failed: {msg}") for name, msg in failures.items()]
     return rows, peak_gflops
@@ -434,7 +445,8 @@ def format_table(rows):
                 continue
             lines.append(f"{r.shape:<14} {r.impl:<26} {r.chars_per_sec:10,.0f} {shown(r.chars_per_sec / base, '18.2f')} "
                          f"{shown(r.chars_per_sec / npy, '9.2f')} {r.gflops:8.1f} {r.pct_peak:6.1f}% "
-                         f"{shown(r.peak_mem_mb, '8.1f')} {r.threads:4d}  {r.optimizer}")
+                         f"{shown(r.peak_mem_mb, '8.1f')} {r.threads:4d}  {r.optimizer}"
+                         f"{f'; compiled in {r.warmup_s:.0f} s' if r.impl.endswith(COMPILED) else ''}")
     return "\n".join(lines)
 
 
@@ -465,9 +477,9 @@ def _bench(args, device, train_cfg):
     print()
     sampling = {} if args.train_steps else measure_sampling(args, device, shapes, precisions)
     if args.json:
-        write_atomic(args.json, json.dumps({**extra, "rows": [asdict(r) for r in rows],
-                                            "sampling": {s: {str(k): v for k, v in d.items()}
-                                                         for s, d in sampling.items()}}, indent=2).encode())
+        write_file(args.json, json_text({**extra, "rows": [asdict(r) for r in rows],
+                                         "sampling": {s: {str(k): v for k, v in d.items()}
+                                                      for s, d in sampling.items()}}, indent=2).encode())
     return 0
 
 
@@ -491,7 +503,7 @@ def measure(args, device, shapes, precisions, retain, peaks, train_cfg):
                          if args.train_steps else None)
                 shape_rows, peak = run_shape(s, device, args.repeats, amp_dtype=amp, threads=threads,
                                              retain_memory=retain, cell=cell, memory=not args.no_memory, impls=impls,
-                                             train_cfg=train_cfg)
+                                             train_cfg=train_cfg, compiled_rows=args.compile)
                 torch.set_num_threads(default_threads)
                 for r in shape_rows:
                     r.shape = label

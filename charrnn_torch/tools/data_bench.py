@@ -6,7 +6,6 @@ a 2-rank torchrun, the largest rank's). Start-up is the wall-clock time from lau
 process to the run's first line ("training ..."), which comes just before the first step; it
 includes importing torch. The cache build speed is the trainer's own report.
 """
-import json
 import os
 import re
 import subprocess
@@ -14,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..files import could_not_write, write_atomic
+from .. import files
 
 SMALL_MODEL = ["model.hidden_size=64", "train.batch_size=16", "train.seq_len=64", "train.max_steps=3",
                "train.eval_interval=1000", "train.sample_interval=0", "data.val_fraction=0.0005", "device=cpu"]
@@ -30,10 +29,10 @@ def write_corpus(path, megabytes, seed_text):
     block = seed_text.encode("utf-8")
     block = block * max(1, (8 << 20) // len(block))
     target, done = int(megabytes * 1e6), 0
-    with open(path, "wb") as f:
+    with files.writing(path) as write:
         while done < target:
             part = block[:target - done]
-            f.write(part)
+            write(part)
             done += len(part)
     return path
 
@@ -84,10 +83,10 @@ def measure(corpus, work, label, ddp=False):
 def main(sizes_mb, work, seed_corpus, ddp=True, json_path=None):
     """Tiny shakespeare as the baseline, then each size twice (building the cache, then reusing it)."""
     work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
+    files.make_dir(work)
     seed_text = Path(seed_corpus).read_text(encoding="utf-8")
     base = work / "tiny.txt"
-    base.write_text(seed_text, encoding="utf-8")
+    files.write_file(base, seed_text.encode("utf-8"))
     rows = [measure(base, work, "tiny shakespeare, first start"), measure(base, work, "tiny shakespeare, second start")]
     for mb in sizes_mb:
         corpus = write_corpus(work / f"corpus-{mb}MB.txt", mb, seed_text)
@@ -99,6 +98,5 @@ def main(sizes_mb, work, seed_corpus, ddp=True, json_path=None):
         for p in work.glob(f"corpus-{mb}MB.txt.*.ids"):
             p.unlink()
     if json_path:
-        with could_not_write(json_path):
-            write_atomic(json_path, json.dumps(rows, indent=1).encode())
+        files.write_file(json_path, files.json_text(rows, indent=1).encode())
     return rows

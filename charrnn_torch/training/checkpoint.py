@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..data.vocab import vocab_from_checkpoint
+from . import config as config_mod
 from ..errors import UserError, one_line
 from ..files import check_regular, write_atomic
 from ..model.cells import CharRNN
@@ -30,7 +31,7 @@ def run_dict(model, corpus, config, progress, world_size):
         "tokenizer": corpus.vocab.tokenizer_json,  # a BPE's merges (JSON text); None for the others
         "char_counts": corpus.char_counts,  # for sampling's default prime when there is no newline
         "config": config,
-        "data_source": corpus.source_info,  # what python-stdlib was built from; None for a file
+        "data_source": corpus.source_info,  # what a set of files was joined from; None for one file
         "world_size": world_size,
         **progress,
     }
@@ -51,6 +52,15 @@ def step_checkpoints(run_dir):
         if step.isdigit():
             found.append((int(step), p))
     return sorted(found)
+
+
+def kept_files(path):
+    """(path, what it is) for the checkpoint file path and every checkpoint of its run (best.pt,
+    ckpt.pt and ckpt-<step>.pt beside it): the files no command's output may replace."""
+    path, run = Path(path), Path(path).parent
+    beside = [run / name for name in ("best.pt", "ckpt.pt")] + [p for _, p in step_checkpoints(run)]
+    return [(path, "the checkpoint this command reads")] + [
+        (p, f"a checkpoint of the run in {run}") for p in beside if p.is_file() and p != path]
 
 
 def resolve(path, names=("best.pt", "ckpt.pt"), step=None):
@@ -99,14 +109,85 @@ def load(path, map_location="cpu"):
         raise UserError(f"checkpoint {path} is truncated or corrupt ({one_line(e)[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a charrnn_torch checkpoint")
+    check_fits(ckpt, path)
     return ckpt
+
+
+ARCHITECTURE = ("cell", "num_layers", "hidden_size")  # the model config keys that decide the tensors' shapes
+
+
+def check_fits(ckpt, path):
+    """The one check of a checkpoint's parts against each other, when it is opened and before any
+    command uses it: its tensors have the shapes its model_args give, its config (what a resumed run
+    builds) describes the same architecture, its vocabulary is as large as the model's output, and
+    every weight is finite. Whatever does not fit is refused in one line, naming what."""
+    problem = _shapes_problem(ckpt) or _config_problem(ckpt) or _vocab_problem(ckpt) or _weights_problem(ckpt)
+    if problem:
+        raise UserError(f"checkpoint {path} does not fit together: {problem}")
+
+
+def _shapes_problem(ckpt):
+    args, tensors = ckpt.get("model_args"), ckpt.get("model")
+    if not isinstance(args, dict) or not isinstance(tensors, dict):
+        return "it holds no model_args or no model weights"
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no kernels built
+            want = CharRNN(**dict(args, impl="loop")).state_dict()
+    except (TypeError, ValueError) as e:
+        return f"its model_args do not describe a CharRNN ({one_line(e)[:200]})"
+    described = f"{args.get('cell', 'rnn')} {args.get('num_layers')}x{args.get('hidden_size')}, " \
+                f"vocabulary of {args.get('vocab_size')}"
+    for name in sorted(set(want) | set(tensors)):
+        have = tensors.get(name)
+        if not torch.is_tensor(have) or name not in want:
+            return f"its weights {'lack' if name in want else 'have an unknown tensor'} {name} for the model its " \
+                   f"model_args describe ({described})"
+        if tuple(have.shape) != tuple(want[name].shape):
+            return f"its tensor {name} is {tuple(have.shape)}, but the model its model_args describe ({described}) " \
+                   f"has it {tuple(want[name].shape)}"
+    return None
+
+
+def _config_problem(ckpt):
+    model_cfg = (ckpt.get("config") or {}).get("model") if isinstance(ckpt.get("config"), dict) else None
+    if not isinstance(model_cfg, dict):
+        return None  # no config recorded (not a training checkpoint): nothing will be built from one
+    defaults = config_mod.ModelConfig()
+    for key in ARCHITECTURE:
+        said = model_cfg.get(key, getattr(defaults, key))
+        if said != ckpt["model_args"].get(key, getattr(defaults, key)):
+            return f"its config has model.{key}={said}, but its weights are for {key} {ckpt['model_args'].get(key)}"
+    return None
+
+
+def _vocab_problem(ckpt):
+    vocab, mode, size = ckpt.get("vocab"), ckpt.get("vocab_mode", "chars"), ckpt["model_args"].get("vocab_size")
+    if mode not in config_mod.VOCABS:
+        return f"its vocab_mode is {mode!r}, not one of {', '.join(config_mod.VOCABS)}"
+    single = mode in ("chars", "bytes")  # a symbol is one character; words and bpe tokens are strings
+    what = "characters" if single else "tokens"
+    if not isinstance(vocab, list) or not all(isinstance(c, str) and (len(c) == 1 or not single) for c in vocab):
+        return f"its vocabulary is not a list of {what}"
+    if len(set(vocab)) != len(vocab):
+        return "its vocabulary lists a symbol twice"
+    if len(vocab_from_checkpoint(ckpt)) != size or len(vocab) != size:
+        return f"its vocabulary has {len(vocab)} {what}, but its model predicts {size}"
+    return None
+
+
+def _weights_problem(ckpt):
+    bad = [name for name, t in ckpt["model"].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        return (f"its weights hold NaN or Inf ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); use another "
+                f"checkpoint of the run (--step N, for those kept with train.keep_checkpoints)")
+    return None
 
 
 def load_model(path, device_name="cpu", step=None):
     """(model in eval mode, vocab, checkpoint dict) from a checkpoint file or run directory (step:
     its ckpt-<step>.pt)."""
     ckpt = load(resolve(path, step=step))
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, mps=False)  # sampling and scoring compute in float64
     try:
         # In the checkpoint's dtype before loading: a float64 model loaded into float32 would be rounded.
         model = CharRNN(**ckpt["model_args"]).to(next(iter(ckpt["model"].values())).dtype)
@@ -115,3 +196,10 @@ def load_model(path, device_name="cpu", step=None):
         raise UserError(f"checkpoint {path} does not hold a CharRNN ({one_line(e)[:200]})") from None
     model.build_kernels().to(device=device).eval()
     return model, vocab_from_checkpoint(ckpt), ckpt
+
+
+def refuse_bidirectional(model, path, what):
+    """A bidirectional (cloze) model cannot do what needs a left-to-right model: one line naming fill."""
+    if model.bidirectional:
+        raise UserError(f"{path} is a bidirectional model, which predicts each character from both sides of it, so "
+                        f"it cannot {what} (that needs a left-to-right model); use charrnn fill to repair text")

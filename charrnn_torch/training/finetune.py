@@ -18,6 +18,9 @@ def load_init(init_from, model_cfg, vocab_mode):
     ckpt = load(path)
     args = ckpt.get("model_args", {})
     theirs = (args.get("cell", "rnn"), args.get("num_layers"), args.get("hidden_size"))
+    if args.get("bidirectional", False) != model_cfg.bidirectional:
+        raise UserError(f"--init-from {path}: model.bidirectional is {str(args.get('bidirectional', False)).lower()} "
+                        f"there and {str(model_cfg.bidirectional).lower()} in the config; fine-tuning keeps the architecture")
     if theirs != (model_cfg.cell, model_cfg.num_layers, model_cfg.hidden_size):
         raise UserError(f"--init-from {path}: its model is {theirs[0]} {theirs[1]}x{theirs[2]}, the config asks for "
                         f"{model_cfg.cell} {model_cfg.num_layers}x{model_cfg.hidden_size}; fine-tuning keeps the "
@@ -37,9 +40,9 @@ def transplant(model, ckpt, vocab):
     assert list(vocab.chars[:len(old)]) == list(ckpt["vocab"])
     own = model.state_dict()
     for name, w in ckpt["model"].items():
-        if name == "cells.0.W_xh":
+        if name in ("cells.0.W_xh", "cells_bwd.0.W_xh"):
             own[name][:, old] = w.to(own[name].dtype)  # (G·H, V): a column per character
-        elif name in ("W_hy", "b_y"):
+        elif name in ("W_hy", "W_hy_bwd", "b_y"):
             own[name][old] = w.to(own[name].dtype)  # (V, H) and (V,): a row per character
         else:
             own[name].copy_(w)

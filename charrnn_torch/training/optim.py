@@ -6,8 +6,8 @@ import torch
 from .config import OPTIMIZERS
 
 
-# Optimizers whose fused kernel torch has for CPU only. Asked for on CUDA, they fail at the
-# first step(), not when built, so the fallback below would never see the error.
+# Optimizers whose fused kernel torch has for CPU only. Asked for on CUDA or MPS, they fail at
+# the first step(), not when built, so the fallback below would never see the error.
 CPU_ONLY_FUSED = (torch.optim.Adagrad,)
 
 
@@ -33,7 +33,7 @@ def fast_optimizer(cls, params, **kw):
     """The fused (one kernel for all parameters) variant where this torch and device have
     one: at char-RNN sizes the per-parameter loop of the default costs more than the maths."""
     params = list(params)
-    if not (issubclass(cls, CPU_ONLY_FUSED) and any(p.is_cuda for p in params)):
+    if not (issubclass(cls, CPU_ONLY_FUSED) and any(p.device.type != "cpu" for p in params)):
         try:
             return cls(params, fused=True, **kw)
         except (RuntimeError, TypeError, ValueError):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from .distributed import broadcast_path
 from ..errors import UserError
-from ..files import remove_abandoned_in, writer_gone
+from ..files import discard, remove_abandoned_in, temp_file, writer_gone
 
 
 def holds_run(path):
@@ -56,9 +56,9 @@ def choose_out_dir(out_dir, explicit, force):
 def check_writable(path):
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with temp_file(path / ".write-test") as (_, probe):
+            pass
+        discard(probe)
     except OSError as e:
         raise UserError(f"out_dir {path} is not writable ({e.strerror})") from None
 

@@ -10,6 +10,7 @@ its section. The CLI (``cli.py``) and the Python API call ``train``; nothing her
 or the environment.
 """
 import contextlib
+import copy
 import dataclasses
 import math
 import signal
@@ -18,10 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data import batchers, code_corpus
+from ..data import batchers
+from ..data.corpus import describe_source
 from ..data.vocab import as_ids
 from ..errors import RunFailed, UserError
 from ..files import could_not_write, link_atomic, write_atomic
+from ..insight import gradients
 from ..insight.heatmap import char_label, heatmap_image
 from ..model.cells import build_model, cross_entropy, evaluating, map_state
 from ..sampling import dynamic
@@ -32,16 +35,11 @@ from .logger import NullLogger, RunLogger
 from .memory import check_fits_in_memory
 from .optim import learning_rate, lr_factor, make_optimizer
 from .rundir import prepare_out_dir
-from .runtime import configure_backends, resolve_device, rng_state, seed_everything, set_rng_state, stop_on_signals
+from .runtime import (check_device, configure_backends, device_notices, has_float64, resolve_device, rng_state,
+                      seed_everything, set_rng_state, stop_on_signals, sum_dtype)
 from .step import Step, smoothed
 
 SAMPLE_TEMPERATURE = 0.8  # the samples TensorBoard shows, as charrnn sample draws them by default
-
-
-def bits_per_char(nats, symbols_per_char):
-    """Nats per symbol as bits per character of text (Trainer.symbols_per_char): the loss in bits
-    for chars (and bytes, whose character is the byte)."""
-    return nats * symbols_per_char / math.log(2)
 
 
 class Interrupted(Exception):
@@ -62,8 +60,27 @@ class TrainingDiverged(RunFailed):
 
 # ---------------------------------------------------------------- setup
 
-HEATMAP_CHARS = 100  # the validation snippet whose hidden states TensorBoard shows at each evaluation
+def fit_batch(train_cfg, n_train, dist_info, log):
+    """A fine-tuning run's train config, its batch fitted to the text: a config written for a big
+    corpus (shakespeare.yaml's 128 streams) would otherwise refuse any text under 16.5k characters.
+    Said in one line; config.yaml records the batch the run used."""
+    fit = batchers.streams_that_fit(n_train, train_cfg.batch_size, train_cfg.seq_len, dist_info.world_size)
+    if not train_cfg.stateful or fit in (0, train_cfg.batch_size):
+        return train_cfg  # random windows fit any text; too short for even one stream: the batcher says so
+    log(f"fine-tuning on {n_train:,} training characters, which fill {fit} streams of train.seq_len + 1 = "
+        f"{train_cfg.seq_len + 1} characters: training with train.batch_size={fit} (not {train_cfg.batch_size})")
+    return dataclasses.replace(train_cfg, batch_size=fit)
+
+
+def bits_per_char(nats, symbols_per_char):
+    """Nats per symbol as bits per character of text (Trainer.symbols_per_char): the loss in bits
+    for chars (and bytes, whose character is the byte)."""
+    return nats * symbols_per_char / math.log(2)
+
+
 EMBEDDED = 4096  # symbols in TensorBoard's projector: every character; a token vocabulary's first
+HEATMAP_CHARS = 100  # the validation snippet whose hidden states TensorBoard shows at each evaluation
+GRADIENT_CHARS = 4 * gradients.WINDOW + 1  # the windows whose gradients through time it shows
 
 
 # ---------------------------------------------------------------- the run's state
@@ -77,18 +94,22 @@ class RunState:
     last_val: float = None  # the latest validation loss
     val_bpc: float = None  # the same in bits per character of text (bits_per_char)
     smooth_loss: float = 0.0  # the tutorial's EMA; a 0-d tensor between log intervals (no GPU sync)
-    log_acc: dict = field(default_factory=lambda: {"loss": 0.0, "norm": 0.0, "n": 0})  # since the last log
+    log_acc: dict = field(default_factory=lambda: {"loss": 0.0, "norm": 0.0, "n": 0, "clipped": 0})  # since the last log
     nonfinite_total: int = 0
     train_seconds: float = 0.0  # training time so far, across resumes (evaluation and sampling excluded)
+    evals_since_gain: int = 0  # train.patience's count: evaluations since loss/val last beat gain_best by min_delta
+    gain_best: float = math.inf  # the loss/val of that evaluation
     hidden: torch.Tensor = None  # this rank's carried state (L, B/N, H), or (h, c) of them, on the device
     # Not saved: they describe this process's part of the run.
     consecutive_bad: int = 0
     last_eval_step: int = None
     val_dynamic: float = None  # train.dynamic_eval's figure, at the end of the run
+    eval_seconds: float = 0.0  # this process's validation passes, which a budget does not count
     train_log: list = field(default_factory=list)
     val_log: list = field(default_factory=list)
 
-    SAVED = ("step", "best_val", "last_val", "val_bpc", "smooth_loss", "log_acc", "nonfinite_total", "train_seconds")
+    SAVED = ("step", "best_val", "last_val", "val_bpc", "smooth_loss", "log_acc", "nonfinite_total", "train_seconds",
+             "evals_since_gain", "gain_best")
 
     def to_checkpoint(self):
         out = {k: getattr(self, k) for k in self.SAVED}
@@ -97,8 +118,9 @@ class RunState:
 
     @classmethod
     def from_checkpoint(cls, ckpt):
-        values = {k: ckpt[k] for k in cls.SAVED if k in ckpt}  # older checkpoints lack train_seconds
+        values = {k: ckpt[k] for k in cls.SAVED if k in ckpt}  # older checkpoints lack train_seconds, ...
         values["log_acc"] = dict(values["log_acc"])
+        values.setdefault("gain_best", values["best_val"])  # ... and patience's count, which starts from their best
         return cls(**values)
 
 
@@ -137,13 +159,17 @@ class Trainer:
                 if resume is None and cfg.train.init_from else None)
         base = init if init is not None else (resume if resume is not None and cfg.train.init_from else None)
         self.corpus = distributed.load_corpus(cfg.data, dist_info, progress, base and base["vocab"], log)
+        if init is not None:
+            cfg = dataclasses.replace(cfg, train=fit_batch(cfg.train, len(self.corpus.train_ids), dist_info, log))
         with self.corpus.installed_if_no_error():  # every check of the run's inputs, then the run directory
             self.batcher, self.n_eval = self.open_batches(cfg.train)
             self.per_char = self.symbols_per_char()
             if resume is not None:
                 runs.check_resume(resume, config_mod.to_dict(cfg), self.corpus)
+            check_device(cfg.train, self.device, dist_info.world_size)
             check_fits_in_memory(cfg.model, cfg.train, len(self.corpus.vocab), self.device, dist_info.world_size)
             self.graphed, self.notices = self.graph_mode(cfg.train)
+            self.notices += device_notices(cfg.train, self.device)
             self.out_dir = prepare_out_dir(cfg.out_dir, out_dir_explicit, force,
                                            resume_dir if resume is not None else None, dist_info)
         # The config (and every checkpoint) records where the run really lives, numbered sibling or not.
@@ -154,15 +180,19 @@ class Trainer:
         if resume is not None:
             self.restore(resume)
         self.log = (RunLogger(self.out_dir, config_mod.dump_yaml(cfg), cfg.train, self.state.step, self.resumed,
-                              progress, log) if dist_info.is_main else NullLogger())
+                              progress, log, cloze=cfg.model.bidirectional, start_seconds=self.state.train_seconds)
+                    if dist_info.is_main else NullLogger())
         self.saved = {}  # checkpoint name -> step, as written by this process
         self.heatmap_ids = as_ids(self.corpus.val_ids[:HEATMAP_CHARS], self.corpus.lut)  # fixed: images compare
+        self.gradient_ids = as_ids(self.corpus.val_ids[:GRADIENT_CHARS], self.corpus.lut)
 
     def open_batches(self, train_cfg):
-        """(this rank's training batcher, the number of validation streams)."""
+        """(this rank's training batcher, the number of validation streams); self.eval_ids: the part of
+        the validation split each evaluation reads (train.eval_chars caps it)."""
         corpus, world = self.corpus, self.dist.world_size
         batcher = batchers.make_batcher(corpus.train_ids, train_cfg, self.dist, corpus.lut)
-        return batcher, batchers.eval_stream_count(len(corpus.val_ids), train_cfg.batch_size, train_cfg.seq_len, world)
+        self.eval_ids = corpus.val_ids[:train_cfg.eval_chars or None]
+        return batcher, batchers.eval_stream_count(len(self.eval_ids), train_cfg.batch_size, train_cfg.seq_len, world)
 
     def symbols_per_char(self):
         """(training, validation) symbols per character of text, which turn nats per symbol into
@@ -171,7 +201,7 @@ class Trainer:
         corpus = self.corpus
         if corpus.val_lens is None:
             return 1.0, 1.0
-        scored = batchers.batchify(corpus.val_lens, self.n_eval)[:, 1:]  # every rank's targets (eval_windows)
+        scored = batchers.batchify(corpus.val_lens[:len(self.eval_ids)], self.n_eval)[:, 1:]  # eval_windows' targets
         return len(corpus.train_ids) / max(corpus.train_chars, 1), scored.numel() / max(int(scored.sum()), 1)
 
     def graph_mode(self, train_cfg):
@@ -185,10 +215,10 @@ class Trainer:
         return mode != "off" and why is None, [f"train.cuda_graphs=auto: eager training steps, since {why}"] if why else []
 
     def config_text(self):
-        """config.yaml: the resolved config, and in a comment what a built-in corpus was built from."""
+        """config.yaml: the resolved config, and in a comment what a corpus of many files was joined from."""
         text = config_mod.dump_yaml(self.cfg)
         info = self.corpus.source_info
-        return text + (f"# data.path: {code_corpus.describe(info)}\n" if info else "")
+        return text + (f"# data.path: {describe_source(info)}\n" if info else "")
 
     def build(self, init):
         """The model (from init's weights when fine-tuning), its optimizer and schedule, a fresh RunState."""
@@ -250,7 +280,7 @@ class Trainer:
                 for notice in self.notices:
                     self.log.line(notice)
                 out_of_time = self.budget_spent()  # a resumed run whose budget is spent trains no more
-                while state.step < train_cfg.max_steps and not out_of_time:
+                while state.step < train_cfg.max_steps and not out_of_time and not self.patience_spent():
                     tick = time.perf_counter()
                     x, y = self.next_batch()                           # fetch the next window of every stream
                     outcome = self.train_step(x, y)                    # forward, backward, clip, update
@@ -259,19 +289,22 @@ class Trainer:
                     self.sched.step()
                     state.step += 1
                     meter.chars += x.numel() * self.dist.world_size
-                    self.log.step_done()
+                    self.log.step_done(state.step, state.train_seconds)
                     self.account(outcome)                              # carry the state; smooth; NaN guard
                     if state.step % train_cfg.log_interval == 0:
                         self.log_training(meter)
                     with meter.paused():                               # sampling and evaluation are not training
-                        if train_cfg.sample_interval and state.step % train_cfg.sample_interval == 0:
+                        last = state.step == train_cfg.max_steps or out_of_time  # a short run has samples too
+                        if train_cfg.sample_interval and (state.step % train_cfg.sample_interval == 0 or last):
                             self.sample_to_log()
-                        if state.step % train_cfg.eval_interval == 0 or state.step == train_cfg.max_steps or out_of_time:
+                        if state.step % train_cfg.eval_interval == 0 or last:
                             self.evaluate_and_checkpoint()
                     if self.stop_agreed(stop):
                         self.interrupt(stop["signum"])
                 if state.last_eval_step is None:  # resumed at the end: nothing to train, still report
                     self.evaluate_and_checkpoint()
+                if self.patience_spent():
+                    self.log.line(self.early_stop_line())
         except RunFailed as e:
             self.log.close_quietly()
             raise type(e)(f"{e}; {self.last_good()}") from None
@@ -293,6 +326,8 @@ class Trainer:
         x, y, reset = self.batcher.next()
         if reset or not self.cfg.train.stateful:
             self.state.hidden = None  # streams wrapped (or random windows): start from h0 = 0
+        if self.model.bidirectional:
+            y = x  # a cloze model predicts each character of the window from both sides of it
         return self.to_device(x), self.to_device(y)
 
     def to_device(self, x):
@@ -304,7 +339,23 @@ class Trainer:
         untouched. Returns its step.Outcome, or None from a graph, which keeps its own books."""
         if self.graphed:
             return self.graph_step(x, y)
-        return self.step_fn(x, y, self.state.hidden)
+        outcome = self.step_fn(x, y, self.state.hidden)
+        if outcome.finite:
+            self.check_weights_finite()
+        return outcome
+
+    def check_weights_finite(self):
+        """A finite step can still overflow the weights (train.weight_decay=1e30, say). That is a
+        non-finite step no later step can undo (every loss after it is NaN): counted, and the run
+        stops at once. A tensor's float64 sum is non-finite when it holds a NaN or Inf (float32 weights
+        cannot overflow it): one reduction per tensor, one host sync."""
+        if bool(torch.isfinite(torch.stack([p.detach().sum(dtype=torch.float64) for p in self.params]).sum())):
+            return
+        state = self.state
+        state.nonfinite_total += 1
+        self.log.nonfinite(state.step + 1, state.nonfinite_total)
+        raise TrainingDiverged(f"the update of step {state.step + 1} made the weights non-finite (NaN or Inf), "
+                               f"so every later step would be too; try a lower train.lr or train.weight_decay")
 
     def graph_step(self, x, y):
         if self.graph is None:
@@ -346,6 +397,9 @@ class Trainer:
             state.log_acc["loss"] += outcome.loss
             state.log_acc["norm"] += outcome.norm
             state.log_acc["n"] += 1
+            # clip_grad_norm_ returns the norm before clipping, and scales by max_norm / (norm + 1e-6)
+            # whenever that is below 1
+            state.log_acc["clipped"] = state.log_acc.get("clipped", 0) + (outcome.norm + 1e-6 > self.step_fn.clip)
             state.consecutive_bad = 0
             return
         state.nonfinite_total += 1
@@ -353,6 +407,19 @@ class Trainer:
         self.log.nonfinite(state.step, state.nonfinite_total)
         if state.consecutive_bad >= self.cfg.train.max_nonfinite:
             self.diverged(state.consecutive_bad)
+
+    def patience_spent(self):
+        """train.patience: whether that many evaluations in a row have not beaten the best by min_delta.
+        Every rank sees the same loss/val, so they agree without a collective."""
+        patience = self.cfg.train.patience
+        return bool(patience) and self.state.evals_since_gain >= patience
+
+    def early_stop_line(self):
+        train_cfg, state = self.cfg.train, self.state
+        by = f" by more than train.min_delta={train_cfg.min_delta:g}" if train_cfg.min_delta else ""
+        return (f"early stop at step {state.step}: loss/val has not beaten {state.gain_best:.4f}{by} in "
+                f"{state.evals_since_gain} evaluations (train.patience={train_cfg.patience}); best.pt holds the "
+                f"best, {state.best_val:.4f}")
 
     def budget_spent(self):
         train_cfg, state = self.cfg.train, self.state
@@ -385,17 +452,18 @@ class Trainer:
         mean_loss, mean_norm = float(acc["loss"]) / acc["n"], float(acc["norm"]) / acc["n"]
         state.smooth_loss = float(state.smooth_loss)
         state.train_log.append((state.step, mean_loss))
+        clipped = None if self.graphed else float(acc.get("clipped", 0)) / acc["n"]  # a graph keeps no such count
         self.log.train_scalars(state.step, mean_loss, state.smooth_loss, self.opt.param_groups[0]["lr"], mean_norm,
-                               meter.rate() / self.per_char[0], bits_per_char(mean_loss, self.per_char[0]))
-        state.log_acc = {"loss": 0.0, "norm": 0.0, "n": 0}
+                               meter.rate() / self.per_char[0], bits_per_char(mean_loss, self.per_char[0]), clipped)
+        state.log_acc = {"loss": 0.0, "norm": 0.0, "n": 0, "clipped": 0}
         meter.reset()
 
     def sample_to_log(self):
-        if not self.dist.is_main:
+        if not self.dist.is_main or self.model.bidirectional:  # a cloze model does not generate
             return
         seeded = Sampling(seed=self.cfg.train.seed + self.state.step)  # training's RNG stays untouched
         vocab = self.corpus.vocab
-        text = generate(self.model, vocab, default_prime(vocab, self.corpus.char_counts),
+        text = generate(self.float64_model(), vocab, default_prime(vocab, self.corpus.char_counts),
                         self.cfg.train.sample_length, seeded)
         self.log.sample(text, self.state.step)
 
@@ -403,14 +471,18 @@ class Trainer:
     def evaluate(self):
         """Mean validation loss per symbol (character, byte or token): one stateful pass over the split,
         summed over ranks."""
-        windows = batchers.eval_windows(self.corpus.val_ids, self.n_eval, self.cfg.train.seq_len, self.dist.rank,
-                                        self.dist.world_size, self.corpus.lut)
-        total, count, hv = torch.zeros((), dtype=torch.float64, device=self.device), 0, None
+        seq_len = self.cfg.train.seq_len
+        windows = batchers.eval_windows(self.eval_ids, self.n_eval, seq_len, self.dist.rank, self.dist.world_size,
+                                        self.corpus.lut)
+        windows = self.log.eval_progress(windows, batchers.eval_window_count(len(self.eval_ids), self.n_eval, seq_len))
+        total, count, hv = torch.zeros((), dtype=sum_dtype(self.device), device=self.device), 0, None
         with evaluating(self.model):
             for xv, yv in windows:
+                if self.model.bidirectional:
+                    yv, hv = xv, None  # the cloze targets, from zero states
                 with self.amp:
                     logits, hv = self.model(self.to_device(xv), hv)
-                total += cross_entropy(logits, self.to_device(yv), reduction="sum").double()
+                total += cross_entropy(logits, self.to_device(yv), reduction="sum").to(total.dtype)
                 count += yv.numel()
         total, count = distributed.sum_total_and_count(total, count, self.dist)
         return (total / count).item()
@@ -418,8 +490,9 @@ class Trainer:
     def evaluate_dynamic(self):
         """train.dynamic_eval: the validation split scored by dynamic evaluation, as its own figure."""
         settings, corpus = dynamic.Settings(), self.corpus
-        stats = dynamic.gradient_stats(self.model, corpus.train_ids, settings, corpus.lut)
-        total, count = dynamic.dynamic_score(self.model, corpus.val_ids, stats, settings, corpus.lut)
+        model = self.float64_model()
+        stats = dynamic.gradient_stats(model, corpus.train_ids, settings, corpus.lut)
+        total, count = dynamic.dynamic_score(model, corpus.val_ids, stats, settings, corpus.lut)
         self.state.val_dynamic = total / count
         self.log.dynamic(self.state.step, self.state.val_dynamic, self.state.last_val,
                          bits_per_char(self.state.val_dynamic, self.per_char[1]))
@@ -427,16 +500,22 @@ class Trainer:
     def evaluate_and_checkpoint(self):
         self.collect_graph()  # the checkpoint holds the books up to this step
         state = self.state
+        tick = time.perf_counter()
         state.last_val = val = self.evaluate()
+        state.eval_seconds += time.perf_counter() - tick
         state.val_bpc = bits_per_char(val, self.per_char[1])
         state.val_log.append((state.step, val))
         state.last_eval_step = state.step
         hidden = self.gathered_state()  # a collective: every rank takes part
         improved = val < state.best_val
         state.best_val = min(state.best_val, val)
+        gained = val < state.gain_best - self.cfg.train.min_delta
+        state.gain_best, state.evals_since_gain = (val, 0) if gained else (state.gain_best, state.evals_since_gain + 1)
         self.log.validation(state.step, val, state.val_bpc, self.model, state.train_seconds)
         if self.dist.is_main:
-            self.log.hidden_heatmap(state.step, heatmap_image(self.model, self.to_device(self.heatmap_ids)))
+            model = self.float64_model()
+            self.log.hidden_heatmap(state.step, heatmap_image(model, self.heatmap_ids.to(model.W_hy.device)))
+            self.log_gradients_through_time()
         self.save_checkpoint("ckpt.pt", hidden)
         self.keep_step_checkpoint()
         if improved:
@@ -444,10 +523,22 @@ class Trainer:
         self.log.flush()
         self.log.validation_line(state.step, val, state.val_bpc, state.best_val, improved)
 
+    def float64_model(self):
+        """The model for what computes in float64 (sampling, the heat map, dynamic evaluation): itself,
+        or a CPU copy of it on a device without float64 (MPS)."""
+        return self.model if has_float64(self.device) else copy.deepcopy(self.model).cpu()
+
+    def log_gradients_through_time(self):
+        """At each evaluation: how far back the loss reaches (insight/gradients.py), for a left-to-right
+        model whose validation text holds a window."""
+        if self.model.bidirectional or len(self.gradient_ids) < 3:
+            return
+        found = gradients.curves(self.model, self.to_device(gradients.windows(self.gradient_ids, count=4)),
+                                 jacobians=False)
+        self.log.gradients_through_time(self.state.step, gradients.curve_image(found), gradients.relative_scalars(found))
+
     def log_char_embedding(self):
-        """For TensorBoard's projector: each character's column of layer 0's W_xh (all G gates); of a
-        token vocabulary, the first EMBEDDED (a words vocabulary's most frequent, a BPE's bytes and
-        first merges), since the projector's file holds every number as text."""
+        """For TensorBoard's projector: each character's column of layer 0's W_xh (all G gates)."""
         if self.dist.is_main:
             emb = self.model.cells[0].W_xh.detach().t().float().cpu()[:EMBEDDED]  # (V, G·H)
             labels = [char_label(c) for c in self.corpus.vocab.chars[:EMBEDDED]]
@@ -506,7 +597,9 @@ class Trainer:
         return {"out_dir": str(self.out_dir), "step": state.step, "val_loss": state.last_val, "val_bpc": state.val_bpc,
                 "val_dynamic": state.val_dynamic, "best_val": state.best_val, "train_log": state.train_log,
                 "val_log": state.val_log, "nonfinite_steps": state.nonfinite_total,
-                "train_seconds": state.train_seconds}
+                "train_seconds": state.train_seconds, "stopped_early": self.patience_spent(),
+                "eval_seconds": state.eval_seconds, "evaluations": len(state.val_log), "eval_chars": len(self.eval_ids),
+                "cloze": self.model.bidirectional}
 
 
 def train(cfg, *, out_dir_explicit=False, force=False, resume=None, resume_dir=None,
