@@ -156,7 +156,7 @@ def test_flags_and_overrides_in_any_order(world, capsys):
 
 def test_memory_is_refused_before_allocating(world, monkeypatch):
     # The refusal comes from the estimate, never from the allocator: nothing was built.
-    import charrnn_torch.trainer as trainer_mod
+    import charrnn_torch.training.trainer as trainer_mod
     monkeypatch.setattr(trainer_mod, "build_model", lambda *a, **k: pytest.fail("the model was built"))
     cfg = build_config({}, tiny_overrides(world / "corpus.txt", world / "huge", **{"model.hidden_size": 10**6}))
     with pytest.raises(Exception, match=r"needs about 1\d\d\d\d\.\d GiB"):
