@@ -1,9 +1,9 @@
 """Proves the CPU-sharing default: every way in (the charrnn command's module, python -m
-charrnn_torch, scripts/, import charrnn_torch) sets OMP_WAIT_POLICY=PASSIVE before torch is
-imported, so that OpenMP's idle threads sleep instead of spinning on a CPU another process needs;
-a value the user set is kept; and OpenMP itself took it (libgomp, as torch's Linux wheels ship it,
-reports its spin count under OMP_DISPLAY_ENV=VERBOSE: 0 when passive). Each case is a fresh
-interpreter: OpenMP reads the variable once, as torch loads it.
+charrnn_torch, scripts/, import charrnn_torch) sets GOMP_SPINCOUNT to the package's SPIN_COUNT
+before torch is imported, so that OpenMP's idle threads spin briefly, then sleep, instead of
+spinning on a CPU another process needs; a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is kept;
+and OpenMP itself took it (libgomp, as torch's Linux wheels ship it, reports its spin count under
+OMP_DISPLAY_ENV=VERBOSE). Each case is a fresh interpreter: OpenMP reads it once, as torch loads.
 """
 import os
 import re
@@ -21,7 +21,7 @@ seen = []
 real_import = builtins.__import__
 def spy(name, *args, **kwargs):
     if (name == "torch" or name.startswith("torch.")) and not seen:
-        seen.append(os.environ.get("OMP_WAIT_POLICY"))
+        seen.append(os.environ.get("GOMP_SPINCOUNT"))
     return real_import(name, *args, **kwargs)
 builtins.__import__ = spy
 how = sys.argv[1]
@@ -52,19 +52,20 @@ def probe(how, **env):
 
 
 @pytest.mark.parametrize("how", WAYS)
-def test_passive_is_set_before_torch_loads(how):
+def test_a_short_spin_is_set_before_torch_loads(how):
+    from charrnn_torch import SPIN_COUNT
     at_import, spin = probe(how)
-    assert at_import == "PASSIVE"
+    assert at_import == SPIN_COUNT
     if spin is not None:  # libgomp said what it took
-        assert spin == 0
+        assert spin == int(SPIN_COUNT)
 
 
-@pytest.mark.parametrize("value", ["ACTIVE", "passive"])
-def test_a_users_own_value_is_kept(value):
-    at_import, spin = probe("cli", OMP_WAIT_POLICY=value)
-    assert at_import == value
+@pytest.mark.parametrize("env, want", [({"OMP_WAIT_POLICY": "ACTIVE"}, 30_000_000_000),
+                                        ({"OMP_WAIT_POLICY": "passive"}, 0), ({"GOMP_SPINCOUNT": "77"}, 77)])
+def test_a_users_own_value_is_kept(env, want):
+    _, spin = probe("cli", **env)
     if spin is not None:
-        assert spin == (0 if value == "passive" else 30_000_000_000)
+        assert spin == want
 
 
 def test_the_control_torch_alone_spins():
