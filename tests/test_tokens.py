@@ -205,6 +205,7 @@ def test_bpe_model_samples_scores_and_keeps_its_merges(corpus_file, tmp_path, ca
     ckpt = checkpoint.load(out / "ckpt.pt")
     vocab = vocab_from_checkpoint(ckpt)
     assert ckpt["vocab_mode"] == "bpe" and vocab.tokenizer_json == ckpt["tokenizer"] and len(vocab) == 290
+    assert len(set(ckpt["vocab"])) == 290  # distinct labels: a checkpoint that repeats one does not load
     model = cr.load(out)
     text = model.sample("naïve fox", length=7, seed=5)
     assert text.startswith("naïve fox")
