@@ -10,8 +10,8 @@
   setting; it records each unknown token's length, so bits per character count every character;
 - score() spreads the total nats over the characters the scored tokens spell; training logs
   bpc/val as exactly those nats over the characters its validation targets spell;
-- sample, --score, the Python API, resume and beam search work with token models; visualize and
-  export --format html refuse in one line; resume refuses a changed vocabulary kind or size, and
+- sample, --score, the Python API, resume and beam search work with token models; visualize,
+  export --format html and fill refuse in one line; resume refuses a changed vocabulary kind or size, and
   every bad value (data.max_vocab, data.bpe_vocab_size, bpe without tokenizers, fine-tuning a
   token model) is one error line with exit status 2.
 
@@ -218,6 +218,8 @@ def test_bpe_model_samples_scores_and_keeps_its_merges(corpus_file, tmp_path, ca
 @pytest.mark.parametrize("argv, says", [
     (["visualize"], "the page shows characters: it needs a model trained with data.vocab=chars (this one models words)"),
     (["export", "--format", "html", "--out", "page.html"], "(this one models words; export it as onnx or pt2)"),
+    (["fill", "--text", "the l_zy dog"], "fill works on characters: it needs a model trained with data.vocab=chars "
+                                          "(this one models words"),
 ])
 def test_pages_refuse_token_models_in_one_line(corpus_file, tmp_path, capsys, argv, says, monkeypatch):
     out = tmp_path / "w"
