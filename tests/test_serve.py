@@ -268,7 +268,8 @@ def test_score_is_sample_score(http, ckpt_path):
     assert r.status_code == 200, r.text
     model, vocab, _ = checkpoint.load_model(ckpt_path)
     want = sample.score(model, vocab, text)
-    assert r.json() == {"nats": want["loss"], "bits": want["bpc"], "unit": "char", "count": len(text) - 1}
+    assert r.json() == {"nats": want["loss"], "bits": want["bpc"], "unit": "char", "count": len(text) - 1,
+                        "chars": len(text) - 1}
 
 
 def test_the_page_holds_the_path_as_text_not_markup(http, ckpt_path):

@@ -10,8 +10,8 @@
   setting; it records each unknown token's length, so bits per character count every character;
 - score() spreads the total nats over the characters the scored tokens spell; training logs
   bpc/val as exactly those nats over the characters its validation targets spell;
-- sample, --score, the Python API, resume and beam search work with token models; visualize and
-  export --format html refuse in one line; resume refuses a changed vocabulary kind or size, and
+- sample, --score, the Python API, resume and beam search work with token models; visualize,
+  export --format html and fill refuse in one line; resume refuses a changed vocabulary kind or size, and
   every bad value (data.max_vocab, data.bpe_vocab_size, bpe without tokenizers, fine-tuning a
   token model) is one error line with exit status 2.
 
@@ -205,6 +205,7 @@ def test_bpe_model_samples_scores_and_keeps_its_merges(corpus_file, tmp_path, ca
     ckpt = checkpoint.load(out / "ckpt.pt")
     vocab = vocab_from_checkpoint(ckpt)
     assert ckpt["vocab_mode"] == "bpe" and vocab.tokenizer_json == ckpt["tokenizer"] and len(vocab) == 290
+    assert len(set(ckpt["vocab"])) == 290  # distinct labels: a checkpoint that repeats one does not load
     model = cr.load(out)
     text = model.sample("naïve fox", length=7, seed=5)
     assert text.startswith("naïve fox")
@@ -217,6 +218,8 @@ def test_bpe_model_samples_scores_and_keeps_its_merges(corpus_file, tmp_path, ca
 @pytest.mark.parametrize("argv, says", [
     (["visualize"], "the page shows characters: it needs a model trained with data.vocab=chars (this one models words)"),
     (["export", "--format", "html", "--out", "page.html"], "(this one models words; export it as onnx or pt2)"),
+    (["fill", "--text", "the l_zy dog"], "fill works on characters: it needs a model trained with data.vocab=chars "
+                                          "(this one models words"),
 ])
 def test_pages_refuse_token_models_in_one_line(corpus_file, tmp_path, capsys, argv, says, monkeypatch):
     out = tmp_path / "w"

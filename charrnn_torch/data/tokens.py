@@ -95,8 +95,9 @@ def byte_symbols():
 
 
 class BPEVocab:
-    """data.vocab=bpe: a trained byte-level BPE (its tokenizers JSON) <-> ids. chars holds each
-    token's text for display (U+FFFD where a token ends inside a character)."""
+    """data.vocab=bpe: a trained byte-level BPE (its tokenizers JSON) <-> ids. chars holds each token
+    as tokenizers writes it, in GPT-2's byte alphabet ("Ġthe" is " the"): distinct labels, where
+    their text would repeat U+FFFD for every token that ends inside a character."""
 
     mode = "bpe"
     unit = "token"
@@ -108,7 +109,7 @@ class BPEVocab:
         byte_of = {s: b for b, s in byte_symbols().items()}
         by_id = sorted((i, s) for s, i in self.tokenizer.get_vocab().items())
         self.token_bytes = [bytes(byte_of[c] for c in s) for _, s in by_id]
-        self.chars = [b.decode("utf-8", errors="replace") for b in self.token_bytes]
+        self.chars = [s for _, s in by_id]
         # A character starts at every byte that is not a UTF-8 continuation byte (0b10xxxxxx).
         self.lengths = torch.tensor([sum((c & 0xC0) != 0x80 for c in b) for b in self.token_bytes], dtype=torch.long)
 

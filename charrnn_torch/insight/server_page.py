@@ -148,7 +148,7 @@ async function score() {
                                             body: JSON.stringify({text: $("text").value})});
     if (!response.ok) throw new Error(await refused(response));
     const r = await response.json();
-    result.textContent = `${r.nats.toFixed(4)} nats/${r.unit}, ${r.bits.toFixed(4)} bits/${r.unit}, ` +
+    result.textContent = `${r.nats.toFixed(4)} nats/${r.unit}, ${r.bits.toFixed(4)} bits/${r.unit === "token" ? "char" : r.unit}, ` +
       `over ${r.count.toLocaleString("en")} ${r.unit}s`;
   } catch (e) {
     result.className = "error"; result.textContent = `error: ${e.message}`;

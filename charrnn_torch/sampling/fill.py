@@ -38,7 +38,8 @@ def gap_positions(vocab, text, mask):
     if not isinstance(mask, str) or len(mask) != 1:
         raise UserError(f"the mask must be a single character, got {mask!r}")
     if vocab.mode != "chars":
-        raise UserError("fill works on characters: it needs a model trained with data.vocab=chars")
+        raise UserError(f"fill works on characters: it needs a model trained with data.vocab=chars (this one models "
+                        f"{vocab.mode}, and a gap is one character, which none of its symbols need stand for)")
     gaps = [i for i, ch in enumerate(text) if ch == mask]
     if not gaps:
         raise UserError(f"the text has no {mask!r} to fill (the mask character is set by --mask-char)")

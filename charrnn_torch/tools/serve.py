@@ -4,8 +4,9 @@
     POST /sample  {prime, length, temperature, top_k, top_p, seed, stream}  -> {"text", "seed"},
                   or server-sent events ("prime", "text" as it is drawn, then "done") with
                   "stream": true or Accept: text/event-stream
-    POST /score   {text}  -> {"nats", "bits", "unit", "count"}: mean per character (per byte for a
-                  data.vocab=bytes model)
+    POST /score   {text}  -> {"nats", "bits", "unit", "count", "chars"}: nats per symbol (unit: char,
+                  byte or token) over count predictions; bits per character of text over the
+                  chars they spell (per byte for a data.vocab=bytes model), as --score prints them
     GET /health   the checkpoint, its step, the vocabulary size, the device, the queue
     GET /         a page that samples and scores through the two POST routes
 
@@ -322,7 +323,8 @@ def make_app(served, limits):
         text = score_request(await read_json(request, limits.max_body), served)
         queue.enter()
         got = await queue.run(lambda: sample.score(served.model, served.vocab, text))
-        return JSONResponse({"nats": got["loss"], "bits": got["bpc"], "unit": got["unit"], "count": got["count"]})
+        return JSONResponse({"nats": got["loss"], "bits": got["bpc"], "unit": got["unit"], "count": got["count"],
+                             "chars": got["chars"]})
 
     async def health_route(request):
         return JSONResponse(health(served, queue, limits))
