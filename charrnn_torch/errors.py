@@ -1,4 +1,8 @@
-"""The two kinds of failure a command reports, and the one way a message is put on one line."""
+"""The two kinds of failure a command reports, the one way a message is put on one line, and
+torch's own chatter kept off the console."""
+import contextlib
+import logging
+import warnings
 
 
 class UserError(Exception):
@@ -13,3 +17,19 @@ class RunFailed(Exception):
 def one_line(message):
     """A message (or an exception) as one line: every run of whitespace, newlines included, becomes one space."""
     return " ".join(str(message).split())
+
+
+@contextlib.contextmanager
+def torch_quiet(logger_name):
+    """torch's warnings, and its logger_name logger below ERROR, kept off the console for the block:
+    they speak of torch's internals (deprecations, banners), nothing a user of a command can act on;
+    what went wrong, the command says in its own one line."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)

@@ -19,15 +19,13 @@ import contextlib
 import importlib
 import io
 import json
-import logging
-import warnings
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from . import playground
-from ..errors import RunFailed, UserError, one_line
+from ..errors import RunFailed, UserError, one_line, torch_quiet
 from ..files import json_text
 from ..model.cells import CharRNN
 from ..sampling.sample import default_prime
@@ -80,21 +78,14 @@ def example_inputs(step, batch, generator=None):
 
 @contextlib.contextmanager
 def _exporter(what):
-    """torch's exporters, quiet, their failures one RunFailed line. They warn about their own
-    internals (deprecations, skipped torchvision ops): nothing a user of this command can act on."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """torch's exporters, quiet (errors.torch_quiet), their failures one RunFailed line."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with torch_quiet("torch.onnx"):
             yield
     except (UserError, RunFailed):
         raise
     except Exception as e:  # noqa: BLE001 - torch.export and torch.onnx fail in many ways, all "could not export"
         raise RunFailed(f"could not export the model as {what} ({one_line(e)[:300]}); nothing was written") from None
-    finally:
-        logger.setLevel(level)
 
 
 def exported_program(step):

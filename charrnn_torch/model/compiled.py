@@ -12,19 +12,17 @@ for. The default install never needs a toolchain.
 import contextlib
 import functools
 import hashlib
-import logging
 import os
 import re
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from .. import files
-from ..errors import one_line
+from ..errors import one_line, torch_quiet
 
 SOURCE = Path(__file__).with_name("lstm_kernel.cpp")
 # The vector instructions to build for, from what torch itself dispatches to on this CPU.
@@ -62,7 +60,7 @@ def lstm_kernels():
             if not any(build_dir.glob(f"{name}*.so")):
                 print(f"impl fused_cpp: building the compiled LSTM kernels into {build_dir} (once, about a minute)",
                       file=sys.stderr)
-            with quiet_loader():
+            with torch_quiet("torch.utils.cpp_extension"):  # its banners; our one line says what matters
                 return load(name=name, sources=[str(SOURCE)], extra_cflags=_FLAGS + isa,
                             build_directory=str(build_dir))
     except Exception as e:  # no compiler, no ninja, a failed build: fused's aten kernels do the same maths
@@ -142,21 +140,6 @@ def wait_for_unclaimed_lock(lock):
                   f"{BUILD_WAIT_S / 60:g} minutes old (delete it if no build is running)", file=sys.stderr)
             said = True
         time.sleep(0.5)
-
-
-@contextlib.contextmanager
-def quiet_loader():
-    """torch's loader, without its multi-line banners (a compiler it does not know, say): the one
-    warning line, if the build fails, says what matters."""
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def reason(e):
