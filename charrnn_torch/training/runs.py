@@ -9,7 +9,7 @@ from ..data.corpus import EXTRA_SHOWN, check_same_source, load_corpus, names_one
 from ..data.files_corpus import spec_text
 from ..data.vocab import as_ids
 from ..errors import UserError
-from ..model.cells import build_model
+from ..model.cells import CharRNN
 from . import config as config_mod
 
 
@@ -58,8 +58,9 @@ def initial_model(ckpt, model):
     (train.seed, rank 0), without touching this process's random state; like model (its device,
     dtype), in eval mode. A fine-tuned run's step 0 is its own fresh init, not the weights it
     started from."""
-    cfg = config_mod.build_config(ckpt["config"])
+    # A checkpoint written outside a training run records no config: its seed is then the default's.
+    seed = config_mod.build_config(ckpt["config"]).train.seed if ckpt.get("config") else config_mod.TrainConfig.seed
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
-        fresh = build_model(cfg.model, len(ckpt["vocab"]), model.W_hy.dtype).build_kernels()
+        torch.manual_seed(seed)
+        fresh = CharRNN(**ckpt["model_args"]).to(model.W_hy.dtype).build_kernels()
     return fresh.to(model.W_hy.device).eval()
