@@ -169,7 +169,7 @@ def _vocab_problem(ckpt):
     if not isinstance(vocab, list) or not all(isinstance(c, str) and (len(c) == 1 or not single) for c in vocab):
         return f"its vocabulary is not a list of {what}"
     if len(set(vocab)) != len(vocab):
-        return "its vocabulary lists a symbol twice"
+        return f"its vocabulary lists a {what[:-1]} twice"
     if len(vocab_from_checkpoint(ckpt)) != size or len(vocab) != size:
         return f"its vocabulary has {len(vocab)} {what}, but its model predicts {size}"
     return None
