@@ -11,7 +11,7 @@ import torch
 from charrnn_torch.cli import main
 from charrnn_torch.model.cells import CharRNN
 from charrnn_torch.training import checkpoint
-from charrnn_torch.training.config import build_config
+from charrnn_torch.training.config import build_config, dump_yaml, flatten, to_dict
 from charrnn_torch.training.logger import RunLogger
 from conftest import read_scalars, tiny_overrides
 
@@ -47,7 +47,7 @@ def test_the_last_good_checkpoint_is_kept_and_loads(tmp_path, corpus_file, capsy
 
 def test_the_logger_takes_any_value_without_a_traceback(tmp_path):
     cfg = build_config({}, tiny_overrides("x.txt", tmp_path))
-    log = RunLogger(tmp_path, cfg, 0, False, False, lambda *a: None)
+    log = RunLogger(tmp_path, dump_yaml(cfg), cfg.train, 0, False, False, lambda *a: None)
     model = CharRNN(11, 7)
     with torch.no_grad():
         model.cells[0].W_hh.mul_(3e38)  # finite, but binned in float32 its range would overflow
@@ -56,15 +56,15 @@ def test_the_logger_takes_any_value_without_a_traceback(tmp_path):
     for p in model.parameters():
         p.grad = torch.full_like(p, math.nan)
     nan, inf = math.nan, math.inf
-    log.train_scalars(1, nan, inf, nan, inf, nan)
+    log.train_scalars(1, nan, inf, nan, inf, nan, nan)
     log.nonfinite(1, 1)
-    log.validation(1, nan, inf, False, model, nan)
-    log.validation_line(1, nan, inf, False)
-    log.dynamic(1, nan, inf)
+    log.validation(1, nan, inf, model, nan)
+    log.validation_line(1, nan, inf, inf, False)
+    log.dynamic(1, nan, inf, nan)
     log.hidden_heatmap(1, torch.zeros(3, 7, 5, dtype=torch.uint8).numpy())
     log.char_embedding(1, torch.full((11, 7), nan), [str(i) for i in range(11)])
     log.sample("", 1)
-    log.hparams(cfg, nan)
+    log.hparams(flatten(to_dict(cfg)), nan, nan)
     log.close()
     acc, scalars = read_scalars(tmp_path)
     assert [s for s, _ in scalars["loss/val"]] == [1] and math.isnan(scalars["loss/val"][0][1])

@@ -51,9 +51,7 @@ FROZEN_ON_RESUME = ("out_dir", "data.", "model.hidden_size", "model.num_layers",
 
 @dataclass
 class DataConfig:
-    # A text file; a folder, a glob or a list of files, folders and globs (files_corpus.py); or
-    # python-stdlib: this Python's standard library (code_corpus.py).
-    path: object = DEFAULT_PATH
+    path: object = DEFAULT_PATH  # a text file; a folder, glob or list of them (files_corpus.py); python-stdlib
     separator: str = "\n"  # after each file of a set of files (python-stdlib's too)
     val_fraction: float = 0.1  # the last 10% of the text, contiguous, as nanoGPT splits
     vocab: str = "chars"  # chars: the text's characters; bytes: its raw bytes (V = 256), any file; words; bpe (tokens.py)
