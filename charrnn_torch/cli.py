@@ -717,6 +717,7 @@ def export_command(args, prog):
         export.require_onnx()
     source = _spare_inputs(args, [args.out])
     model, vocab, ckpt = checkpoint.load_model(source, args.device)
+    checkpoint.refuse_bidirectional(model, args.checkpoint, "be exported as a one-step function")
     data, what = export.export(model, vocab, ckpt, source, args.format, args.half)
     files.write_file(args.out, data)
     print(f"wrote {args.out} ({len(data):,} bytes): {what}")
@@ -759,7 +760,7 @@ def serve_setup(args):
     all that `charrnn serve` does but serve."""
     serve, _ = serve_modules()
     model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
-    checkpoint.refuse_bidirectional(model, args.checkpoint, "be exported as a one-step function")
+    checkpoint.refuse_bidirectional(model, args.checkpoint, "generate text")
     source = checkpoint.resolve(args.checkpoint, step=args.step)
     defaults = {k: SAMPLE_DEFAULTS[k] for k in ("temperature", "top_k", "top_p")}
     served = serve.Served(model=model, vocab=vocab, checkpoint=str(source), step=ckpt.get("step"),
