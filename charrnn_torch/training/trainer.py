@@ -313,6 +313,7 @@ class Trainer:
             raise
         finally:
             self.ddp_model = self.model  # the DDP wrapper holds the process group: see distributed.finish
+            self.step_fn.forward = self.model  # the step held the wrapper too
         if train_cfg.dynamic_eval and self.dist.is_main:
             self.evaluate_dynamic()
         self.log_char_embedding()
