@@ -2,7 +2,7 @@
 user who has just cloned the repository would run them (test_layout only parses them): every
 command of its ```bash blocks runs in a fresh folder, and each succeeds. The only changes: a tiny
 corpus, tiny model sizes and small step counts or budgets, added as key=value overrides to each
-training command for the keys it does not set itself (a resumed run's and the sweep's step counts
+training command for the keys it does not set itself (a resumed run's step count and the sweep's
 are the exceptions: overridden after theirs); letters.txt, the README's own small text, is a small text; the `charrnn` console
 script runs as `python -m charrnn_torch` from this checkout. What cannot run here is in SKIPPED,
 with why, and nothing else is skipped: a command added to the README runs here, or is named there.
