@@ -203,7 +203,7 @@ function probabilities(logits, temperature, topK, topP) {  // sample.filter_prob
     const kth = z.slice().sort((a, b) => b - a)[topK - 1];
     for (let v = 0; v < V; v++) if (z[v] < kth) z[v] = -Infinity;
   }
-  const m = Math.max(...z), e = z.map(a => Math.exp(a - m)), s = e.reduce((a, b) => a + b, 0);
+  const top = Math.max(...z), e = z.map(a => Math.exp(a - top)), s = e.reduce((a, b) => a + b, 0);  // softmax
   let p = e.map(a => a / s);
   if (topP < 1) {  // keep a character while the mass ranked above it is short of topP
     const order = Array.from(p.keys()).sort((a, b) => p[b] - p[a]), keep = new Array(V).fill(false);
