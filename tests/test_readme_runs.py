@@ -23,7 +23,6 @@ BUDGETED = ("python_code.yaml", "shakespeare_gpu.yaml")  # train.max_minutes end
 SKIPPED = {
     "pip": "installs packages: this checkout is installed already",
     "python -m pytest": "runs this test suite",
-    "tensorboard": "a server that runs until stopped (test_experiments serves a run with it)",
     "bash scripts/gpu_check.sh": "the prepared GPU run (test_gpu_check runs its --dry-run)",
     "charrnn bench": "minutes of timing at full sizes (test_bench runs every row at small ones)",
     "python scripts/bench.py": "minutes of timing, on CUDA (test_bench)",
