@@ -3,7 +3,8 @@ Playwright): it loads from file:// with no console errors and no network request
 character shows the model's top-5 guesses for it, the header names what a built-in corpus was
 built from, only the features the text has get rows and the unit picker opens on the first one's
 best unit, picking a unit recolours the text by that unit, clicking a feature's row picks its
-best unit, and a screenshot is not blank. A page whose every embedded string is hostile (`<!--`
+best unit, the gradients-through-time section draws every curve and factor, and a screenshot is
+not blank. A page whose every embedded string is hostile (`<!--`
 then `<script`, `</script>`, `&amp;`: in the checkpoint's path, the text and the corpus record)
 and whose validation loss is NaN runs all the same, shows each string as it is and the loss as
 n/a, and its insight.json is strict JSON.
@@ -121,6 +122,24 @@ def test_clicking_a_feature_picks_its_best_unit(browser_page, page_file):
     best = json.loads((page_file.parent / "insight.json").read_text())["search"]["start of line"]["units"][0]
     page.click("#features tr.feature-row:has-text('start of line')")
     assert page.inner_text("#unit-label") == f"{best['state']} layer {best['layer']} unit {best['unit']}"
+
+
+def test_gradients_section_draws_every_curve_and_factor(browser_page, page_file):
+    """One polyline per state, layer and time (trained, step 0) of insight.json's curves, each with
+    as many points as the window has distances, and one factor row per layer with its numbers."""
+    page, _ = browser_page
+    g = json.loads((page_file.parent / "insight.json").read_text())["gradients"]
+    want = sum(len(layers) for when in ("trained", "init") for layers in g[when]["grad"].values())
+    assert want == 2 * 2 * 2  # h and c, 2 layers, trained and step 0
+    points = page.eval_on_selector_all("#gradient-curves polyline.gradient-line",
+                                       "ls => ls.map(l => l.getAttribute('points').split(' ').length)")
+    assert points == [g["window"]] * want
+    assert all(p.is_visible() for p in page.locator("#gradient-curves polyline").all())
+    assert f"a window of {g['window']}" in page.inner_text("#gradients-note")
+    rows = page.locator("#gradient-factors tr").all_inner_texts()
+    assert len(rows) == 1 + 2 + 1  # header, a row per layer, the footnote
+    for l in range(2):
+        assert rows[1 + l].startswith(f"{l}\t{g['trained']['jacobian'][l]:.3f} / {g['init']['jacobian'][l]:.3f}")
 
 
 def test_screenshot_is_not_blank(browser_page):
