@@ -37,7 +37,7 @@ class _TanhRecurrence(torch.autograd.Function):
             add_h_W_hh_t = accumulate_matmul(W_hh, B, transpose=True, calls=T)  # pre_t += h W_hh^T
             h = h0
             for pre_t in pre.view(T, B, H).unbind(0):  # T views of (B, H); one call, not T indexings
-                h = add_h_W_hh_t(pre_t, h).tanh_()
+                h = tanh_step(pre_t, h, add_h_W_hh_t)
             if W_hy is None:
                 ctx.save_for_backward(W_hh, h0, pre)
                 return (pre,)
@@ -67,6 +67,13 @@ class _TanhRecurrence(torch.autograd.Function):
             dW_hh = g[B:].t() @ out[:-B]
             dW_hh.addmm_(gs[0].t(), h0)
             return (g, dW_hh, dh0, *_head_grads(out, grad_logits, head))
+
+
+def tanh_step(a, h_prev, add_h_W_hh_t):
+    """One step of the tanh cell, in place: a (B, H) = W_xh x_t + b_h becomes h_t =
+    tanh(a + W_hh h_{t-1}). The fused forward and one-step sampling (stepper.py) both run it,
+    so that both give the same bits."""
+    return add_h_W_hh_t(a, h_prev).tanh_()
 
 
 def _head_forward(out, W_hy, b_y):
@@ -130,19 +137,11 @@ class _LSTMRecurrence(torch.autograd.Function):
             add_h_W_hh_t = accumulate_matmul(W_hh, B, transpose=True, calls=T)  # gates_t += h W_hh^T
             h_all, c_all, tc_all = (pre.new_empty(T * B, H) for _ in range(3))  # h_t, c_t, tanh(c_t)
             gates, hs, cs, tcs = (buf.view(T, B, -1).unbind(0) for buf in (pre, h_all, c_all, tc_all))
+            step = lstm_step if kernels is None else kernels.forward_step
             h, c = h0, c0
             for t in range(T):
-                a = add_h_W_hh_t(gates[t], h)  # (B, 4H)
-                if kernels is not None:
-                    kernels.forward_step(a, c, cs[t], tcs[t], hs[t])
-                    h, c = hs[t], cs[t]
-                    continue
-                a[:, :2 * H].sigmoid_()  # i, f
-                a[:, 2 * H:3 * H].tanh_()  # g
-                a[:, 3 * H:].sigmoid_()  # o
-                i, f, g, o = a.split(H, dim=1)
-                c = torch.mul(f, c, out=cs[t]).addcmul_(i, g)  # c_t = f c_{t-1} + i g
-                h = torch.mul(o, torch.tanh(c, out=tcs[t]), out=hs[t])  # h_t = o tanh(c_t)
+                step(add_h_W_hh_t(gates[t], h), c, cs[t], tcs[t], hs[t])  # gates_t: (B, 4H)
+                h, c = hs[t], cs[t]
             c_T = cs[-1].clone()
             head = (W_hy.to(pre.dtype),) if W_hy is not None else ()
             logits = _head_forward(h_all, W_hy, b_y) if head else None
@@ -172,6 +171,19 @@ class _LSTMRecurrence(torch.autograd.Function):
             dW_hh.addmm_(das[0].t(), h0)
             return (da_all, dW_hh, dh0, dc if ctx.needs_input_grad[3] else None,
                     *_head_grads(h_all, grad_logits, head), None)
+
+
+def lstm_step(a, c_prev, c, tc, h):
+    """The LSTM's step maths after its GEMM, in aten calls: a (B, 4H) pre-activations become the gates
+    i, f, g, o in place; c, tc and h (B, H) receive c_t, tanh(c_t) and h_t. The same maths as
+    lstm_kernel.cpp's forward step; the fused forward and one-step sampling (stepper.py) both run it."""
+    H = h.shape[1]
+    a[:, :2 * H].sigmoid_()  # i, f
+    a[:, 2 * H:3 * H].tanh_()  # g
+    a[:, 3 * H:].sigmoid_()  # o
+    i, f, g, o = a.split(H, dim=1)
+    torch.mul(f, c_prev, out=c).addcmul_(i, g)  # c_t = f c_{t-1} + i g
+    torch.mul(o, torch.tanh(c, out=tc), out=h)  # h_t = o tanh(c_t)
 
 
 def _lstm_backward_step(gates, c_prev, tc, dh, dc, da):
@@ -217,12 +229,7 @@ class _GRURecurrence(torch.autograd.Function):
             gates, ahs, hs = (buf.view(T, B, -1).unbind(0) for buf in (pre, ah_all, h_all))
             h = h0
             for t in range(T):
-                ah = add_h_W_hh_t(ahs[t], h)
-                a = gates[t]
-                a[:, :2 * H].add_(ah[:, :2 * H]).sigmoid_()  # r, z
-                r, z, n = a.split(H, dim=1)
-                n.addcmul_(r, ah[:, 2 * H:]).tanh_()  # n = tanh(W_xn x + b_xn + r (W_hn h + b_hn))
-                h = torch.sub(h, n, out=hs[t]).mul_(z).add_(n)  # h_t = n + z (h_{t-1} - n)
+                h = gru_step(gates[t], add_h_W_hh_t(ahs[t], h), h, hs[t])
             head = (W_hy.to(pre.dtype),) if W_hy is not None else ()
             logits = _head_forward(h_all, W_hy, b_y) if head else None
         ctx.save_for_backward(W_hh, h0, pre, ah_all, h_all, *head)
@@ -258,6 +265,17 @@ class _GRURecurrence(torch.autograd.Function):
             dW_hh.addmm_(dahs[0].t(), h0)
             db_hn = dah_all[:, 2 * H:].sum(0)
             return (dax_all, dW_hh, db_hn, dh0, *_head_grads(h_all, grad_logits, head))
+
+
+def gru_step(a, ah, h_prev, h):
+    """The GRU's step maths after its GEMM: a (B, 3H) = W_xh x_t + b_h becomes r, z, n in place, from
+    ah (B, 3H) = W_hh h_{t-1} + (0, 0, b_hn); h (B, H) receives h_t, and is returned. The fused
+    forward and one-step sampling (stepper.py) both run it."""
+    H = h.shape[1]
+    a[:, :2 * H].add_(ah[:, :2 * H]).sigmoid_()  # r, z
+    r, z, n = a.split(H, dim=1)
+    n.addcmul_(r, ah[:, 2 * H:]).tanh_()  # n = tanh(W_xn x + b_xn + r (W_hn h + b_hn))
+    return torch.sub(h_prev, n, out=h).mul_(z).add_(n)  # h_t = n + z (h_{t-1} - n)
 
 
 def gru_recurrence(pre, W_hh, b_hn, h0, W_hy=None, b_y=None):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..data.vocab import drop_unknown
 from ..errors import UserError
 from ..model.cells import evaluating, map_state
+from ..model.stepper import Stepper, supports
 
 DEFAULT_LENGTH = 500  # symbols generated after the prime, when not told: characters (tokens for words, bpe)
 
@@ -62,16 +63,19 @@ def default_prime(vocab, char_counts=None):
     return vocab.chars[0]
 
 
-def filter_probs(logits, temperature=1.0, top_k=0, top_p=1.0):
+def filter_probs(logits, temperature=1.0, top_k=0, top_p=1.0, out=None):
     """(N, V) logits -> (N, V) float64 probabilities after temperature, top-k and top-p. The largest
     logit is subtracted before the division: every logit / temperature is then <= 0, so no positive
-    temperature overflows it (1e-310 is greedy; logits / 1e-310 would be inf, and inf - inf NaN)."""
-    logits = logits.double()
-    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
+    temperature overflows it (1e-310 is greedy; logits / 1e-310 would be inf, and inf - inf NaN).
+    out: two (N, V) float64 buffers (work, probabilities) for a caller that draws many times; the
+    same aten calls either way, so the same bits."""
+    work, probs = out or (None, None)
+    z = logits.to(torch.float64, copy=True) if work is None else work.copy_(logits)
+    z.sub_(z.amax(-1, keepdim=True)).div_(temperature)
+    if top_k > 0 and top_k < z.shape[-1]:
+        kth = z.topk(top_k, dim=-1).values[:, -1:]
+        z.masked_fill_(z < kth, float("-inf"))
+    probs = torch.softmax(z, -1, out=probs)
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         mass_before = sorted_p.cumsum(-1) - sorted_p
@@ -84,10 +88,12 @@ def filter_probs(logits, temperature=1.0, top_k=0, top_p=1.0):
     return probs
 
 
-def pick(probs, u):
-    """Inverse-CDF sampling: the first id whose cumulative probability exceeds u (N,)."""
-    cdf = probs.cumsum(-1)
-    idx = torch.searchsorted(cdf, u.to(cdf.dtype)[:, None].contiguous(), right=True)[:, 0]
+def pick(probs, u, out=None):
+    """Inverse-CDF sampling: the first id whose cumulative probability exceeds u (N,). out: a (N, V)
+    float64 buffer for the cumulative probabilities and a (N, 1) int64 one for the ids."""
+    cdf, ids = out or (None, None)
+    cdf = torch.cumsum(probs, -1, out=cdf)
+    idx = torch.searchsorted(cdf, u.to(cdf.dtype)[:, None].contiguous(), right=True, out=ids)[:, 0]
     return idx.clamp_(max=probs.shape[-1] - 1)
 
 
@@ -95,32 +101,51 @@ def _device(model):
     return next(model.parameters()).device
 
 
+def one_step(model, state):
+    """ids (N,) -> the next logits (N, V), the state carried from state on: a Stepper (the same bits
+    as the model, without its per-call cost) where one runs the model, else the model itself."""
+    if supports(model):
+        return Stepper(model, state)
+    carried = [state]
+
+    def step(ids):
+        logits, carried[0] = model(ids[:, None], carried[0])
+        return logits[:, -1]
+    return step
+
+
+DRAW_BLOCK = 1024  # uniforms drawn per call, per stream: one draw(N * k) is the same numbers as k draw(N)
+
+
 @torch.no_grad()
 def sample_ids(model, prime_ids, length, sampling=Sampling(), draw=None, on_step=None):
     """prime_ids (N, P) -> generated ids (N, length), each drawn as sampling says. draw(n) returns n
-    uniforms in [0, 1) (default: sampling.draw()).
+    uniforms in [0, 1) (default: sampling.draw()), a stream whose n * k come out the same however
+    they are asked for.
 
     on_step(ids) is called with each new (N,) column as soon as it exists.
     """
     draw = draw or sampling.draw()
+    N = prime_ids.shape[0]
     with evaluating(model):
-        logits, h = model(prime_ids.to(_device(model)))
-        last = logits[:, -1]
-        out = []
+        logits, state = model(prime_ids.to(_device(model)))
+        last, step = logits[:, -1], one_step(model, state)
+        ids = torch.empty(length, N, dtype=torch.long, device=last.device)
+        buffers = (torch.empty(N, last.shape[1], dtype=torch.float64, device=last.device) for _ in range(3))
+        probs_out, cdf = (next(buffers), next(buffers)), next(buffers)
         for i in range(length):
             if sampling.greedy:
-                nxt = last.argmax(-1)
+                torch.argmax(last, -1, out=ids[i])
             else:
-                u = draw(prime_ids.shape[0])
-                probs = filter_probs(last, sampling.temperature, sampling.top_k, sampling.top_p)
-                nxt = pick(probs, u.to(last.device))
-            out.append(nxt)
+                if i % DRAW_BLOCK == 0:
+                    u = draw(N * min(DRAW_BLOCK, length - i)).view(-1, N).to(last.device)
+                probs = filter_probs(last, sampling.temperature, sampling.top_k, sampling.top_p, out=probs_out)
+                pick(probs, u[i % DRAW_BLOCK], out=(cdf, ids[i].view(N, 1)))
             if on_step is not None:
-                on_step(nxt)
+                on_step(ids[i])
             if i + 1 < length:
-                logits, h = model(nxt[:, None], h)  # one step, state carried
-                last = logits[:, -1]
-    return torch.stack(out, 1).cpu() if out else torch.zeros(prime_ids.shape[0], 0, dtype=torch.long)
+                last = step(ids[i])  # one step, state carried
+    return ids.t().cpu()
 
 
 def generate_batch(model, vocab, prime, length, num_samples=1, sampling=Sampling(), on_step=None):
