@@ -131,16 +131,15 @@ def sample_ids(model, prime_ids, length, sampling=Sampling(), draw=None, on_step
         logits, state = model(prime_ids.to(_device(model)))
         last, step = logits[:, -1], one_step(model, state)
         ids = torch.empty(length, N, dtype=torch.long, device=last.device)
-        buffers = (torch.empty(N, last.shape[1], dtype=torch.float64, device=last.device) for _ in range(3))
-        probs_out, cdf = (next(buffers), next(buffers)), next(buffers)
+        work, probs, cdf = (torch.empty(N, last.shape[1], dtype=torch.float64, device=last.device) for _ in range(3))
         for i in range(length):
             if sampling.greedy:
                 torch.argmax(last, -1, out=ids[i])
             else:
                 if i % DRAW_BLOCK == 0:
                     u = draw(N * min(DRAW_BLOCK, length - i)).view(-1, N).to(last.device)
-                probs = filter_probs(last, sampling.temperature, sampling.top_k, sampling.top_p, out=probs_out)
-                pick(probs, u[i % DRAW_BLOCK], out=(cdf, ids[i].view(N, 1)))
+                p = filter_probs(last, sampling.temperature, sampling.top_k, sampling.top_p, out=(work, probs))
+                pick(p, u[i % DRAW_BLOCK], out=(cdf, ids[i].view(N, 1)))
             if on_step is not None:
                 on_step(ids[i])
             if i + 1 < length:
