@@ -1,11 +1,12 @@
-"""Proves the packed GEMM behind `fused`'s float32 CPU recurrence (charrnn_torch/packed_gemm.py).
+"""Proves the packed GEMMs behind `fused`'s float32 CPU recurrence (charrnn_torch/model/packed_gemm.py).
 
-MKL's cblas_sgemm_pack/compute, called through ctypes, must do exactly what addmm_ does
-(c += a @ W or a @ W.T, for rectangular, distinct sizes so a transposed operand fails),
-refuse tensors its raw pointers cannot safely read, be found wherever torch links MKL on
-Linux, and actually be taken by `fused` in float32, with the same losses and gradients as
-the addmm_ fallback and the float64 numpy reference, to float32 precision. The float64
-gradient tests (test_gradients.py) cover the same loop on the addmm_ path.
+Both packed kernels, oneDNN's (reorder once, linear per step) and MKL's cblas_sgemm_pack/compute
+(called through ctypes), must do what addmm_ does (c += a @ W or a @ W.T, for rectangular,
+distinct sizes so a transposed operand fails); MKL's must refuse tensors its raw pointers cannot
+safely read; each must be found wherever torch carries it on Linux x86-64, be chosen by shape
+alone (oneDNN from a 512 x 512 W, MKL below), and actually be taken by `fused` in float32, with
+the same losses and gradients as the addmm_ fallback and the float64 numpy reference, to float32
+precision. The float64 gradient tests (test_gradients.py) cover the same loop on the addmm_ path.
 Run: pytest tests/test_packed_gemm.py
 """
 import platform
@@ -22,19 +23,61 @@ ROWS, K, N = 3, 7, 11
 
 needs_mkl = pytest.mark.skipif(packed_gemm.mkl_packed_gemm() is None,
                                reason="torch's MKL packed GEMM is not reachable here")
+needs_dnn = pytest.mark.skipif(packed_gemm.onednn_linear() is None, reason="torch's oneDNN linear is not reachable here")
 
 
 @pytest.fixture
 def pack_small(monkeypatch):
-    """Pack even the tests' small, distinct sizes, which are below where packing pays."""
+    """Pack even the tests' small, distinct sizes with MKL, which are below where packing pays."""
     monkeypatch.setattr(packed_gemm, "PACK_MIN_ROWS", 1)
     monkeypatch.setattr(packed_gemm, "PACK_MIN_DIM", 1)
+
+
+@pytest.fixture
+def dnn_small(pack_small, monkeypatch):
+    """Hand even the tests' small sizes to oneDNN."""
+    monkeypatch.setattr(packed_gemm, "DNN_MIN_WEIGHT", 1)
 
 
 def test_found_where_torch_links_mkl():
     if platform.system() != "Linux" or platform.machine() != "x86_64" or not torch.backends.mkl.is_available():
         pytest.skip("only PyTorch's Linux x86-64 builds with MKL are known to export it")
     assert packed_gemm.mkl_packed_gemm() is not None
+
+
+def test_onednn_found_where_torch_carries_it():
+    if platform.system() != "Linux" or platform.machine() != "x86_64" or not torch.backends.mkldnn.is_available():
+        pytest.skip("only PyTorch's Linux x86-64 builds with oneDNN are checked")
+    assert packed_gemm.onednn_linear() is not None
+
+
+@needs_dnn
+@pytest.mark.parametrize("transpose", [False, True])
+def test_onednn_accumulates_like_addmm(transpose, dnn_small):
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn((N, K) if transpose else (K, N), generator=g)
+    a, c0 = torch.randn(ROWS, K, generator=g), torch.randn(ROWS, N, generator=g)
+    acc = packed_gemm.accumulate_matmul(W, ROWS, transpose, calls=16)
+    assert acc.kernel == "onednn"
+    Wm = (W.t() if transpose else W).double()
+    c = c0.clone()
+    assert acc(c, a) is c
+    torch.testing.assert_close(c.double(), c0.double() + a.double() @ Wm, rtol=1e-6, atol=1e-6)
+    acc(c, a)
+    torch.testing.assert_close(c.double(), c0.double() + 2 * a.double() @ Wm, rtol=1e-6, atol=1e-6)
+
+
+@needs_dnn
+@needs_mkl
+def test_the_kernel_is_chosen_by_shape_alone():
+    rows, calls = 16, 16
+    cases = [(torch.randn(512, 512), rows, calls, "onednn"), (torch.randn(2048, 128), rows, calls, "onednn"),
+             (torch.randn(384, 512), rows, calls, "mkl packed"),  # a W below oneDNN's size, above MKL's
+             (torch.randn(512, 512), rows - 1, calls, "addmm"), (torch.randn(512, 512), rows, calls - 1, "addmm"),
+             (torch.randn(512, 512).double(), rows, calls, "addmm")]
+    for W, rows_, calls_, kernel in cases:
+        for transpose in (False, True):
+            assert packed_gemm.accumulate_matmul(W, rows_, transpose, calls_).kernel == kernel, (W.shape, rows_, calls_)
 
 
 @needs_mkl
@@ -44,7 +87,7 @@ def test_accumulates_like_addmm(transpose, pack_small):
     W = torch.randn((N, K) if transpose else (K, N), generator=g)
     a, c0 = torch.randn(ROWS, K, generator=g), torch.randn(ROWS, N, generator=g)
     acc = packed_gemm.accumulate_matmul(W, ROWS, transpose, calls=16)
-    assert hasattr(acc, "packed")  # the MKL path, not the addmm_ fallback
+    assert acc.kernel == "mkl packed"  # not the addmm_ fallback
     Wm = (W.t() if transpose else W).double()
     c = c0.clone()
     assert acc(c, a) is c
@@ -69,22 +112,34 @@ def test_refuses_what_its_pointers_cannot_read(pack_small):
 @needs_mkl
 def test_packs_only_where_it_pays():
     W, rows, calls = torch.randn(384, 512), 16, 16
-    assert hasattr(packed_gemm.accumulate_matmul(W, rows, False, calls), "packed")
+    assert packed_gemm.accumulate_matmul(W, rows, False, calls).kernel == "mkl packed"
     for W_, rows_, calls_ in [(W, rows, 15), (W, 15, calls), (W[:, :383], rows, calls), (W.double(), rows, calls)]:
-        assert not hasattr(packed_gemm.accumulate_matmul(W_, rows_, False, calls_), "packed")
+        assert packed_gemm.accumulate_matmul(W_, rows_, False, calls_).kernel == "addmm"
 
 
 SMALL = dict(V=11, H=7, B=3, T=20)  # T >= 16, so fused packs (with pack_small)
 
 
-def fused_float32_run(L, monkeypatch, mkl, V, H, B, T):
-    """Loss, gradients and dL/dh0 of one float32 fused step, with MKL's functions replaced by
-    ``mkl`` (None: the addmm_ fallback); counts the packed GEMM calls."""
+def counting(kernel, monkeypatch):
+    """Leave only ``kernel`` ("onednn", "mkl packed" or "addmm") to accumulate_matmul, with its
+    per-step calls counted: the list it returns grows by one per call."""
     calls = []
-    if mkl is not None:
-        get_size, pack, compute = mkl
+    mkl = dnn = None
+    if kernel == "mkl packed":
+        get_size, pack, compute = packed_gemm.mkl_packed_gemm()
         mkl = (get_size, pack, lambda *args: (calls.append(1), compute(*args)))
+    if kernel == "onednn":
+        reorder, linear = packed_gemm.onednn_linear()
+        dnn = (reorder, lambda *args: (calls.append(1), linear(*args))[1])
     monkeypatch.setattr(packed_gemm, "mkl_packed_gemm", lambda: mkl)
+    monkeypatch.setattr(packed_gemm, "onednn_linear", lambda: dnn)
+    return calls
+
+
+def fused_float32_run(L, kernel, monkeypatch, V, H, B, T):
+    """Loss, gradients and dL/dh0 of one float32 fused step with only ``kernel`` in its step GEMMs,
+    and how many calls that kernel took."""
+    calls = counting(kernel, monkeypatch)
     torch.manual_seed(0)
     model = CharRNN(V, H, num_layers=L, impl="fused")
     g = torch.Generator().manual_seed(1)
@@ -98,14 +153,16 @@ def fused_float32_run(L, monkeypatch, mkl, V, H, B, T):
     return loss.item(), grads, h0.grad.double().numpy(), len(calls), (params, x.numpy(), y.numpy(), h0)
 
 
-@needs_mkl
+KERNELS = [pytest.param("mkl packed", marks=needs_mkl), pytest.param("onednn", marks=needs_dnn)]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("L", [1, 2])
-def test_fused_float32_takes_it_and_matches(L, monkeypatch, pack_small):
-    mkl = packed_gemm.mkl_packed_gemm()
-    loss, grads, dh0, n_calls, (params, x, y, h0) = fused_float32_run(L, monkeypatch, mkl, **SMALL)
+def test_fused_float32_takes_it_and_matches(L, kernel, monkeypatch, dnn_small):
+    loss, grads, dh0, n_calls, (params, x, y, h0) = fused_float32_run(L, kernel, monkeypatch, **SMALL)
     T = SMALL["T"]
     assert n_calls == L * (T + T - 1)  # every step forward, every step but the first backward
-    loss_mm, grads_mm, dh0_mm, n_mm, _ = fused_float32_run(L, monkeypatch, None, **SMALL)
+    loss_mm, grads_mm, dh0_mm, n_mm, _ = fused_float32_run(L, "addmm", monkeypatch, **SMALL)
     assert n_mm == 0
     r_loss, r_grads, r_dh0, _, _ = reference.loss_and_grads(params, x, y, h0.detach().double().numpy())
     # float32 sums of a few hundred terms: ~1e-6 relative, so 1e-5 (float64 gets 1e-9, elsewhere)
@@ -116,12 +173,13 @@ def test_fused_float32_takes_it_and_matches(L, monkeypatch, pack_small):
         assert rel_err(dh0, want_dh0) <= 1e-5
 
 
-@needs_mkl
-def test_fused_at_a_size_where_packing_pays_matches_addmm(monkeypatch):
-    # No lowered thresholds: MKL's own choice of kernel and thread split at a real size.
-    sizes = dict(V=65, H=512, B=32, T=16)
-    loss, grads, dh0, n_calls, _ = fused_float32_run(1, monkeypatch, packed_gemm.mkl_packed_gemm(), **sizes)
-    loss_mm, grads_mm, dh0_mm, _, _ = fused_float32_run(1, monkeypatch, None, **sizes)
+@pytest.mark.parametrize("kernel, H", [pytest.param("mkl packed", 384, marks=needs_mkl),
+                                       pytest.param("onednn", 512, marks=needs_dnn)])
+def test_fused_at_a_size_where_packing_pays_matches_addmm(kernel, H, monkeypatch):
+    # No lowered thresholds: each library's own choice of kernel and thread split at a real size.
+    sizes = dict(V=65, H=H, B=32, T=16)
+    loss, grads, dh0, n_calls, _ = fused_float32_run(1, kernel, monkeypatch, **sizes)
+    loss_mm, grads_mm, dh0_mm, _, _ = fused_float32_run(1, "addmm", monkeypatch, **sizes)
     assert n_calls == 2 * 16 - 1
     assert loss == pytest.approx(loss_mm, rel=1e-5)
     for name in grads_mm:

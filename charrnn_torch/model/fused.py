@@ -11,7 +11,8 @@ Why hand-write them: autograd's unrolled loop records several nodes per step and
 fresh tensor for each; here each step is one GEMM into all of the cell's gates and the gate maths
 in place, in time-major (T*B, ·) buffers, and dW_hh is one large GEMM after the loop instead of T
 small ones. This is torch-rnn's recipe. The step GEMMs all multiply by the same W_hh, so on CPU
-they use MKL's packed GEMM where torch has it (``packed_gemm.py``), and ``addmm_`` elsewhere.
+they use a GEMM that packs W_hh once (oneDNN's or MKL's, ``packed_gemm.py``) where torch has one,
+and ``addmm_`` elsewhere.
 """
 import torch
 from torch.autograd.function import once_differentiable

@@ -1,17 +1,22 @@
-"""c += a @ W for many small row blocks a against one fixed W: MKL's packed GEMM where torch has it.
+"""c += a @ W for many small row blocks a against one fixed W: the recurrence's step GEMM, with
+the fastest kernel torch carries for it.
 
-Why: an sgemm call first copies ("packs") its B operand into the blocked layout its kernel
-reads. In the recurrence that operand is W_hh, the same (H, H) matrix at every one of the T
-steps, and each step's A has only B = 64 rows to spread that packing over. MKL's answer for
-exactly this case (RNNs) is to pack once, ``cblas_sgemm_pack``, and multiply many times,
-``cblas_sgemm_compute``. It pays only for a large enough W and row block (PACK_MIN_* below;
-the timings behind both are in data/results/performance-cpu.md).
+Why: a GEMM call first copies ("packs") its B operand into the blocked layout its kernel
+reads. In the recurrence that operand is W_hh, the same matrix at every one of the T steps,
+and each step's A has only B = 64 rows to spread that packing over. Two libraries inside
+PyTorch's x86-64 wheels pack once and multiply many times:
 
-No torch op exposes it with beta = 1 (``torch.ops.mkl._mkl_linear`` allocates its result,
-and the add it then needs costs what the packing saves), so this calls the two C functions
-through ctypes, in the MKL that PyTorch's Linux x86-64 wheels link into libtorch_cpu.so and
-export. Elsewhere (macOS, Windows, ARM, a build without MKL or with its symbols hidden), and
-for anything but float32 on CPU, callers get ``addmm_`` instead.
+- **oneDNN** (``torch.ops.mkldnn._reorder_linear_weight`` once, ``_linear_pointwise`` per
+  step), the library behind ``nn.LSTM`` on CPU. Its JIT kernels use the CPU's widest vectors
+  whoever made the CPU: on the AMD EPYC of data/results/performance-cpu.md it multiplies a
+  (64, 512) block by a (512, 2048) W_hh 1.3-1.4x as fast as MKL. It pays from a 512 x 512 W
+  (DNN_MIN_WEIGHT); below that its fixed cost per call is more than it saves.
+- **MKL**'s ``cblas_sgemm_pack`` / ``cblas_sgemm_compute``, called through ctypes (no torch op
+  exposes it with beta = 1), for a W too small for oneDNN but large enough to pack (PACK_MIN_*).
+
+Elsewhere (a build without them, anything but float32 on CPU, too few rows or calls),
+callers get ``addmm_``. Each choice depends only on shapes, dtype and what torch carries,
+never on timing, so a run and its resume multiply with the same kernel.
 """
 import ctypes
 import functools
@@ -52,9 +57,25 @@ def mkl_packed_gemm():
     return get_size, pack, compute
 
 
-# Where packing pays (performance-cpu.md): below these sizes MKL's packed path has more fixed cost
-# than the packing it saves.
+@functools.lru_cache(maxsize=None)
+def onednn_linear():
+    """(reorder, linear) from the oneDNN inside torch, or None where it is not there."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        reorder, linear = torch.ops.mkldnn._reorder_linear_weight, torch.ops.mkldnn._linear_pointwise
+        # An exact product (small integers) proves the ops are there and multiply as assumed.
+        a, w = torch.arange(6, dtype=torch.float32).view(2, 3), torch.arange(12, dtype=torch.float32).view(4, 3)
+        got = linear(a, reorder(w, 2), None, "none", [], None)
+    except (AttributeError, RuntimeError):
+        return None
+    return (reorder, linear) if torch.equal(got, a @ w.t()) else None
+
+
+# Where packing pays (performance-cpu.md): below these sizes a packed path has more fixed cost
+# than the packing it saves. oneDNN's needs a larger W than MKL's.
 PACK_MIN_ROWS, PACK_MIN_DIM, PACK_MIN_CALLS = 16, 384, 16
+DNN_MIN_WEIGHT = 512 * 512
 
 
 def accumulate_matmul(W, rows, transpose, calls):
@@ -64,13 +85,18 @@ def accumulate_matmul(W, rows, transpose, calls):
     buffer. ``calls`` is how many times it will run: the one-off cost of packing (or of a
     contiguous copy of W.T) only pays over many.
     """
-    pack_pays = calls >= PACK_MIN_CALLS and rows >= PACK_MIN_ROWS and min(W.shape) >= PACK_MIN_DIM
-    mkl = mkl_packed_gemm() if pack_pays and W.is_cpu and W.dtype == torch.float32 else None
+    many = calls >= PACK_MIN_CALLS and rows >= PACK_MIN_ROWS and W.is_cpu and W.dtype == torch.float32
+    dnn = onednn_linear() if many and W.numel() >= DNN_MIN_WEIGHT else None
+    if dnn is not None:
+        return _onednn_accumulate(dnn, W, rows, transpose)
+    mkl = mkl_packed_gemm() if many and min(W.shape) >= PACK_MIN_DIM else None
     if mkl is None:
         # A contiguous W.T makes MKL's GEMM ~7% faster than a transposed view: worth one copy
         # for many calls, not for sampling's one-step ones.
         Wm = (W.t().contiguous() if calls >= 16 else W.t()) if transpose else W
-        return lambda c, a: c.addmm_(a, Wm)
+        acc = lambda c, a: c.addmm_(a, Wm)  # noqa: E731
+        acc.kernel = "addmm"
+        return acc
     get_size, pack, compute = mkl
     W = W.contiguous()
     N, K = W.shape if transpose else W.shape[::-1]
@@ -90,4 +116,18 @@ def accumulate_matmul(W, rows, transpose, calls):
         return c
 
     acc.packed = packed  # keeps the buffer alive as long as acc
+    acc.kernel = "mkl packed"
+    return acc
+
+
+def _onednn_accumulate(dnn, W, rows, transpose):
+    """acc(c, a) through oneDNN: linear(a, Wl) is a @ Wl.T, so Wl is W for transpose, else W.T.
+    Its product comes fresh from the op and is added into c: oneDNN has no beta = 1 here."""
+    reorder, linear = dnn
+    packed = reorder((W if transpose else W.t()).contiguous(), rows)
+
+    def acc(c, a):
+        return c.add_(linear(a, packed, None, "none", [], None))
+
+    acc.kernel = "onednn"
     return acc
