@@ -12,11 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
+_LINE = "the quick brown fox jumps over the lazy dog. "
+TINY_TEXT = "".join(_LINE[i:] + _LINE[:i] + "\n" for i in range(40)) * 10
+
+
 @pytest.fixture
 def tiny_text():
     """A small corpus with a fixed, small vocabulary: cheap to train on in a test."""
-    line = "the quick brown fox jumps over the lazy dog. "
-    return "".join(line[i:] + line[:i] + "\n" for i in range(40)) * 10
+    return TINY_TEXT
 
 
 def run_script(name, *args, cwd=None, env=None, timeout=300):

@@ -12,15 +12,19 @@ import torch
 import charrnn_torch as cr
 from charrnn_torch.cli import main
 from charrnn_torch.sampling.sample import char_losses
-from conftest import ROOT, SHARED_CORPUS, tiny_overrides
+from conftest import ROOT, SHARED_CORPUS, TINY_TEXT, tiny_overrides
 
 TINY = {"model.hidden_size": 7, "model.num_layers": 2, "train.max_steps": 12, "train.eval_interval": 6,
         "train.sample_interval": 0}
 
 
-@pytest.fixture
-def run_dir(tmp_path, corpus_file):
-    overrides = tiny_overrides(corpus_file, tmp_path / "run", **TINY, **{"model.cell": "lstm"})
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One tiny trained run for the module's tests, which only read it."""
+    tmp = tmp_path_factory.mktemp("api")
+    corpus_file = tmp / "corpus.txt"
+    corpus_file.write_text(TINY_TEXT)
+    overrides = tiny_overrides(corpus_file, tmp / "run", **TINY, **{"model.cell": "lstm"})
     summary = cr.train("shakespeare.yaml", *overrides, progress=False, log=lambda *a: None)
     assert summary["step"] == 12
     return summary["out_dir"]
