@@ -173,10 +173,20 @@ def test_one_table_of_commands_behind_every_way_in():
     listing = subprocess.run([sys.executable, "-m", "charrnn_torch", "--help"], capture_output=True, text=True,
                              cwd=ROOT).stdout
     assert all(re.search(rf"^  {name} ", listing, re.M) for name in cli.COMMANDS), listing
-    for name in cli.COMMANDS:
-        script = ROOT / "scripts" / f"{name}.py"
-        done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=ROOT)
-        assert done.returncode == 0 and done.stdout.startswith(f"usage: python scripts/{name}.py"), done.stderr
+    # Every script run as __main__ with --help, all in one process (torch is imported once, not per script).
+    runner = ("import runpy, sys\n"
+              "for path in sys.argv[1:]:\n"
+              "    sys.argv = [path, '--help']\n"
+              "    try:\n"
+              "        runpy.run_path(path, run_name='__main__')\n"
+              "    except SystemExit as e:\n"
+              "        print(f'@@ {path} exit {e.code}', flush=True)\n")
+    scripts = [ROOT / "scripts" / f"{name}.py" for name in cli.COMMANDS]
+    done = subprocess.run([sys.executable, "-c", runner, *map(str, scripts)], capture_output=True, text=True, cwd=ROOT)
+    outputs = re.split(r"^@@ .* exit (.*)\n", done.stdout, flags=re.M)  # [help, code, help, code, ..., '']
+    assert done.returncode == 0 and len(outputs) == 2 * len(scripts) + 1, done.stdout + done.stderr
+    for name, script, text, code in zip(cli.COMMANDS, scripts, outputs[0::2], outputs[1::2]):
+        assert code == "0" and text.startswith(f"usage: python scripts/{name}.py"), (name, code, text[:200])
         assert f'run("{name}", sys.argv[1:], "python scripts/{name}.py")' in script.read_text()
 
 
