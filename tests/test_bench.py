@@ -108,7 +108,8 @@ def test_no_memory_is_a_dash_not_nan(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_cli_json(tmp_path):
     out = tmp_path / "b.json"
-    r = run_script("bench.py", "--shapes", "tutorial", "--repeats", "1", "--json", out)
+    # --no-memory: the memory column's own subprocesses are test_run_shape_rows' to prove
+    r = run_script("bench.py", "--shapes", "tutorial", "--repeats", "1", "--no-memory", "--json", out)
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     assert {row["impl"] for row in data["rows"]} == {"numpy reference", "CharRNN loop", "CharRNN fused",
