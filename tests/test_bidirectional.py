@@ -3,7 +3,7 @@ W_hy_bwd h_bwd[t+1] + b_y, zero states past the window's ends, scored against x 
 
 The numpy reference of both directions is checked against finite differences; every impl's autograd
 is checked against it in float64 (forward to 1e-12, gradients to 1e-9), with and without fixed
-dropout masks, for the three cells at 1 and 2 layers. Also: the backward stack's weights are its
+dropout masks, for the three cells at 1 and 2 layers, on the CPU and (where there is one) on CUDA. Also: the backward stack's weights are its
 own and its init leaves the forward stack's as a left-to-right model's; h0 is refused; the config
 refuses, in one line, what a bidirectional model cannot take; training scores x itself and logs
 loss/val_cloze, never loss/val. (Exact resume: tests/test_reliability.py's "bidirectional" mode.)
@@ -92,21 +92,26 @@ def test_reference_against_finite_differences(cell, L):
         assert rel_err(grads[name], fd) <= 1e-6, name
 
 
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                          reason="needs CUDA")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("L", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_autograd_matches_the_reference(cell, L, impl):
+def test_autograd_matches_the_reference(cell, L, impl, device):
     model = make_model(cell, L, impl)
     params, x = numpy_params(model), batch()
-    logits, _ = model(x)
-    loss = cross_entropy(logits, x, reduction="sum")
+    logits, _ = model.to(device)(x.to(device))
+    loss = cross_entropy(logits, x.to(device), reduction="sum")
     loss.backward()
     r_loss, r_grads, r_logits = reference.bidirectional_loss_and_grads(params, x.numpy())
-    assert rel_err(logits.detach().numpy(), r_logits) <= 1e-12
+    assert rel_err(logits.detach().cpu().numpy(), r_logits) <= 1e-12
     assert abs(loss.item() - r_loss) <= 1e-12 * abs(r_loss)
     assert sorted(r_grads) == sorted(params)
     for name, p in model.named_parameters():
-        assert rel_err(p.grad.numpy(), r_grads[name]) <= 1e-9, name
+        assert rel_err(p.grad.cpu().numpy(), r_grads[name]) <= 1e-9, name
 
 
 @pytest.mark.parametrize("impl", ["loop", "fused"])

@@ -1,6 +1,6 @@
 """Proves the gradients-through-time numbers (insight/gradients.py): ∂ℓ_T/∂h_t (and ∂ℓ_T/∂c_t for
 the LSTM) equal the numpy reference's BPTT deltas, the dh (and dc) it carries back through time,
-to 1e-9 in float64 for the three cells at 1 and 2 layers; the per-step factor equals the spectral
+to 1e-9 in float64 for the three cells at 1 and 2 layers (on CUDA too, where there is one); the per-step factor equals the spectral
 norm of the state-to-state Jacobian computed in full; the spectral radii are numpy's; the model at
 step 0 is the one the trainer starts from; and a run logs the curve, its scalars and the fraction
 of clipped steps to TensorBoard, and the page's insight.json holds the curves trained and at init.
@@ -38,12 +38,19 @@ def batch(seed=1):
     return torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g)
 
 
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                          reason="needs CUDA")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("L", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_loss_gradients_are_the_reference_bptt_deltas(cell, L):
+def test_loss_gradients_are_the_reference_bptt_deltas(cell, L, device):
     model = make_model(cell, L)
     x, y = batch()
-    found, loss = gradients.loss_gradients(model, x, y)
+    found, loss = gradients.loss_gradients(model.to(device), x.to(device), y.to(device))
+    found = {name: g.cpu() for name, g in found.items()}
+    model.cpu()
     params = {k: v.detach().numpy().copy() for k, v in model.named_parameters()}
     zeros = np.zeros((L, B, H))
     deltas = {}
