@@ -52,22 +52,6 @@ def test_onednn_found_where_torch_carries_it():
 
 
 @needs_dnn
-@pytest.mark.parametrize("transpose", [False, True])
-def test_onednn_accumulates_like_addmm(transpose, dnn_small):
-    g = torch.Generator().manual_seed(0)
-    W = torch.randn((N, K) if transpose else (K, N), generator=g)
-    a, c0 = torch.randn(ROWS, K, generator=g), torch.randn(ROWS, N, generator=g)
-    acc = packed_gemm.accumulate_matmul(W, ROWS, transpose, calls=16)
-    assert acc.kernel == "onednn"
-    Wm = (W.t() if transpose else W).double()
-    c = c0.clone()
-    assert acc(c, a) is c
-    torch.testing.assert_close(c.double(), c0.double() + a.double() @ Wm, rtol=1e-6, atol=1e-6)
-    acc(c, a)
-    torch.testing.assert_close(c.double(), c0.double() + 2 * a.double() @ Wm, rtol=1e-6, atol=1e-6)
-
-
-@needs_dnn
 @needs_mkl
 def test_the_kernel_is_chosen_by_shape_alone():
     rows, calls = 16, 16
@@ -80,14 +64,19 @@ def test_the_kernel_is_chosen_by_shape_alone():
             assert packed_gemm.accumulate_matmul(W, rows_, transpose, calls_).kernel == kernel, (W.shape, rows_, calls_)
 
 
-@needs_mkl
+KERNELS = [pytest.param("mkl packed", marks=needs_mkl), pytest.param("onednn", marks=needs_dnn)]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("transpose", [False, True])
-def test_accumulates_like_addmm(transpose, pack_small):
+def test_accumulates_like_addmm(kernel, transpose, dnn_small, monkeypatch):
+    if kernel != "onednn":
+        monkeypatch.setattr(packed_gemm, "onednn_linear", lambda: None)
     g = torch.Generator().manual_seed(0)
     W = torch.randn((N, K) if transpose else (K, N), generator=g)
     a, c0 = torch.randn(ROWS, K, generator=g), torch.randn(ROWS, N, generator=g)
     acc = packed_gemm.accumulate_matmul(W, ROWS, transpose, calls=16)
-    assert acc.kernel == "mkl packed"  # not the addmm_ fallback
+    assert acc.kernel == kernel  # not the addmm_ fallback
     Wm = (W.t() if transpose else W).double()
     c = c0.clone()
     assert acc(c, a) is c
@@ -151,9 +140,6 @@ def fused_float32_run(L, kernel, monkeypatch, V, H, B, T):
     grads = {k: p.grad.double().numpy() for k, p in model.named_parameters()}
     params = {k: p.detach().double().numpy() for k, p in model.named_parameters()}
     return loss.item(), grads, h0.grad.double().numpy(), len(calls), (params, x.numpy(), y.numpy(), h0)
-
-
-KERNELS = [pytest.param("mkl packed", marks=needs_mkl), pytest.param("onednn", marks=needs_dnn)]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
