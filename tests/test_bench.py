@@ -117,6 +117,7 @@ def test_cli_json(tmp_path):
     assert data["peaks"]["tutorial"] > 0 and set(data["sampling"]["tutorial"]) == {"1", "64"}
     assert data["malloc"] == "retain" and "freed memory retained" in r.stdout
     assert "sampling (tutorial" in r.stdout
+    assert "tutorial: measured fp32 matmul peak" in r.stdout and "; fused's step GEMM: addmm" in r.stdout
 
 
 def test_cli_rejects_unknown_shape():

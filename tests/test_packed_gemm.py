@@ -60,6 +60,7 @@ def test_the_kernel_is_chosen_by_shape_alone():
              (torch.randn(512, 512), rows - 1, calls, "addmm"), (torch.randn(512, 512), rows, calls - 1, "addmm"),
              (torch.randn(512, 512).double(), rows, calls, "addmm")]
     for W, rows_, calls_, kernel in cases:
+        assert packed_gemm.step_kernel(W.shape, rows_, calls_, W.device, W.dtype) == kernel  # what the bench says
         for transpose in (False, True):
             assert packed_gemm.accumulate_matmul(W, rows_, transpose, calls_).kernel == kernel, (W.shape, rows_, calls_)
 

@@ -78,6 +78,18 @@ PACK_MIN_ROWS, PACK_MIN_DIM, PACK_MIN_CALLS = 16, 384, 16
 DNN_MIN_WEIGHT = 512 * 512
 
 
+def step_kernel(shape, rows, calls, device, dtype):
+    """Which kernel accumulate_matmul takes for a W of this shape, device and dtype: "onednn",
+    "mkl packed" or "addmm". The one rule, also what the bench reports."""
+    many = calls >= PACK_MIN_CALLS and rows >= PACK_MIN_ROWS and torch.device(device).type == "cpu" \
+        and dtype == torch.float32
+    if many and shape[0] * shape[1] >= DNN_MIN_WEIGHT and onednn_linear() is not None:
+        return "onednn"
+    if many and min(shape) >= PACK_MIN_DIM and mkl_packed_gemm() is not None:
+        return "mkl packed"
+    return "addmm"
+
+
 def accumulate_matmul(W, rows, transpose, calls):
     """A function ``acc(c, a)`` doing ``c += a @ (W.T if transpose else W)`` in place.
 
@@ -85,11 +97,10 @@ def accumulate_matmul(W, rows, transpose, calls):
     buffer. ``calls`` is how many times it will run: the one-off cost of packing (or of a
     contiguous copy of W.T) only pays over many.
     """
-    many = calls >= PACK_MIN_CALLS and rows >= PACK_MIN_ROWS and W.is_cpu and W.dtype == torch.float32
-    dnn = onednn_linear() if many and W.numel() >= DNN_MIN_WEIGHT else None
-    if dnn is not None:
-        return _onednn_accumulate(dnn, W, rows, transpose)
-    mkl = mkl_packed_gemm() if many and min(W.shape) >= PACK_MIN_DIM else None
+    kernel = step_kernel(W.shape, rows, calls, W.device, W.dtype)
+    if kernel == "onednn":
+        return _onednn_accumulate(onednn_linear(), W, rows, transpose)
+    mkl = mkl_packed_gemm() if kernel == "mkl packed" else None
     if mkl is None:
         # A contiguous W.T makes MKL's GEMM ~7% faster than a transposed view: worth one copy
         # for many calls, not for sampling's one-step ones.

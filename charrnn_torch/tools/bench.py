@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..model import compiled, reference
+from ..model import compiled, packed_gemm, reference
 from ..training import graphs
 from ..errors import UserError, one_line
 from ..files import json_text, write_file
@@ -519,8 +519,19 @@ def measure(args, device, shapes, precisions, retain, peaks, train_cfg):
                 rows += shape_rows
                 peaks[label] = peak
                 print(f"{label}: measured {prec if amp else 'fp32'} matmul peak {peak:.1f} GFLOP/s"
-                      f"{' (TF32 on)' if device.type == 'cuda' and prec != 'fp32' else ''} with {threads} thread(s)")
+                      f"{' (TF32 on)' if device.type == 'cuda' and prec != 'fp32' else ''} with {threads} thread(s)"
+                      f"{step_gemm_note(s, cell, device, amp)}")
     return rows
+
+
+def step_gemm_note(shape, cell, device, amp_dtype):
+    """Which kernel fused's recurrence multiplies by W_hh with at this shape on a CPU (packed_gemm.py):
+    it differs between machines and torch builds, so a table should say."""
+    if device.type != "cpu" or amp_dtype is not None:
+        return ""
+    V, H, B, T, L = SHAPES[shape]
+    kernel = packed_gemm.step_kernel((CELL_CLASSES[cell].gates * H, H), B, T, device, torch.float32)
+    return f"; fused's step GEMM: {kernel}"
 
 
 def measure_sampling(args, device, shapes, precisions):
