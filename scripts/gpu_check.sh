@@ -51,7 +51,7 @@ fi
 py="${PYTHON:-python3}"
 
 # Stage time limits (s): they bound the whole run to under 10 minutes even when a stage hangs.
-# The quality stage trains for the config's train.max_minutes (a dry run: 3 seconds).
+# The quality stage trains for the config's train.max_minutes (a dry run: 1.2 seconds, as every dry training run).
 if [ "$dry" = 1 ]; then
     device=cpu; limit_env=60; limit_tests=300; limit_bench=300; limit_quality=300; limit_compare=300
     limit_steps=300; limit_graphed=300; limit_record=300
@@ -134,8 +134,8 @@ train_side_by_side() {
         # Written once: rewriting it would make the runs side by side rebuild its cache at once.
         [ -f "$corpus" ] || "$py" -c "import sys; open(sys.argv[1], 'w').write(''.join(
             'ROMEO: the quick brown fox jumps over the lazy dog. '[i:] + '\n' for i in range(40)) * 20)" "$corpus"
-        tiny=(device=cpu model.hidden_size=32 train.batch_size=4 train.seq_len=16 train.eval_interval=20
-              train.sample_interval=20 train.log_interval=5 train.max_minutes=0.05)
+        tiny=(device=cpu model.hidden_size=32 train.batch_size=4 train.seq_len=16 train.eval_interval=50
+              train.sample_interval=50 train.log_interval=5 train.max_minutes=0.02)
     elif [ ! -f "$corpus" ]; then
         echo "error: $corpus is missing; copy it into the repository (a GPU machine cannot fetch it)" >&2
         return 2
@@ -169,7 +169,7 @@ stage_quality() {  # the shipped config, and beside it one variant
 # the same 2-minute budget, side by side; scripts/plot.py draws their curves afterwards.
 stage_compare() {
     local budget=train.max_minutes=2
-    [ "$dry" = 1 ] && budget=train.max_minutes=0.05
+    [ "$dry" = 1 ] && budget=train.max_minutes=0.02
     train_side_by_side "cmp_rnn=model.cell=rnn model.hidden_size=768 $budget" \
         "cmp_lstm=model.cell=lstm model.hidden_size=384 $budget" \
         "cmp_gru=model.cell=gru model.hidden_size=448 $budget"
@@ -190,7 +190,7 @@ stage_graphed() {  # train.py's own speed, eager then graphed, one after the oth
 # speed 5 minutes is hundreds of epochs, so regularisation, not speed, decides.
 stage_record() {
     local budget=train.max_minutes=5 graphs=train.cuda_graphs=on
-    [ "$dry" = 1 ] && budget=train.max_minutes=0.05 && graphs=train.cuda_graphs=auto
+    [ "$dry" = 1 ] && budget=train.max_minutes=0.02 && graphs=train.cuda_graphs=auto
     train_side_by_side \
         "rec_gru=model.cell=gru model.hidden_size=1024 model.dropout=0.4 train.weight_decay=0.1 $budget $graphs" \
         "rec_lstm=model.cell=lstm model.hidden_size=1024 model.dropout=0.4 train.weight_decay=0.1 $budget $graphs" \
