@@ -100,15 +100,14 @@ def accumulate_matmul(W, rows, transpose, calls):
     kernel = step_kernel(W.shape, rows, calls, W.device, W.dtype)
     if kernel == "onednn":
         return _onednn_accumulate(onednn_linear(), W, rows, transpose)
-    mkl = mkl_packed_gemm() if kernel == "mkl packed" else None
-    if mkl is None:
+    if kernel == "addmm":
         # A contiguous W.T makes MKL's GEMM ~7% faster than a transposed view: worth one copy
         # for many calls, not for sampling's one-step ones.
-        Wm = (W.t().contiguous() if calls >= 16 else W.t()) if transpose else W
+        Wm = (W.t().contiguous() if calls >= PACK_MIN_CALLS else W.t()) if transpose else W
         acc = lambda c, a: c.addmm_(a, Wm)  # noqa: E731
         acc.kernel = "addmm"
         return acc
-    get_size, pack, compute = mkl
+    get_size, pack, compute = mkl_packed_gemm()
     W = W.contiguous()
     N, K = W.shape if transpose else W.shape[::-1]
     packed = torch.empty(get_size(_B_MATRIX, rows, N, K), dtype=torch.uint8)
