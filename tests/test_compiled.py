@@ -4,7 +4,11 @@ CI); in float32 they match fused's aten kernels to 1e-5, at a width that is no m
 vector length, and their own exp and tanh match torch's over the whole range of inputs (tanh to a
 few float32 roundings, relatively, near 0); they refuse buffers of the wrong shape or dtype; and
 where they cannot be built, fused_cpp warns once and runs fused's kernels, bit for bit the same as
-fused. The warning is one line, why and what runs instead, with no line of torch's and no
+fused. A product added as the kernels read their buffers (oneDNN's, which comes apart) gives the
+bits of adding it first, and fused_cpp with oneDNN's step GEMMs matches the unpacked path to
+float32 precision; splitting the rows between threads changes no bit, and they run on torch's own
+OpenMP runtime, the only one in the process.
+The warning is one line, why and what runs instead, with no line of torch's and no
 "building" line for a build that never starts; a lock left by a killed build is cleared, a live
 build is waited for at most BUILD_WAIT_S, and a lock no charrnn build claims is given up once it
 is older than that: never a hang. Their float64 gradients are proved against the numpy reference
@@ -12,6 +16,7 @@ to 1e-9 with every other impl's, in test_gated_cells.py.
 """
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -24,9 +29,9 @@ import torch
 import torch.utils.cpp_extension
 
 from charrnn_torch import CharRNN
-from charrnn_torch.model import compiled
+from charrnn_torch.model import compiled, packed_gemm
 from charrnn_torch.model.cells import cross_entropy
-from conftest import ROOT
+from conftest import ROOT, rel_err
 
 V, H, B, T, L = 11, 37, 5, 9, 2  # H = 37: every vector loop has a tail
 
@@ -65,6 +70,80 @@ def test_float32_matches_fused(kernels):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
 
 
+def step_buffers(rows, width, seed):
+    """Random (gates, c_prev, dh, p4, p1) and empty (c, tc, h, da) buffers for rows of one step."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda w: torch.randn(rows, w, generator=g)  # noqa: E731
+    return (r(4 * width), r(width), r(width), r(4 * width), r(width)), [torch.empty(rows, width) for _ in range(3)]
+
+
+def test_a_product_added_in_the_kernels_is_adding_it_first(kernels):
+    (a, c_prev, dh, p4, p1), (c, tc, h) = step_buffers(B, H, 2)
+    a_sum, outs = a + p4, [torch.empty_like(c) for _ in range(3)]
+    kernels.forward_step(a, c_prev, c, tc, h, p4)
+    kernels.forward_step(a_sum, c_prev, *outs)
+    for got, want in zip((a, c, tc, h), (a_sum, *outs)):
+        assert torch.equal(got, want)
+    dc, dc_sum, da, da_sum, dh_sum = c_prev.clone(), c_prev.clone(), torch.empty_like(a), torch.empty_like(a), dh + p1
+    kernels.backward_step(a, c_prev, tc, dh, dc, da, p1)
+    kernels.backward_step(a, c_prev, tc, dh_sum, dc_sum, da_sum)
+    for got, want in ((dh, dh_sum), (dc, dc_sum), (da, da_sum)):
+        assert torch.equal(got, want)
+
+
+def test_splitting_rows_between_threads_changes_no_bit(kernels):
+    rows = 1200  # more than two of the kernels' grains (32768 elements, 222 rows at H = 37)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            (a, c_prev, dh, p4, p1), (c, tc, h) = step_buffers(rows, H, 3)
+            da, dc = torch.empty_like(a), c_prev.clone()
+            kernels.forward_step(a, c_prev, c, tc, h, p4)
+            kernels.backward_step(a, c_prev, tc, dh, dc, da, p1)
+            results.append((a, c, tc, h, dh, dc, da))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_one_openmp_runtime_in_the_process(kernels):
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if re.search(r"/lib(g|i)?omp[^/]*\.so", line)}
+    assert len(runtimes) <= 1, runtimes  # the kernels run on torch's own OpenMP threads
+
+
+def lstm_float32(monkeypatch, kernel):
+    """fused_cpp's float32 loss and gradients (L = 2, T = 20) with only ``kernel`` ("onednn", with its
+    product added in the kernels, or "addmm") in the step GEMMs, and how many products oneDNN made."""
+    products = []
+    reorder, linear = packed_gemm.onednn_linear()
+    dnn = (reorder, lambda *args: (products.append(1), linear(*args))[1])
+    monkeypatch.setattr(packed_gemm, "onednn_linear", lambda: dnn if kernel == "onednn" else None)
+    monkeypatch.setattr(packed_gemm, "mkl_packed_gemm", lambda: None)
+    monkeypatch.setattr(packed_gemm, "DNN_MIN_WEIGHT", 1)  # oneDNN even at the tests' small sizes
+    monkeypatch.setattr(packed_gemm, "PACK_MIN_ROWS", 1)
+    torch.manual_seed(0)
+    model = CharRNN(V, H, L, impl="fused_cpp", cell="lstm").build_kernels()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, V, (B, 20), generator=g), torch.randint(0, V, (B, 20), generator=g)
+    logits, (h, c) = model(x)
+    (cross_entropy(logits, y, "sum") + (c * c).sum()).backward()
+    return [p.grad.double() for p in model.parameters()], len(products)
+
+
+@pytest.mark.skipif(packed_gemm.onednn_linear() is None, reason="torch's oneDNN linear is not reachable here")
+def test_onednn_products_added_in_the_kernels_match_the_unpacked_path(kernels, monkeypatch):
+    got, n_products = lstm_float32(monkeypatch, "onednn")
+    want, none = lstm_float32(monkeypatch, "addmm")
+    assert n_products == L * (20 + 20 - 1) and none == 0  # every step forward, all but the first backward
+    for a, b in zip(got, want):
+        assert rel_err(a.numpy(), b.numpy()) <= 1e-5  # float32 sums of a few hundred terms: ~1e-6
+
+
 def test_activations_over_their_whole_range(kernels):
     # float32's exp and tanh are the kernel's own polynomials: check them where they saturate and
     # overflow, and near 0, where tanh must keep its relative accuracy
@@ -93,6 +172,10 @@ def test_kernels_refuse_wrong_buffers(kernels):
         kernels.forward_step(a, s.double(), s, s.clone(), s.clone())
     with pytest.raises(RuntimeError, match="unit stride"):
         kernels.backward_step(a, s, s, torch.zeros(H, B).t(), s, a.clone())  # dh's rows are strided
+    with pytest.raises(RuntimeError, match="p: "):
+        kernels.forward_step(a, s, s.clone(), s.clone(), s.clone(), s.clone())  # p is as wide as the gates
+    with pytest.raises(RuntimeError, match="p: "):
+        kernels.backward_step(a, s, s, s.clone(), s.clone(), a.clone(), a.clone())  # p is as wide as dh
 
 
 INSTEAD = "; running fused's kernels instead (the same maths, not compiled)\n"

@@ -2,7 +2,8 @@
 
 ``fused`` runs the LSTM's element-wise step maths as 7 aten calls per step forward and 11
 backward, each a separately dispatched pass over (B, H) slices; ``lstm_kernel.cpp`` does each
-direction's in one pass. It is built with torch's C++ extension loader (a C++ compiler and
+direction's in one pass, its rows split between torch's threads, and adds in the step GEMM's
+product where oneDNN makes it apart (packed_gemm.py), which saves a pass over the gates. It is built with torch's C++ extension loader (a C++ compiler and
 ninja), once for each source, torch version and CPU kind, into torch's extension cache. Where it
 cannot be built (no compiler, no ninja, a failed build, another build's lock that never goes away),
 ``fused_cpp`` runs ``fused``'s aten kernels, the same maths, after one warning line; off the CPU
@@ -29,6 +30,16 @@ SOURCE = Path(__file__).with_name("lstm_kernel.cpp")
 _ISA_FLAGS = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"],
               "AVX2": ["-mavx2", "-mfma"]}
 _FLAGS = ["-O3", "-std=c++17", "-fno-math-errno", "-fno-trapping-math"]  # what lets the loops vectorize
+
+
+def openmp_flags():
+    """(compile, link) flags that let at::parallel_for split rows between torch's threads: it is
+    OpenMP in torch's headers. Linking the libgomp that torch ships beside itself (by its file name,
+    on the -L path torch's loader gives) keeps one OpenMP runtime in the process, torch's. Where torch
+    ships none (macOS, Windows), no flags: the kernels then run on one thread."""
+    if not (Path(torch.__file__).parent / "lib" / "libgomp.so.1").exists():
+        return [], []
+    return ["-fopenmp"], ["-l:libgomp.so.1"]
 
 
 def build_name():
@@ -61,8 +72,9 @@ def lstm_kernels():
                 print(f"impl fused_cpp: building the compiled LSTM kernels into {build_dir} (once, about a minute)",
                       file=sys.stderr)
             with torch_quiet("torch.utils.cpp_extension"):  # its banners; our one line says what matters
-                return load(name=name, sources=[str(SOURCE)], extra_cflags=_FLAGS + isa,
-                            build_directory=str(build_dir))
+                omp_compile, omp_link = openmp_flags()
+                return load(name=name, sources=[str(SOURCE)], extra_cflags=_FLAGS + omp_compile + isa,
+                            extra_ldflags=omp_link, build_directory=str(build_dir))
     except Exception as e:  # no compiler, no ninja, a failed build: fused's aten kernels do the same maths
         print(f"warning: impl fused_cpp: {reason(e)}; running fused's kernels instead (the same maths, "
               f"not compiled)", file=sys.stderr)

@@ -139,9 +139,15 @@ class _LSTMRecurrence(torch.autograd.Function):
             h_all, c_all, tc_all = (pre.new_empty(T * B, H) for _ in range(3))  # h_t, c_t, tanh(c_t)
             gates, hs, cs, tcs = (buf.view(T, B, -1).unbind(0) for buf in (pre, h_all, c_all, tc_all))
             step = lstm_step if kernels is None else kernels.forward_step
+            # The compiled kernel adds a product that comes apart (oneDNN's) as it reads the gates:
+            # one pass less over them than an add_ first.
+            product = add_h_W_hh_t.product if kernels is not None else None
             h, c = h0, c0
             for t in range(T):
-                step(add_h_W_hh_t(gates[t], h), c, cs[t], tcs[t], hs[t])  # gates_t: (B, 4H)
+                if product is None:
+                    step(add_h_W_hh_t(gates[t], h), c, cs[t], tcs[t], hs[t])  # gates_t: (B, 4H)
+                else:
+                    step(gates[t], c, cs[t], tcs[t], hs[t], product(h))
                 h, c = hs[t], cs[t]
             c_T = cs[-1].clone()
             head = (W_hy.to(pre.dtype),) if W_hy is not None else ()
@@ -163,10 +169,15 @@ class _LSTMRecurrence(torch.autograd.Function):
             gates, das, dhs, cs, tcs = (buf.view(T, B, -1).unbind(0)
                                         for buf in (gates_all, da_all, dh_all, c_all, tc_all))
             step = _lstm_backward_step if ctx.kernels is None else ctx.kernels.backward_step
+            product = add_da_W_hh.product if ctx.kernels is not None else None  # as in the forward
+            recurrent = ()  # dhs[t]'s recurrent part where it comes apart: the kernel adds it in
             for t in range(T - 1, -1, -1):
-                step(gates[t], cs[t - 1] if t > 0 else c0, tcs[t], dhs[t], dc, das[t])  # das[t]; dc -> dL/dc_{t-1}
-                if t > 0:
+                c_prev = cs[t - 1] if t > 0 else c0
+                step(gates[t], c_prev, tcs[t], dhs[t], dc, das[t], *recurrent)  # das[t]; dc -> dL/dc_{t-1}
+                if t > 0 and product is None:
                     add_da_W_hh(dhs[t - 1], das[t])
+                elif t > 0:
+                    recurrent = (product(das[t]),)
             dh0 = das[0] @ W_hh if ctx.needs_input_grad[2] else None
             dW_hh = da_all[B:].t() @ h_all[:-B]  # sum_t da_t^T h_{t-1}: one GEMM, plus the h0 term
             dW_hh.addmm_(das[0].t(), h0)

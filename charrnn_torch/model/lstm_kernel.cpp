@@ -1,7 +1,10 @@
 // The LSTM's element-wise step maths as two compiled CPU kernels (impl fused_cpp, compiled.py).
 // Gates are nn.LSTM's (i, f, g, o), rows of B, each row 4H wide; every other buffer is (B, H)
-// with its own row stride. Each kernel is one pass over the B rows, on one thread, where fused's
-// aten version is 7 (forward) and 11 (backward) separately dispatched passes. C++17.
+// with its own row stride. Each kernel is one pass over the B rows, split between torch's threads
+// (its own OpenMP runtime: compiled.py links that one) where there are enough rows, where fused's
+// aten version is 7 (forward) and 11 (backward) separately dispatched passes. Each row is the
+// same arithmetic on any thread, so the split never changes a bit. C++17.
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -53,10 +56,13 @@ void check(const torch::Tensor& t, const torch::Tensor& like, int64_t width, con
                 name, ": (B, ", width, ") with unit stride along its rows");
 }
 
-// One row of the forward step: a (4H) activated in place; c, tc, h (H) written.
+// One row of the forward step: a (4H) activated in place, after p (4H, or null) is added into it;
+// c, tc, h (H) written.
 template <typename T>
-void forward_row(T* __restrict__ a, const T* __restrict__ cp, T* __restrict__ c, T* __restrict__ tc,
-                 T* __restrict__ h, int64_t H) {
+void forward_row(T* __restrict__ a, const T* __restrict__ p, const T* __restrict__ cp, T* __restrict__ c,
+                 T* __restrict__ tc, T* __restrict__ h, int64_t H) {
+    if (p)
+        for (int64_t j = 0; j < 4 * H; ++j) a[j] += p[j];
     for (int64_t j = 0; j < 2 * H; ++j) a[j] = sigmoid(a[j]);  // i, f
     for (int64_t j = 2 * H; j < 3 * H; ++j) a[j] = tanh_of(a[j]);  // g
     for (int64_t j = 3 * H; j < 4 * H; ++j) a[j] = sigmoid(a[j]);  // o
@@ -68,10 +74,13 @@ void forward_row(T* __restrict__ a, const T* __restrict__ cp, T* __restrict__ c,
     }
 }
 
-// One row of the backward step: da (4H) written, dc (H) carried back one step in place.
+// One row of the backward step: p (H, or null) added into dh in place; da (4H) written, dc (H)
+// carried back one step in place.
 template <typename T>
 void backward_row(const T* __restrict__ gates, const T* __restrict__ cp, const T* __restrict__ tc,
-                  const T* __restrict__ dh, T* __restrict__ dc, T* __restrict__ da, int64_t H) {
+                  T* __restrict__ dh, const T* __restrict__ p, T* __restrict__ dc, T* __restrict__ da, int64_t H) {
+    if (p)
+        for (int64_t j = 0; j < H; ++j) dh[j] += p[j];
     const T *i = gates, *f = gates + H, *g = gates + 2 * H, *o = gates + 3 * H;
     for (int64_t j = 0; j < H; ++j) {
         const T dcj = dc[j] + dh[j] * o[j] * (T(1) - tc[j] * tc[j]);  // c_t feeds h_t too
@@ -86,36 +95,56 @@ void backward_row(const T* __restrict__ gates, const T* __restrict__ cp, const T
 template <typename T>
 T* row(const torch::Tensor& t, int64_t b) { return t.data_ptr<T>() + b * t.stride(0); }
 
+// An optional addend's row, or null without one.
+template <typename T>
+const T* row(const c10::optional<torch::Tensor>& t, int64_t b) { return t ? row<T>(*t, b) : nullptr; }
+
+// Rows per thread: at least aten's own grain of element-wise work (32768 elements), so a small
+// step (sampling's one row) never pays for a hand-off.
+int64_t row_grain(int64_t width) { return std::max<int64_t>(1, (at::internal::GRAIN_SIZE + width - 1) / width); }
+
 }  // namespace
 
-// a: the gates' pre-activations, activated in place; c_prev: c_{t-1}; writes c_t, tanh(c_t), h_t.
-void forward_step(torch::Tensor a, torch::Tensor c_prev, torch::Tensor c, torch::Tensor tc, torch::Tensor h) {
+// a: the gates' pre-activations, activated in place after p (the recurrent product W_hh h_{t-1},
+// when it comes apart) is added into them; c_prev: c_{t-1}; writes c_t, tanh(c_t), h_t.
+void forward_step(torch::Tensor a, torch::Tensor c_prev, torch::Tensor c, torch::Tensor tc, torch::Tensor h,
+                  c10::optional<torch::Tensor> p) {
     const int64_t B = a.size(0), H = c.size(1);
     check(a, a, 4 * H, "a");
+    if (p) check(*p, a, 4 * H, "p");
     check(c_prev, a, H, "c_prev"), check(c, a, H, "c"), check(tc, a, H, "tc"), check(h, a, H, "h");
     AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "lstm_forward_step", [&] {
-        for (int64_t b = 0; b < B; ++b)
-            forward_row(row<scalar_t>(a, b), row<scalar_t>(c_prev, b), row<scalar_t>(c, b),
-                        row<scalar_t>(tc, b), row<scalar_t>(h, b), H);
+        at::parallel_for(0, B, row_grain(4 * H), [&](int64_t begin, int64_t end) {
+            for (int64_t b = begin; b < end; ++b)
+                forward_row(row<scalar_t>(a, b), row<scalar_t>(p, b), row<scalar_t>(c_prev, b), row<scalar_t>(c, b),
+                            row<scalar_t>(tc, b), row<scalar_t>(h, b), H);
+        });
     });
 }
 
-// gates: the activated (i, f, g, o); dh: dL/dh_t; dc: dL/dc_t from later steps, in place ->
-// dL/dc_{t-1}; writes da, the gradient of the gates' pre-activations.
+// gates: the activated (i, f, g, o); dh: dL/dh_t from above, to which p (the recurrent part, when it
+// comes apart) is added in place; dc: dL/dc_t from later steps, in place -> dL/dc_{t-1}; writes da,
+// the gradient of the gates' pre-activations.
 void backward_step(torch::Tensor gates, torch::Tensor c_prev, torch::Tensor tc, torch::Tensor dh,
-                   torch::Tensor dc, torch::Tensor da) {
+                   torch::Tensor dc, torch::Tensor da, c10::optional<torch::Tensor> p) {
     const int64_t B = gates.size(0), H = tc.size(1);
     check(gates, gates, 4 * H, "gates"), check(da, gates, 4 * H, "da");
     check(c_prev, gates, H, "c_prev"), check(tc, gates, H, "tc"), check(dh, gates, H, "dh");
     check(dc, gates, H, "dc");
+    if (p) check(*p, gates, H, "p");
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward_step", [&] {
-        for (int64_t b = 0; b < B; ++b)
-            backward_row(row<scalar_t>(gates, b), row<scalar_t>(c_prev, b), row<scalar_t>(tc, b),
-                         row<scalar_t>(dh, b), row<scalar_t>(dc, b), row<scalar_t>(da, b), H);
+        at::parallel_for(0, B, row_grain(4 * H), [&](int64_t begin, int64_t end) {
+            for (int64_t b = begin; b < end; ++b)
+                backward_row(row<scalar_t>(gates, b), row<scalar_t>(c_prev, b), row<scalar_t>(tc, b),
+                             row<scalar_t>(dh, b), row<scalar_t>(p, b), row<scalar_t>(dc, b), row<scalar_t>(da, b),
+                             H);
+        });
     });
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.def("forward_step", &forward_step, "the LSTM's element-wise forward step, in place");
-    m.def("backward_step", &backward_step, "the LSTM's element-wise backward step");
+    m.def("forward_step", &forward_step, "the LSTM's element-wise forward step, in place", py::arg("a"),
+          py::arg("c_prev"), py::arg("c"), py::arg("tc"), py::arg("h"), py::arg("p") = py::none());
+    m.def("backward_step", &backward_step, "the LSTM's element-wise backward step", py::arg("gates"),
+          py::arg("c_prev"), py::arg("tc"), py::arg("dh"), py::arg("dc"), py::arg("da"), py::arg("p") = py::none());
 }
