@@ -79,17 +79,18 @@ class Stepper:
                        for s in (state if isinstance(state, tuple) else (state,))]
         N, like = self.states[0].shape[1], self.states[0]
         self.layers = [_Layer(cell, N, like, model.impl == "fused_cpp") for cell in model.cells]
+        self.layer_states = list(zip(*(s.unbind(0) for s in self.states)))  # layer l's (h[, c]) views, made once
         self.W_hy_t, self.b_y = model.W_hy.t(), model.b_y
         self.logits = like.new_empty(N, model.vocab_size)
 
     @torch.no_grad()
     def __call__(self, ids):
         x = ids
-        for l, layer in enumerate(self.layers):
-            x = layer.step(x, *(s[l] for s in self.states))
-            self.states[0][l].copy_(x)
+        for layer, state in zip(self.layers, self.layer_states):
+            x = layer.step(x, *state)
+            state[0].copy_(x)
             if layer.c is not None:
-                self.states[1][l].copy_(layer.c)
+                state[1].copy_(layer.c)
         return torch.addmm(self.b_y, x, self.W_hy_t, out=self.logits)
 
     def state(self):

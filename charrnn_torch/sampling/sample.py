@@ -89,12 +89,13 @@ def filter_probs(logits, temperature=1.0, top_k=0, top_p=1.0, out=None):
 
 
 def pick(probs, u, out=None):
-    """Inverse-CDF sampling: the first id whose cumulative probability exceeds u (N,). out: a (N, V)
-    float64 buffer for the cumulative probabilities and a (N, 1) int64 one for the ids."""
+    """Inverse-CDF sampling: the first id whose cumulative probability exceeds u (N,), or (N, 1) float64
+    for a caller that shaped its uniforms already. out: a (N, V) float64 buffer for the cumulative
+    probabilities and a (N, 1) int64 one for the ids."""
     cdf, ids = out or (None, None)
     cdf = torch.cumsum(probs, -1, out=cdf)
-    idx = torch.searchsorted(cdf, u.to(cdf.dtype)[:, None].contiguous(), right=True, out=ids)[:, 0]
-    return idx.clamp_(max=probs.shape[-1] - 1)
+    u = u if u.dim() == 2 else u.to(cdf.dtype)[:, None].contiguous()
+    return torch.searchsorted(cdf, u, right=True, out=ids).clamp_(max=probs.shape[-1] - 1)[:, 0]
 
 
 def _device(model):
@@ -132,18 +133,21 @@ def sample_ids(model, prime_ids, length, sampling=Sampling(), draw=None, on_step
         last, step = logits[:, -1], one_step(model, state)
         ids = torch.empty(length, N, dtype=torch.long, device=last.device)
         work, probs, cdf = (torch.empty(N, last.shape[1], dtype=torch.float64, device=last.device) for _ in range(3))
-        for i in range(length):
+        # Every view the loop needs, made up front in one call each: at ~4 us an indexing, a
+        # character's few would cost as much as its arithmetic.
+        columns, column_pairs = ids.unbind(0), ids.view(length, N, 1).unbind(0)
+        for i, (column, pair) in enumerate(zip(columns, column_pairs)):
             if sampling.greedy:
-                torch.argmax(last, -1, out=ids[i])
+                torch.argmax(last, -1, keepdim=True, out=pair)
             else:
                 if i % DRAW_BLOCK == 0:
-                    u = draw(N * min(DRAW_BLOCK, length - i)).view(-1, N).to(last.device)
+                    us = draw(N * min(DRAW_BLOCK, length - i)).view(-1, N, 1).to(last.device).unbind(0)
                 p = filter_probs(last, sampling.temperature, sampling.top_k, sampling.top_p, out=(work, probs))
-                pick(p, u[i % DRAW_BLOCK], out=(cdf, ids[i].view(N, 1)))
+                pick(p, us[i % DRAW_BLOCK], out=(cdf, pair))
             if on_step is not None:
-                on_step(ids[i])
+                on_step(column)
             if i + 1 < length:
-                last = step(ids[i])  # one step, state carried
+                last = step(column)  # one step, state carried
     return ids.t().cpu()
 
 
@@ -159,7 +163,7 @@ def generate(model, vocab, prime, length=DEFAULT_LENGTH, sampling=Sampling(), on
     """One continuation of prime (prime included). on_text(str) receives each new character."""
     if on_text is not None:
         text_of = vocab.streamer()  # bytes mode: waits for a character's last byte before printing it
-        on_step = lambda ids: on_text(text_of(int(ids[0])))  # noqa: E731
+        on_step = lambda ids: on_text(text_of(int(ids)))  # noqa: E731  ids: (1,), one stream's
     else:
         on_step = None
     return generate_batch(model, vocab, prime, length, 1, sampling, on_step)[0]
