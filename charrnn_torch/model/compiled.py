@@ -3,12 +3,13 @@
 ``fused`` runs the LSTM's element-wise step maths as 7 aten calls per step forward and 11
 backward, each a separately dispatched pass over (B, H) slices; ``lstm_kernel.cpp`` does each
 direction's in one pass, its rows split between torch's threads, and adds in the step GEMM's
-product where oneDNN makes it apart (packed_gemm.py), which saves a pass over the gates. It is built with torch's C++ extension loader (a C++ compiler and
-ninja), once for each source, torch version and CPU kind, into torch's extension cache. Where it
-cannot be built (no compiler, no ninja, a failed build, another build's lock that never goes away),
-``fused_cpp`` runs ``fused``'s aten kernels, the same maths, after one warning line; off the CPU
-(or in another dtype than float32 and float64) it runs them silently, as there is nothing to build
-for. The default install never needs a toolchain.
+product where oneDNN makes it apart (packed_gemm.py), which saves a pass over the gates. It is
+built with torch's C++ extension loader (a C++ compiler and ninja), once for each source, torch
+version and CPU kind, into torch's extension cache. Where it cannot be built (no compiler, no
+ninja, a failed build, another build's lock that never goes away), ``fused_cpp`` runs ``fused``'s
+aten kernels, the same maths, after one warning line; off the CPU (or in another dtype than
+float32 and float64) it runs them silently, as there is nothing to build for. The default install
+never needs a toolchain.
 """
 import contextlib
 import functools
