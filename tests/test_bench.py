@@ -90,6 +90,24 @@ def test_run_shape_rows(monkeypatch):
     assert "vs nn.RNN" in table and table.count("tiny") == 4
 
 
+def no_kernel():
+    raise RuntimeError("could not create a primitive descriptor for the LSTM forward propagation primitive")
+
+
+def test_a_torch_module_this_machine_cannot_run_is_a_failed_row(monkeypatch):
+    # oneDNN has no bf16 LSTM on a CPU without AVX-512's bf16 instructions: the yardstick fails, the rest is measured
+    monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 1))
+    impls = bench.build_impls("tiny", torch.device("cpu"), torch.float32)
+    impls["nn.RNN stack"] = no_kernel
+    rows, _ = bench.run_shape("tiny", torch.device("cpu"), repeats=1, memory=False, impls=impls)
+    assert [r.impl for r in rows] == ["numpy reference", "CharRNN loop", "CharRNN fused", "nn.RNN stack"]
+    assert all(r.chars_per_sec > 0 for r in rows[:3]) and rows[3].note.startswith("failed: RuntimeError: could not")
+    table = bench.format_table(rows)
+    assert "failed: RuntimeError" in table and "nan" not in table.lower(), table
+    with pytest.raises(RuntimeError, match="primitive descriptor"):  # our own rows' errors are never hidden
+        bench.run_shape("tiny", torch.device("cpu"), repeats=1, memory=False, impls={"CharRNN fused": no_kernel})
+
+
 def test_no_memory_is_a_dash_not_nan(monkeypatch, tmp_path):
     monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 1))
     rows, _ = bench.run_shape("tiny", torch.device("cpu"), repeats=1, memory=False)

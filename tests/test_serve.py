@@ -9,9 +9,10 @@
   reader that leaves stops the sampling;
 - POST /score gives sample.score's nats and bits; GET /health names the checkpoint, its step, the
   vocabulary size and the device;
-- every bad request (not JSON, NaN, too deep, not an object, unknown keys, wrong types, values out
-  of range, characters outside the vocabulary, too long, too big, the wrong content type, no such
-  route or method) is a 4xx with {"error": one line}, and the server answers after all of them;
+- every bad request (not JSON, NaN, nested past MAX_JSON_DEPTH whatever the recursion limit, not
+  an object, unknown keys, wrong types, values out of range, characters outside the vocabulary, too
+  long, too big, the wrong content type, no such route or method) is a 4xx with {"error": one
+  line}, and the server answers after all of them;
 - a full queue answers 429 at once, and the server still answers /health meanwhile;
 - a load test (8 concurrent clients, 200 requests) has no failure, and every text is its seed's;
 - the command itself: bad flags and checkpoints are one `error:` line and exit 2, another host
@@ -294,7 +295,9 @@ JSON = {"Content-Type": "application/json"}
 BAD = [  # (method, path, body bytes, headers, status, words of the reason)
     ("POST", "/sample", b"{", JSON, 400, "not JSON"),
     ("POST", "/sample", b'{"temperature": NaN}', JSON, 400, "NaN is not JSON"),
-    ("POST", "/sample", b"[" * 1500 + b"]" * 1500, JSON, 400, "not JSON"),
+    ("POST", "/sample", b"[" * 1500 + b"]" * 1500, JSON, 400, "deeper than 32 levels"),
+    ("POST", "/sample", b'{"prime": ' + b"[" * 33 + b"]" * 33 + b"}", JSON, 400, "deeper than 32 levels"),
+    ("POST", "/sample", b'{"prime": "' + b"[" * 40 + b'"}', JSON, 400, "not in the vocabulary"),  # brackets in a string
     ("POST", "/sample", b'{"prime": "\xff"}', JSON, 400, "not UTF-8"),
     ("POST", "/sample", b"[1, 2]", JSON, 400, "must be a JSON object, got an array"),
     ("POST", "/sample", b'{"temp": 1}', JSON, 400, "unknown key \"temp\"; did you mean 'temperature'?"),

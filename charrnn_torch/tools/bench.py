@@ -359,6 +359,22 @@ def build_step_impls(shape, device, amp_dtype=None, cell="rnn", yardstick_only=F
     return impls
 
 
+def warm_up(impls, device, failures):
+    """name -> each impl's warm-up time (allocator, caches, compiles). A torch module that this
+    machine's kernels cannot run at this precision (oneDNN has no bf16 LSTM without AVX-512's bf16
+    instructions, say) leaves impls for a failed row in failures; our own rows' errors propagate."""
+    warmup = {}
+    for name, step in list(impls.items()):
+        try:
+            warmup[name] = time_steps(step, device, 2) * 2
+        except RuntimeError as e:
+            if not name.startswith("nn."):
+                raise
+            failures[name] = f"{type(e).__name__}: {one_line(e)[:200]}"
+            del impls[name]
+    return warmup
+
+
 def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, threads=None, retain_memory=False,
               cell="rnn", memory=True, impls=None, train_cfg=TrainConfig(), compiled_rows=False):
     """Rows for every implementation of `cell` at one shape (or for the given impls: name -> step),
@@ -370,7 +386,7 @@ def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, thr
                             compiled_rows=compiled_rows)
     peak = MatmulPeak(device, amp_dtype or dtype, n=256 if shape == "smoke" else None)
     n = _steps_for(shape, device)
-    warmup = {name: time_steps(step, device, 2) * 2 for name, step in impls.items()}  # allocator, caches, compiles
+    warmup = warm_up(impls, device, failures)
     time_steps(peak, device, 2)
     times = {name: [] for name in impls}
     peak_times = []

@@ -25,6 +25,7 @@ import difflib
 import ipaddress
 import json
 import math
+import re
 import secrets
 import socket
 import sys
@@ -48,6 +49,9 @@ SAMPLE_KEYS = ("prime", "length", "temperature", "top_k", "top_p", "seed", "stre
 SCORE_KEYS = ("text",)
 TOP_K_MAX = 2**31 - 1
 ROUTES = "GET /, GET /health, POST /sample, POST /score"
+# A request is one flat object. Nesting is refused past this depth before the parser runs, whatever
+# the interpreter's recursion limit (torch.compile raises it, and a deep enough body would then parse).
+MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -104,11 +108,28 @@ def _no_constant(name):
     raise ValueError(f"{name} is not JSON")
 
 
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def nesting_depth(text):
+    """How deep text's arrays and objects nest, outside its strings."""
+    depth = deepest = 0
+    for bracket in re.findall(r"[\[\]{}]", _JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def parse_object(body):
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise Refused(400, "the body is not UTF-8 text") from None
+    if nesting_depth(text) > MAX_JSON_DEPTH:
+        raise Refused(400, f"the body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels: a request is one "
+                           f"flat JSON object")
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError) as e:
         raise Refused(400, f"the body is not JSON: {one_line(e)[:200]}") from None
     if not isinstance(value, dict):
