@@ -81,8 +81,9 @@ def main(argv):
               f"{' '.join(t['failed'])}")
     for name in ("bench", "steps"):
         for r in summary.get(name, {}).get("rows", []):
-            print(f"{name} {r['shape']:<12} {r['impl']:<26} {r['chars_per_sec']:>12,.0f} chars/s "
-                  f"{r['pct_peak']:6.1f}% peak {shown(r['peak_mem_mb'], '8.1f')} MB {r.get('note', '')}")
+            # a failed row (a torch module the machine cannot run at a precision, say) has no numbers
+            print(f"{name} {r['shape']:<12} {r['impl']:<26} {shown(r['chars_per_sec'], '12,.0f')} chars/s "
+                  f"{shown(r['pct_peak'], '6.1f')}% peak {shown(r['peak_mem_mb'], '8.1f')} MB {r.get('note', '')}")
     for q in summary["quality"]:
         print(f"quality {q['run']:<12} steps={q.get('steps')} val={q.get('val_loss')} best={q.get('best_val')} "
               f"chars/s={shown(q.get('median_chars_per_sec'), ',.0f')}")

@@ -7,11 +7,13 @@ It does not assert speed targets: those are read off `python scripts/bench.py`
 (see README, Performance), never asserted in a timed test on a shared machine.
 Run: pytest tests/test_bench.py
 """
+import dataclasses
 import json
 
 import pytest
 import torch
 
+from charrnn_torch.files import json_text
 from charrnn_torch.tools import bench
 from charrnn_torch.model.cells import CELL_CLASSES
 from conftest import run_script
@@ -94,7 +96,7 @@ def no_kernel():
     raise RuntimeError("could not create a primitive descriptor for the LSTM forward propagation primitive")
 
 
-def test_a_torch_module_this_machine_cannot_run_is_a_failed_row(monkeypatch):
+def test_a_torch_module_this_machine_cannot_run_is_a_failed_row(monkeypatch, tmp_path):
     # oneDNN has no bf16 LSTM on a CPU without AVX-512's bf16 instructions: the yardstick fails, the rest is measured
     monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 1))
     impls = bench.build_impls("tiny", torch.device("cpu"), torch.float32)
@@ -104,6 +106,10 @@ def test_a_torch_module_this_machine_cannot_run_is_a_failed_row(monkeypatch):
     assert all(r.chars_per_sec > 0 for r in rows[:3]) and rows[3].note.startswith("failed: RuntimeError: could not")
     table = bench.format_table(rows)
     assert "failed: RuntimeError" in table and "nan" not in table.lower(), table
+    # and the GPU run's summary of them, from bench.json as the bench writes it (no numbers: null)
+    (tmp_path / "bench.json").write_text(json_text({"rows": [dataclasses.asdict(r) for r in rows]}))
+    summary = run_script("gpu_summary.py", tmp_path).stdout
+    assert "- chars/s      -% peak" in summary and "failed: RuntimeError" in summary, summary
     with pytest.raises(RuntimeError, match="primitive descriptor"):  # our own rows' errors are never hidden
         bench.run_shape("tiny", torch.device("cpu"), repeats=1, memory=False, impls={"CharRNN fused": no_kernel})
 

@@ -448,7 +448,7 @@ def shown(value, spec):
     """A number in a column's format, or "-" where there is none (NaN or None: not measured under
     --no-memory, no torch module row to compare with), padded to the column's width."""
     if value is None or math.isnan(value):
-        return f"{'-':>{int(spec.split('.')[0].lstrip(',') or 0)}}"
+        return f"{'-':>{int(spec.split('.')[0].replace(',', '') or 0)}}"
     return f"{value:{spec}}"
 
 
