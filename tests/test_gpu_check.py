@@ -40,7 +40,10 @@ def test_dry_run_runs_every_measuring_stage(tmp_path):
     assert summary["tests"]["tests"] > 0 and not summary["tests"]["failed"]
     shapes = {row["shape"] for row in summary["bench"]["rows"]}
     assert shapes == {f"smoke{c}-{p}" for c in ("", "-lstm", "-gru") for p in ("fp32", "tf32", "bf16")}
-    assert all(row["chars_per_sec"] > 0 for row in summary["bench"]["rows"])
+    for row in summary["bench"]["rows"]:
+        if row["impl"].startswith("nn.") and (row.get("note") or "").startswith("failed: "):
+            continue  # a torch module this CPU cannot run at that precision (oneDNN's bf16 LSTM without AVX-512 bf16)
+        assert row["chars_per_sec"] > 0, row
     steps = {(row["shape"], row["impl"]) for row in summary["steps"]["rows"]}
     assert {impl for _, impl in steps} == {"CharRNN eager", "CharRNN sync-free", *(
         f"nn.{m} stack {mode}" for m in ("RNN", "LSTM", "GRU") for mode in ("eager", "sync-free"))}
