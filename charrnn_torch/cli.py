@@ -30,7 +30,7 @@ from .data import corpus, vocab as vocab_mod
 from .sampling import dynamic, fill, sample
 from .insight import export, gradients, visualize, viz_page
 from .training.config import SEED_MAX
-from .errors import RunFailed, UserError, one_line
+from .errors import RunFailed, UserError, one_line, tell
 from .training.memory import retain_freed_memory
 from .training.runtime import NEEDS_FLOAT64, resolve_device
 from .tools.sweep import format_rows, run_sweep
@@ -49,13 +49,13 @@ def _report(fn):
     try:
         return fn()
     except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        tell(f"error: {one_line(e)}")
         return 2
     except RunFailed as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        tell(f"error: {one_line(e)}")
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        tell("interrupted")
         return 130
     except BrokenPipeError:  # `... | head` closed stdout: not an error
         try:

@@ -2,6 +2,7 @@
 torch's own chatter kept off the console."""
 import contextlib
 import logging
+import sys
 import warnings
 
 
@@ -17,6 +18,13 @@ class RunFailed(Exception):
 def one_line(message):
     """A message (or an exception) as one line: every run of whitespace, newlines included, becomes one space."""
     return " ".join(str(message).split())
+
+
+def tell(line):
+    """line and its newline on stderr in one write: under PYTHONUNBUFFERED print writes them apart,
+    and the ranks of a distributed run share one stderr, so their lines could interleave."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from charrnn_torch.errors import tell  # noqa: E402
 from charrnn_torch.training import trainer  # noqa: E402
 
 
@@ -76,7 +77,7 @@ def main(argv):
     from charrnn_torch.cli import run
     code = run("train", argv[1:], "python scripts/train.py")
     if hooks.get("report_threads"):  # after the run, as the interpreter is about to finalize
-        print(f"gloo threads left: {len(gloo_threads())}", file=sys.stderr, flush=True)
+        tell(f"gloo threads left: {len(gloo_threads())}")  # one write: the ranks share this stderr
     return code
 
 

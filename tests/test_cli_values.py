@@ -7,7 +7,8 @@ path, for any flag or config key that takes one, is an error naming it, never "n
 flags and key=value overrides mix in any order; that a run too large for the machine's memory is
 refused before anything is allocated; and that a machine failing under a run (a full disk, the
 run directory removed) ends it with one `error:` line that names the file and the last good
-checkpoint, and exit 1.
+checkpoint, and exit 1; and that the `error:` line goes out in one write, so the ranks of a
+distributed run, which share a stderr, cannot interleave theirs.
 
 Run: pytest tests/test_cli_values.py
 """
@@ -255,3 +256,23 @@ def test_a_really_full_disk(tmp_path, corpus_file):
             checkpoint.load(small / "r" / "ckpt.pt")
     finally:
         subprocess.run(["umount", str(small)])
+
+
+class _Writes:
+    """A stand-in stderr that keeps each write() apart, as an unbuffered stream hands them on."""
+    def __init__(self):
+        self.writes = []
+
+    def write(self, s):
+        self.writes.append(s)
+
+    def flush(self):
+        pass
+
+
+def test_the_error_line_is_one_write(monkeypatch):
+    # the ranks of a distributed run share a stderr: a line written in two pieces can interleave
+    writes = _Writes()
+    monkeypatch.setattr("sys.stderr", writes)
+    assert main(["sample", "--length", "-3"]) == 2
+    assert len(writes.writes) == 1 and writes.writes[0].startswith("error: ") and writes.writes[0].endswith("\n")
