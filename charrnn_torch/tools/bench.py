@@ -126,6 +126,11 @@ def yardstick_name(cell):
     return f"nn.{TORCH_MODULES[cell]} stack"
 
 
+def is_torch_module(impl):
+    """Whether a bench row's impl is one of torch's own modules (a yardstick_name), not a CharRNN."""
+    return impl.startswith("nn.")
+
+
 class NNStack(nn.Module):
     """The yardstick: nn.Embedding + nn.RNN(tanh) / nn.LSTM / nn.GRU + nn.Linear of identical size
     (cuDNN on GPU; on CPU torch's own kernels, oneDNN's where it has them)."""
@@ -368,7 +373,7 @@ def warm_up(impls, device, failures):
         try:
             warmup[name] = time_steps(step, device, 2) * 2
         except RuntimeError as e:
-            if not name.startswith("nn."):
+            if not is_torch_module(name):
                 raise
             failures[name] = f"{type(e).__name__}: {one_line(e)[:200]}"
             del impls[name]
@@ -462,7 +467,7 @@ def format_table(rows):
     lines.append("-" * len(head))
     for shape in dict.fromkeys(r.shape for r in rows):
         group = [r for r in rows if r.shape == shape]
-        base = next((r.chars_per_sec for r in group if r.impl.startswith("nn.")), float("nan"))
+        base = next((r.chars_per_sec for r in group if is_torch_module(r.impl)), float("nan"))
         npy = next((r.chars_per_sec for r in group if r.impl == "numpy reference"), float("nan"))
         for r in group:
             if r.note:
