@@ -3,14 +3,18 @@ model(ids[:, None], state)'s exactly (torch.equal), step after step, for the thr
 fused and fused_cpp, 1 and 2 layers, 1 and 3 streams, float32 and float64, also at the default
 model's size; and sample_ids, which steps through it and draws its uniforms in blocks, gives the
 same ids as the plain loop it replaced (the model called once per character, one draw per
-character) for every way of drawing, across a block boundary.
+character) for every way of drawing, across a block boundary. For impl fused_cpp that loop runs
+compiled (sample_loop.cpp) where its module builds: the same ids again, for every cell, way of
+drawing, dtype and block boundary, at the default size too, and the same characters streamed.
 """
 import pytest
 import torch
 
 from charrnn_torch.model.cells import CELLS, CharRNN
+from charrnn_torch.sampling import sample
 from charrnn_torch.model.stepper import Stepper, supports
-from charrnn_torch.sampling.sample import DRAW_BLOCK, Sampling, filter_probs, pick, sample_ids
+from charrnn_torch.sampling.sample import COMPILED_BLOCK, DRAW_BLOCK, Sampling, filter_probs, pick, sample_ids
+from test_compiled import kernels  # noqa: F401 - the fixture: the compiled module, or a skip
 
 V, H = 11, 7
 
@@ -95,9 +99,54 @@ def test_sampling_gives_the_text_of_the_plain_loop(cell, impl, sampling):
         assert torch.equal(sample_ids(model, prime, length, sampling), _plain_sample_ids(model, prime, length, sampling))
 
 
+@pytest.mark.parametrize("impl", ["fused", "fused_cpp"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_sampling_across_a_block_of_draws(cell):
-    model, prime = _model(cell, "fused", 1), torch.tensor([[2, 5]])
+def test_sampling_across_a_block_of_draws(cell, impl):
+    model, prime = _model(cell, impl, 1), torch.tensor([[2, 5]])
     length = DRAW_BLOCK + 37
     assert torch.equal(sample_ids(model, prime, length, Sampling(seed=4)),
                        _plain_sample_ids(model, prime, length, Sampling(seed=4)))
+
+
+def _compiled_loop(model, N=1):
+    with torch.no_grad():
+        _, state = model(torch.zeros(N, 1, dtype=torch.long))
+    work, probs, cdf = (torch.empty(N, model.vocab_size, dtype=torch.float64) for _ in range(3))
+    return Stepper(model, state).compiled_loop(Sampling(), work, probs, cdf)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_cpp_samples_through_the_compiled_loop(cell, kernels):  # noqa: F811
+    assert _compiled_loop(_model(cell, "fused_cpp", 2)) is not None
+    assert _compiled_loop(_model(cell, "fused", 2)) is None  # fused: the Python loop, no build needed
+
+
+@pytest.mark.parametrize("sampling", [Sampling(seed=5), Sampling(seed=6, top_k=3, top_p=0.9), Sampling(greedy=True)],
+                         ids=["temperature", "top_k_top_p", "greedy"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_compiled_loop_gives_the_ids_of_the_python_loop(cell, dtype, sampling, kernels):  # noqa: F811
+    # (fused_cpp's LSTM kernels round apart from fused's aten calls: the reference is the same model)
+    model, length = _model(cell, "fused_cpp", 2, dtype), 2 * COMPILED_BLOCK + 5  # a last block part-full
+    for N in (1, 3):
+        prime = torch.randint(0, V, (N, 3), generator=torch.Generator().manual_seed(N))
+        assert torch.equal(sample_ids(model, prime, length, sampling), _plain_sample_ids(model, prime, length, sampling))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_compiled_loop_at_the_default_size(cell, kernels):  # noqa: F811
+    """At H = 512 BLAS takes other code paths than at H = 7; one layer and two (layer 1's addmm)."""
+    for L in (1, 2):
+        model, prime = _model(cell, "fused_cpp", L, V=65, H=512), torch.tensor([[3, 1, 4]])
+        assert torch.equal(sample_ids(model, prime, 300, Sampling(seed=7)),
+                           _plain_sample_ids(model, prime, 300, Sampling(seed=7)))
+
+
+def test_the_compiled_loop_streams_every_character_in_order(tiny_text, kernels):  # noqa: F811
+    from charrnn_torch.data.vocab import Vocab
+    vocab = Vocab.from_text(tiny_text)
+    model = _model("lstm", "fused_cpp", 1, V=len(vocab))
+    streamed, length = [], COMPILED_BLOCK + 9
+    text = sample.generate(model, vocab, "the ", length, Sampling(seed=2), on_text=streamed.append)
+    plain = _plain_sample_ids(model, vocab.encode("the ")[None], length, Sampling(seed=2))[0]
+    assert "the " + "".join(streamed) == text == "the " + vocab.decode(plain.tolist())

@@ -26,7 +26,8 @@ import torch
 from .. import files
 from ..errors import one_line, torch_quiet
 
-SOURCE = Path(__file__).with_name("lstm_kernel.cpp")
+# The LSTM's step kernels, and sampling's per-character loop (which calls them): one module.
+SOURCES = [Path(__file__).with_name(n) for n in ("lstm_kernel.cpp", "sample_loop.cpp")]
 # The vector instructions to build for, from what torch itself dispatches to on this CPU.
 _ISA_FLAGS = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"],
               "AVX2": ["-mavx2", "-mfma"]}
@@ -47,7 +48,7 @@ def build_name():
     """The build's name: a cache shared by checkouts, torch versions or CPUs never loads a build
     made for another source, torch or instruction set."""
     capability = torch.backends.cpu.get_cpu_capability()
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:10]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:10]
     version = re.sub(r"\W", "_", torch.__version__)
     return f"charrnn_lstm_{capability.lower()}_{version}_{digest}", _ISA_FLAGS.get(capability, [])
 
@@ -58,7 +59,8 @@ OWNER = "charrnn-owner"  # beside torch's lock: the host and pid of the charrnn 
 
 @functools.lru_cache(maxsize=None)
 def lstm_kernels():
-    """The built module (forward_step, backward_step), or None after one line on stderr saying why
+    """The built module (the LSTM's forward_step and backward_step; SampleLoop, sampling's per-character
+    loop in C++), or None after one line on stderr saying why
     and what runs instead."""
     name, isa = build_name()
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
@@ -74,7 +76,7 @@ def lstm_kernels():
                       file=sys.stderr)
             with torch_quiet("torch.utils.cpp_extension"):  # its banners; our one line says what matters
                 omp_compile, omp_link = openmp_flags()
-                return load(name=name, sources=[str(SOURCE)], extra_cflags=_FLAGS + omp_compile + isa,
+                return load(name=name, sources=[str(p) for p in SOURCES], extra_cflags=_FLAGS + omp_compile + isa,
                             extra_ldflags=omp_link, build_directory=str(build_dir))
     except Exception as e:  # no compiler, no ninja, a failed build: fused's aten kernels do the same maths
         print(f"warning: impl fused_cpp: {reason(e)}; running fused's kernels instead (the same maths, "

@@ -142,9 +142,12 @@ void backward_step(torch::Tensor gates, torch::Tensor c_prev, torch::Tensor tc, 
     });
 }
 
+void register_sample_loop(py::module& m);  // sample_loop.cpp, built into the same module
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("forward_step", &forward_step, "the LSTM's element-wise forward step, in place", py::arg("a"),
           py::arg("c_prev"), py::arg("c"), py::arg("tc"), py::arg("h"), py::arg("p") = py::none());
     m.def("backward_step", &backward_step, "the LSTM's element-wise backward step", py::arg("gates"),
           py::arg("c_prev"), py::arg("tc"), py::arg("dh"), py::arg("dc"), py::arg("da"), py::arg("p") = py::none());
+    register_sample_loop(m);
 }

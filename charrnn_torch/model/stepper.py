@@ -41,6 +41,14 @@ class _Layer:
             self.ah = torch.empty_like(self.a)
         self.kernels = kernels_for(self.a) if compiled and self.c is not None else None
 
+    def operands(self, h_state, c_state=None):
+        """What sample_loop.cpp's Layer reads: this step's buffers and weights, by name."""
+        cell = self.cell
+        return {"gates": self.gates, "table": getattr(self, "table", None), "W_xh_t": cell.W_xh.t(), "b_h": cell.b_h,
+                "W_hh_t": cell.W_hh.t(), "a": self.a, "h": self.h, "c": self.c, "tc": self.tc,
+                "ah0": getattr(self, "ah0", None), "ah": getattr(self, "ah", None), "h_state": h_state,
+                "c_state": c_state}
+
     def step(self, x, h_prev, c_prev=None):
         """x: (N,) ids for layer 0, else the layer below's h (N, H) -> this layer's new h (N, H)."""
         cell, a = self.cell, self.a
@@ -78,7 +86,8 @@ class Stepper:
         self.states = [s.clone(memory_format=torch.contiguous_format)
                        for s in (state if isinstance(state, tuple) else (state,))]
         N, like = self.states[0].shape[1], self.states[0]
-        self.layers = [_Layer(cell, N, like, model.impl == "fused_cpp") for cell in model.cells]
+        self.compiled = model.impl == "fused_cpp"
+        self.layers = [_Layer(cell, N, like, self.compiled) for cell in model.cells]
         self.layer_states = list(zip(*(s.unbind(0) for s in self.states)))  # layer l's (h[, c]) views, made once
         self.W_hy_t, self.b_y = model.W_hy.t(), model.b_y
         self.logits = like.new_empty(N, model.vocab_size)
@@ -92,6 +101,18 @@ class Stepper:
             if layer.c is not None:
                 state[1].copy_(layer.c)
         return torch.addmm(self.b_y, x, self.W_hy_t, out=self.logits)
+
+    def compiled_loop(self, sampling, work, probs, cdf):
+        """sample_ids' per-character loop for these streams as sample_loop.cpp's SampleLoop, drawing
+        as sampling says into filter_probs' and pick's buffers, from self.logits on; None where it does
+        not run: not impl fused_cpp, off the CPU, a step GEMM other than addmm (the one sample_loop.cpp
+        calls), or no compiled module (compiled.py)."""
+        kernels = kernels_for(self.logits) if self.compiled else None
+        if kernels is None or any(layer.add_h_W_hh_t.kernel != "addmm" for layer in self.layers):
+            return None
+        layers = [layer.operands(*state) for layer, state in zip(self.layers, self.layer_states)]
+        return kernels.SampleLoop(layers, self.W_hy_t, self.b_y, self.logits, sampling.temperature, sampling.top_k,
+                                  sampling.top_p, sampling.greedy, work, probs, cdf)
 
     def state(self):
         """The current state as the model returns it: (L, N, H), or (h, c) of them (copies)."""

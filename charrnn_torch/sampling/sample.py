@@ -136,6 +136,11 @@ def sample_ids(model, prime_ids, length, sampling=Sampling(), draw=None, on_step
         # Every view the loop needs, made up front in one call each: at ~4 us an indexing, a
         # character's few would cost as much as its arithmetic.
         columns, column_pairs = ids.unbind(0), ids.view(length, N, 1).unbind(0)
+        loop = step.compiled_loop(sampling, work, probs, cdf) if isinstance(step, Stepper) else None
+        if loop is not None:
+            step.logits.copy_(last)
+            compiled_blocks(loop, ids.view(length, N, 1), sampling.greedy, draw, columns, on_step)
+            return ids.t().cpu()
         for i, (column, pair) in enumerate(zip(columns, column_pairs)):
             if sampling.greedy:
                 torch.argmax(last, -1, keepdim=True, out=pair)
@@ -149,6 +154,24 @@ def sample_ids(model, prime_ids, length, sampling=Sampling(), draw=None, on_step
             if i + 1 < length:
                 last = step(column)  # one step, state carried
     return ids.t().cpu()
+
+
+COMPILED_BLOCK = 64  # characters per call of a compiled loop: on_step hears of them a block at a time
+
+
+def compiled_blocks(loop, pairs, greedy, draw, columns, on_step):
+    """sample_ids' loop as a Stepper's compiled_loop runs it: the same draws, COMPILED_BLOCK
+    characters a call (it divides DRAW_BLOCK), then on_step for each of them."""
+    length, N, _ = pairs.shape
+    for start in range(0, length, COMPILED_BLOCK):
+        stop = min(start + COMPILED_BLOCK, length)
+        if not greedy and start % DRAW_BLOCK == 0:
+            us = draw(N * min(DRAW_BLOCK, length - start)).view(-1, N, 1)
+        offset = start % DRAW_BLOCK
+        loop.run(pairs[start:stop], None if greedy else us[offset:offset + stop - start], stop < length)
+        if on_step is not None:
+            for column in columns[start:stop]:
+                on_step(column)
 
 
 def generate_batch(model, vocab, prime, length, num_samples=1, sampling=Sampling(), on_step=None):
