@@ -150,3 +150,23 @@ def test_the_compiled_loop_streams_every_character_in_order(tiny_text, kernels):
     text = sample.generate(model, vocab, "the ", length, Sampling(seed=2), on_text=streamed.append)
     plain = _plain_sample_ids(model, vocab.encode("the ")[None], length, Sampling(seed=2))[0]
     assert "the " + "".join(streamed) == text == "the " + vocab.decode(plain.tolist())
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_compiled_loop_draws_beside_the_next_product_and_gives_the_same_ids(cell, kernels):  # noqa: F811
+    """With two threads each draw runs beside the next step's h W_hh^T, where the loop's check finds
+    this BLAS gives the same bits that way; with one thread it runs serially. The same ids both ways."""
+    model, prime, length = _model(cell, "fused_cpp", 2, V=65, H=512), torch.tensor([[3, 1, 4]]), COMPILED_BLOCK + 30
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert not _compiled_loop(model).overlaps()
+        serial = sample_ids(model, prime, length, Sampling(seed=8, top_k=20))
+        torch.set_num_threads(2)
+        if not _compiled_loop(model).overlaps():
+            pytest.skip("this CPU's BLAS rounds h W_hh^T apart from W_xh x + b_h + h W_hh^T: the loop stays serial")
+        overlapped = sample_ids(model, prime, length, Sampling(seed=8, top_k=20))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(serial, overlapped)
+    assert torch.equal(overlapped, _plain_sample_ids(model, prime, length, Sampling(seed=8, top_k=20)))
