@@ -105,10 +105,11 @@ def _check_sampling(sampling, length, num_samples):
             raise UserError(f"{name}={value!r}: must be an integer >= {lo}")
 
 
-def load(path, device="cpu", step=None):
+def load(path, device="cpu", step=None, impl=None):
     """The Model in a checkpoint file or run directory (its best.pt, else ckpt.pt; step: its
-    ckpt-<step>.pt, kept by train.keep_checkpoints), on device (cpu, cuda, cuda:N or auto)."""
-    net, vocab, ckpt = checkpoint.load_model(path, device, step)
+    ckpt-<step>.pt, kept by train.keep_checkpoints), on device (cpu, cuda, cuda:N or auto); impl
+    runs it as another impl than the checkpoint's, as ``charrnn sample --impl`` does."""
+    net, vocab, ckpt = checkpoint.load_model(path, device, step, impl)
     return Model(net, vocab, ckpt, path)
 
 

@@ -54,6 +54,7 @@ def _cases(w):
         (S + ["--length", str(10**20)], "--length must be <= 1000000000"),
         (S + ["--length", "ten"], "--length must be an integer"),
         (S + ["--num-samples", "0"], "--num-samples must be >= 1"),
+        (S + ["--impl", "fast"], "--impl: invalid choice: 'fast'"),
         (S + ["--beam-width", "-1"], "--beam-width must be >= 0"),
         (S + ["--top-k", str(2**40)], "--top-k must be <="),
         (S + ["--device", "tpu"], "--device must be auto, cpu, cuda, cuda:N or mps"),

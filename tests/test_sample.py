@@ -24,6 +24,7 @@ from charrnn_torch.data.vocab import Vocab
 from charrnn_torch.sampling.sample import Sampling, beam_search, filter_probs, generate, generate_batch, pick, sample_ids, score
 from charrnn_torch.training.trainer import train
 from conftest import ROOT, run_script, tiny_overrides
+from test_compiled import kernels  # noqa: F401 - the fixture: the compiled module, or a skip
 
 V, H = 11, 7
 
@@ -221,6 +222,14 @@ def test_cli_temperature_1e_310_is_the_greedy_text(run_dir, capsys):
         assert main(["sample", "--checkpoint", str(run_dir), "--prime", "RO", "--length", "40", *flags]) == 0
         texts.append(capsys.readouterr().out)
     assert texts[0] == texts[1] and len(set(texts[0])) > 3
+
+
+def test_cli_impl_fused_cpp_samples_the_checkpoints_text(run_dir, capsys, kernels):  # noqa: F811
+    texts = []
+    for flags in ([], ["--impl", "fused_cpp"]):
+        assert main(["sample", "--checkpoint", str(run_dir), "--length", "300", "--seed", "6", *flags]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] and len(texts[0]) == 1 + 300 + 1
 
 
 def test_cli_greedy_beam_samples_score(run_dir, tmp_path):

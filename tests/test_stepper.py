@@ -170,3 +170,13 @@ def test_the_compiled_loop_draws_beside_the_next_product_and_gives_the_same_ids(
         torch.set_num_threads(threads)
     assert torch.equal(serial, overlapped)
     assert torch.equal(overlapped, _plain_sample_ids(model, prime, length, Sampling(seed=8, top_k=20)))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_fused_cpp_samples_the_text_of_fused_for_rnn_and_gru(cell, kernels):  # noqa: F811
+    """What charrnn sample --impl fused_cpp promises a fused checkpoint of these cells: the same ids
+    (only the LSTM's step has kernels of its own, which round apart)."""
+    fused, cpp = _model(cell, "fused", 2, V=65, H=512), _model(cell, "fused_cpp", 2, V=65, H=512)
+    assert all(torch.equal(a, b) for a, b in zip(fused.parameters(), cpp.parameters()))
+    prime = torch.tensor([[2, 7, 1]])
+    assert torch.equal(sample_ids(cpp, prime, 200, Sampling(seed=9)), sample_ids(fused, prime, 200, Sampling(seed=9)))

@@ -124,7 +124,8 @@ def sample_ids(model, prime_ids, length, sampling=Sampling(), draw=None, on_step
     uniforms in [0, 1) (default: sampling.draw()), a stream whose n * k come out the same however
     they are asked for.
 
-    on_step(ids) is called with each new (N,) column as soon as it exists.
+    on_step(block) is called with the new ids, a (k, N) block of k >= 1 characters a stream, in order,
+    as soon as they exist: one character at a time, or COMPILED_BLOCK of them from a compiled loop.
     """
     draw = draw or sampling.draw()
     N = prime_ids.shape[0]
@@ -135,13 +136,13 @@ def sample_ids(model, prime_ids, length, sampling=Sampling(), draw=None, on_step
         work, probs, cdf = (torch.empty(N, last.shape[1], dtype=torch.float64, device=last.device) for _ in range(3))
         # Every view the loop needs, made up front in one call each: at ~4 us an indexing, a
         # character's few would cost as much as its arithmetic.
-        columns, column_pairs = ids.unbind(0), ids.view(length, N, 1).unbind(0)
+        columns, column_pairs, blocks = ids.unbind(0), ids.view(length, N, 1).unbind(0), ids.split(1)
         loop = step.compiled_loop(sampling, work, probs, cdf) if isinstance(step, Stepper) else None
         if loop is not None:
             step.logits.copy_(last)
-            compiled_blocks(loop, ids.view(length, N, 1), sampling.greedy, draw, columns, on_step)
+            compiled_blocks(loop, ids.view(length, N, 1), sampling.greedy, draw, on_step)
             return ids.t().cpu()
-        for i, (column, pair) in enumerate(zip(columns, column_pairs)):
+        for i, (column, pair, block) in enumerate(zip(columns, column_pairs, blocks)):
             if sampling.greedy:
                 torch.argmax(last, -1, keepdim=True, out=pair)
             else:
@@ -150,7 +151,7 @@ def sample_ids(model, prime_ids, length, sampling=Sampling(), draw=None, on_step
                 p = filter_probs(last, sampling.temperature, sampling.top_k, sampling.top_p, out=(work, probs))
                 pick(p, us[i % DRAW_BLOCK], out=(cdf, pair))
             if on_step is not None:
-                on_step(column)
+                on_step(block)
             if i + 1 < length:
                 last = step(column)  # one step, state carried
     return ids.t().cpu()
@@ -159,9 +160,9 @@ def sample_ids(model, prime_ids, length, sampling=Sampling(), draw=None, on_step
 COMPILED_BLOCK = 64  # characters per call of a compiled loop: on_step hears of them a block at a time
 
 
-def compiled_blocks(loop, pairs, greedy, draw, columns, on_step):
+def compiled_blocks(loop, pairs, greedy, draw, on_step):
     """sample_ids' loop as a Stepper's compiled_loop runs it: the same draws, COMPILED_BLOCK
-    characters a call (it divides DRAW_BLOCK), then on_step for each of them."""
+    characters a call (it divides DRAW_BLOCK), then on_step with the block of them."""
     length, N, _ = pairs.shape
     for start in range(0, length, COMPILED_BLOCK):
         stop = min(start + COMPILED_BLOCK, length)
@@ -170,8 +171,7 @@ def compiled_blocks(loop, pairs, greedy, draw, columns, on_step):
         offset = start % DRAW_BLOCK
         loop.run(pairs[start:stop], None if greedy else us[offset:offset + stop - start], stop < length)
         if on_step is not None:
-            for column in columns[start:stop]:
-                on_step(column)
+            on_step(pairs[start:stop, :, 0])
 
 
 def generate_batch(model, vocab, prime, length, num_samples=1, sampling=Sampling(), on_step=None):
@@ -183,10 +183,11 @@ def generate_batch(model, vocab, prime, length, num_samples=1, sampling=Sampling
 
 
 def generate(model, vocab, prime, length=DEFAULT_LENGTH, sampling=Sampling(), on_text=None):
-    """One continuation of prime (prime included). on_text(str) receives each new character."""
+    """One continuation of prime (prime included). on_text(str) receives the new text as it is drawn:
+    a character at a time, or a block of them from a compiled loop (sample_ids' on_step)."""
     if on_text is not None:
         text_of = vocab.streamer()  # bytes mode: waits for a character's last byte before printing it
-        on_step = lambda ids: on_text(text_of(int(ids)))  # noqa: E731  ids: (1,), one stream's
+        on_step = lambda block: on_text("".join(map(text_of, block[:, 0].tolist())))  # noqa: E731  one stream
     else:
         on_step = None
     return generate_batch(model, vocab, prime, length, 1, sampling, on_step)[0]

@@ -12,7 +12,7 @@ from ..data.vocab import vocab_from_checkpoint
 from . import config as config_mod
 from ..errors import UserError, one_line
 from ..files import check_regular, write_atomic
-from ..model.cells import CharRNN
+from ..model.cells import IMPLS, CharRNN
 from .runtime import resolve_device
 
 FORMAT = "charrnn_torch/1"
@@ -183,14 +183,17 @@ def _weights_problem(ckpt):
     return None
 
 
-def load_model(path, device_name="cpu", step=None):
+def load_model(path, device_name="cpu", step=None, impl=None):
     """(model in eval mode, vocab, checkpoint dict) from a checkpoint file or run directory (step:
-    its ckpt-<step>.pt)."""
+    its ckpt-<step>.pt); impl (one of cells.IMPLS) runs it as another impl than it was trained with:
+    the same weights."""
+    if impl is not None and impl not in IMPLS:
+        raise UserError(f"impl={impl!r}: expected one of {', '.join(IMPLS)}")
     ckpt = load(resolve(path, step=step))
     device = resolve_device(device_name, mps=False)  # sampling and scoring compute in float64
     try:
         # In the checkpoint's dtype before loading: a float64 model loaded into float32 would be rounded.
-        model = CharRNN(**ckpt["model_args"]).to(next(iter(ckpt["model"].values())).dtype)
+        model = CharRNN(**dict(ckpt["model_args"], **({"impl": impl} if impl else {}))).to(next(iter(ckpt["model"].values())).dtype)
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError, ValueError, StopIteration, AttributeError) as e:
         raise UserError(f"checkpoint {path} does not hold a CharRNN ({one_line(e)[:200]})") from None
