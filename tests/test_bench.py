@@ -15,6 +15,7 @@ import torch
 
 from charrnn_torch.files import json_text
 from charrnn_torch.tools import bench
+from charrnn_torch.model import compiled
 from charrnn_torch.model.cells import CELL_CLASSES
 from conftest import run_script
 
@@ -138,9 +139,12 @@ def test_cli_json(tmp_path):
     data = json.loads(out.read_text())
     assert {row["impl"] for row in data["rows"]} == {"numpy reference", "CharRNN loop", "CharRNN fused",
                                                      "nn.RNN stack"}
-    assert data["peaks"]["tutorial"] > 0 and set(data["sampling"]["tutorial"]) == {"1", "64"}
+    impls = {"fused"} | ({"fused_cpp"} if compiled.lstm_kernels() else set())  # compiled: where it builds
+    assert data["peaks"]["tutorial"] > 0 and set(data["sampling"]["tutorial"]) == impls
+    assert all(set(rates) == {"1", "64"} for rates in data["sampling"]["tutorial"].values())
     assert data["malloc"] == "retain" and "freed memory retained" in r.stdout
-    assert "sampling (tutorial" in r.stdout
+    assert "sampling (tutorial, CharRNN fused)" in r.stdout
+    assert ("sampling (tutorial, CharRNN fused_cpp, compiled loop)" in r.stdout) == ("fused_cpp" in impls)
     assert "tutorial: measured fp32 matmul peak" in r.stdout and "; fused's step GEMM: addmm" in r.stdout
 
 

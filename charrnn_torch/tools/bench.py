@@ -427,11 +427,17 @@ def run_shape(shape, device, repeats=5, dtype=torch.float32, amp_dtype=None, thr
 SAMPLING_LENGTHS = {1: 4000, 64: 200}
 
 
-def sampling_throughput(shape, device, lengths=SAMPLING_LENGTHS, runs=3):
+def sampling_impls(device):
+    """The impls whose sampling the bench times: fused (the Python loop over a Stepper), and on CPU
+    fused_cpp where its module builds (compiled.py), which samples through the compiled loop."""
+    return ["fused"] + (["fused_cpp"] if compiled.applies(device, torch.float32) and compiled.lstm_kernels() else [])
+
+
+def sampling_throughput(shape, device, impl="fused", lengths=SAMPLING_LENGTHS, runs=3):
     """{streams: chars/s} of sample_ids at this shape, the median of runs timed runs each."""
     V, H, B, T, L = SHAPES[shape]
     torch.manual_seed(0)
-    model = CharRNN(V, H, L, impl="fused").to(device)
+    model = CharRNN(V, H, L, impl=impl).build_kernels().to(device)
     out = {}
     for n, length in lengths.items():
         prime = torch.zeros(n, 1, dtype=torch.long)
@@ -508,7 +514,8 @@ def _bench(args, device, train_cfg):
     sampling = {} if args.train_steps else measure_sampling(args, device, shapes, precisions)
     if args.json:
         write_file(args.json, json_text({**extra, "rows": [asdict(r) for r in rows],
-                                         "sampling": {s: {str(k): v for k, v in d.items()}
+                                         "sampling": {s: {impl: {str(k): v for k, v in rates.items()}
+                                                          for impl, rates in d.items()}
                                                       for s, d in sampling.items()}}, indent=2).encode())
     return 0
 
@@ -560,8 +567,9 @@ def measure_sampling(args, device, shapes, precisions):
     set_precision("tf32" if "tf32" in precisions else precisions[0])
     for s in shapes:
         torch.set_num_threads(_threads_for(args, s, device, default_threads))
-        sampling[s] = sampling_throughput(s, device)
+        sampling[s] = {impl: sampling_throughput(s, device, impl) for impl in sampling_impls(device)}
         torch.set_num_threads(default_threads)
-        print(f"sampling ({s}, CharRNN fused): {sampling[s][1]:,.0f} chars/s one stream, "
-              f"{sampling[s][64]:,.0f} chars/s batch of 64")
+        for impl, rates in sampling[s].items():
+            print(f"sampling ({s}, CharRNN {impl}{', compiled loop' if impl == 'fused_cpp' else ''}): "
+                  f"{rates[1]:,.0f} chars/s one stream, {rates[64]:,.0f} chars/s batch of 64")
     return sampling
