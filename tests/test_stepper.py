@@ -5,7 +5,9 @@ model's size; and sample_ids, which steps through it and draws its uniforms in b
 same ids as the plain loop it replaced (the model called once per character, one draw per
 character) for every way of drawing, across a block boundary. For impl fused_cpp that loop runs
 compiled (sample_loop.cpp) where its module builds: the same ids again, for every cell, way of
-drawing, dtype and block boundary, at the default size too, and the same characters streamed.
+drawing, dtype and block boundary, at the default size too, and the same characters streamed;
+with each draw beside the next step's recurrent products (two threads) as serially (one); and,
+what ``charrnn sample --impl fused_cpp`` promises a fused checkpoint, fused's ids for rnn and gru.
 """
 import pytest
 import torch
