@@ -30,7 +30,6 @@ from .data import corpus, vocab as vocab_mod
 from .sampling import dynamic, fill, sample
 from .insight import export, gradients, visualize, viz_page
 from .training.config import SEED_MAX
-from .model.cells import IMPLS
 from .errors import RunFailed, UserError, one_line, tell
 from .training.memory import retain_freed_memory
 from .training.runtime import NEEDS_FLOAT64, resolve_device
@@ -340,7 +339,7 @@ def sample_parser(prog):
                         "(default: a fresh one each time)")
     p.add_argument("--out", type=file_arg("--out", existing=False), default=None,
                    help="also write the text to this file")
-    p.add_argument("--impl", choices=IMPLS, default=None,
+    p.add_argument("--impl", choices=config_mod.CHOICES["model.impl"], default=None,
                    help="run the model as this impl (default: the checkpoint's). fused_cpp samples one stream "
                         "through a compiled loop, ~3x fused on CPU: for rnn and gru the same text as fused, for "
                         "lstm its own rounding (another text for a seed). Builds once (a C++ compiler and ninja)")
