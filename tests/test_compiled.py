@@ -44,8 +44,8 @@ def toolchain():
 def kernels():
     if compiled.lstm_kernels() is None:
         if os.environ.get("CHARRNN_REQUIRE_CPP") == "1":
-            pytest.fail("CHARRNN_REQUIRE_CPP=1 but the compiled LSTM kernels did not build")
-        pytest.skip("no C++ toolchain to build the compiled LSTM kernels")
+            pytest.fail("CHARRNN_REQUIRE_CPP=1 but the compiled kernels did not build")
+        pytest.skip("no C++ toolchain to build the compiled kernels")
     return compiled.lstm_kernels()
 
 
@@ -224,7 +224,8 @@ def test_a_lock_left_by_a_killed_build_is_cleared(fresh, capsys):
     leave(build_dir, pid=gone_pid())
     assert compiled.lstm_kernels() == "the kernels" and loads == [str(build_dir)]
     assert not (build_dir / "lock").exists() and not (build_dir / compiled.OWNER).exists()
-    assert capsys.readouterr().err == (f"impl fused_cpp: building the compiled LSTM kernels into {build_dir} "
+    assert capsys.readouterr().err == (f"impl fused_cpp: building the compiled kernels (the LSTM's step, the "
+                                       f"sampling loop) into {build_dir} "
                                        f"(once, about a minute)\n")
 
 
@@ -240,8 +241,8 @@ def test_a_live_build_is_waited_for_at_most_build_wait_s(fresh, capsys, monkeypa
         alive.wait()
     host = socket.gethostname()
     assert capsys.readouterr().err == (
-        f"impl fused_cpp: waiting for another build of the LSTM kernels (process {alive.pid} on {host})\n"
-        f"warning: impl fused_cpp: another build of the LSTM kernels (process {alive.pid} on {host}) has held "
+        f"impl fused_cpp: waiting for another build of the compiled kernels (process {alive.pid} on {host})\n"
+        f"warning: impl fused_cpp: another build of the compiled kernels (process {alive.pid} on {host}) has held "
         f"{build_dir} for over 1 s" + INSTEAD)
 
 
@@ -271,7 +272,7 @@ def test_without_a_compiler_one_line_and_no_build_started(fresh, capsys, monkeyp
     build_dir, loads = fresh
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     got = run("fused_cpp")
-    assert capsys.readouterr().err == ("warning: impl fused_cpp: no C++ compiler to build the compiled LSTM kernels "
+    assert capsys.readouterr().err == ("warning: impl fused_cpp: no C++ compiler to build the compiled kernels "
                                        "(/nonexistent/c++ is not on PATH; set CXX)" + INSTEAD)
     assert loads == [] and all(torch.equal(a, b) for a, b in zip(got, run("fused")))
 
@@ -302,6 +303,7 @@ def test_a_failed_build_is_one_line_naming_the_compilers_error(tmp_path):
     build_dir = tmp_path / compiled.build_name()[0]
     assert r.returncode == 0 and r.stdout == "", r.stderr
     assert r.stderr == (
-        f"impl fused_cpp: building the compiled LSTM kernels into {build_dir} (once, about a minute)\n"
-        "warning: impl fused_cpp: could not build the compiled LSTM kernels (lstm_kernel.cpp:12:3: error: 'vfoo' "
+        f"impl fused_cpp: building the compiled kernels (the LSTM's step, the sampling loop) into {build_dir} "
+        "(once, about a minute)\n"
+        "warning: impl fused_cpp: could not build the compiled kernels (lstm_kernel.cpp:12:3: error: 'vfoo' "
         "was not declared in this scope)" + INSTEAD)

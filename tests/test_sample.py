@@ -1,8 +1,8 @@
 """Proves generation: the torch sampler picks exactly the numpy reference's characters
 from the same uniforms; temperature/top-k/top-p do what they promise on hand-made logits;
 beam search is exact where brute force can check it; the carried state equals a full
-re-run; and the sample CLI works end to end (--impl fused_cpp too, the same text), streams its text while it samples, with every bad
-input answered.
+re-run; and the sample CLI works end to end (--impl fused_cpp too, with the same text), streams
+its text while it samples, with every bad input answered.
 
 Run: pytest tests/test_sample.py
 """

@@ -72,8 +72,8 @@ def lstm_kernels():
         build_dir.mkdir(parents=True, exist_ok=True)
         with build_claim(build_dir):
             if not any(build_dir.glob(f"{name}*.so")):
-                print(f"impl fused_cpp: building the compiled LSTM kernels into {build_dir} (once, about a minute)",
-                      file=sys.stderr)
+                print(f"impl fused_cpp: building the compiled kernels (the LSTM's step, the sampling loop) into "
+                      f"{build_dir} (once, about a minute)", file=sys.stderr)
             with torch_quiet("torch.utils.cpp_extension"):  # its banners; our one line says what matters
                 omp_compile, omp_link = openmp_flags()
                 return load(name=name, sources=[str(p) for p in SOURCES], extra_cflags=_FLAGS + omp_compile + isa,
@@ -95,9 +95,9 @@ def missing_toolchain():
 
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
-        raise NoBuild(f"no C++ compiler to build the compiled LSTM kernels ({compiler} is not on PATH; set CXX)")
+        raise NoBuild(f"no C++ compiler to build the compiled kernels ({compiler} is not on PATH; set CXX)")
     if not is_ninja_available():
-        raise NoBuild("no ninja to build the compiled LSTM kernels (pip install ninja)")
+        raise NoBuild("no ninja to build the compiled kernels (pip install ninja)")
 
 
 @contextlib.contextmanager
@@ -116,10 +116,10 @@ def build_claim(build_dir):
                     path.unlink()
             continue
         if time.monotonic() > deadline:
-            raise NoBuild(f"another build of the LSTM kernels (process {pid} on {host}) has held {build_dir} "
+            raise NoBuild(f"another build of the compiled kernels (process {pid} on {host}) has held {build_dir} "
                           f"for over {BUILD_WAIT_S} s")
         if not said:
-            print(f"impl fused_cpp: waiting for another build of the LSTM kernels (process {pid} on {host})",
+            print(f"impl fused_cpp: waiting for another build of the compiled kernels (process {pid} on {host})",
                   file=sys.stderr)
             said = True
         time.sleep(0.5)
@@ -164,7 +164,7 @@ def reason(e):
         return str(e)
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
     first = next((ln for ln in lines if re.search(r"\berror:", ln)), lines[0])  # gcc's and clang's "error:"
-    return f"could not build the compiled LSTM kernels ({one_line(first)[:300]})"
+    return f"could not build the compiled kernels ({one_line(first)[:300]})"
 
 
 def applies(device, dtype):
