@@ -3,16 +3,27 @@
 // same aten calls on the same buffers, so the same ids for the same uniforms, without Python's cost
 // per call. What each call mirrors is named beside it. C++17.
 //
-// With two threads, each character's draw (the head, filter_probs, pick) runs beside the next step's
-// recurrent products h_{t-1} W_hh^T, which do not depend on the id being drawn: the two longest parts
-// of a character overlap. The tanh cell and the LSTM then add the product into W_xh x_t + b_h after
-// the GEMM (beta = 0), not inside it (beta = 1): SampleLoop checks once, on its own buffers, that this
-// BLAS gives the same bits both ways, and the head's too inside a parallel region, else it runs serially.
+// With two threads a block runs in one parallel region: one thread draws each character (the head,
+// filter_probs, pick) while the other makes the next step's recurrent products h_{t-1} W_hh^T, which do
+// not depend on the id being drawn; the drawing thread then makes the first columns of those products
+// too, as many as balance the two, and steps. The tanh cell and the LSTM add the product into
+// W_xh x_t + b_h after the GEMM (beta = 0), not inside it (beta = 1). Whether that and the column split
+// give the serial step's bits is BLAS's business, so SampleLoop runs one step both ways on its own
+// buffers first, and stays serial where anything differs.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <functional>
 #include <limits>
+#include <stdexcept>
+#include <thread>
 #include <vector>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 // lstm_kernel.cpp's forward step: what the Stepper runs for an LSTM layer of impl fused_cpp.
 void forward_step(torch::Tensor a, torch::Tensor c_prev, torch::Tensor c, torch::Tensor tc, torch::Tensor h,
@@ -24,48 +35,74 @@ torch::Tensor get(const py::dict& d, const char* key) {
     return d.contains(key) && !d[key].is_none() ? d[key].cast<torch::Tensor>() : torch::Tensor();
 }
 
+// Columns of a product are split at multiples of this: BLAS keeps its blocking, and so its bits, there.
+constexpr int64_t SPLIT_ALIGN = 16;
+
 // One layer's operands, as Stepper.operands() hands them over.
 struct Layer {
     int64_t gates;
     torch::Tensor table, W_xh_t, b_h, W_hh_t, a, h, c, tc, ah0, ah, h_state, c_state;
-    torch::Tensor p;  // h_{t-1} W_hh^T made beside the draw (the tanh cell and the LSTM; the GRU's is ah)
+    torch::Tensor p;  // h_{t-1} W_hh^T made apart from the step (the tanh cell and the LSTM; the GRU's is ah)
+    int64_t split = 0;  // the drawing thread makes columns [0, split) of the product, the other the rest
+    torch::Tensor out_part[2], ah0_part[2], W_part[2];  // each share's views, made once
 
     explicit Layer(const py::dict& d)
         : gates(d["gates"].cast<int64_t>()), table(get(d, "table")), W_xh_t(get(d, "W_xh_t")), b_h(get(d, "b_h")),
           W_hh_t(get(d, "W_hh_t")), a(get(d, "a")), h(get(d, "h")), c(get(d, "c")), tc(get(d, "tc")),
           ah0(get(d, "ah0")), ah(get(d, "ah")), h_state(get(d, "h_state")), c_state(get(d, "c_state")),
-          p(gates == 3 ? torch::Tensor() : at::empty_like(a)) {}
+          p(gates == 3 ? torch::Tensor() : at::empty_like(a)) {
+        set_split(0);
+    }
 
-    // The part of the step that needs no x: the recurrent product, for a step that then adds it.
-    void recurrent_product() {
+    int64_t columns() const { return W_hh_t.size(1); }
+
+    void set_split(int64_t s) {
+        split = s;
+        const int64_t bounds[3] = {0, s, columns()};
+        for (int k = 0; k < 2; ++k) {
+            const int64_t from = bounds[k], width = bounds[k + 1] - bounds[k];
+            out_part[k] = (gates == 3 ? ah : p).narrow(1, from, width);
+            W_part[k] = W_hh_t.narrow(1, from, width);
+            if (gates == 3) ah0_part[k] = ah0.narrow(1, from, width);
+        }
+    }
+
+    // Share k (0: the drawing thread's) of the recurrent product, for a step that then adds it.
+    void recurrent_product(int k) {
+        if (out_part[k].size(1) == 0) return;
         if (gates == 3) {
-            ah.copy_(ah0);
-            ah.addmm_(h_state, W_hh_t);
+            out_part[k].copy_(ah0_part[k]);
+            out_part[k].addmm_(h_state, W_part[k]);
         } else {
-            at::mm_out(p, h_state, W_hh_t);
+            at::mm_out(out_part[k], h_state, W_part[k]);
         }
     }
 
     // _Layer.step, then Stepper.__call__'s state copies: x is the ids (layer 0) or the layer below's h.
-    // made: recurrent_product() has run for this step.
+    // made: both shares of recurrent_product() have run for this step.
     const torch::Tensor& step(const torch::Tensor& x, bool made) {
-        if (table.defined())
-            at::index_select_out(a, table, 0, x);
-        else
-            at::addmm_out(a, b_h, x, W_xh_t);
-        if (gates != 3) {
-            if (made)
-                a.add_(p);
+        if (made && gates == 1 && table.defined() && a.size(0) == 1) {
+            at::add_out(a, table.select(0, *x.data_ptr<int64_t>()), p);  // one stream: the row and p in one call
+        } else {
+            if (table.defined())
+                at::index_select_out(a, table, 0, x);
             else
+                at::addmm_out(a, b_h, x, W_xh_t);
+            if (gates == 1 && made)
+                a.add_(p);
+            else if (gates != 3 && !made)
                 a.addmm_(h_state, W_hh_t);
         }
         if (gates == 1) {
             a.tanh_();  // fused.tanh_step
         } else if (gates == 4) {
-            forward_step(a, c_state, c, tc, h, c10::nullopt);
+            forward_step(a, c_state, c, tc, h, made ? c10::optional<torch::Tensor>(p) : c10::nullopt);  // adds p
         } else {  // fused.gru_step
             const int64_t H = h.size(1);
-            if (!made) recurrent_product();
+            if (!made) {
+                ah.copy_(ah0);
+                ah.addmm_(h_state, W_hh_t);
+            }
             a.narrow(1, 0, 2 * H).add_(ah.narrow(1, 0, 2 * H)).sigmoid_();
             auto r = a.narrow(1, 0, H), z = a.narrow(1, H, H), n = a.narrow(1, 2 * H, H);
             n.addcmul_(r, ah.narrow(1, 2 * H, H)).tanh_();
@@ -77,6 +114,29 @@ struct Layer {
     }
 };
 
+// A pause for a thread that waits on another, for a few microseconds at a time.
+inline void relax(int64_t spins) {
+    if (spins > 100000) {
+        std::this_thread::yield();  // the other thread has lost its core: give ours up
+        return;
+    }
+#if defined(__x86_64__) || defined(_M_X64)
+    _mm_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
+double seconds_per_call(const std::function<void()>& f) {
+    double best = std::numeric_limits<double>::infinity();
+    for (int rep = 0; rep < 12; ++rep) {
+        const auto start = std::chrono::steady_clock::now();
+        f();
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    return best;
+}
+
 }  // namespace
 
 class SampleLoop {
@@ -87,89 +147,213 @@ class SampleLoop {
         : W_hy_t_(W_hy_t), b_y_(b_y), logits_(logits), temperature_(temperature), top_k_(top_k), top_p_(top_p),
           greedy_(greedy), work_(work), probs_(probs), cdf_(cdf) {
         for (const auto& d : layers) layers_.emplace_back(d);
-        overlap_ = at::get_num_threads() >= 2 && logits_.numel() <= at::internal::GRAIN_SIZE && same_bits_apart();
+        const int64_t N = logits_.size(0);
+        ids_ = at::zeros({N, 1}, logits_.options().dtype(at::kLong));
+        ids_column_ = ids_.select(1, 0);
+        u_ = at::full({N, 1}, 0.5, logits_.options().dtype(at::kDouble));
+        if (at::get_num_threads() >= 2 && logits_.numel() <= at::internal::GRAIN_SIZE) {
+            const std::vector<int64_t> balanced = balanced_splits();
+            overlap_ = set_splits(balanced) || set_splits(std::vector<int64_t>(layers_.size(), 0));
+        }
     }
 
     bool overlaps() const { return overlap_; }
+
+    std::vector<int64_t> splits() const {
+        std::vector<int64_t> s;
+        for (const auto& layer : layers_) s.push_back(layer.split);
+        return s;
+    }
+
+    // The drawing thread's columns of each layer's product (multiples of SPLIT_ALIGN); true where the
+    // loop then runs on two threads, which it does only where one step gives the serial step's bits.
+    bool set_splits(const std::vector<int64_t>& splits) {
+        TORCH_CHECK(splits.size() == layers_.size(), "one split a layer");
+        for (size_t l = 0; l < layers_.size(); ++l)
+            TORCH_CHECK(splits[l] >= 0 && splits[l] <= layers_[l].columns() && splits[l] % SPLIT_ALIGN == 0,
+                        "a split is a multiple of ", SPLIT_ALIGN, " within the product's columns");
+        for (size_t l = 0; l < layers_.size(); ++l) layers_[l].set_split(splits[l]);
+        overlap_ = at::get_num_threads() >= 2 && logits_.numel() <= at::internal::GRAIN_SIZE && same_bits_apart();
+        if (!overlap_)
+            for (auto& layer : layers_) layer.set_split(0);
+        return overlap_;
+    }
 
     // pairs: (n, N, 1) int64, each row the next ids; us: (n, N, 1) float64 uniforms (none when greedy).
     // Each character is drawn from the logits, then stepped through the model unless it is the block's
     // last and step_last is false (the sample's last character).
     void run(torch::Tensor pairs, c10::optional<torch::Tensor> us, bool step_last) {
         torch::NoGradGuard no_grad;
-        const int64_t n = pairs.size(0);
-        for (int64_t i = 0; i < n; ++i) {
-            auto pair = pairs.select(0, i);
-            const bool stepping = i + 1 < n || step_last;
-            auto draw = [&] {
-                if (!head_done_) head();
-                if (greedy_)
-                    at::argmax_out(pair, logits_, -1, true);
-                else
-                    pick(filtered(), us->select(0, i), pair);
-            };
-            if (overlap_ && stepping) {
-                beside(draw, [&] {
-                    for (auto& layer : layers_) layer.recurrent_product();
-                });
+        const int64_t n = pairs.size(0), N = ids_.size(0);
+        TORCH_CHECK(pairs.is_contiguous() && pairs.scalar_type() == at::kLong && pairs.numel() == n * N,
+                    "pairs: contiguous (n, N, 1) int64");
+        TORCH_CHECK(greedy_ || (us && us->is_contiguous() && us->scalar_type() == at::kDouble &&
+                                us->numel() == n * N),
+                    "us: contiguous (n, N, 1) float64");
+        int64_t* out = pairs.data_ptr<int64_t>();
+        const double* u = greedy_ ? nullptr : us->data_ptr<double>();
+        chars(n, step_last ? n : n - 1, [&](int64_t i) {
+            if (!head_done_) head();
+            if (greedy_) {
+                at::argmax_out(ids_, logits_, -1, true);
             } else {
-                draw();
+                pick(filtered(), u + i * N);
             }
-            if (stepping) step(pair.select(1, 0), overlap_);
-        }
-    }
-
-   private:
-    // first() on this thread and second() on another of torch's, both done on return (in turn with one thread).
-    template <typename F, typename G>
-    static void beside(const F& first, const G& second) {
-        at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
-            torch::NoGradGuard no_grad;  // grad mode is a thread's own: the other thread's must be off too
-            for (int64_t k = begin; k < end; ++k) k == 0 ? first() : second();
+            std::memcpy(out + i * N, ids_.data_ptr<int64_t>(), N * sizeof(int64_t));
         });
     }
 
-    // Whether the products made apart (beside the draw) give the bits of the serial step's: each
-    // tanh or LSTM layer's a + h W_hh^T, and the head's logits, from made-up values in the loop's own
-    // buffers (BLAS rounds by shape and alignment, not by value), which are then put back.
+   private:
+    // n characters, each draw(i) (which leaves its ids in ids_) and then, for the first `steps` of them,
+    // a step: serially, or in one parallel region with the products shared between two threads.
+    template <typename Draw>
+    void chars(int64_t n, int64_t steps, const Draw& draw) {
+        if (!overlap_) {
+            for (int64_t i = 0; i < n; ++i) {
+                draw(i);
+                if (i < steps) step(false);
+            }
+            return;
+        }
+        made_ = 0, stepped_ = 0, failed_ = false;
+        at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+            torch::NoGradGuard no_grad;  // grad mode is a thread's own: the other thread's must be off too
+            if (end - begin == 2) {      // one thread came: the same calls in turn
+                for (int64_t i = 0; i < n; ++i) {
+                    draw(i);
+                    if (i < steps) products(0), products(1), step(true);
+                }
+                return;
+            }
+            try {
+                begin == 0 ? drawing(n, steps, draw) : multiplying(steps);
+            } catch (...) {
+                failed_ = true;  // the other thread stops waiting
+                throw;
+            }
+        });
+    }
+
+    template <typename Draw>
+    void drawing(int64_t n, int64_t steps, const Draw& draw) {
+        for (int64_t i = 0; i < n; ++i) {
+            draw(i);
+            if (i >= steps) break;
+            products(0);
+            wait_for(made_, i + 1);
+            step(true);
+            stepped_.store(i + 1, std::memory_order_release);
+        }
+    }
+
+    void multiplying(int64_t steps) {
+        for (int64_t i = 0; i < steps; ++i) {
+            wait_for(stepped_, i);  // the state of step i is there
+            products(1);
+            made_.store(i + 1, std::memory_order_release);
+        }
+    }
+
+    void wait_for(const std::atomic<int64_t>& count, int64_t value) {
+        for (int64_t spins = 0; count.load(std::memory_order_acquire) < value; ++spins) {
+            if (failed_.load(std::memory_order_relaxed)) throw std::runtime_error("the other thread failed");
+            relax(spins);
+        }
+    }
+
+    void products(int k) {
+        for (auto& layer : layers_) layer.recurrent_product(k);
+    }
+
+    // For each layer, the drawing thread's columns that make its draw plus them take as long as the
+    // other thread's columns, from one timing of each on this machine (it sets only how the work is
+    // shared, never a result).
+    std::vector<int64_t> balanced_splits() {
+        torch::NoGradGuard no_grad;
+        auto saved_logits = logits_.clone();
+        const double draw_s = seconds_per_call([&] {
+            head();
+            greedy_ ? (void)at::argmax_out(ids_, logits_, -1, true) : pick(filtered(), u_.data_ptr<double>());
+        });
+        logits_.copy_(saved_logits);
+        head_done_ = true;
+        int64_t columns = 0;
+        for (const auto& layer : layers_) columns += layer.columns();
+        const double product_s = seconds_per_call([&] { products(1); });  // all columns: every split is 0
+        const double share = std::max(0.0, (product_s - draw_s) / (2 * product_s));  // of each product
+        std::vector<int64_t> splits;
+        for (const auto& layer : layers_)
+            splits.push_back(int64_t(share * layer.columns()) / SPLIT_ALIGN * SPLIT_ALIGN);
+        return splits;
+    }
+
+    // Whether one step on two threads, its products made apart and split, gives the serial step's bits:
+    // each layer's new state and the head's logits, from made-up values in the loop's own buffers (BLAS
+    // rounds by shape and alignment, not by value), which are then put back.
     bool same_bits_apart() {
         torch::NoGradGuard no_grad;
-        bool same = true;
+        auto made_up = [](const torch::Tensor& t, double k) {
+            return at::arange(t.numel(), t.options()).mul_(k).sin_().view_as(t);
+        };
+        std::vector<torch::Tensor> states, saved;
         for (auto& layer : layers_) {
-            if (layer.gates == 3) continue;
-            auto saved_a = layer.a.clone(), saved_h = layer.h_state.clone();
-            auto made_up = [](const torch::Tensor& t, double k) {
-                return at::arange(t.numel(), t.options()).mul_(k).sin_().view_as(t);
-            };
-            layer.h_state.copy_(made_up(layer.h_state, 0.7));
-            layer.a.copy_(made_up(layer.a, 1.3));
-            layer.a.addmm_(layer.h_state, layer.W_hh_t);
-            auto serial = layer.a.clone();
-            beside([] {}, [&] { layer.recurrent_product(); });
-            layer.a.copy_(made_up(layer.a, 1.3)).add_(layer.p);
-            same = same && at::equal(serial, layer.a);
-            layer.a.copy_(saved_a), layer.h_state.copy_(saved_h);
+            states.push_back(layer.h_state);
+            if (layer.c_state.defined()) states.push_back(layer.c_state);
         }
-        auto x = layers_.back().h, saved_x = x.clone(), saved_logits = logits_.clone();
-        x.copy_(at::arange(x.numel(), x.options()).mul_(0.9).sin_().view_as(x));
-        head();
-        auto serial = logits_.clone();
-        beside([&] { head(); }, [] {});
-        same = same && at::equal(serial, logits_);
-        x.copy_(saved_x), logits_.copy_(saved_logits);
+        for (auto& s : states) saved.push_back(s.clone());
+        auto saved_logits = logits_.clone(), saved_ids = ids_.clone();
+        const int64_t V = logits_.size(1);
+        ids_.copy_(at::arange(ids_.numel(), ids_.options()).mul_(7).remainder_(V).view_as(ids_));
+        std::vector<torch::Tensor> results[2];
+        for (int way = 0; way < 2; ++way) {
+            for (size_t k = 0; k < states.size(); ++k) states[k].copy_(made_up(states[k], 0.7 + 0.1 * k));
+            head_done_ = true;
+            if (way == 0) {
+                step(false);
+                head();
+            } else {
+                const bool overlap = overlap_;
+                overlap_ = true;
+                chars(2, 1, [&](int64_t) {  // the ids stay as made up; the second draw makes the head
+                    if (!head_done_) head();
+                });
+                overlap_ = overlap;
+            }
+            for (auto& s : states) results[way].push_back(s.clone());
+            results[way].push_back(logits_.clone());
+        }
+        bool same = true;
+        for (size_t k = 0; k < results[0].size(); ++k) same = same && at::equal(results[0][k], results[1][k]);
+        for (size_t k = 0; k < states.size(); ++k) states[k].copy_(saved[k]);
+        logits_.copy_(saved_logits), ids_.copy_(saved_ids);
         head_done_ = true;
         return same;
     }
 
-    // sample.filter_probs into its buffers.
+    // sample.filter_probs into its buffers. Its first calls, work.copy_(logits), sub_(amax) and div_, are
+    // exact IEEE operations on each element (a cast, a max, a subtraction, a division), so they are
+    // written out here: the same bits without three aten calls' cost a character.
     torch::Tensor filtered() {
-        auto z = work_.copy_(logits_);
-        z.sub_(at::amax(z, {-1}, true)).div_(temperature_);
-        if (top_k_ > 0 && top_k_ < z.size(-1)) {
-            auto kth = std::get<0>(z.topk(top_k_, -1)).narrow(1, top_k_ - 1, 1);
-            z.masked_fill_(z < kth, -std::numeric_limits<double>::infinity());
+        const int64_t N = logits_.size(0), V = logits_.size(1);
+        double* z = work_.data_ptr<double>();
+        AT_DISPATCH_FLOATING_TYPES(logits_.scalar_type(), "filtered", [&] {
+            const scalar_t* logits = logits_.data_ptr<scalar_t>();
+            for (int64_t r = 0; r < N; ++r) {
+                double* row = z + r * V;
+                double max = -std::numeric_limits<double>::infinity();
+                for (int64_t i = 0; i < V && !std::isnan(max); ++i) {
+                    const double x = double(logits[r * V + i]);
+                    if (!(x <= max)) max = x;  // amax: a NaN is the max
+                }
+                for (int64_t i = 0; i < V; ++i) row[i] = (double(logits[r * V + i]) - max) / temperature_;
+            }
+        });
+        auto z_t = work_;
+        if (top_k_ > 0 && top_k_ < V) {
+            auto kth = std::get<0>(z_t.topk(top_k_, -1)).narrow(1, top_k_ - 1, 1);
+            z_t.masked_fill_(z_t < kth, -std::numeric_limits<double>::infinity());
         }
-        torch::Tensor p = at::softmax_out(probs_, z, -1);
+        torch::Tensor p = at::softmax_out(probs_, z_t, -1);
         if (top_p_ < 1.0) {
             auto sorted = p.sort(-1, true);
             auto sorted_p = std::get<0>(sorted), order = std::get<1>(sorted);
@@ -179,19 +363,35 @@ class SampleLoop {
             p = p * keep;
             p = p / p.sum(-1, true);
         }
-        return p;
+        return p.contiguous();
     }
 
-    // sample.pick into its buffers.
-    void pick(const torch::Tensor& p, const torch::Tensor& u, torch::Tensor& pair) {
-        at::cumsum_out(cdf_, p, -1);
-        at::searchsorted_out(pair, cdf_, u, false, true);
-        pair.clamp_max_(p.size(-1) - 1);
+    // sample.pick into its buffers: aten's cumsum (a running sum in the order of the row), its
+    // searchsorted(right=True) (the same binary search) and the clamp, written out.
+    void pick(const torch::Tensor& p, const double* u) {
+        const int64_t N = p.size(0), V = p.size(1);
+        const double* probs = p.data_ptr<double>();
+        double* cdf = cdf_.data_ptr<double>();
+        int64_t* ids = ids_.data_ptr<int64_t>();
+        for (int64_t r = 0; r < N; ++r) {
+            double* row = cdf + r * V;
+            double sum = 0;
+            for (int64_t i = 0; i < V; ++i) row[i] = sum += probs[r * V + i];
+            int64_t start = 0, end = V;  // the first index whose cdf is > u
+            while (start < end) {
+                const int64_t mid = start + ((end - start) >> 1);
+                if (!(row[mid] > u[r]))
+                    start = mid + 1;
+                else
+                    end = mid;
+            }
+            ids[r] = std::min(start, V - 1);
+        }
     }
 
-    // Stepper.__call__, the head left to the next draw (beside the next products).
-    void step(const torch::Tensor& ids, bool made) {
-        torch::Tensor x = ids;
+    // Stepper.__call__ on the ids in ids_, the head left to the next draw.
+    void step(bool made) {
+        torch::Tensor x = ids_column_;
         for (auto& layer : layers_) x = layer.step(x, made);
         head_done_ = false;
     }
@@ -209,6 +409,9 @@ class SampleLoop {
     double top_p_;
     bool greedy_;
     torch::Tensor work_, probs_, cdf_;
+    torch::Tensor ids_, ids_column_, u_;  // the character being drawn: its ids, its uniforms
+    std::atomic<int64_t> made_{0}, stepped_{0};  // the two threads' progress through a block
+    std::atomic<bool> failed_{false};
 };
 
 void register_sample_loop(py::module& m) {
@@ -217,5 +420,8 @@ void register_sample_loop(py::module& m) {
                       double, bool, torch::Tensor, torch::Tensor, torch::Tensor>())
         .def("run", &SampleLoop::run, "draw and step a block of characters", py::arg("pairs"), py::arg("us"),
              py::arg("step_last"))
-        .def("overlaps", &SampleLoop::overlaps, "whether each draw runs beside the next step's recurrent products");
+        .def("overlaps", &SampleLoop::overlaps, "whether each draw runs beside the next step's recurrent products")
+        .def("splits", &SampleLoop::splits, "each layer's columns of its product that the drawing thread makes")
+        .def("set_splits", &SampleLoop::set_splits, "share each product so; whether the loop then overlaps",
+             py::arg("splits"));
 }

@@ -134,14 +134,14 @@ def sample_ids(model, prime_ids, length, sampling=Sampling(), draw=None, on_step
         last, step = logits[:, -1], one_step(model, state)
         ids = torch.empty(length, N, dtype=torch.long, device=last.device)
         work, probs, cdf = (torch.empty(N, last.shape[1], dtype=torch.float64, device=last.device) for _ in range(3))
-        # Every view the loop needs, made up front in one call each: at ~4 us an indexing, a
-        # character's few would cost as much as its arithmetic.
-        columns, column_pairs, blocks = ids.unbind(0), ids.view(length, N, 1).unbind(0), ids.split(1)
         loop = step.compiled_loop(sampling, work, probs, cdf) if isinstance(step, Stepper) else None
         if loop is not None:
             step.logits.copy_(last)
             compiled_blocks(loop, ids.view(length, N, 1), sampling.greedy, draw, on_step)
             return ids.t().cpu()
+        # Every view the loop needs, made up front in one call each: at ~4 us an indexing, a
+        # character's few would cost as much as its arithmetic.
+        columns, column_pairs, blocks = ids.unbind(0), ids.view(length, N, 1).unbind(0), ids.split(1)
         for i, (column, pair, block) in enumerate(zip(columns, column_pairs, blocks)):
             if sampling.greedy:
                 torch.argmax(last, -1, keepdim=True, out=pair)
@@ -167,7 +167,7 @@ def compiled_blocks(loop, pairs, greedy, draw, on_step):
     for start in range(0, length, COMPILED_BLOCK):
         stop = min(start + COMPILED_BLOCK, length)
         if not greedy and start % DRAW_BLOCK == 0:
-            us = draw(N * min(DRAW_BLOCK, length - start)).view(-1, N, 1)
+            us = draw(N * min(DRAW_BLOCK, length - start)).to(torch.float64).view(-1, N, 1)  # as pick promotes it
         offset = start % DRAW_BLOCK
         loop.run(pairs[start:stop], None if greedy else us[offset:offset + stop - start], stop < length)
         if on_step is not None:
