@@ -195,6 +195,14 @@ def _checkpoint_args(p, device_default="cpu"):
                    help=f"auto (CUDA, else the CPU) | cpu | cuda | cuda:N (default {device_default})")
 
 
+def _impl_arg(p):
+    """--impl, for the commands that sample a trained model (sample, serve)."""
+    p.add_argument("--impl", choices=config_mod.CHOICES["model.impl"], default=None,
+                   help="run the model as this impl (default: the checkpoint's). fused_cpp samples one stream "
+                        "through a compiled loop, ~5x fused on CPU: for rnn and gru the same text as fused, for "
+                        "lstm its own rounding (another text for a seed). Builds once (a C++ compiler and ninja)")
+
+
 def _spare_inputs(args, outs, *inputs):
     """Refuse, before anything is read or written, an output path (outs) that is the checkpoint the
     command reads, another checkpoint of its run, or one of inputs ((path or None, what it is)).
@@ -339,10 +347,7 @@ def sample_parser(prog):
                         "(default: a fresh one each time)")
     p.add_argument("--out", type=file_arg("--out", existing=False), default=None,
                    help="also write the text to this file")
-    p.add_argument("--impl", choices=config_mod.CHOICES["model.impl"], default=None,
-                   help="run the model as this impl (default: the checkpoint's). fused_cpp samples one stream "
-                        "through a compiled loop, ~3x fused on CPU: for rnn and gru the same text as fused, for "
-                        "lstm its own rounding (another text for a seed). Builds once (a C++ compiler and ninja)")
+    _impl_arg(p)
     p.add_argument("--score", metavar="FILE", type=file_arg("--score", existing=True), default=None,
                    help="print the model's loss and bits/char on FILE")
     defaults = dynamic.Settings()
@@ -745,6 +750,7 @@ def serve_parser(prog):
     p = _Parser(prog=prog, description="Keep a model loaded and sample or score it on request over HTTP (the "
                                        "[serve] extra): POST /sample, POST /score, GET /health, and a page at /.")
     _checkpoint_args(p)
+    _impl_arg(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="the address to listen on (default 127.0.0.1: this machine only; one that is not a loopback "
                         "address is warned about)")
@@ -774,7 +780,7 @@ def serve_setup(args):
     """(the app, the socket it listens on, a line that names the model) of serve's parsed arguments:
     all that `charrnn serve` does but serve."""
     serve, _ = serve_modules()
-    model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step)
+    model, vocab, ckpt = checkpoint.load_model(args.checkpoint, args.device, args.step, args.impl)
     checkpoint.refuse_bidirectional(model, args.checkpoint, "generate text")
     source = checkpoint.resolve(args.checkpoint, step=args.step)
     defaults = {k: SAMPLE_DEFAULTS[k] for k in ("temperature", "top_k", "top_p")}
@@ -783,7 +789,7 @@ def serve_setup(args):
                           default_prime=sample.default_prime(vocab, ckpt.get("char_counts")))
     limits = serve.Limits(max_length=args.max_length, max_body=args.max_body_kb * 1024, queue=args.queue)
     sock = serve.listen(args.host, args.port)
-    what = (f"{source} (step {ckpt.get('step', 'n/a')}, {model.cell} {model.num_layers}x{model.hidden_size}, "
+    what = (f"{source} (step {ckpt.get('step', 'n/a')}, {model.cell} {model.num_layers}x{model.hidden_size} {model.impl}, "
             f"{len(vocab)} symbols, {next(model.parameters()).device})")
     return serve.make_app(served, limits), sock, what
 

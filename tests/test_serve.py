@@ -7,6 +7,7 @@
 - streaming (server-sent events, by "stream": true or Accept: text/event-stream) sends characters
   while the model is still drawing the next ones, and adds up to the text of the same seed; a
   reader that leaves stops the sampling;
+- `--impl fused_cpp` serves through the compiled sampling loop: the CLI's text for the same seed;
 - POST /score gives sample.score's nats and bits; GET /health names the checkpoint, its step, the
   vocabulary size and the device;
 - every bad request (not JSON, NaN, nested past MAX_JSON_DEPTH whatever the recursion limit, not
@@ -42,6 +43,7 @@ from charrnn_torch.data.vocab import Vocab
 from charrnn_torch.sampling import sample
 from charrnn_torch.training import checkpoint
 from conftest import ROOT, chromium, watch
+from test_compiled import kernels  # noqa: F401  the fixture
 
 
 def _require_serve():
@@ -142,6 +144,18 @@ def test_the_defaults_are_the_clis(http, capsys, ckpt_path):
     text = http.post("/sample", json={"seed": 3}).json()["text"]
     assert text + "\n" == cli_sample(capsys, ckpt_path, "--seed", 3)
     assert len(text) == 1 + cli.SAMPLE_DEFAULTS["length"] and text[0] == "\n"
+
+
+def test_impl_fused_cpp_serves_through_the_compiled_loop_the_clis_text(capsys, ckpt_path, kernels):  # noqa: F811
+    app, sock, what = cli.serve_setup(cli.parse("serve", ["--checkpoint", str(ckpt_path), "--port", "0",
+                                                          "--impl", "fused_cpp"]))
+    assert "gru 2x7 fused_cpp" in what
+    body = {"prime": "ab c", "length": 150, "seed": 4}
+    with running(app, sock) as u, client(u) as http:
+        text = http.post("/sample", json=body).json()["text"]
+    assert text + "\n" == cli_sample(capsys, ckpt_path, "--prime", "ab c", "--length", 150, "--seed", 4,
+                                     "--impl", "fused_cpp")
+    assert text + "\n" == cli_sample(capsys, ckpt_path, "--prime", "ab c", "--length", 150, "--seed", 4)  # a GRU's
 
 
 def test_without_a_seed_the_answer_names_one_that_draws_it_again(http):
@@ -445,7 +459,7 @@ def test_ctrl_c_stops_it_with_one_line_even_mid_stream(ckpt_path):
                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         line = p.stdout.readline()
-        assert line.startswith(f"serving {ckpt_path / 'best.pt'} (step 7, gru 2x7, 11 symbols, cpu) at http://127.0.0.1:")
+        assert line.startswith(f"serving {ckpt_path / 'best.pt'} (step 7, gru 2x7 fused, 11 symbols, cpu) at http://127.0.0.1:")
         base = line.split(" at ")[1].split(";")[0]
         with client(base) as http, http.stream("POST", "/sample", json={"length": 2000, "stream": True}) as r:
             next(read_events(r))
