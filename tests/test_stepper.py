@@ -6,8 +6,10 @@ same ids as the plain loop it replaced (the model called once per character, one
 character) for every way of drawing, across a block boundary. For impl fused_cpp that loop runs
 compiled (sample_loop.cpp) where its module builds: the same ids again, for every cell, way of
 drawing, dtype and block boundary, at the default size too, and the same characters streamed;
-with each draw beside the next step's recurrent products (two threads) as serially (one); and,
-what ``charrnn sample --impl fused_cpp`` promises a fused checkpoint, fused's ids for rnn and gru.
+with each draw beside the next step's recurrent products (two threads) as serially (one), for
+every split of the products between the threads; its draw's buffers equal filter_probs' and pick's
+bit for bit; and, what ``charrnn sample --impl fused_cpp`` promises a fused checkpoint, fused's ids
+for rnn and gru.
 """
 import pytest
 import torch
@@ -15,7 +17,8 @@ import torch
 from charrnn_torch.model.cells import CELLS, CharRNN
 from charrnn_torch.sampling import sample
 from charrnn_torch.model.stepper import Stepper, supports
-from charrnn_torch.sampling.sample import COMPILED_BLOCK, DRAW_BLOCK, Sampling, filter_probs, pick, sample_ids
+from charrnn_torch.sampling.sample import (COMPILED_BLOCK, DRAW_BLOCK, Sampling, compiled_blocks, filter_probs,
+                                          pick, sample_ids)
 from test_compiled import kernels  # noqa: F401 - the fixture: the compiled module, or a skip
 
 V, H = 11, 7
@@ -172,6 +175,73 @@ def test_the_compiled_loop_draws_beside_the_next_product_and_gives_the_same_ids(
         torch.set_num_threads(threads)
     assert torch.equal(serial, overlapped)
     assert torch.equal(overlapped, _plain_sample_ids(model, prime, length, Sampling(seed=8, top_k=20)))
+
+
+def _split_sample_ids(model, prime, length, sampling, splits=None):
+    """sample_ids through the compiled loop, the drawing thread's columns of each product set to splits
+    (None: the loop's own choice): (ids (N, length), the loop, its last logits)."""
+    with torch.no_grad():
+        logits, state = model(prime)
+    step, (N, V) = Stepper(model, state), (prime.shape[0], model.vocab_size)
+    loop = step.compiled_loop(sampling, *(torch.empty(N, V, dtype=torch.float64) for _ in range(3)))
+    if splits is not None:
+        loop.set_splits(splits)
+    step.logits.copy_(logits[:, -1])
+    ids = torch.empty(length, N, dtype=torch.long)
+    compiled_blocks(loop, ids.view(length, N, 1), sampling.greedy, sampling.draw(), None)
+    return ids.t(), loop, step.logits
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_every_split_of_the_products_between_the_threads_gives_the_same_ids(cell, kernels):  # noqa: F811
+    """The drawing thread makes the first columns of each product, as many as balance the threads by
+    a timing (so a run's split is any of these): every multiple of 16, from none to all, gives the
+    serial loop's ids, for 1 and 3 streams; a split elsewhere is refused."""
+    model, length = _model(cell, "fused_cpp", 2, V=65, H=512), COMPILED_BLOCK + 30
+    columns = [c.W_hh.shape[0] for c in model.cells]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for N, splits in ((1, [0, 0]), (1, [16, 0]), (1, [0, 16]), (1, [176, 96]), (1, [c - 16 for c in columns]),
+                          (1, columns), (3, [48, 32])):
+            prime = torch.randint(0, 65, (N, 3), generator=torch.Generator().manual_seed(N))
+            ids, loop, _ = _split_sample_ids(model, prime, length, Sampling(seed=10, top_k=30), splits)
+            if not loop.overlaps():
+                pytest.skip(f"this CPU's BLAS rounds the products split at {splits} apart: the loop stays serial")
+            assert loop.splits() == splits
+            assert torch.equal(ids, _plain_sample_ids(model, prime, length, Sampling(seed=10, top_k=30)))
+        chosen = _compiled_loop(model).splits()
+        assert all(0 <= s <= c and s % 16 == 0 for s, c in zip(chosen, columns, strict=True)), chosen
+        with pytest.raises(RuntimeError, match="multiple of 16"):
+            loop.set_splits([8, 0])
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("sampling", [Sampling(seed=11, temperature=0.7), Sampling(seed=12, top_k=5, top_p=0.9)],
+                         ids=["temperature", "top_k_top_p"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_compiled_draw_writes_filter_probs_and_picks_bits(dtype, sampling, kernels):  # noqa: F811
+    """The compiled draw writes out filter_probs' first calls and pick's: its work, probabilities and
+    cumulative sums for the last character equal aten's bit for bit (an id changes only where a
+    uniform falls in a rounding's width; these do not wait for that)."""
+    model, N, length = _model("gru", "fused_cpp", 1, dtype, V=65, H=64), 3, 50
+    prime = torch.randint(0, 65, (N, 2), generator=torch.Generator().manual_seed(3))
+    work, probs, cdf = (torch.empty(N, 65, dtype=torch.float64) for _ in range(3))
+    with torch.no_grad():
+        logits, state = model(prime)
+    step = Stepper(model, state)
+    loop = step.compiled_loop(sampling, work, probs, cdf)
+    step.logits.copy_(logits[:, -1])
+    ids = torch.empty(length, N, dtype=torch.long)
+    compiled_blocks(loop, ids.view(length, N, 1), False, sampling.draw(), None)
+    last_u = sampling.draw()(N * length)[-N:]  # one draw(N * k) is k draws of N
+    want = [torch.empty_like(work) for _ in range(3)] + [torch.empty(N, 1, dtype=torch.long)]
+    p = filter_probs(step.logits, sampling.temperature, sampling.top_k, sampling.top_p, out=want[:2])
+    assert torch.equal(pick(p, last_u, out=(want[2], want[3])), ids[-1])
+    assert torch.equal(work, want[0]) and torch.equal(cdf, want[2])
+    if sampling.top_p == 1.0:  # top-p's probabilities are a fresh tensor, not the buffer
+        assert torch.equal(probs, want[1])
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru"])
