@@ -51,6 +51,8 @@ struct Layer {
           W_hh_t(get(d, "W_hh_t")), a(get(d, "a")), h(get(d, "h")), c(get(d, "c")), tc(get(d, "tc")),
           ah0(get(d, "ah0")), ah(get(d, "ah")), h_state(get(d, "h_state")), c_state(get(d, "c_state")),
           p(gates == 3 ? torch::Tensor() : at::empty_like(a)) {
+        for (const auto* t : {&table, &a, &h, &c, &h_state, &c_state, &p, &ah})
+            TORCH_CHECK(!t->defined() || t->is_contiguous(), "SampleLoop: a layer's buffers are contiguous");
         set_split(0);
     }
 
@@ -78,39 +80,90 @@ struct Layer {
         }
     }
 
-    // _Layer.step, then Stepper.__call__'s state copies: x is the ids (layer 0) or the layer below's h.
-    // made: both shares of recurrent_product() have run for this step.
-    const torch::Tensor& step(const torch::Tensor& x, bool made) {
-        if (made && gates == 1 && table.defined() && a.size(0) == 1) {
-            at::add_out(a, table.select(0, *x.data_ptr<int64_t>()), p);  // one stream: the row and p in one call
-        } else {
-            if (table.defined())
-                at::index_select_out(a, table, 0, x);
-            else
-                at::addmm_out(a, b_h, x, W_xh_t);
-            if (gates == 1 && made)
-                a.add_(p);
-            else if (gates != 3 && !made)
-                a.addmm_(h_state, W_hh_t);
-        }
+    // _Layer.step, then Stepper.__call__'s state copies, as their aten calls: x is the ids (layer 0) or
+    // the layer below's h. The serial loop's step, and the reference the overlapped one is checked against.
+    const torch::Tensor& step(const torch::Tensor& x) {
+        if (table.defined())
+            at::index_select_out(a, table, 0, x);
+        else
+            at::addmm_out(a, b_h, x, W_xh_t);
+        if (gates != 3) a.addmm_(h_state, W_hh_t);
         if (gates == 1) {
             a.tanh_();  // fused.tanh_step
         } else if (gates == 4) {
-            forward_step(a, c_state, c, tc, h, made ? c10::optional<torch::Tensor>(p) : c10::nullopt);  // adds p
-        } else {  // fused.gru_step
-            const int64_t H = h.size(1);
-            if (!made) {
-                ah.copy_(ah0);
-                ah.addmm_(h_state, W_hh_t);
-            }
-            a.narrow(1, 0, 2 * H).add_(ah.narrow(1, 0, 2 * H)).sigmoid_();
-            auto r = a.narrow(1, 0, H), z = a.narrow(1, H, H), n = a.narrow(1, 2 * H, H);
-            n.addcmul_(r, ah.narrow(1, 2 * H, H)).tanh_();
-            at::sub_out(h, h_state, n).mul_(z).add_(n);
+            forward_step(a, c_state, c, tc, h, c10::nullopt);
+        } else {
+            ah.copy_(ah0);
+            ah.addmm_(h_state, W_hh_t);
+            gru_activations();
         }
         h_state.copy_(h);
         if (c.defined()) c_state.copy_(c);
         return h;
+    }
+
+    // The same step after both shares of recurrent_product() have run. Its exact element-wise work (a
+    // table row, + p, the state copies: a copy or one IEEE addition an element) is written out, which
+    // saves an aten call's cost for each; the activations stay aten's.
+    const torch::Tensor& step_made(const torch::Tensor& x) {
+        if (table.defined()) {
+            rows_of_table(x);  // and + p for the tanh cell
+        } else {
+            at::addmm_out(a, b_h, x, W_xh_t);
+            if (gates == 1) add_into(a, p);
+        }
+        if (gates == 1) {
+            a.tanh_();
+        } else if (gates == 4) {
+            forward_step(a, c_state, c, tc, h, p);  // adds p as it reads the gates
+        } else {
+            gru_activations();
+        }
+        copy_into(h_state, h);
+        if (c.defined()) copy_into(c_state, c);
+        return h;
+    }
+
+    // fused.gru_step on a (W_xh x + b_h) and ah (W_hh h + (0, 0, b_hn)) into h.
+    void gru_activations() {
+        const int64_t H = h.size(1);
+        a.narrow(1, 0, 2 * H).add_(ah.narrow(1, 0, 2 * H)).sigmoid_();
+        auto r = a.narrow(1, 0, H), z = a.narrow(1, H, H), n = a.narrow(1, 2 * H, H);
+        n.addcmul_(r, ah.narrow(1, 2 * H, H)).tanh_();
+        at::sub_out(h, h_state, n).mul_(z).add_(n);
+    }
+
+    // a's rows = the table's rows of the ids x (index_select), + p's rows for the tanh cell.
+    void rows_of_table(const torch::Tensor& x) {
+        const int64_t N = a.size(0), G = a.size(1), V = table.size(0);
+        const int64_t* ids = x.data_ptr<int64_t>();
+        AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "rows_of_table", [&] {
+            const scalar_t* rows = table.data_ptr<scalar_t>();
+            scalar_t* out = a.data_ptr<scalar_t>();
+            const scalar_t* add = gates == 1 ? p.data_ptr<scalar_t>() : nullptr;
+            for (int64_t r = 0; r < N; ++r) {
+                const int64_t id = ids[r * x.stride(0)];
+                TORCH_CHECK(id >= 0 && id < V, "id ", id, " outside the table's ", V, " rows");
+                const scalar_t* row = rows + id * G;
+                scalar_t* o = out + r * G;
+                if (add)
+                    for (int64_t j = 0; j < G; ++j) o[j] = row[j] + add[r * G + j];
+                else
+                    std::memcpy(o, row, G * sizeof(scalar_t));
+            }
+        });
+    }
+
+    static void add_into(const torch::Tensor& t, const torch::Tensor& u) {
+        AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "add_into", [&] {
+            scalar_t* o = t.data_ptr<scalar_t>();
+            const scalar_t* v = u.data_ptr<scalar_t>();
+            for (int64_t j = 0, n = t.numel(); j < n; ++j) o[j] += v[j];
+        });
+    }
+
+    static void copy_into(const torch::Tensor& to, const torch::Tensor& from) {
+        std::memcpy(to.data_ptr(), from.data_ptr(), from.numel() * from.element_size());
     }
 };
 
@@ -392,7 +445,7 @@ class SampleLoop {
     // Stepper.__call__ on the ids in ids_, the head left to the next draw.
     void step(bool made) {
         torch::Tensor x = ids_column_;
-        for (auto& layer : layers_) x = layer.step(x, made);
+        for (auto& layer : layers_) x = made ? layer.step_made(x) : layer.step(x);
         head_done_ = false;
     }
 
