@@ -11,6 +11,8 @@ every split of the products between the threads; its draw's buffers equal filter
 bit for bit; and, what ``charrnn sample --impl fused_cpp`` promises a fused checkpoint, fused's ids
 for rnn and gru.
 """
+import os
+
 import pytest
 import torch
 
@@ -168,13 +170,24 @@ def test_the_compiled_loop_draws_beside_the_next_product_and_gives_the_same_ids(
         assert not _compiled_loop(model).overlaps()
         serial = sample_ids(model, prime, length, Sampling(seed=8, top_k=20))
         torch.set_num_threads(2)
-        if not _compiled_loop(model).overlaps():
-            pytest.skip("this CPU's BLAS rounds h W_hh^T apart from W_xh x + b_h + h W_hh^T: the loop stays serial")
+        _overlaps_or_skip(_compiled_loop(model), "its own split")
         overlapped = sample_ids(model, prime, length, Sampling(seed=8, top_k=20))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(serial, overlapped)
     assert torch.equal(overlapped, _plain_sample_ids(model, prime, length, Sampling(seed=8, top_k=20)))
+
+
+def _overlaps_or_skip(loop, how):
+    """Skip where the loop's check finds that one step on two threads rounds apart from the serial step
+    (a BLAS may round a product made apart, or split, another way), unless CHARRNN_REQUIRE_OVERLAP=1
+    (CI: on its machine it does not, so a failed check there is a bug in the overlapped step)."""
+    if loop.overlaps():
+        return
+    why = f"the overlapped step ({how}) rounds apart from the serial one on this CPU: the loop stays serial"
+    if os.environ.get("CHARRNN_REQUIRE_OVERLAP") == "1":
+        pytest.fail(f"CHARRNN_REQUIRE_OVERLAP=1 but {why}")
+    pytest.skip(why)
 
 
 def _split_sample_ids(model, prime, length, sampling, splits=None):
@@ -206,8 +219,7 @@ def test_every_split_of_the_products_between_the_threads_gives_the_same_ids(cell
                           (1, columns), (3, [48, 32])):
             prime = torch.randint(0, 65, (N, 3), generator=torch.Generator().manual_seed(N))
             ids, loop, _ = _split_sample_ids(model, prime, length, Sampling(seed=10, top_k=30), splits)
-            if not loop.overlaps():
-                pytest.skip(f"this CPU's BLAS rounds the products split at {splits} apart: the loop stays serial")
+            _overlaps_or_skip(loop, f"split at {splits}")
             assert loop.splits() == splits
             assert torch.equal(ids, _plain_sample_ids(model, prime, length, Sampling(seed=10, top_k=30)))
         chosen = _compiled_loop(model).splits()
