@@ -199,7 +199,7 @@ def _impl_arg(p):
     """--impl, for the commands that sample a trained model (sample, serve)."""
     p.add_argument("--impl", choices=config_mod.CHOICES["model.impl"], default=None,
                    help="run the model as this impl (default: the checkpoint's). fused_cpp samples one stream "
-                        "through a compiled loop, ~5x fused on CPU: for rnn and gru the same text as fused, for "
+                        "through a compiled loop, ~6x fused on CPU: for rnn and gru the same text as fused, for "
                         "lstm its own rounding (another text for a seed). Builds once (a C++ compiler and ninja)")
 
 
