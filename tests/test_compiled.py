@@ -42,17 +42,17 @@ def toolchain():
 
 @pytest.fixture
 def kernels():
-    if compiled.lstm_kernels() is None:
+    if compiled.module() is None:
         if os.environ.get("CHARRNN_REQUIRE_CPP") == "1":
             pytest.fail("CHARRNN_REQUIRE_CPP=1 but the compiled kernels did not build")
         pytest.skip("no C++ toolchain to build the compiled kernels")
-    return compiled.lstm_kernels()
+    return compiled.module()
 
 
 def test_kernels_build_where_a_toolchain_is():
     if not toolchain() and os.environ.get("CHARRNN_REQUIRE_CPP") != "1":
         pytest.skip("no C++ compiler or ninja")
-    assert compiled.lstm_kernels() is not None
+    assert compiled.module() is not None
 
 
 def run(impl):
@@ -199,9 +199,9 @@ def fresh(tmp_path, monkeypatch):
         loads.append(kwargs["build_directory"])
         return "the kernels"
     monkeypatch.setattr(torch.utils.cpp_extension, "load", load)
-    compiled.lstm_kernels.cache_clear()
+    compiled.module.cache_clear()
     yield build_dir, loads
-    compiled.lstm_kernels.cache_clear()  # the next user builds (or loads) the real kernels
+    compiled.module.cache_clear()  # the next user builds (or loads) the real kernels
 
 
 def gone_pid():
@@ -222,7 +222,7 @@ def leave(build_dir, pid=None, age_s=0):
 def test_a_lock_left_by_a_killed_build_is_cleared(fresh, capsys):
     build_dir, loads = fresh
     leave(build_dir, pid=gone_pid())
-    assert compiled.lstm_kernels() == "the kernels" and loads == [str(build_dir)]
+    assert compiled.module() == "the kernels" and loads == [str(build_dir)]
     assert not (build_dir / "lock").exists() and not (build_dir / compiled.OWNER).exists()
     assert capsys.readouterr().err == (f"impl fused_cpp: building the compiled kernels (the LSTM's step, the "
                                        f"sampling loop) into {build_dir} "
@@ -235,7 +235,7 @@ def test_a_live_build_is_waited_for_at_most_build_wait_s(fresh, capsys, monkeypa
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         leave(build_dir, pid=alive.pid)
-        assert compiled.lstm_kernels() is None and loads == []
+        assert compiled.module() is None and loads == []
     finally:
         alive.kill()
         alive.wait()
@@ -249,7 +249,7 @@ def test_a_live_build_is_waited_for_at_most_build_wait_s(fresh, capsys, monkeypa
 def test_a_lock_no_build_claims_is_given_up_once_old(fresh, capsys):
     build_dir, loads = fresh
     leave(build_dir, age_s=3600)
-    assert compiled.lstm_kernels() is None and loads == []
+    assert compiled.module() is None and loads == []
     assert capsys.readouterr().err == (f"warning: impl fused_cpp: {build_dir / 'lock'} has stood for 60 minutes "
                                        f"with no build running (a build killed mid-way leaves it: delete it)" + INSTEAD)
 
@@ -259,7 +259,7 @@ def test_a_fresh_lock_no_build_claims_is_waited_for_until_it_is_old(fresh, capsy
     monkeypatch.setattr(compiled, "BUILD_WAIT_S", 1.5)
     leave(build_dir)
     tic = time.monotonic()
-    assert compiled.lstm_kernels() is None and loads == [] and time.monotonic() - tic >= 1
+    assert compiled.module() is None and loads == [] and time.monotonic() - tic >= 1
     lock = build_dir / "lock"
     assert capsys.readouterr().err == (
         f"impl fused_cpp: waiting for a build outside charrnn that holds {lock}, until the lock is 0.025 minutes "
@@ -292,7 +292,7 @@ def banner_then_fail(**kwargs):  # what torch's loader says of a compiler it doe
     raise RuntimeError(LOG)
 
 ext.load = banner_then_fail
-assert compiled.lstm_kernels() is None
+assert compiled.module() is None
 """
 
 

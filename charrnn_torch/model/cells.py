@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .compiled import lstm_kernels
+from .compiled import module as compiled_module
 from .fused import gru_recurrence, lstm_recurrence, rnn_recurrence
 
 # The one list of implementations; config.py validates against it (and CELLS, below).
@@ -299,7 +299,7 @@ class CharRNN(nn.Module):
         about a minute, and a failed one falls back to fused's maths with one warning. A no-op for the
         other impls and cells. Returns the model."""
         if not self.kernels_built:
-            lstm_kernels()
+            compiled_module()
             self.kernels_built = True
         return self
 

@@ -58,7 +58,7 @@ OWNER = "charrnn-owner"  # beside torch's lock: the host and pid of the charrnn 
 
 
 @functools.lru_cache(maxsize=None)
-def lstm_kernels():
+def module():
     """The built module (the LSTM's forward_step and backward_step; SampleLoop, sampling's per-character
     loop in C++), or None after one line on stderr saying why
     and what runs instead."""
@@ -174,4 +174,4 @@ def applies(device, dtype):
 
 def kernels_for(pre):
     """The compiled kernels where they apply to pre, else None."""
-    return lstm_kernels() if applies(pre.device, pre.dtype) else None
+    return module() if applies(pre.device, pre.dtype) else None

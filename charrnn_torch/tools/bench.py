@@ -430,7 +430,7 @@ SAMPLING_LENGTHS = {1: 4000, 64: 200}
 def sampling_impls(device):
     """The impls whose sampling the bench times: fused (the Python loop over a Stepper), and on CPU
     fused_cpp where its module builds (compiled.py), which samples through the compiled loop."""
-    return ["fused"] + (["fused_cpp"] if compiled.applies(device, torch.float32) and compiled.lstm_kernels() else [])
+    return ["fused"] + (["fused_cpp"] if compiled.applies(device, torch.float32) and compiled.module() else [])
 
 
 def sampling_throughput(shape, device, impl="fused", lengths=SAMPLING_LENGTHS, runs=3):
