@@ -184,7 +184,8 @@ def _overlaps_or_skip(loop, how):
     (CI: on its machine it does not, so a failed check there is a bug in the overlapped step)."""
     if loop.overlaps():
         return
-    why = f"the overlapped step ({how}) rounds apart from the serial one on this CPU: the loop stays serial"
+    why = (f"the loop's check keeps it serial ({how}): one step on two threads rounds apart from the serial "
+           f"step on this CPU, or cannot run there")
     if os.environ.get("CHARRNN_REQUIRE_OVERLAP") == "1":
         pytest.fail(f"CHARRNN_REQUIRE_OVERLAP=1 but {why}")
     pytest.skip(why)
@@ -226,6 +227,45 @@ def test_every_split_of_the_products_between_the_threads_gives_the_same_ids(cell
         assert all(0 <= s <= c and s % 16 == 0 for s, c in zip(chosen, columns, strict=True)), chosen
         with pytest.raises(RuntimeError, match="multiple of 16"):
             loop.set_splits([8, 0])
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Resplit:
+    """A compiled loop whose split changes before every block (set_splits re-runs the loop's check)."""
+
+    def __init__(self, loop, splits):
+        self.loop, self.splits, self.calls = loop, splits, 0
+
+    def run(self, pairs, us, step_last):
+        self.loop.set_splits(self.splits[self.calls % len(self.splits)])
+        _overlaps_or_skip(self.loop, f"split at {self.splits[self.calls % len(self.splits)]}")
+        self.calls += 1
+        self.loop.run(pairs, us, step_last)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_new_split_between_blocks_and_inference_mode_keep_the_ids(cell, kernels):  # noqa: F811
+    """The loop's check between two blocks puts back what the next draw needs (the pending head); and
+    under torch.inference_mode the other thread runs in the caller's mode, so it overlaps there too."""
+    model, length = _model(cell, "fused_cpp", 2, V=65, H=512), 3 * COMPILED_BLOCK + 5
+    prime, sampling = torch.tensor([[4, 2]]), Sampling(seed=13)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            logits, state = model(prime)
+        step = Stepper(model, state)
+        loop = _Resplit(step.compiled_loop(sampling, *(torch.empty(1, 65, dtype=torch.float64) for _ in range(3))),
+                        [[0, 0], [32, 16]])
+        step.logits.copy_(logits[:, -1])
+        ids = torch.empty(length, 1, dtype=torch.long)
+        compiled_blocks(loop, ids.view(length, 1, 1), False, sampling.draw(), None)
+        plain = _plain_sample_ids(model, prime, length, sampling)
+        assert loop.calls == 4 and torch.equal(ids.t(), plain)
+        with torch.inference_mode():
+            _overlaps_or_skip(_compiled_loop(model), "under inference_mode")
+            assert torch.equal(sample_ids(model, prime, length, sampling), plain)
     finally:
         torch.set_num_threads(threads)
 

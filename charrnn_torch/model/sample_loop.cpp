@@ -11,6 +11,7 @@
 // give the serial step's bits is BLAS's business, so SampleLoop runs one step both ways on its own
 // buffers first, and stays serial where anything differs.
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/extension.h>
 
 #include <atomic>
@@ -169,7 +170,7 @@ struct Layer {
 
 // A pause for a thread that waits on another, for a few microseconds at a time.
 inline void relax(int64_t spins) {
-    if (spins > 100000) {
+    if (spins > 4096) {  // ~100 us: the waits of a character take a few
         std::this_thread::yield();  // the other thread has lost its core: give ours up
         return;
     }
@@ -200,6 +201,10 @@ class SampleLoop {
         : W_hy_t_(W_hy_t), b_y_(b_y), logits_(logits), temperature_(temperature), top_k_(top_k), top_p_(top_p),
           greedy_(greedy), work_(work), probs_(probs), cdf_(cdf) {
         for (const auto& d : layers) layers_.emplace_back(d);
+        TORCH_CHECK(logits_.is_contiguous(), "SampleLoop: contiguous logits");
+        for (const auto* t : {&work_, &probs_, &cdf_})
+            TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kDouble && t->sizes() == logits_.sizes(),
+                        "SampleLoop: work, probs and cdf are contiguous float64 buffers of the logits' shape");
         const int64_t N = logits_.size(0);
         ids_ = at::zeros({N, 1}, logits_.options().dtype(at::kLong));
         ids_column_ = ids_.select(1, 0);
@@ -226,7 +231,11 @@ class SampleLoop {
             TORCH_CHECK(splits[l] >= 0 && splits[l] <= layers_[l].columns() && splits[l] % SPLIT_ALIGN == 0,
                         "a split is a multiple of ", SPLIT_ALIGN, " within the product's columns");
         for (size_t l = 0; l < layers_.size(); ++l) layers_[l].set_split(splits[l]);
-        overlap_ = at::get_num_threads() >= 2 && logits_.numel() <= at::internal::GRAIN_SIZE && same_bits_apart();
+        try {
+            overlap_ = at::get_num_threads() >= 2 && logits_.numel() <= at::internal::GRAIN_SIZE && same_bits_apart();
+        } catch (const std::exception&) {
+            overlap_ = false;  // a step on two threads that cannot run here: the serial loop can
+        }
         if (!overlap_)
             for (auto& layer : layers_) layer.set_split(0);
         return overlap_;
@@ -269,8 +278,10 @@ class SampleLoop {
             return;
         }
         made_ = 0, stepped_ = 0, failed_ = false;
+        const at::ThreadLocalState caller;  // grad and inference mode are a thread's own: the other takes ours
         at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
-            torch::NoGradGuard no_grad;  // grad mode is a thread's own: the other thread's must be off too
+            at::ThreadLocalStateGuard as_caller(caller);
+            torch::NoGradGuard no_grad;
             if (end - begin == 2) {      // one thread came: the same calls in turn
                 for (int64_t i = 0; i < n; ++i) {
                     draw(i);
@@ -293,7 +304,7 @@ class SampleLoop {
             draw(i);
             if (i >= steps) break;
             products(0);
-            wait_for(made_, i + 1);
+            if (!wait_for(made_, i + 1)) return;
             step(true);
             stepped_.store(i + 1, std::memory_order_release);
         }
@@ -301,17 +312,19 @@ class SampleLoop {
 
     void multiplying(int64_t steps) {
         for (int64_t i = 0; i < steps; ++i) {
-            wait_for(stepped_, i);  // the state of step i is there
+            if (!wait_for(stepped_, i)) return;  // the state of step i is there
             products(1);
             made_.store(i + 1, std::memory_order_release);
         }
     }
 
-    void wait_for(const std::atomic<int64_t>& count, int64_t value) {
+    // false: the other thread failed (its exception is the one parallel_for raises).
+    bool wait_for(const std::atomic<int64_t>& count, int64_t value) {
         for (int64_t spins = 0; count.load(std::memory_order_acquire) < value; ++spins) {
-            if (failed_.load(std::memory_order_relaxed)) throw std::runtime_error("the other thread failed");
+            if (failed_.load(std::memory_order_relaxed)) return false;
             relax(spins);
         }
+        return true;
     }
 
     void products(int k) {
@@ -323,6 +336,7 @@ class SampleLoop {
     // shared, never a result).
     std::vector<int64_t> balanced_splits() {
         torch::NoGradGuard no_grad;
+        if (!head_done_) head();
         auto saved_logits = logits_.clone();
         const double draw_s = seconds_per_call([&] {
             head();
@@ -345,6 +359,7 @@ class SampleLoop {
     // rounds by shape and alignment, not by value), which are then put back.
     bool same_bits_apart() {
         torch::NoGradGuard no_grad;
+        if (!head_done_) head();  // the head the next draw needs, from the h the check overwrites
         auto made_up = [](const torch::Tensor& t, double k) {
             return at::arange(t.numel(), t.options()).mul_(k).sin_().view_as(t);
         };
@@ -472,7 +487,7 @@ void register_sample_loop(py::module& m) {
         .def(py::init<const std::vector<py::dict>&, torch::Tensor, torch::Tensor, torch::Tensor, double, int64_t,
                       double, bool, torch::Tensor, torch::Tensor, torch::Tensor>())
         .def("run", &SampleLoop::run, "draw and step a block of characters", py::arg("pairs"), py::arg("us"),
-             py::arg("step_last"))
+             py::arg("step_last"), py::call_guard<py::gil_scoped_release>())
         .def("overlaps", &SampleLoop::overlaps, "whether each draw runs beside the next step's recurrent products")
         .def("splits", &SampleLoop::splits, "each layer's columns of its product that the drawing thread makes")
         .def("set_splits", &SampleLoop::set_splits, "share each product so; whether the loop then overlaps",
