@@ -7,7 +7,8 @@ character) for every way of drawing, across a block boundary. For impl fused_cpp
 compiled (sample_loop.cpp) where its module builds: the same ids again, for every cell, way of
 drawing, dtype and block boundary, at the default size too, and the same characters streamed;
 with each draw beside the next step's recurrent products (two threads) as serially (one), for
-every split of the products between the threads; its draw's buffers equal filter_probs' and pick's
+every split of the products between the threads, a new split between blocks and under
+inference_mode; its draw's buffers equal filter_probs' and pick's
 bit for bit; and, what ``charrnn sample --impl fused_cpp`` promises a fused checkpoint, fused's ids
 for rnn and gru.
 """
