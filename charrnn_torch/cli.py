@@ -789,8 +789,8 @@ def serve_setup(args):
                           default_prime=sample.default_prime(vocab, ckpt.get("char_counts")))
     limits = serve.Limits(max_length=args.max_length, max_body=args.max_body_kb * 1024, queue=args.queue)
     sock = serve.listen(args.host, args.port)
-    what = (f"{source} (step {ckpt.get('step', 'n/a')}, {model.cell} {model.num_layers}x{model.hidden_size} {model.impl}, "
-            f"{len(vocab)} symbols, {next(model.parameters()).device})")
+    what = (f"{source} (step {ckpt.get('step', 'n/a')}, {model.cell} {model.num_layers}x{model.hidden_size} "
+            f"{model.impl}, {len(vocab)} symbols, {next(model.parameters()).device})")
     return serve.make_app(served, limits), sock, what
 
 

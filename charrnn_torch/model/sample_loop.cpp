@@ -209,7 +209,7 @@ class SampleLoop {
         ids_ = at::zeros({N, 1}, logits_.options().dtype(at::kLong));
         ids_column_ = ids_.select(1, 0);
         u_ = at::full({N, 1}, 0.5, logits_.options().dtype(at::kDouble));
-        if (at::get_num_threads() >= 2 && logits_.numel() <= at::internal::GRAIN_SIZE) {
+        if (two_threads()) {
             const std::vector<int64_t> balanced = balanced_splits();
             overlap_ = set_splits(balanced) || set_splits(std::vector<int64_t>(layers_.size(), 0));
         }
@@ -232,7 +232,7 @@ class SampleLoop {
                         "a split is a multiple of ", SPLIT_ALIGN, " within the product's columns");
         for (size_t l = 0; l < layers_.size(); ++l) layers_[l].set_split(splits[l]);
         try {
-            overlap_ = at::get_num_threads() >= 2 && logits_.numel() <= at::internal::GRAIN_SIZE && same_bits_apart();
+            overlap_ = two_threads() && same_bits_apart();
         } catch (const std::exception&) {
             overlap_ = false;  // a step on two threads that cannot run here: the serial loop can
         }
@@ -256,16 +256,26 @@ class SampleLoop {
         const double* u = greedy_ ? nullptr : us->data_ptr<double>();
         chars(n, step_last ? n : n - 1, [&](int64_t i) {
             if (!head_done_) head();
-            if (greedy_) {
-                at::argmax_out(ids_, logits_, -1, true);
-            } else {
-                pick(filtered(), u + i * N);
-            }
+            draw_ids(greedy_ ? nullptr : u + i * N);
             std::memcpy(out + i * N, ids_.data_ptr<int64_t>(), N * sizeof(int64_t));
         });
     }
 
    private:
+    // Whether a block may run on two threads: torch has them, and the draw's calls stay below aten's
+    // grain (so each runs on its thread alone, as it does serially).
+    bool two_threads() const {
+        return at::get_num_threads() >= 2 && logits_.numel() <= at::internal::GRAIN_SIZE;
+    }
+
+    // The next ids into ids_, from the logits (u: each stream's uniform; none when greedy).
+    void draw_ids(const double* u) {
+        if (greedy_)
+            at::argmax_out(ids_, logits_, -1, true);
+        else
+            pick(filtered(), u);
+    }
+
     // n characters, each draw(i) (which leaves its ids in ids_) and then, for the first `steps` of them,
     // a step: serially, or in one parallel region with the products shared between two threads.
     template <typename Draw>
@@ -340,12 +350,10 @@ class SampleLoop {
         auto saved_logits = logits_.clone();
         const double draw_s = seconds_per_call([&] {
             head();
-            greedy_ ? (void)at::argmax_out(ids_, logits_, -1, true) : pick(filtered(), u_.data_ptr<double>());
+            draw_ids(u_.data_ptr<double>());
         });
         logits_.copy_(saved_logits);
         head_done_ = true;
-        int64_t columns = 0;
-        for (const auto& layer : layers_) columns += layer.columns();
         const double product_s = seconds_per_call([&] { products(1); });  // all columns: every split is 0
         const double share = std::max(0.0, (product_s - draw_s) / (2 * product_s));  // of each product
         std::vector<int64_t> splits;
