@@ -9,7 +9,7 @@
   reader that leaves stops the sampling;
 - `--impl fused_cpp` serves through the compiled sampling loop: the CLI's text for the same seed;
 - POST /score gives sample.score's nats and bits; GET /health names the checkpoint, its step, the
-  vocabulary size and the device;
+  vocabulary size, the impl and the device;
 - every bad request (not JSON, NaN, nested past MAX_JSON_DEPTH whatever the recursion limit, not
   an object, unknown keys, wrong types, values out of range, characters outside the vocabulary, too
   long, too big, the wrong content type, no such route or method) is a 4xx with {"error": one
@@ -153,6 +153,7 @@ def test_impl_fused_cpp_serves_through_the_compiled_loop_the_clis_text(capsys, c
     body = {"prime": "ab c", "length": 150, "seed": 4}
     with running(app, sock) as u, client(u) as http:
         text = http.post("/sample", json=body).json()["text"]
+        assert http.get("/health").json()["impl"] == "fused_cpp"
     assert text + "\n" == cli_sample(capsys, ckpt_path, "--prime", "ab c", "--length", 150, "--seed", 4,
                                      "--impl", "fused_cpp")
     assert text + "\n" == cli_sample(capsys, ckpt_path, "--prime", "ab c", "--length", 150, "--seed", 4)  # a GRU's
@@ -184,7 +185,7 @@ class Gated(torch.nn.Module):
     def __init__(self, model, at=None, delay=0.0):
         super().__init__()
         self.inner, self.at, self.delay, self.calls, self.while_held = model, at, delay, 0, 0
-        self.cell, self.num_layers, self.hidden_size = model.cell, model.num_layers, model.hidden_size
+        self.cell, self.num_layers, self.hidden_size, self.impl = model.cell, model.num_layers, model.hidden_size, model.impl
         self.reached, self.gate = threading.Event(), threading.Event()
 
     def forward(self, x, h=None):
@@ -298,7 +299,8 @@ def test_the_page_holds_the_path_as_text_not_markup(http, ckpt_path):
 def test_health_names_the_model(http, ckpt_path):
     h = http.get("/health").json()
     assert h["checkpoint"] == str(ckpt_path / "best.pt") and h["step"] == 7
-    assert (h["vocab_size"], h["device"], h["cell"], h["num_layers"], h["hidden_size"]) == (11, "cpu", "gru", L, H)
+    assert (h["vocab_size"], h["device"], h["cell"], h["num_layers"], h["hidden_size"], h["impl"]) == \
+        (11, "cpu", "gru", L, H, "fused")
     assert h["defaults"] == {"length": 500, "temperature": 0.8, "top_k": 0, "top_p": 1.0, "prime": "\n"}
     assert h["limits"] == {"max_length": 2000, "max_body": 4096, "queue": 8} and h["busy"] == 0
 

@@ -321,7 +321,8 @@ def health(served, queue, limits):
     model = served.model
     return {"checkpoint": served.checkpoint, "step": served.step, "vocab_size": len(served.vocab),
             "vocab": served.vocab.mode, "cell": model.cell, "num_layers": model.num_layers,
-            "hidden_size": model.hidden_size, "parameters": sum(p.numel() for p in model.parameters()),
+            "hidden_size": model.hidden_size, "impl": model.impl,
+            "parameters": sum(p.numel() for p in model.parameters()),
             "device": str(next(model.parameters()).device),
             "defaults": dict(served.defaults, prime=served.default_prime),
             "limits": {"max_length": limits.max_length, "max_body": limits.max_body, "queue": limits.queue},
