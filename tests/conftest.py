@@ -1,3 +1,9 @@
+# First, before any test module imports torch: the package sets OpenMP's short spin, which OpenMP
+# reads once, as torch loads (charrnn_torch/__init__.py). Without it every pytest worker's idle
+# OpenMP threads spin against the other workers' and the processes they start, and a test that
+# trains in its worker runs ten times slower under -n.
+import charrnn_torch  # noqa: F401  isort: skip
+
 import contextlib
 import os
 import shutil
@@ -20,6 +26,15 @@ TINY_TEXT = "".join(_LINE[i:] + _LINE[:i] + "\n" for i in range(40)) * 10
 def tiny_text():
     """A small corpus with a fixed, small vocabulary: cheap to train on in a test."""
     return TINY_TEXT
+
+
+def pytest_collection_modifyitems(items):
+    """Modules holding a slow test run first, each module's tests still together and in order (its
+    fixtures are set up once). With -n and --dist worksteal (pyproject's addopts), the long tests
+    start at once and the short ones fill in around them, instead of one long test starting last
+    and running alone."""
+    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in slow_modules)  # a stable sort: the order is kept
 
 
 def run_script(name, *args, cwd=None, env=None, timeout=300):

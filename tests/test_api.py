@@ -30,6 +30,7 @@ def run_dir(tmp_path_factory):
     return summary["out_dir"]
 
 
+@pytest.mark.slow
 def test_the_readme_python_block_runs(tmp_path, monkeypatch, capsys):
     block = re.search(r"## Python API\n\n```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
     if not SHARED_CORPUS.is_file():

@@ -80,15 +80,29 @@ def test_train_step_rows_train_and_match(monkeypatch, cell):
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (eager, sync_free)
 
 
+@pytest.mark.slow
 def test_run_shape_rows(monkeypatch):
     monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 1))
+    # Each row's memory is a fresh process of its own (~10 s here): one row measures for real, the
+    # others prove that every row asks for its own figure and shows it.
+    real, asked = bench.measure_peak_mem, []
+
+    def one_real_measure(shape, name, *args, **kwargs):
+        asked.append(name)
+        return real(shape, name, *args, **kwargs) if name == "CharRNN fused" else 1000.0 + len(asked)
+
+    monkeypatch.setattr(bench, "measure_peak_mem", one_real_measure)
     rows, peak = bench.run_shape("tiny", torch.device("cpu"), repeats=2)
     assert peak > 0
     assert [r.impl for r in rows] == ["numpy reference", "CharRNN loop", "CharRNN fused", "nn.RNN stack"]
-    for r in rows:
+    assert asked == [r.impl for r in rows]
+    for i, r in enumerate(rows):
         assert r.chars_per_sec > 0 and r.gflops > 0
         assert r.pct_peak == pytest.approx(100 * r.gflops / peak)
-        assert r.peak_mem_mb == r.peak_mem_mb  # a number, not NaN, on Linux
+        if r.impl == "CharRNN fused":
+            assert 0 < r.peak_mem_mb < 1000  # a number, not NaN, on Linux
+        else:
+            assert r.peak_mem_mb == 1001.0 + i
     table = bench.format_table(rows)
     assert "vs nn.RNN" in table and table.count("tiny") == 4
 
@@ -115,6 +129,7 @@ def test_a_torch_module_this_machine_cannot_run_is_a_failed_row(monkeypatch, tmp
         bench.run_shape("tiny", torch.device("cpu"), repeats=1, memory=False, impls={"CharRNN fused": no_kernel})
 
 
+@pytest.mark.slow
 def test_no_memory_is_a_dash_not_nan(monkeypatch, tmp_path):
     monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 1))
     rows, _ = bench.run_shape("tiny", torch.device("cpu"), repeats=1, memory=False)

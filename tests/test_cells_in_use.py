@@ -51,10 +51,12 @@ def test_train_checkpoint_sample_beam_score(tmp_path, corpus_file, cell, capsys)
     assert "bits/char" in captured.out
 
 
-@pytest.mark.parametrize("impl", ["loop", "fused"])
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
-def test_resume_is_bit_exact(tmp_path, corpus_file, cell, impl):
-    extra = {"train.max_steps": 24, "train.eval_interval": 8, "train.log_interval": 2, "model.impl": impl}
+def test_resume_is_bit_exact(tmp_path, corpus_file, cell):
+    # What a resume restores (weights, optimizer, RNG, data position, the carried state) is the same
+    # whatever impl computes the step; test_gated_cells proves the impls give the same numbers.
+    extra = {"train.max_steps": 24, "train.eval_interval": 8, "train.log_interval": 2, "model.impl": "fused"}
     whole = train(build_config({}, cell_overrides(corpus_file, tmp_path / "whole", cell, **extra)),
                   progress=False, log=lambda *a: None)
     part_cfg = build_config({}, cell_overrides(corpus_file, tmp_path / "part", cell, **extra))

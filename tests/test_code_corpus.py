@@ -155,6 +155,7 @@ def tiny_run(out, *extra):
             "train.eval_interval=4", "train.sample_interval=0", "data.val_fraction=0.2", *extra]
 
 
+@pytest.mark.slow
 def test_the_run_records_its_corpus_and_refuses_another_pythons(stdlib, tmp_path, monkeypatch, capsys):
     write_tree(stdlib, {f"gen/m{i}.py": f"def f{i}(x):\n    return (x, [{i}])  # {i}\n" * 4 for i in range(20)})
     out = tmp_path / "run"

@@ -103,6 +103,7 @@ def test_ddp_run_that_fails_exits_cleanly(tmp_path, corpus_file):
     assert left and set(left) == {"0"}, ddp.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_sweep_2x2_summary_failure_and_resume(tmp_path, corpus_file):
     sweep_dir = tmp_path / "sweep"
     base = tiny_overrides(corpus_file, tmp_path / "unused", **{"train.max_steps": 6, "train.eval_interval": 3,

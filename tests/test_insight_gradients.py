@@ -64,6 +64,7 @@ def test_loss_gradients_are_the_reference_bptt_deltas(cell, L, device):
     assert np.abs(deltas["h"][:, 0]).max() > 0  # the first step is reached at all
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 def test_the_per_step_factor_is_the_jacobians_spectral_norm(cell):
     model = make_model(cell, 2)

@@ -72,6 +72,7 @@ def test_eval_window_count_is_what_eval_windows_yields(n, streams, seq_len):
     assert batchers.eval_window_count(n, streams, seq_len) == len(list(batchers.eval_windows(ids, streams, seq_len)))
 
 
+@pytest.mark.slow
 def test_evaluation_shows_its_progress_and_eval_chars_caps_it(tmp_path, corpus_file):
     full = run_script("train.py", *tiny_overrides(corpus_file, tmp_path / "full", **{"train.max_steps": 10}))
     capped = run_script("train.py", *tiny_overrides(corpus_file, tmp_path / "capped", **{

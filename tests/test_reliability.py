@@ -22,7 +22,7 @@ import yaml
 from charrnn_torch.training import checkpoint
 from charrnn_torch.cli import main
 from charrnn_torch.training.config import build_config
-from charrnn_torch.training.trainer import TrainingDiverged, train
+from charrnn_torch.training.trainer import Interrupted, TrainingDiverged, train
 from conftest import ROOT, read_scalars, run_script, tiny_overrides
 from hooks import hooked_train
 
@@ -66,27 +66,52 @@ MODES = {
 }
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_resume_is_bit_exact(tmp_path, corpus_file, mode):
-    extra = {"train.max_steps": 24, "train.eval_interval": 8, "train.log_interval": 2,
-             "train.warmup_steps": 4, "train.lr_schedule": "cosine", **MODES[mode]}
-    whole = run_train(*tiny_overrides(corpus_file, tmp_path / "whole", **extra))
+RESUME_EXTRA = {"train.max_steps": 24, "train.eval_interval": 8, "train.log_interval": 2,
+                "train.warmup_steps": 4, "train.lr_schedule": "cosine"}
+
+
+def assert_same_run(whole_dir, part_dir):
+    a, b = final_params(whole_dir), final_params(part_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = train_losses(whole_dir), train_losses(part_dir)
+    assert la == lb  # same steps, no duplicates, identical values
+    assert [s for s, _ in lb] == list(range(2, 25, 2))
+
+
+@pytest.mark.slow
+def test_resume_in_a_real_process_is_bit_exact(tmp_path, corpus_file):
+    """Ctrl-C in a real training process: exit 130, the resume command said, and the resumed run
+    ends where the uninterrupted one does, bit for bit."""
+    whole = run_train(*tiny_overrides(corpus_file, tmp_path / "whole", **RESUME_EXTRA))
     assert whole.returncode == 0, whole.stderr
     # interrupted at step 11: not an eval step, so resuming needs the mid-interval state too
-    part = run_train(*tiny_overrides(corpus_file, tmp_path / "part", **extra), hooks={"interrupt_at": 11})
+    part = run_train(*tiny_overrides(corpus_file, tmp_path / "part", **RESUME_EXTRA), hooks={"interrupt_at": 11})
     assert part.returncode == 130, part.stderr
     assert "resume with: python scripts/train.py --resume" in part.stderr
     assert checkpoint.load(tmp_path / "part" / "ckpt.pt")["step"] == 11
     resumed = run_train("--resume", tmp_path / "part")
     assert resumed.returncode == 0, resumed.stderr
-
-    a, b = final_params(tmp_path / "whole"), final_params(tmp_path / "part")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    la, lb = train_losses(tmp_path / "whole"), train_losses(tmp_path / "part")
-    assert la == lb  # same steps, no duplicates, identical values
-    assert [s for s, _ in lb] == list(range(2, 25, 2))
+    assert_same_run(tmp_path / "whole", tmp_path / "part")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_resume_is_bit_exact(tmp_path, corpus_file, mode):
+    """Each mode's state (dropout masks' RNG, random windows, the carried state...) survives an
+    interrupt at step 11 and a resume: the trainer in this process, the real process once above."""
+    extra = {**RESUME_EXTRA, **MODES[mode]}
+    quiet = {"progress": False, "log": lambda *a: None}
+    train(build_config({}, tiny_overrides(corpus_file, tmp_path / "whole", **extra)), **quiet)
+    with pytest.raises(Interrupted):
+        hooked_train(build_config({}, tiny_overrides(corpus_file, tmp_path / "part", **extra)), interrupt_at=11,
+                     **quiet)
+    ck = checkpoint.load(tmp_path / "part" / "ckpt.pt")
+    assert ck["step"] == 11
+    train(build_config(ck["config"]), resume=ck, resume_dir=tmp_path / "part", **quiet)
+    assert_same_run(tmp_path / "whole", tmp_path / "part")
+
+
+@pytest.mark.slow
 def test_resume_with_raised_max_steps_continues(tmp_path, corpus_file):
     out = tmp_path / "r"
     assert run_train(*tiny_overrides(corpus_file, out, **{"train.max_steps": 10})).returncode == 0
@@ -98,6 +123,7 @@ def test_resume_with_raised_max_steps_continues(tmp_path, corpus_file):
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["max_steps"] == 20
 
 
+@pytest.mark.slow
 def test_sigkill_mid_checkpoint_write_keeps_previous(tmp_path, corpus_file):
     out = tmp_path / "r"
     assert run_train(*tiny_overrides(corpus_file, out, **{"train.max_steps": 10})).returncode == 0
@@ -204,6 +230,7 @@ def _write_config(dir_, corpus_file, out_dir):
     return p
 
 
+@pytest.mark.slow
 def test_same_command_twice_keeps_both_runs(tmp_path, corpus_file):
     cfg = _write_config(tmp_path, corpus_file, "runs/tiny")
     for _ in range(3):
@@ -215,6 +242,7 @@ def test_same_command_twice_keeps_both_runs(tmp_path, corpus_file):
         assert (tmp_path / "runs" / name / "ckpt.pt").exists() and list((tmp_path / "runs" / name).glob("events.*"))
 
 
+@pytest.mark.slow
 def test_explicit_out_dir_holding_a_run_is_refused_unless_forced(tmp_path, corpus_file):
     out = tmp_path / "r"
     args = tiny_overrides(corpus_file, out, **{"train.max_steps": 4, "train.sample_interval": 0})
@@ -395,6 +423,7 @@ def test_bad_input_in_a_real_process_has_no_traceback(world):
     assert not (world["files"] / "MARKER").exists()
 
 
+@pytest.mark.slow
 def test_resume_overrides_apply_or_are_refused(tmp_path, corpus_file):
     out = tmp_path / "r"
     args = tiny_overrides(corpus_file, out, **{"train.max_steps": 10, "train.lr_schedule": "constant",

@@ -232,6 +232,7 @@ def test_cli_impl_fused_cpp_samples_the_checkpoints_text(run_dir, capsys, kernel
     assert texts[0] == texts[1] and len(texts[0]) == 1 + 300 + 1
 
 
+@pytest.mark.slow
 def test_cli_greedy_beam_samples_score(run_dir, tmp_path):
     greedy = run_script("sample.py", "--checkpoint", run_dir / "ckpt.pt", "--prime", "RO", "--length", "20", "--greedy")
     beam1 = run_script("sample.py", "--checkpoint", run_dir, "--prime", "RO", "--length", "20", "--beam-width", "1")
