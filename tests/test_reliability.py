@@ -1,5 +1,6 @@
-"""Proves the reliability promises: bit-exact resume on CPU (stateful, dropout, random
-windows, with a schedule), atomic checkpoints that survive SIGKILL mid-write, SIGINT and
+"""Proves the reliability promises: bit-exact resume on CPU (stateful, dropout, regularisers,
+random windows, bidirectional, with a schedule: each in this process, and once through Ctrl-C in a
+real training process), atomic checkpoints that survive SIGKILL mid-write, SIGINT and
 SIGTERM handling, best.pt only improving, runs never overwritten, the non-finite guard,
 determinism, and a one-line `error: ...` with exit 2 for every bad input, changing no file.
 
