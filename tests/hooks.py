@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from charrnn_torch.errors import tell  # noqa: E402
-from charrnn_torch.training import trainer  # noqa: E402
+from charrnn_torch.training import checkpoint, trainer  # noqa: E402
+from charrnn_torch.training.config import build_config  # noqa: E402
 
 
 class HookedTrainer(trainer.Trainer):
@@ -39,6 +40,20 @@ class HookedTrainer(trainer.Trainer):
 
 def hooked_train(cfg, nan_steps=(), interrupt_at=0, **kwargs):
     return HookedTrainer(cfg, nan_steps=nan_steps, interrupt_at=interrupt_at, **kwargs).run()
+
+
+def interrupted_and_resumed(cfg, interrupt_at, **kwargs):
+    """cfg's run, in this process, stopped by a Ctrl-C after step interrupt_at and then resumed from
+    the checkpoint it wrote in cfg.out_dir, as `train --resume` would: the resumed run's summary."""
+    try:
+        hooked_train(cfg, interrupt_at=interrupt_at, **kwargs)
+    except trainer.Interrupted:
+        pass
+    else:
+        raise AssertionError(f"the run was not interrupted at step {interrupt_at}")
+    ck = checkpoint.load(Path(cfg.out_dir) / "ckpt.pt")
+    assert ck["step"] == interrupt_at, ck["step"]
+    return trainer.train(build_config(ck["config"]), resume=ck, resume_dir=Path(cfg.out_dir), **kwargs)
 
 
 def pause_before_replacing(name, seconds):

@@ -12,9 +12,9 @@ import torch
 from charrnn_torch.training import checkpoint
 from charrnn_torch.cli import main
 from charrnn_torch.training.config import build_config
-from charrnn_torch.training.trainer import Interrupted, train
+from charrnn_torch.training.trainer import train
 from conftest import run_script, tiny_overrides
-from hooks import HookedTrainer
+from hooks import interrupted_and_resumed
 from test_experiments import params_close, torchrun
 
 CELLS = ["lstm", "gru"]
@@ -60,12 +60,8 @@ def test_resume_is_bit_exact(tmp_path, corpus_file, cell):
     whole = train(build_config({}, cell_overrides(corpus_file, tmp_path / "whole", cell, **extra)),
                   progress=False, log=lambda *a: None)
     part_cfg = build_config({}, cell_overrides(corpus_file, tmp_path / "part", cell, **extra))
-    with pytest.raises(Interrupted):  # at step 11: mid-interval, so the partial log state must carry over
-        HookedTrainer(part_cfg, interrupt_at=11, progress=False, log=lambda *a: None).run()
-    ck = checkpoint.load(tmp_path / "part" / "ckpt.pt")
-    assert ck["step"] == 11
-    resumed = train(build_config(ck["config"]), resume=ck, resume_dir=tmp_path / "part", progress=False,
-                    log=lambda *a: None)
+    # at step 11: mid-interval, so the partial log state must carry over
+    resumed = interrupted_and_resumed(part_cfg, 11, progress=False, log=lambda *a: None)
     a, b = (checkpoint.load(tmp_path / d / "ckpt.pt") for d in ("whole", "part"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [v for s, v in whole["train_log"] if s > 11] == [v for _, v in resumed["train_log"]]
