@@ -118,10 +118,9 @@ def test_one_openmp_runtime_in_the_process(kernels):
 
 def lstm_float32(monkeypatch, kernel):
     """fused_cpp's float32 loss and gradients (L = 2, T = 20) with only ``kernel`` ("onednn", with its
-    product added in the kernels, or "addmm") in the step GEMMs, and how many products oneDNN made."""
-    products = []
-    reorder, linear = packed_gemm.onednn_linear()
-    dnn = (reorder, lambda *args: (products.append(1), linear(*args))[1])
+    product added in the kernels, or "addmm") in the step GEMMs, and how many products oneDNN made
+    (counted by the profiler, which sees the compiled loops' calls too)."""
+    dnn = packed_gemm.onednn_linear()
     monkeypatch.setattr(packed_gemm, "onednn_linear", lambda: dnn if kernel == "onednn" else None)
     monkeypatch.setattr(packed_gemm, "mkl_packed_gemm", lambda: None)
     monkeypatch.setattr(packed_gemm, "DNN_MIN_WEIGHT", 1)  # oneDNN even at the tests' small sizes
@@ -130,9 +129,41 @@ def lstm_float32(monkeypatch, kernel):
     model = CharRNN(V, H, L, impl="fused_cpp", cell="lstm").build_kernels()
     g = torch.Generator().manual_seed(1)
     x, y = torch.randint(0, V, (B, 20), generator=g), torch.randint(0, V, (B, 20), generator=g)
-    logits, (h, c) = model(x)
-    (cross_entropy(logits, y, "sum") + (c * c).sum()).backward()
-    return [p.grad.double() for p in model.parameters()], len(products)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        logits, (h, c) = model(x)
+        (cross_entropy(logits, y, "sum") + (c * c).sum()).backward()
+    products = sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
+    return [p.grad.double() for p in model.parameters()], products
+
+
+@pytest.mark.skipif(packed_gemm.onednn_linear() is None, reason="torch's oneDNN linear is not reachable here")
+def test_the_compiled_loops_are_the_steps_one_by_one(kernels):
+    """forward_loop and backward_loop (all T steps in one call) give the bits of calling forward_step
+    and backward_step from Python a step at a time, with oneDNN's product made apart."""
+    reorder, linear = packed_gemm.onednn_linear()
+    g = torch.Generator().manual_seed(3)
+    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    W, pre, h0, c0, dh_all, dc0 = r(4 * H, H), r(T * B, 4 * H), r(B, H), r(B, H), r(T * B, H), r(B, H)
+    fwd, bwd = reorder(W.contiguous(), B), reorder(W.t().contiguous(), B)
+    rows = lambda t: slice(t * B, (t + 1) * B)  # noqa: E731
+    # Step by step, from Python:
+    a, h, c, tc = pre.clone(), *(torch.empty(T * B, H) for _ in range(3))
+    for t in range(T):
+        prev_h, prev_c = (h[rows(t - 1)], c[rows(t - 1)]) if t else (h0, c0)
+        kernels.forward_step(a[rows(t)], prev_c, c[rows(t)], tc[rows(t)], h[rows(t)],
+                             linear(prev_h, fwd, None, "none", [], None))
+    dh, dc, da, recurrent = dh_all.clone(), dc0.clone(), torch.empty(T * B, 4 * H), None
+    for t in range(T - 1, -1, -1):
+        kernels.backward_step(a[rows(t)], c[rows(t - 1)] if t else c0, tc[rows(t)], dh[rows(t)], dc, da[rows(t)],
+                              recurrent)
+        recurrent = linear(da[rows(t)], bwd, None, "none", [], None) if t else None
+    # All T steps in one call each:
+    a2, h2, c2, tc2 = pre.clone(), *(torch.empty(T * B, H) for _ in range(3))
+    kernels.forward_loop(a2, h0, c0, h2, c2, tc2, fwd)
+    dh2, dc2, da2 = dh_all.clone(), dc0.clone(), torch.empty(T * B, 4 * H)
+    kernels.backward_loop(a2, c0, c2, tc2, dh2, dc2, da2, bwd)
+    for one_by_one, looped in [(a, a2), (h, h2), (c, c2), (tc, tc2), (dh, dh2), (dc, dc2), (da, da2)]:
+        assert torch.equal(one_by_one, looped)
 
 
 @pytest.mark.skipif(packed_gemm.onednn_linear() is None, reason="torch's oneDNN linear is not reachable here")

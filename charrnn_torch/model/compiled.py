@@ -3,7 +3,8 @@
 ``fused`` runs the LSTM's element-wise step maths as 7 aten calls per step forward and 11
 backward, each a separately dispatched pass over (B, H) slices; ``lstm_kernel.cpp`` does each
 direction's in one pass, its rows split between torch's threads, and adds in the step GEMM's
-product where oneDNN makes it apart (packed_gemm.py), which saves a pass over the gates. It is
+product where oneDNN makes it apart (packed_gemm.py), which saves a pass over the gates; there it
+also runs each direction's T steps in one call (forward_loop, backward_loop). It is
 built with torch's C++ extension loader (a C++ compiler and ninja), once for each source, torch
 version and CPU kind, into torch's extension cache. Where it cannot be built (no compiler, no
 ninja, a failed build, another build's lock that never goes away), ``fused_cpp`` runs ``fused``'s
@@ -59,8 +60,8 @@ OWNER = "charrnn-owner"  # beside torch's lock: the host and pid of the charrnn 
 
 @functools.lru_cache(maxsize=None)
 def module():
-    """The built module (the LSTM's forward_step and backward_step; SampleLoop, sampling's per-character
-    loop in C++), or None after one line on stderr saying why
+    """The built module (the LSTM's forward_step and backward_step, its forward_loop and backward_loop;
+    SampleLoop, sampling's per-character loop in C++), or None after one line on stderr saying why
     and what runs instead."""
     name, isa = build_name()
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")

@@ -121,7 +121,8 @@ _tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - y^2), in
 class _LSTMRecurrence(torch.autograd.Function):
     """torch-rnn's LSTM.lua recipe: per step one GEMM into all four gates, then the gate maths in
     place; a hand-written BPTT; dW_hh as one GEMM after the loop. The gate maths runs as aten
-    calls, or as one compiled kernel per step and direction (compiled.py, impl fused_cpp)."""
+    calls, or as one compiled kernel per step and direction (compiled.py, impl fused_cpp), whose loop
+    over the T steps is compiled too where oneDNN makes the step GEMM's product apart."""
 
     @staticmethod
     def forward(ctx, pre, W_hh, h0, c0, W_hy, b_y, kernels):
@@ -138,17 +139,16 @@ class _LSTMRecurrence(torch.autograd.Function):
             add_h_W_hh_t = accumulate_matmul(W_hh, B, transpose=True, calls=T)  # gates_t += h W_hh^T
             h_all, c_all, tc_all = (pre.new_empty(T * B, H) for _ in range(3))  # h_t, c_t, tanh(c_t)
             gates, hs, cs, tcs = (buf.view(T, B, -1).unbind(0) for buf in (pre, h_all, c_all, tc_all))
-            step = lstm_step if kernels is None else kernels.forward_step
-            # The compiled kernel adds a product that comes apart (oneDNN's) as it reads the gates:
-            # one pass less over them than an add_ first.
-            product = add_h_W_hh_t.product if kernels is not None else None
-            h, c = h0, c0
-            for t in range(T):
-                if product is None:
+            if kernels is not None and add_h_W_hh_t.weight is not None:
+                # oneDNN makes the product apart: the compiled loop adds it as it reads the gates
+                # (one pass less over them than an add_ first), and runs all T steps in one call.
+                kernels.forward_loop(pre, h0, c0, h_all, c_all, tc_all, add_h_W_hh_t.weight)
+            else:
+                step = lstm_step if kernels is None else kernels.forward_step
+                h, c = h0, c0
+                for t in range(T):
                     step(add_h_W_hh_t(gates[t], h), c, cs[t], tcs[t], hs[t])  # gates_t: (B, 4H)
-                else:
-                    step(gates[t], c, cs[t], tcs[t], hs[t], product(h))
-                h, c = hs[t], cs[t]
+                    h, c = hs[t], cs[t]
             c_T = cs[-1].clone()
             head = (W_hy.to(pre.dtype),) if W_hy is not None else ()
             logits = _head_forward(h_all, W_hy, b_y) if head else None
@@ -168,16 +168,15 @@ class _LSTMRecurrence(torch.autograd.Function):
             add_da_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)  # dh += da W_hh
             gates, das, dhs, cs, tcs = (buf.view(T, B, -1).unbind(0)
                                         for buf in (gates_all, da_all, dh_all, c_all, tc_all))
-            step = _lstm_backward_step if ctx.kernels is None else ctx.kernels.backward_step
-            product = add_da_W_hh.product if ctx.kernels is not None else None  # as in the forward
-            recurrent = ()  # dhs[t]'s recurrent part where it comes apart: the kernel adds it in
-            for t in range(T - 1, -1, -1):
-                c_prev = cs[t - 1] if t > 0 else c0
-                step(gates[t], c_prev, tcs[t], dhs[t], dc, das[t], *recurrent)  # das[t]; dc -> dL/dc_{t-1}
-                if t > 0 and product is None:
-                    add_da_W_hh(dhs[t - 1], das[t])
-                elif t > 0:
-                    recurrent = (product(das[t]),)
+            if ctx.kernels is not None and add_da_W_hh.weight is not None:  # as in the forward
+                ctx.kernels.backward_loop(gates_all, c0, c_all, tc_all, dh_all, dc, da_all, add_da_W_hh.weight)
+            else:
+                step = _lstm_backward_step if ctx.kernels is None else ctx.kernels.backward_step
+                for t in range(T - 1, -1, -1):
+                    c_prev = cs[t - 1] if t > 0 else c0
+                    step(gates[t], c_prev, tcs[t], dhs[t], dc, das[t])  # das[t]; dc -> dL/dc_{t-1}
+                    if t > 0:
+                        add_da_W_hh(dhs[t - 1], das[t])
             dh0 = das[0] @ W_hh if ctx.needs_input_grad[2] else None
             dW_hh = da_all[B:].t() @ h_all[:-B]  # sum_t da_t^T h_{t-1}: one GEMM, plus the h0 term
             dW_hh.addmm_(das[0].t(), h0)

@@ -3,7 +3,9 @@
 // with its own row stride. Each kernel is one pass over the B rows, split between torch's threads
 // (its own OpenMP runtime: compiled.py links that one) where there are enough rows, where fused's
 // aten version is 7 (forward) and 11 (backward) separately dispatched passes. Each row is the
-// same arithmetic on any thread, so the split never changes a bit. C++17.
+// same arithmetic on any thread, so the split never changes a bit. Where oneDNN makes the step
+// GEMM's product apart, forward_loop and backward_loop run all T steps of a direction in one call,
+// the same calls in the same order as fused.py's Python loop. C++17.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -11,6 +13,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <vector>
 
 namespace {
 
@@ -142,6 +146,52 @@ void backward_step(torch::Tensor gates, torch::Tensor c_prev, torch::Tensor tc, 
     });
 }
 
+namespace {
+
+// oneDNN's product with a weight it packed once (packed_gemm.py's _onednn_accumulate), called
+// through torch's dispatcher: the same op, arguments and bits as from Python, at a fraction of
+// the cost of a call from Python.
+torch::Tensor onednn_product(const torch::Tensor& a, const torch::Tensor& packed) {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+    torch::jit::Stack stack{a, packed, c10::IValue(), c10::IValue(std::string("none")),
+                            c10::IValue(c10::List<c10::optional<at::Scalar>>()), c10::IValue()};
+    op.callBoxed(&stack);
+    return stack[0].toTensor();
+}
+
+// The (T, B, width) buffer's T steps as (B, width) views.
+std::vector<torch::Tensor> steps_of(const torch::Tensor& all, int64_t B) {
+    return all.view({-1, B, all.size(1)}).unbind(0);
+}
+
+}  // namespace
+
+// fused.py's forward loop over all T steps where oneDNN makes the product apart: per step
+// forward_step(gates_t, c_{t-1}, c_t, tc_t, h_t, h_{t-1} W_hh^T). From Python, each step's calls
+// left gaps of tens of microseconds between parallel regions, long enough for OpenMP's threads to
+// stop spinning and sleep, and waking them cost more than the gap (data/results/performance-cpu.md).
+void forward_loop(torch::Tensor gates, torch::Tensor h0, torch::Tensor c0, torch::Tensor h_all, torch::Tensor c_all,
+                  torch::Tensor tc_all, torch::Tensor packed) {
+    const int64_t B = h0.size(0);
+    const auto a = steps_of(gates, B), h = steps_of(h_all, B), c = steps_of(c_all, B), tc = steps_of(tc_all, B);
+    for (size_t t = 0; t < a.size(); ++t)
+        forward_step(a[t], t ? c[t - 1] : c0, c[t], tc[t], h[t], onednn_product(t ? h[t - 1] : h0, packed));
+}
+
+// fused.py's backward loop the same way: per step, from t = T-1 down, backward_step with the recurrent
+// part da_{t+1} W_hh made apart; dc is carried back in place, as in Python.
+void backward_loop(torch::Tensor gates, torch::Tensor c0, torch::Tensor c_all, torch::Tensor tc_all,
+                   torch::Tensor dh_all, torch::Tensor dc, torch::Tensor da_all, torch::Tensor packed) {
+    const int64_t B = c0.size(0);
+    const auto a = steps_of(gates, B), c = steps_of(c_all, B), tc = steps_of(tc_all, B);
+    const auto dh = steps_of(dh_all, B), da = steps_of(da_all, B);
+    c10::optional<torch::Tensor> recurrent;
+    for (int64_t t = int64_t(a.size()) - 1; t >= 0; --t) {
+        backward_step(a[t], t ? c[t - 1] : c0, tc[t], dh[t], dc, da[t], recurrent);
+        if (t) recurrent = onednn_product(da[t], packed);
+    }
+}
+
 void register_sample_loop(py::module& m);  // sample_loop.cpp, built into the same module
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -149,5 +199,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("c_prev"), py::arg("c"), py::arg("tc"), py::arg("h"), py::arg("p") = py::none());
     m.def("backward_step", &backward_step, "the LSTM's element-wise backward step", py::arg("gates"),
           py::arg("c_prev"), py::arg("tc"), py::arg("dh"), py::arg("dc"), py::arg("da"), py::arg("p") = py::none());
+    m.def("forward_loop", &forward_loop, "the LSTM's forward over all T steps, oneDNN's product made apart",
+          py::arg("gates"), py::arg("h0"), py::arg("c0"), py::arg("h_all"), py::arg("c_all"), py::arg("tc_all"),
+          py::arg("packed"), py::call_guard<py::gil_scoped_release>());
+    m.def("backward_loop", &backward_loop, "the LSTM's BPTT over all T steps, oneDNN's product made apart",
+          py::arg("gates"), py::arg("c0"), py::arg("c_all"), py::arg("tc_all"), py::arg("dh_all"), py::arg("dc"),
+          py::arg("da_all"), py::arg("packed"), py::call_guard<py::gil_scoped_release>());
     register_sample_loop(m);
 }

@@ -97,9 +97,9 @@ def accumulate_matmul(W, rows, transpose, calls):
     buffer. ``calls`` is how many times it will run: the one-off cost of packing (or of a
     contiguous copy of W.T) only pays over many.
 
-    ``acc.kernel`` names the kernel (step_kernel's answer). ``acc.product(a)``, where the kernel
-    makes the product apart before adding it (oneDNN), returns that fresh product for a caller
-    that adds it in a pass of its own; elsewhere ``acc.product`` is None.
+    ``acc.kernel`` names the kernel (step_kernel's answer). ``acc.weight``, where the kernel makes
+    the product apart before adding it (oneDNN), is W as oneDNN packed it, for a caller that makes
+    that product itself and adds it in a pass of its own (compiled.py's loops); elsewhere None.
     """
     kernel = step_kernel(W.shape, rows, calls, W.device, W.dtype)
     if kernel == "onednn":
@@ -109,7 +109,7 @@ def accumulate_matmul(W, rows, transpose, calls):
         # for many calls, not for sampling's one-step ones.
         Wm = (W.t().contiguous() if calls >= PACK_MIN_CALLS else W.t()) if transpose else W
         acc = lambda c, a: c.addmm_(a, Wm)  # noqa: E731
-        acc.kernel, acc.product = "addmm", None
+        acc.kernel, acc.weight = "addmm", None
         return acc
     get_size, pack, compute = mkl_packed_gemm()
     W = W.contiguous()
@@ -130,7 +130,7 @@ def accumulate_matmul(W, rows, transpose, calls):
         return c
 
     acc.packed = packed  # keeps the buffer alive as long as acc
-    acc.kernel, acc.product = "mkl packed", None
+    acc.kernel, acc.weight = "mkl packed", None
     return acc
 
 
@@ -140,11 +140,8 @@ def _onednn_accumulate(dnn, W, rows, transpose):
     reorder, linear = dnn
     packed = reorder((W if transpose else W.t()).contiguous(), rows)
 
-    def product(a):
-        return linear(a, packed, None, "none", [], None)
-
     def acc(c, a):
-        return c.add_(product(a))
+        return c.add_(linear(a, packed, None, "none", [], None))
 
-    acc.kernel, acc.product = "onednn", product
+    acc.kernel, acc.weight = "onednn", packed
     return acc
