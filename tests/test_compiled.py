@@ -137,9 +137,21 @@ def lstm_float32(monkeypatch, kernel):
 
 
 @pytest.mark.skipif(packed_gemm.onednn_linear() is None, reason="torch's oneDNN linear is not reachable here")
-def test_the_compiled_loops_are_the_steps_one_by_one(kernels):
-    """forward_loop and backward_loop (all T steps in one call) give the bits of calling forward_step
-    and backward_step from Python a step at a time, with oneDNN's product made apart."""
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_compiled_loops_are_the_steps_one_by_one(kernels, threads):
+    """forward_loop and backward_loop (all T steps in one parallel region, each thread multiplying for
+    a share of the units and stepping a share of the rows) give the bits of calling forward_step and
+    backward_step from Python a step at a time, each with oneDNN's whole product: on 1, 2 and 3
+    threads, so with one share, two (32 and 5 units) and three (16, 16 and 5)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _loops_and_steps_agree(kernels)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _loops_and_steps_agree(kernels):
     reorder, linear = packed_gemm.onednn_linear()
     g = torch.Generator().manual_seed(3)
     r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
@@ -159,9 +171,9 @@ def test_the_compiled_loops_are_the_steps_one_by_one(kernels):
         recurrent = linear(da[rows(t)], bwd, None, "none", [], None) if t else None
     # All T steps in one call each:
     a2, h2, c2, tc2 = pre.clone(), *(torch.empty(T * B, H) for _ in range(3))
-    kernels.forward_loop(a2, h0, c0, h2, c2, tc2, fwd)
+    kernels.forward_loop(a2, h0, c0, h2, c2, tc2, W)
     dh2, dc2, da2 = dh_all.clone(), dc0.clone(), torch.empty(T * B, 4 * H)
-    kernels.backward_loop(a2, c0, c2, tc2, dh2, dc2, da2, bwd)
+    kernels.backward_loop(a2, c0, c2, tc2, dh2, dc2, da2, W)
     for one_by_one, looped in [(a, a2), (h, h2), (c, c2), (tc, tc2), (dh, dh2), (dc, dc2), (da, da2)]:
         assert torch.equal(one_by_one, looped)
 
@@ -170,7 +182,8 @@ def test_the_compiled_loops_are_the_steps_one_by_one(kernels):
 def test_onednn_products_added_in_the_kernels_match_the_unpacked_path(kernels, monkeypatch):
     got, n_products = lstm_float32(monkeypatch, "onednn")
     want, none = lstm_float32(monkeypatch, "addmm")
-    assert n_products == L * (20 + 20 - 1) and none == 0  # every step forward, all but the first backward
+    # every step forward and all but the first backward, once for each thread's share of the units
+    assert n_products >= L * (20 + 20 - 1) and n_products % (L * (20 + 20 - 1)) == 0 and none == 0
     for a, b in zip(got, want):
         assert rel_err(a.numpy(), b.numpy()) <= 1e-5  # float32 sums of a few hundred terms: ~1e-6
 

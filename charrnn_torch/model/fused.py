@@ -18,7 +18,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .compiled import kernels_for
-from .packed_gemm import accumulate_matmul
+from .packed_gemm import accumulate_matmul, step_kernel
 
 
 class _TanhRecurrence(torch.autograd.Function):
@@ -121,8 +121,8 @@ _tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - y^2), in
 class _LSTMRecurrence(torch.autograd.Function):
     """torch-rnn's LSTM.lua recipe: per step one GEMM into all four gates, then the gate maths in
     place; a hand-written BPTT; dW_hh as one GEMM after the loop. The gate maths runs as aten
-    calls, or as one compiled kernel per step and direction (compiled.py, impl fused_cpp), whose loop
-    over the T steps is compiled too where oneDNN makes the step GEMM's product apart."""
+    calls, or as one compiled kernel per step and direction (compiled.py, impl fused_cpp); where
+    oneDNN makes the step GEMMs, the compiled kernels run the whole loop over the T steps."""
 
     @staticmethod
     def forward(ctx, pre, W_hh, h0, c0, W_hy, b_y, kernels):
@@ -136,14 +136,12 @@ class _LSTMRecurrence(torch.autograd.Function):
         (B, H), T = h0.shape, pre.shape[0] // h0.shape[0]
         with torch.autocast(pre.device.type, enabled=False):
             W_hh, h0, c0 = W_hh.to(pre.dtype), h0.to(pre.dtype).contiguous(), c0.to(pre.dtype).contiguous()
-            add_h_W_hh_t = accumulate_matmul(W_hh, B, transpose=True, calls=T)  # gates_t += h W_hh^T
             h_all, c_all, tc_all = (pre.new_empty(T * B, H) for _ in range(3))  # h_t, c_t, tanh(c_t)
             gates, hs, cs, tcs = (buf.view(T, B, -1).unbind(0) for buf in (pre, h_all, c_all, tc_all))
-            if kernels is not None and add_h_W_hh_t.weight is not None:
-                # oneDNN makes the product apart: the compiled loop adds it as it reads the gates
-                # (one pass less over them than an add_ first), and runs all T steps in one call.
-                kernels.forward_loop(pre, h0, c0, h_all, c_all, tc_all, add_h_W_hh_t.weight)
+            if _compiled_loops(kernels, W_hh, B, T):
+                kernels.forward_loop(pre, h0, c0, h_all, c_all, tc_all, W_hh.contiguous())
             else:
+                add_h_W_hh_t = accumulate_matmul(W_hh, B, transpose=True, calls=T)  # gates_t += h W_hh^T
                 step = lstm_step if kernels is None else kernels.forward_step
                 h, c = h0, c0
                 for t in range(T):
@@ -165,12 +163,12 @@ class _LSTMRecurrence(torch.autograd.Function):
             dc = (grad_cT.to(h_all.dtype, memory_format=torch.contiguous_format, copy=True) if grad_cT is not None
                   else torch.zeros_like(h0))
             da_all = torch.empty_like(gates_all)  # dL/d(pre-activation) of the gates; the saved ones stay
-            add_da_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)  # dh += da W_hh
             gates, das, dhs, cs, tcs = (buf.view(T, B, -1).unbind(0)
                                         for buf in (gates_all, da_all, dh_all, c_all, tc_all))
-            if ctx.kernels is not None and add_da_W_hh.weight is not None:  # as in the forward
-                ctx.kernels.backward_loop(gates_all, c0, c_all, tc_all, dh_all, dc, da_all, add_da_W_hh.weight)
+            if _compiled_loops(ctx.kernels, W_hh, B, T):
+                ctx.kernels.backward_loop(gates_all, c0, c_all, tc_all, dh_all, dc, da_all, W_hh.contiguous())
             else:
+                add_da_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)  # dh += da W_hh
                 step = _lstm_backward_step if ctx.kernels is None else ctx.kernels.backward_step
                 for t in range(T - 1, -1, -1):
                     c_prev = cs[t - 1] if t > 0 else c0
@@ -182,6 +180,13 @@ class _LSTMRecurrence(torch.autograd.Function):
             dW_hh.addmm_(das[0].t(), h0)
             return (da_all, dW_hh, dh0, dc if ctx.needs_input_grad[3] else None,
                     *_head_grads(h_all, grad_logits, head), None)
+
+
+def _compiled_loops(kernels, W_hh, B, T):
+    """Whether the compiled kernels run the LSTM's whole loop over the T steps (lstm_kernel.cpp's
+    forward_loop and backward_loop): where the step GEMMs are oneDNN's (packed_gemm.step_kernel's rule,
+    float32), which those loops call, each thread for its share of the hidden units."""
+    return kernels is not None and step_kernel(W_hh.shape, B, T, W_hh.device, W_hh.dtype) == "onednn"
 
 
 def lstm_step(a, c_prev, c, tc, h):

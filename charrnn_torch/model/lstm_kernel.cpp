@@ -3,18 +3,24 @@
 // with its own row stride. Each kernel is one pass over the B rows, split between torch's threads
 // (its own OpenMP runtime: compiled.py links that one) where there are enough rows, where fused's
 // aten version is 7 (forward) and 11 (backward) separately dispatched passes. Each row is the
-// same arithmetic on any thread, so the split never changes a bit. Where oneDNN makes the step
-// GEMM's product apart, forward_loop and backward_loop run all T steps of a direction in one call,
-// the same calls in the same order as fused.py's Python loop. C++17.
+// same arithmetic on any thread, so the split never changes a bit. Where the step GEMMs are oneDNN's,
+// forward_loop and backward_loop run all T steps of a direction in one parallel region instead:
+// each thread multiplies for a share of the hidden units, then steps a share of the rows. C++17.
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <atomic>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -60,40 +66,58 @@ void check(const torch::Tensor& t, const torch::Tensor& like, int64_t width, con
                 name, ": (B, ", width, ") with unit stride along its rows");
 }
 
-// One row of the forward step: a (4H) activated in place, after p (4H, or null) is added into it;
-// c, tc, h (H) written.
+// n hidden units of one row of the forward step. a: their gate pre-activations, gate k at a + k * ga,
+// activated in place after p (gate k at p + k * gp, or null) is added into them; c, tc, h (n) written.
 template <typename T>
-void forward_row(T* __restrict__ a, const T* __restrict__ p, const T* __restrict__ cp, T* __restrict__ c,
-                 T* __restrict__ tc, T* __restrict__ h, int64_t H) {
-    if (p)
-        for (int64_t j = 0; j < 4 * H; ++j) a[j] += p[j];
-    for (int64_t j = 0; j < 2 * H; ++j) a[j] = sigmoid(a[j]);  // i, f
-    for (int64_t j = 2 * H; j < 3 * H; ++j) a[j] = tanh_of(a[j]);  // g
-    for (int64_t j = 3 * H; j < 4 * H; ++j) a[j] = sigmoid(a[j]);  // o
-    const T *i = a, *f = a + H, *g = a + 2 * H, *o = a + 3 * H;
-    for (int64_t j = 0; j < H; ++j) {
+void forward_units(T* __restrict__ a, int64_t ga, const T* __restrict__ p, int64_t gp, const T* __restrict__ cp,
+                   T* __restrict__ c, T* __restrict__ tc, T* __restrict__ h, int64_t n) {
+    for (int k = 0; k < 4; ++k) {
+        T* __restrict__ x = a + k * ga;
+        if (p)
+            for (int64_t j = 0; j < n; ++j) x[j] += p[k * gp + j];
+        if (k == 2)
+            for (int64_t j = 0; j < n; ++j) x[j] = tanh_of(x[j]);  // g
+        else
+            for (int64_t j = 0; j < n; ++j) x[j] = sigmoid(x[j]);  // i, f, o
+    }
+    const T *i = a, *f = a + ga, *g = a + 2 * ga, *o = a + 3 * ga;
+    for (int64_t j = 0; j < n; ++j) {
         c[j] = f[j] * cp[j] + i[j] * g[j];
         tc[j] = tanh_of(c[j]);
         h[j] = o[j] * tc[j];
     }
 }
 
+// One row of the forward step: a (4H) activated in place, after p (4H, or null) is added into it;
+// c, tc, h (H) written.
+template <typename T>
+void forward_row(T* a, const T* p, const T* cp, T* c, T* tc, T* h, int64_t H) {
+    forward_units(a, H, p, H, cp, c, tc, h, H);
+}
+
+// n hidden units of one row of the backward step: p (n, or null) added into dh in place; their da
+// (gate k at da + k * ga, as in gates) written, dc (n) carried back one step in place.
+template <typename T>
+void backward_units(const T* __restrict__ gates, int64_t ga, const T* __restrict__ cp, const T* __restrict__ tc,
+                    T* __restrict__ dh, const T* __restrict__ p, T* __restrict__ dc, T* __restrict__ da, int64_t n) {
+    if (p)
+        for (int64_t j = 0; j < n; ++j) dh[j] += p[j];
+    const T *i = gates, *f = gates + ga, *g = gates + 2 * ga, *o = gates + 3 * ga;
+    for (int64_t j = 0; j < n; ++j) {
+        const T dcj = dc[j] + dh[j] * o[j] * (T(1) - tc[j] * tc[j]);  // c_t feeds h_t too
+        da[j] = dcj * g[j] * i[j] * (T(1) - i[j]);
+        da[ga + j] = dcj * cp[j] * f[j] * (T(1) - f[j]);
+        da[2 * ga + j] = dcj * i[j] * (T(1) - g[j] * g[j]);
+        da[3 * ga + j] = dh[j] * tc[j] * o[j] * (T(1) - o[j]);
+        dc[j] = dcj * f[j];
+    }
+}
+
 // One row of the backward step: p (H, or null) added into dh in place; da (4H) written, dc (H)
 // carried back one step in place.
 template <typename T>
-void backward_row(const T* __restrict__ gates, const T* __restrict__ cp, const T* __restrict__ tc,
-                  T* __restrict__ dh, const T* __restrict__ p, T* __restrict__ dc, T* __restrict__ da, int64_t H) {
-    if (p)
-        for (int64_t j = 0; j < H; ++j) dh[j] += p[j];
-    const T *i = gates, *f = gates + H, *g = gates + 2 * H, *o = gates + 3 * H;
-    for (int64_t j = 0; j < H; ++j) {
-        const T dcj = dc[j] + dh[j] * o[j] * (T(1) - tc[j] * tc[j]);  // c_t feeds h_t too
-        da[j] = dcj * g[j] * i[j] * (T(1) - i[j]);
-        da[H + j] = dcj * cp[j] * f[j] * (T(1) - f[j]);
-        da[2 * H + j] = dcj * i[j] * (T(1) - g[j] * g[j]);
-        da[3 * H + j] = dh[j] * tc[j] * o[j] * (T(1) - o[j]);
-        dc[j] = dcj * f[j];
-    }
+void backward_row(const T* gates, const T* cp, const T* tc, T* dh, const T* p, T* dc, T* da, int64_t H) {
+    backward_units(gates, H, cp, tc, dh, p, dc, da, H);
 }
 
 template <typename T>
@@ -146,12 +170,32 @@ void backward_step(torch::Tensor gates, torch::Tensor c_prev, torch::Tensor tc, 
     });
 }
 
+// A pause for a thread that waits on another for a few microseconds at a time; after ~4,096 turns
+// (~50-100 us) the other thread has lost its core, so this one gives its own up. sample_loop.cpp's too.
+void relax(int64_t spins) {
+    if (spins > 4096) {
+        std::this_thread::yield();
+        return;
+    }
+#if defined(__x86_64__) || defined(_M_X64)
+    _mm_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
 namespace {
 
-// oneDNN's product with a weight it packed once (packed_gemm.py's _onednn_accumulate), called
-// through torch's dispatcher: the same op, arguments and bits as from Python, at a fraction of
-// the cost of a call from Python.
-torch::Tensor onednn_product(const torch::Tensor& a, const torch::Tensor& packed) {
+// oneDNN's ops through torch's dispatcher: the same ops and bits as from Python, at a fraction of
+// the cost of a call from Python, and callable from any thread.
+torch::Tensor onednn_pack(const torch::Tensor& W, int64_t rows) {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
+    torch::jit::Stack stack{W, c10::IValue(rows)};
+    op.callBoxed(&stack);
+    return stack[0].toTensor();
+}
+
+torch::Tensor onednn_product(const torch::Tensor& a, const torch::Tensor& packed) {  // a @ W^T
     static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
     torch::jit::Stack stack{a, packed, c10::IValue(), c10::IValue(std::string("none")),
                             c10::IValue(c10::List<c10::optional<at::Scalar>>()), c10::IValue()};
@@ -159,37 +203,140 @@ torch::Tensor onednn_product(const torch::Tensor& a, const torch::Tensor& packed
     return stack[0].toTensor();
 }
 
-// The (T, B, width) buffer's T steps as (B, width) views.
-std::vector<torch::Tensor> steps_of(const torch::Tensor& all, int64_t B) {
-    return all.view({-1, B, all.size(1)}).unbind(0);
+// Hidden units [begin, begin + n) and their slice of W_hh, packed for its products: one share of a
+// loop's work, on one thread.
+struct Share {
+    int64_t begin, n;
+    torch::Tensor forward, backward;  // packed: h (B, H) -> the share's 4 gates (B, 4n); da (B, 4H) -> (B, n)
+};
+
+// One share of the H units for each of torch's threads (fewer where H is small), each a multiple of 16
+// wide (full vectors), the last taking the rest.
+std::vector<Share> shares_of(const torch::Tensor& W_hh, int64_t B) {
+    const int64_t H = W_hh.size(1), P = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t width = std::max<int64_t>(16, (H / P + 15) / 16 * 16);
+    std::vector<Share> shares;
+    const auto gates = W_hh.view({4, H, H});  // gate k's rows of W_hh
+    for (int64_t begin = 0; begin < H; begin += width) {
+        const int64_t n = std::min(width, H - begin);
+        const auto rows = gates.narrow(1, begin, n).reshape({4 * n, H});  // the share's 4n rows
+        shares.push_back({begin, n, onednn_pack(rows.contiguous(), B),
+                          onednn_pack(W_hh.narrow(1, begin, n).t().contiguous(), B)});
+    }
+    return shares;
 }
+
+// For t = 0 .. T-1 in one parallel region of torch's threads: product(k, t) for every share k, then,
+// once all are made, rows(k, t) for every row block k (the B rows split as the units are), and the
+// next t once all rows are done. Each thread takes its k; the waits spin (with relax): a phase takes
+// tens of microseconds, less than waking a sleeping thread costs.
+template <typename Product, typename Rows>
+void shared_steps(int64_t P, int64_t T, const Product& product, const Rows& rows) {
+    std::atomic<int64_t> done{0};
+    std::atomic<bool> failed{false};
+    const at::ThreadLocalState caller;  // grad mode and the like are a thread's own: the others take ours
+    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+        at::ThreadLocalStateGuard as_caller(caller);
+        int64_t phases = 0;
+        const auto all_done = [&] {  // false: another thread failed (parallel_for raises its error)
+            done.fetch_add(end - begin, std::memory_order_acq_rel);
+            ++phases;
+            for (int64_t spins = 0; done.load(std::memory_order_acquire) < P * phases; ++spins) {
+                if (failed.load(std::memory_order_relaxed)) return false;
+                relax(spins);
+            }
+            return true;
+        };
+        try {
+            for (int64_t t = 0; t < T; ++t) {
+                for (int64_t k = begin; k < end; ++k) product(k, t);
+                if (!all_done()) return;
+                for (int64_t k = begin; k < end; ++k) rows(k, t);
+                if (!all_done()) return;
+            }
+        } catch (...) {
+            failed = true;  // the others stop waiting
+            throw;
+        }
+    });
+}
+
+template <typename T>
+T* at_row(const torch::Tensor& t, int64_t row) { return t.data_ptr<T>() + row * t.stride(0); }
 
 }  // namespace
 
-// fused.py's forward loop over all T steps where oneDNN makes the product apart: per step
-// forward_step(gates_t, c_{t-1}, c_t, tc_t, h_t, h_{t-1} W_hh^T). From Python, each step's calls
-// left gaps of tens of microseconds between parallel regions, long enough for OpenMP's threads to
-// stop spinning and sleep, and waking them cost more than the gap (data/results/performance-cpu.md).
+// fused.py's LSTM forward over all T steps in float32 where oneDNN multiplies (packed_gemm.py's rule):
+// gates (T*B, 4H) activated in place, h_all, c_all, tc_all (T*B, H) written. Each step, each of
+// torch's threads makes one share's product, h_{t-1} times its units' rows of W_hh (packed once, and
+// multiplied on that thread alone), then the step maths of its block of rows, adding each share's
+// product as it reads the gates. The whole loop is one parallel region: from Python, a step's two
+// regions (oneDNN's and the kernel's) left gaps long enough for OpenMP's threads to fall asleep
+// under the package's short spin, and waking them cost more than the gap
+// (data/results/performance-cpu.md).
 void forward_loop(torch::Tensor gates, torch::Tensor h0, torch::Tensor c0, torch::Tensor h_all, torch::Tensor c_all,
-                  torch::Tensor tc_all, torch::Tensor packed) {
-    const int64_t B = h0.size(0);
-    const auto a = steps_of(gates, B), h = steps_of(h_all, B), c = steps_of(c_all, B), tc = steps_of(tc_all, B);
-    for (size_t t = 0; t < a.size(); ++t)
-        forward_step(a[t], t ? c[t - 1] : c0, c[t], tc[t], h[t], onednn_product(t ? h[t - 1] : h0, packed));
+                  torch::Tensor tc_all, torch::Tensor W_hh) {
+    const int64_t B = h0.size(0), H = h0.size(1), T = gates.size(0) / B;
+    for (const auto* t : {&gates, &h0, &c0, &h_all, &c_all, &tc_all, &W_hh})
+        TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat && t->device().is_cpu(),
+                    "forward_loop: contiguous float32 CPU tensors");
+    TORCH_CHECK(gates.sizes() == at::IntArrayRef({T * B, 4 * H}) && h_all.size(0) == T * B && W_hh.size(0) == 4 * H,
+                "forward_loop: gates (T*B, 4H), h_all (T*B, H), W_hh (4H, H)");
+    const auto shares = shares_of(W_hh, B);
+    const int64_t P = int64_t(shares.size());
+    std::vector<torch::Tensor> p(P);  // each share's (B, 4n) product: its units' i, f, g, o
+    shared_steps(
+        P, T,
+        [&](int64_t k, int64_t t) { p[k] = onednn_product(t ? h_all.narrow(0, (t - 1) * B, B) : h0, shares[k].forward); },
+        [&](int64_t k, int64_t t) {
+            for (int64_t b = k * B / P; b < (k + 1) * B / P; ++b) {
+                const int64_t r = t * B + b;
+                const float* cp = t ? at_row<float>(c_all, r - B) : at_row<float>(c0, b);
+                for (int64_t j = 0; j < P; ++j) {
+                    const Share& s = shares[j];
+                    const int64_t u = s.begin;
+                    forward_units(at_row<float>(gates, r) + u, H, p[j].data_ptr<float>() + b * 4 * s.n, s.n, cp + u,
+                                  at_row<float>(c_all, r) + u, at_row<float>(tc_all, r) + u,
+                                  at_row<float>(h_all, r) + u, s.n);
+                }
+            }
+        });
 }
 
-// fused.py's backward loop the same way: per step, from t = T-1 down, backward_step with the recurrent
-// part da_{t+1} W_hh made apart; dc is carried back in place, as in Python.
+// fused.py's LSTM BPTT over all T steps the same way, from t = T-1 down: each thread makes one share's
+// columns of da_{t+1} W_hh, then for its rows adds them into dh_t and writes da_t, carrying dc back
+// in place. dh_all: dL/dh_t from above, gaining the recurrent part in place.
 void backward_loop(torch::Tensor gates, torch::Tensor c0, torch::Tensor c_all, torch::Tensor tc_all,
-                   torch::Tensor dh_all, torch::Tensor dc, torch::Tensor da_all, torch::Tensor packed) {
-    const int64_t B = c0.size(0);
-    const auto a = steps_of(gates, B), c = steps_of(c_all, B), tc = steps_of(tc_all, B);
-    const auto dh = steps_of(dh_all, B), da = steps_of(da_all, B);
-    c10::optional<torch::Tensor> recurrent;
-    for (int64_t t = int64_t(a.size()) - 1; t >= 0; --t) {
-        backward_step(a[t], t ? c[t - 1] : c0, tc[t], dh[t], dc, da[t], recurrent);
-        if (t) recurrent = onednn_product(da[t], packed);
-    }
+                   torch::Tensor dh_all, torch::Tensor dc, torch::Tensor da_all, torch::Tensor W_hh) {
+    const int64_t B = c0.size(0), H = c0.size(1), T = gates.size(0) / B;
+    for (const auto* t : {&gates, &c0, &c_all, &tc_all, &dh_all, &dc, &da_all, &W_hh})
+        TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat && t->device().is_cpu(),
+                    "backward_loop: contiguous float32 CPU tensors");
+    TORCH_CHECK(gates.sizes() == da_all.sizes() && gates.size(1) == 4 * H && dh_all.size(0) == T * B,
+                "backward_loop: gates and da_all (T*B, 4H), dh_all (T*B, H)");
+    const auto shares = shares_of(W_hh, B);
+    const int64_t P = int64_t(shares.size());
+    std::vector<torch::Tensor> p(P);  // each share's (B, n) columns of da_{t+1} W_hh
+    shared_steps(
+        P, T,
+        [&](int64_t k, int64_t step) {
+            const int64_t t = T - 1 - step;
+            p[k] = t < T - 1 ? onednn_product(da_all.narrow(0, (t + 1) * B, B), shares[k].backward) : torch::Tensor();
+        },
+        [&](int64_t k, int64_t step) {
+            const int64_t t = T - 1 - step;
+            for (int64_t b = k * B / P; b < (k + 1) * B / P; ++b) {
+                const int64_t r = t * B + b;
+                const float* cp = t ? at_row<float>(c_all, r - B) : at_row<float>(c0, b);
+                for (int64_t j = 0; j < P; ++j) {
+                    const Share& s = shares[j];
+                    const int64_t u = s.begin;
+                    backward_units(at_row<float>(gates, r) + u, H, cp + u, at_row<float>(tc_all, r) + u,
+                                   at_row<float>(dh_all, r) + u, p[j].defined() ? p[j].data_ptr<float>() + b * s.n : nullptr,
+                                   at_row<float>(dc, b) + u, at_row<float>(da_all, r) + u, s.n);
+                }
+            }
+        });
 }
 
 void register_sample_loop(py::module& m);  // sample_loop.cpp, built into the same module
@@ -199,11 +346,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("c_prev"), py::arg("c"), py::arg("tc"), py::arg("h"), py::arg("p") = py::none());
     m.def("backward_step", &backward_step, "the LSTM's element-wise backward step", py::arg("gates"),
           py::arg("c_prev"), py::arg("tc"), py::arg("dh"), py::arg("dc"), py::arg("da"), py::arg("p") = py::none());
-    m.def("forward_loop", &forward_loop, "the LSTM's forward over all T steps, oneDNN's product made apart",
+    m.def("forward_loop", &forward_loop, "the LSTM's forward over all T steps in float32, the units shared between threads",
           py::arg("gates"), py::arg("h0"), py::arg("c0"), py::arg("h_all"), py::arg("c_all"), py::arg("tc_all"),
-          py::arg("packed"), py::call_guard<py::gil_scoped_release>());
-    m.def("backward_loop", &backward_loop, "the LSTM's BPTT over all T steps, oneDNN's product made apart",
+          py::arg("W_hh"), py::call_guard<py::gil_scoped_release>());
+    m.def("backward_loop", &backward_loop, "the LSTM's BPTT over all T steps in float32, the units shared between threads",
           py::arg("gates"), py::arg("c0"), py::arg("c_all"), py::arg("tc_all"), py::arg("dh_all"), py::arg("dc"),
-          py::arg("da_all"), py::arg("packed"), py::call_guard<py::gil_scoped_release>());
+          py::arg("da_all"), py::arg("W_hh"), py::call_guard<py::gil_scoped_release>());
     register_sample_loop(m);
 }

@@ -97,9 +97,7 @@ def accumulate_matmul(W, rows, transpose, calls):
     buffer. ``calls`` is how many times it will run: the one-off cost of packing (or of a
     contiguous copy of W.T) only pays over many.
 
-    ``acc.kernel`` names the kernel (step_kernel's answer). ``acc.weight``, where the kernel makes
-    the product apart before adding it (oneDNN), is W as oneDNN packed it, for a caller that makes
-    that product itself and adds it in a pass of its own (compiled.py's loops); elsewhere None.
+    ``acc.kernel`` names the kernel (step_kernel's answer).
     """
     kernel = step_kernel(W.shape, rows, calls, W.device, W.dtype)
     if kernel == "onednn":
@@ -109,7 +107,7 @@ def accumulate_matmul(W, rows, transpose, calls):
         # for many calls, not for sampling's one-step ones.
         Wm = (W.t().contiguous() if calls >= PACK_MIN_CALLS else W.t()) if transpose else W
         acc = lambda c, a: c.addmm_(a, Wm)  # noqa: E731
-        acc.kernel, acc.weight = "addmm", None
+        acc.kernel = "addmm"
         return acc
     get_size, pack, compute = mkl_packed_gemm()
     W = W.contiguous()
@@ -130,7 +128,7 @@ def accumulate_matmul(W, rows, transpose, calls):
         return c
 
     acc.packed = packed  # keeps the buffer alive as long as acc
-    acc.kernel, acc.weight = "mkl packed", None
+    acc.kernel = "mkl packed"
     return acc
 
 
@@ -143,5 +141,5 @@ def _onednn_accumulate(dnn, W, rows, transpose):
     def acc(c, a):
         return c.add_(linear(a, packed, None, "none", [], None))
 
-    acc.kernel, acc.weight = "onednn", packed
+    acc.kernel = "onednn"
     return acc

@@ -20,15 +20,12 @@
 #include <functional>
 #include <limits>
 #include <stdexcept>
-#include <thread>
 #include <vector>
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#endif
 
 // lstm_kernel.cpp's forward step: what the Stepper runs for an LSTM layer of impl fused_cpp.
 void forward_step(torch::Tensor a, torch::Tensor c_prev, torch::Tensor c, torch::Tensor tc, torch::Tensor h,
                   c10::optional<torch::Tensor> p);
+void relax(int64_t spins);  // lstm_kernel.cpp's: a pause while another thread works
 
 namespace {
 
@@ -167,19 +164,6 @@ struct Layer {
         std::memcpy(to.data_ptr(), from.data_ptr(), from.numel() * from.element_size());
     }
 };
-
-// A pause for a thread that waits on another, for a few microseconds at a time.
-inline void relax(int64_t spins) {
-    if (spins > 4096) {  // ~100 us: the waits of a character take a few
-        std::this_thread::yield();  // the other thread has lost its core: give ours up
-        return;
-    }
-#if defined(__x86_64__) || defined(_M_X64)
-    _mm_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield");
-#endif
-}
 
 double seconds_per_call(const std::function<void()>& f) {
     double best = std::numeric_limits<double>::infinity();
