@@ -207,21 +207,20 @@ torch::Tensor onednn_product(const torch::Tensor& a, const torch::Tensor& packed
 // loop's work, on one thread.
 struct Share {
     int64_t begin, n;
-    torch::Tensor forward, backward;  // packed: h (B, H) -> the share's 4 gates (B, 4n); da (B, 4H) -> (B, n)
+    torch::Tensor packed;  // forward: h (B, H) -> the share's 4 gates (B, 4n); backward: da (B, 4H) -> (B, n)
 };
 
 // One share of the H units for each of torch's threads (fewer where H is small), each a multiple of 16
 // wide (full vectors), the last taking the rest.
-std::vector<Share> shares_of(const torch::Tensor& W_hh, int64_t B) {
+std::vector<Share> shares_of(const torch::Tensor& W_hh, int64_t B, bool backward) {
     const int64_t H = W_hh.size(1), P = std::max<int64_t>(1, at::get_num_threads());
     const int64_t width = std::max<int64_t>(16, (H / P + 15) / 16 * 16);
     std::vector<Share> shares;
     const auto gates = W_hh.view({4, H, H});  // gate k's rows of W_hh
     for (int64_t begin = 0; begin < H; begin += width) {
         const int64_t n = std::min(width, H - begin);
-        const auto rows = gates.narrow(1, begin, n).reshape({4 * n, H});  // the share's 4n rows
-        shares.push_back({begin, n, onednn_pack(rows.contiguous(), B),
-                          onednn_pack(W_hh.narrow(1, begin, n).t().contiguous(), B)});
+        const auto W = backward ? W_hh.narrow(1, begin, n).t() : gates.narrow(1, begin, n).reshape({4 * n, H});
+        shares.push_back({begin, n, onednn_pack(W.contiguous(), B)});
     }
     return shares;
 }
@@ -282,12 +281,12 @@ void forward_loop(torch::Tensor gates, torch::Tensor h0, torch::Tensor c0, torch
                     "forward_loop: contiguous float32 CPU tensors");
     TORCH_CHECK(gates.sizes() == at::IntArrayRef({T * B, 4 * H}) && h_all.size(0) == T * B && W_hh.size(0) == 4 * H,
                 "forward_loop: gates (T*B, 4H), h_all (T*B, H), W_hh (4H, H)");
-    const auto shares = shares_of(W_hh, B);
+    const auto shares = shares_of(W_hh, B, false);
     const int64_t P = int64_t(shares.size());
     std::vector<torch::Tensor> p(P);  // each share's (B, 4n) product: its units' i, f, g, o
     shared_steps(
         P, T,
-        [&](int64_t k, int64_t t) { p[k] = onednn_product(t ? h_all.narrow(0, (t - 1) * B, B) : h0, shares[k].forward); },
+        [&](int64_t k, int64_t t) { p[k] = onednn_product(t ? h_all.narrow(0, (t - 1) * B, B) : h0, shares[k].packed); },
         [&](int64_t k, int64_t t) {
             for (int64_t b = k * B / P; b < (k + 1) * B / P; ++b) {
                 const int64_t r = t * B + b;
@@ -314,14 +313,14 @@ void backward_loop(torch::Tensor gates, torch::Tensor c0, torch::Tensor c_all, t
                     "backward_loop: contiguous float32 CPU tensors");
     TORCH_CHECK(gates.sizes() == da_all.sizes() && gates.size(1) == 4 * H && dh_all.size(0) == T * B,
                 "backward_loop: gates and da_all (T*B, 4H), dh_all (T*B, H)");
-    const auto shares = shares_of(W_hh, B);
+    const auto shares = shares_of(W_hh, B, true);
     const int64_t P = int64_t(shares.size());
     std::vector<torch::Tensor> p(P);  // each share's (B, n) columns of da_{t+1} W_hh
     shared_steps(
         P, T,
         [&](int64_t k, int64_t step) {
             const int64_t t = T - 1 - step;
-            p[k] = t < T - 1 ? onednn_product(da_all.narrow(0, (t + 1) * B, B), shares[k].backward) : torch::Tensor();
+            p[k] = t < T - 1 ? onednn_product(da_all.narrow(0, (t + 1) * B, B), shares[k].packed) : torch::Tensor();
         },
         [&](int64_t k, int64_t step) {
             const int64_t t = T - 1 - step;
