@@ -217,9 +217,10 @@ std::vector<Share> shares_of(const torch::Tensor& W_hh, int64_t B, bool backward
     const int64_t width = std::max<int64_t>(16, (H / P + 15) / 16 * 16);
     std::vector<Share> shares;
     const auto gates = W_hh.view({4, H, H});  // gate k's rows of W_hh
+    const auto W_hh_t = backward ? W_hh.t().contiguous() : torch::Tensor();  // one transpose: rows copy fast
     for (int64_t begin = 0; begin < H; begin += width) {
         const int64_t n = std::min(width, H - begin);
-        const auto W = backward ? W_hh.narrow(1, begin, n).t() : gates.narrow(1, begin, n).reshape({4 * n, H});
+        const auto W = backward ? W_hh_t.narrow(0, begin, n) : gates.narrow(1, begin, n).reshape({4 * n, H});
         shares.push_back({begin, n, onednn_pack(W.contiguous(), B)});
     }
     return shares;
