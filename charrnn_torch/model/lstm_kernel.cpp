@@ -264,6 +264,20 @@ void shared_steps(int64_t P, int64_t T, const Product& product, const Rows& rows
 template <typename T>
 T* at_row(const torch::Tensor& t, int64_t row) { return t.data_ptr<T>() + row * t.stride(0); }
 
+// f(b, r, c_prev, share, product) for each row b of row block k (of as many as there are shares) at
+// step t, and each share with its product: r is the row's index in the (T*B, .) buffers, c_prev its
+// row of c_{t-1} (or of c0).
+template <typename F>
+void each_row_and_share(const std::vector<Share>& shares, const std::vector<torch::Tensor>& products, int64_t k,
+                        int64_t t, int64_t B, const torch::Tensor& c_all, const torch::Tensor& c0, const F& f) {
+    const int64_t P = int64_t(shares.size());
+    for (int64_t b = k * B / P; b < (k + 1) * B / P; ++b) {
+        const int64_t r = t * B + b;
+        const float* c_prev = t ? at_row<float>(c_all, r - B) : at_row<float>(c0, b);
+        for (int64_t j = 0; j < P; ++j) f(b, r, c_prev, shares[j], products[j]);
+    }
+}
+
 }  // namespace
 
 // fused.py's LSTM forward over all T steps in float32 where oneDNN multiplies (packed_gemm.py's rule):
@@ -289,17 +303,13 @@ void forward_loop(torch::Tensor gates, torch::Tensor h0, torch::Tensor c0, torch
         P, T,
         [&](int64_t k, int64_t t) { p[k] = onednn_product(t ? h_all.narrow(0, (t - 1) * B, B) : h0, shares[k].packed); },
         [&](int64_t k, int64_t t) {
-            for (int64_t b = k * B / P; b < (k + 1) * B / P; ++b) {
-                const int64_t r = t * B + b;
-                const float* cp = t ? at_row<float>(c_all, r - B) : at_row<float>(c0, b);
-                for (int64_t j = 0; j < P; ++j) {
-                    const Share& s = shares[j];
-                    const int64_t u = s.begin;
-                    forward_units(at_row<float>(gates, r) + u, H, p[j].data_ptr<float>() + b * 4 * s.n, s.n, cp + u,
-                                  at_row<float>(c_all, r) + u, at_row<float>(tc_all, r) + u,
-                                  at_row<float>(h_all, r) + u, s.n);
-                }
-            }
+            each_row_and_share(shares, p, k, t, B, c_all, c0,
+                               [&](int64_t b, int64_t r, const float* cp, const Share& s, const torch::Tensor& product) {
+                                   const int64_t u = s.begin;
+                                   forward_units(at_row<float>(gates, r) + u, H, product.data_ptr<float>() + b * 4 * s.n,
+                                                 s.n, cp + u, at_row<float>(c_all, r) + u,
+                                                 at_row<float>(tc_all, r) + u, at_row<float>(h_all, r) + u, s.n);
+                               });
         });
 }
 
@@ -324,18 +334,14 @@ void backward_loop(torch::Tensor gates, torch::Tensor c0, torch::Tensor c_all, t
             p[k] = t < T - 1 ? onednn_product(da_all.narrow(0, (t + 1) * B, B), shares[k].packed) : torch::Tensor();
         },
         [&](int64_t k, int64_t step) {
-            const int64_t t = T - 1 - step;
-            for (int64_t b = k * B / P; b < (k + 1) * B / P; ++b) {
-                const int64_t r = t * B + b;
-                const float* cp = t ? at_row<float>(c_all, r - B) : at_row<float>(c0, b);
-                for (int64_t j = 0; j < P; ++j) {
-                    const Share& s = shares[j];
-                    const int64_t u = s.begin;
-                    backward_units(at_row<float>(gates, r) + u, H, cp + u, at_row<float>(tc_all, r) + u,
-                                   at_row<float>(dh_all, r) + u, p[j].defined() ? p[j].data_ptr<float>() + b * s.n : nullptr,
-                                   at_row<float>(dc, b) + u, at_row<float>(da_all, r) + u, s.n);
-                }
-            }
+            each_row_and_share(shares, p, k, T - 1 - step, B, c_all, c0,
+                               [&](int64_t b, int64_t r, const float* cp, const Share& s, const torch::Tensor& product) {
+                                   const int64_t u = s.begin;  // no product at t = T-1: nothing comes back
+                                   backward_units(at_row<float>(gates, r) + u, H, cp + u,
+                                                  at_row<float>(tc_all, r) + u, at_row<float>(dh_all, r) + u,
+                                                  product.defined() ? product.data_ptr<float>() + b * s.n : nullptr,
+                                                  at_row<float>(dc, b) + u, at_row<float>(da_all, r) + u, s.n);
+                               });
         });
 }
 
