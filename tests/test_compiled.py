@@ -171,9 +171,9 @@ def _loops_and_steps_agree(kernels):
         recurrent = linear(da[rows(t)], bwd, None, "none", [], None) if t else None
     # All T steps in one call each:
     a2, h2, c2, tc2 = pre.clone(), *(torch.empty(T * B, H) for _ in range(3))
-    kernels.forward_loop(a2, h0, c0, h2, c2, tc2, W)
+    kernels.forward_loop(a2, h0, c0, h2, c2, tc2, W, True)
     dh2, dc2, da2 = dh_all.clone(), dc0.clone(), torch.empty(T * B, 4 * H)
-    kernels.backward_loop(a2, c0, c2, tc2, dh2, dc2, da2, W)
+    kernels.backward_loop(a2, c0, c2, tc2, dh2, dc2, da2, W, True)
     for one_by_one, looped in [(a, a2), (h, h2), (c, c2), (tc, tc2), (dh, dh2), (dc, dc2), (da, da2)]:
         assert torch.equal(one_by_one, looped)
 

@@ -18,7 +18,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .compiled import kernels_for
-from .packed_gemm import accumulate_matmul, step_kernel
+from .packed_gemm import PACK_MIN_CALLS, accumulate_matmul, step_kernel
 
 
 class _TanhRecurrence(torch.autograd.Function):
@@ -121,8 +121,9 @@ _tanh_backward = torch.ops.aten.tanh_backward.grad_input  # grad * (1 - y^2), in
 class _LSTMRecurrence(torch.autograd.Function):
     """torch-rnn's LSTM.lua recipe: per step one GEMM into all four gates, then the gate maths in
     place; a hand-written BPTT; dW_hh as one GEMM after the loop. The gate maths runs as aten
-    calls, or as one compiled kernel per step and direction (compiled.py, impl fused_cpp); where
-    oneDNN makes the step GEMMs, the compiled kernels run the whole loop over the T steps."""
+    calls, or as one compiled kernel per step and direction (compiled.py, impl fused_cpp); over many
+    steps the compiled kernels run the whole loop, in one parallel region whose threads share each
+    step."""
 
     @staticmethod
     def forward(ctx, pre, W_hh, h0, c0, W_hy, b_y, kernels):
@@ -138,8 +139,8 @@ class _LSTMRecurrence(torch.autograd.Function):
             W_hh, h0, c0 = W_hh.to(pre.dtype), h0.to(pre.dtype).contiguous(), c0.to(pre.dtype).contiguous()
             h_all, c_all, tc_all = (pre.new_empty(T * B, H) for _ in range(3))  # h_t, c_t, tanh(c_t)
             gates, hs, cs, tcs = (buf.view(T, B, -1).unbind(0) for buf in (pre, h_all, c_all, tc_all))
-            if _compiled_loops(kernels, W_hh, B, T):
-                kernels.forward_loop(pre, h0, c0, h_all, c_all, tc_all, W_hh.contiguous())
+            if _compiled_loop(kernels, T):
+                kernels.forward_loop(pre, h0, c0, h_all, c_all, tc_all, W_hh.contiguous(), _onednn(W_hh, B, T))
             else:
                 add_h_W_hh_t = accumulate_matmul(W_hh, B, transpose=True, calls=T)  # gates_t += h W_hh^T
                 step = lstm_step if kernels is None else kernels.forward_step
@@ -165,8 +166,9 @@ class _LSTMRecurrence(torch.autograd.Function):
             da_all = torch.empty_like(gates_all)  # dL/d(pre-activation) of the gates; the saved ones stay
             gates, das, dhs, cs, tcs = (buf.view(T, B, -1).unbind(0)
                                         for buf in (gates_all, da_all, dh_all, c_all, tc_all))
-            if _compiled_loops(ctx.kernels, W_hh, B, T):
-                ctx.kernels.backward_loop(gates_all, c0, c_all, tc_all, dh_all, dc, da_all, W_hh.contiguous())
+            if _compiled_loop(ctx.kernels, T):
+                ctx.kernels.backward_loop(gates_all, c0, c_all, tc_all, dh_all, dc, da_all, W_hh.contiguous(),
+                                          _onednn(W_hh, B, T))
             else:
                 add_da_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)  # dh += da W_hh
                 step = _lstm_backward_step if ctx.kernels is None else ctx.kernels.backward_step
@@ -182,11 +184,18 @@ class _LSTMRecurrence(torch.autograd.Function):
                     *_head_grads(h_all, grad_logits, head), None)
 
 
-def _compiled_loops(kernels, W_hh, B, T):
+def _compiled_loop(kernels, T):
     """Whether the compiled kernels run the LSTM's whole loop over the T steps (lstm_kernel.cpp's
-    forward_loop and backward_loop): where the step GEMMs are oneDNN's (packed_gemm.step_kernel's rule,
-    float32), which those loops call, each thread for its share of the hidden units."""
-    return kernels is not None and step_kernel(W_hh.shape, B, T, W_hh.device, W_hh.dtype) == "onednn"
+    forward_loop and backward_loop): for a loop of many steps (packed_gemm.PACK_MIN_CALLS, as many
+    as pay for packing W_hh). Fewer, like sampling's one step, run the step kernels from Python:
+    the calls the Stepper makes (stepper.py), so that it gives the model's bits."""
+    return kernels is not None and T >= PACK_MIN_CALLS
+
+
+def _onednn(W_hh, B, T):
+    """Whether the compiled loops multiply by W_hh with oneDNN (packed_gemm.step_kernel's rule), else
+    with at::mm."""
+    return step_kernel(W_hh.shape, B, T, W_hh.device, W_hh.dtype) == "onednn"
 
 
 def lstm_step(a, c_prev, c, tc, h):

@@ -3,7 +3,7 @@
 // with its own row stride. Each kernel is one pass over the B rows, split between torch's threads
 // (its own OpenMP runtime: compiled.py links that one) where there are enough rows, where fused's
 // aten version is 7 (forward) and 11 (backward) separately dispatched passes. Each row is the
-// same arithmetic on any thread, so the split never changes a bit. Where the step GEMMs are oneDNN's,
+// same arithmetic on any thread, so the split never changes a bit. For a loop of many steps,
 // forward_loop and backward_loop run all T steps of a direction in one parallel region instead:
 // each thread multiplies for a share of the hidden units, then steps a share of the rows. C++17.
 #include <ATen/Parallel.h>
@@ -203,16 +203,20 @@ torch::Tensor onednn_product(const torch::Tensor& a, const torch::Tensor& packed
     return stack[0].toTensor();
 }
 
-// Hidden units [begin, begin + n) and their slice of W_hh, packed for its products: one share of a
+// Hidden units [begin, begin + n) and their slice of W_hh, ready for their products: one share of a
 // loop's work, on one thread.
 struct Share {
     int64_t begin, n;
-    torch::Tensor packed;  // forward: h (B, H) -> the share's 4 gates (B, 4n); backward: da (B, 4H) -> (B, n)
+    torch::Tensor W;  // forward: h (B, H) -> the share's 4 gates (B, 4n); backward: da (B, 4H) -> (B, n)
+    bool packed;      // W as oneDNN packed it (a @ W^T), else a plain matrix for at::mm (a @ W)
+
+    torch::Tensor product(const torch::Tensor& a) const { return packed ? onednn_product(a, W) : at::mm(a, W); }
 };
 
 // One share of the H units for each of torch's threads (fewer where H is small), each a multiple of 16
-// wide (full vectors), the last taking the rest.
-std::vector<Share> shares_of(const torch::Tensor& W_hh, int64_t B, bool backward) {
+// wide (full vectors), the last taking the rest. onednn: W_hh is float32 and its products are oneDNN's
+// (packed_gemm.py's rule), each share packed once here; else at::mm multiplies.
+std::vector<Share> shares_of(const torch::Tensor& W_hh, int64_t B, bool backward, bool onednn) {
     const int64_t H = W_hh.size(1), P = std::max<int64_t>(1, at::get_num_threads());
     const int64_t width = std::max<int64_t>(16, (H / P + 15) / 16 * 16);
     std::vector<Share> shares;
@@ -220,8 +224,10 @@ std::vector<Share> shares_of(const torch::Tensor& W_hh, int64_t B, bool backward
     const auto W_hh_t = backward ? W_hh.t().contiguous() : torch::Tensor();  // one transpose: rows copy fast
     for (int64_t begin = 0; begin < H; begin += width) {
         const int64_t n = std::min(width, H - begin);
-        const auto W = backward ? W_hh_t.narrow(0, begin, n) : gates.narrow(1, begin, n).reshape({4 * n, H});
-        shares.push_back({begin, n, onednn_pack(W.contiguous(), B)});
+        // The share's rows of W_hh as (out, in): its 4n gate rows, or its n columns of W_hh transposed.
+        const auto W = (backward ? W_hh_t.narrow(0, begin, n) : gates.narrow(1, begin, n).reshape({4 * n, H}))
+                           .contiguous();
+        shares.push_back({begin, n, onednn ? onednn_pack(W, B) : W.t().contiguous(), onednn});
     }
     return shares;
 }
@@ -267,82 +273,92 @@ T* at_row(const torch::Tensor& t, int64_t row) { return t.data_ptr<T>() + row * 
 // f(b, r, c_prev, share, product) for each row b of row block k (of as many as there are shares) at
 // step t, and each share with its product: r is the row's index in the (T*B, .) buffers, c_prev its
 // row of c_{t-1} (or of c0).
-template <typename F>
+template <typename T, typename F>
 void each_row_and_share(const std::vector<Share>& shares, const std::vector<torch::Tensor>& products, int64_t k,
                         int64_t t, int64_t B, const torch::Tensor& c_all, const torch::Tensor& c0, const F& f) {
     const int64_t P = int64_t(shares.size());
     for (int64_t b = k * B / P; b < (k + 1) * B / P; ++b) {
         const int64_t r = t * B + b;
-        const float* c_prev = t ? at_row<float>(c_all, r - B) : at_row<float>(c0, b);
+        const T* c_prev = t ? at_row<T>(c_all, r - B) : at_row<T>(c0, b);
         for (int64_t j = 0; j < P; ++j) f(b, r, c_prev, shares[j], products[j]);
     }
 }
 
+void check_loop(std::initializer_list<const torch::Tensor*> tensors, bool onednn, const char* name) {
+    const auto dtype = (*tensors.begin())->scalar_type();
+    for (const auto* t : tensors)
+        TORCH_CHECK(t->is_contiguous() && t->scalar_type() == dtype && t->device().is_cpu(), name,
+                    ": contiguous CPU tensors of one dtype");
+    TORCH_CHECK(dtype == (onednn ? at::kFloat : dtype) && (dtype == at::kFloat || dtype == at::kDouble), name,
+                ": float32 or float64 (float32 for oneDNN's products)");
+}
+
 }  // namespace
 
-// fused.py's LSTM forward over all T steps in float32 where oneDNN multiplies (packed_gemm.py's rule):
-// gates (T*B, 4H) activated in place, h_all, c_all, tc_all (T*B, H) written. Each step, each of
-// torch's threads makes one share's product, h_{t-1} times its units' rows of W_hh (packed once, and
-// multiplied on that thread alone), then the step maths of its block of rows, adding each share's
-// product as it reads the gates. The whole loop is one parallel region: from Python, a step's two
-// regions (oneDNN's and the kernel's) left gaps long enough for OpenMP's threads to fall asleep
-// under the package's short spin, and waking them cost more than the gap
-// (data/results/performance-cpu.md).
+// fused.py's LSTM forward over all T steps (impl fused_cpp): gates (T*B, 4H) activated in place,
+// h_all, c_all, tc_all (T*B, H) written. Each step, each of torch's threads makes one share's product,
+// h_{t-1} times its units' rows of W_hh (on that thread alone; oneDNN's, packed once, where `onednn`),
+// then the step maths of its block of rows, adding each share's product as it reads the gates. The
+// whole loop is one parallel region: from Python, a step's two regions (the GEMM's and the kernel's)
+// left gaps long enough for OpenMP's threads to fall asleep under the package's short spin, and
+// waking them cost more than the gap (data/results/lstm-one-region.md).
 void forward_loop(torch::Tensor gates, torch::Tensor h0, torch::Tensor c0, torch::Tensor h_all, torch::Tensor c_all,
-                  torch::Tensor tc_all, torch::Tensor W_hh) {
+                  torch::Tensor tc_all, torch::Tensor W_hh, bool onednn) {
     const int64_t B = h0.size(0), H = h0.size(1), T = gates.size(0) / B;
-    for (const auto* t : {&gates, &h0, &c0, &h_all, &c_all, &tc_all, &W_hh})
-        TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat && t->device().is_cpu(),
-                    "forward_loop: contiguous float32 CPU tensors");
+    check_loop({&gates, &h0, &c0, &h_all, &c_all, &tc_all, &W_hh}, onednn, "forward_loop");
     TORCH_CHECK(gates.sizes() == at::IntArrayRef({T * B, 4 * H}) && h_all.size(0) == T * B && W_hh.size(0) == 4 * H,
                 "forward_loop: gates (T*B, 4H), h_all (T*B, H), W_hh (4H, H)");
-    const auto shares = shares_of(W_hh, B, false);
+    const auto shares = shares_of(W_hh, B, false, onednn);
     const int64_t P = int64_t(shares.size());
     std::vector<torch::Tensor> p(P);  // each share's (B, 4n) product: its units' i, f, g, o
-    shared_steps(
-        P, T,
-        [&](int64_t k, int64_t t) { p[k] = onednn_product(t ? h_all.narrow(0, (t - 1) * B, B) : h0, shares[k].packed); },
-        [&](int64_t k, int64_t t) {
-            each_row_and_share(shares, p, k, t, B, c_all, c0,
-                               [&](int64_t b, int64_t r, const float* cp, const Share& s, const torch::Tensor& product) {
-                                   const int64_t u = s.begin;
-                                   forward_units(at_row<float>(gates, r) + u, H, product.data_ptr<float>() + b * 4 * s.n,
-                                                 s.n, cp + u, at_row<float>(c_all, r) + u,
-                                                 at_row<float>(tc_all, r) + u, at_row<float>(h_all, r) + u, s.n);
-                               });
-        });
+    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward_loop", [&] {
+        shared_steps(
+            P, T, [&](int64_t k, int64_t t) { p[k] = shares[k].product(t ? h_all.narrow(0, (t - 1) * B, B) : h0); },
+            [&](int64_t k, int64_t t) {
+                each_row_and_share<scalar_t>(shares, p, k, t, B, c_all, c0, [&](int64_t b, int64_t r,
+                                                                                const scalar_t* cp, const Share& s,
+                                                                                const torch::Tensor& product) {
+                    const int64_t u = s.begin;
+                    forward_units(at_row<scalar_t>(gates, r) + u, H, product.data_ptr<scalar_t>() + b * 4 * s.n, s.n,
+                                  cp + u, at_row<scalar_t>(c_all, r) + u, at_row<scalar_t>(tc_all, r) + u,
+                                  at_row<scalar_t>(h_all, r) + u, s.n);
+                });
+            });
+    });
 }
 
 // fused.py's LSTM BPTT over all T steps the same way, from t = T-1 down: each thread makes one share's
 // columns of da_{t+1} W_hh, then for its rows adds them into dh_t and writes da_t, carrying dc back
 // in place. dh_all: dL/dh_t from above, gaining the recurrent part in place.
 void backward_loop(torch::Tensor gates, torch::Tensor c0, torch::Tensor c_all, torch::Tensor tc_all,
-                   torch::Tensor dh_all, torch::Tensor dc, torch::Tensor da_all, torch::Tensor W_hh) {
+                   torch::Tensor dh_all, torch::Tensor dc, torch::Tensor da_all, torch::Tensor W_hh, bool onednn) {
     const int64_t B = c0.size(0), H = c0.size(1), T = gates.size(0) / B;
-    for (const auto* t : {&gates, &c0, &c_all, &tc_all, &dh_all, &dc, &da_all, &W_hh})
-        TORCH_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat && t->device().is_cpu(),
-                    "backward_loop: contiguous float32 CPU tensors");
+    check_loop({&gates, &c0, &c_all, &tc_all, &dh_all, &dc, &da_all, &W_hh}, onednn, "backward_loop");
     TORCH_CHECK(gates.sizes() == da_all.sizes() && gates.size(1) == 4 * H && dh_all.size(0) == T * B,
                 "backward_loop: gates and da_all (T*B, 4H), dh_all (T*B, H)");
-    const auto shares = shares_of(W_hh, B, true);
+    const auto shares = shares_of(W_hh, B, true, onednn);
     const int64_t P = int64_t(shares.size());
     std::vector<torch::Tensor> p(P);  // each share's (B, n) columns of da_{t+1} W_hh
-    shared_steps(
-        P, T,
-        [&](int64_t k, int64_t step) {
-            const int64_t t = T - 1 - step;
-            p[k] = t < T - 1 ? onednn_product(da_all.narrow(0, (t + 1) * B, B), shares[k].packed) : torch::Tensor();
-        },
-        [&](int64_t k, int64_t step) {
-            each_row_and_share(shares, p, k, T - 1 - step, B, c_all, c0,
-                               [&](int64_t b, int64_t r, const float* cp, const Share& s, const torch::Tensor& product) {
-                                   const int64_t u = s.begin;  // no product at t = T-1: nothing comes back
-                                   backward_units(at_row<float>(gates, r) + u, H, cp + u,
-                                                  at_row<float>(tc_all, r) + u, at_row<float>(dh_all, r) + u,
-                                                  product.defined() ? product.data_ptr<float>() + b * s.n : nullptr,
-                                                  at_row<float>(dc, b) + u, at_row<float>(da_all, r) + u, s.n);
-                               });
-        });
+    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward_loop", [&] {
+        shared_steps(
+            P, T,
+            [&](int64_t k, int64_t step) {
+                const int64_t t = T - 1 - step;
+                p[k] = t < T - 1 ? shares[k].product(da_all.narrow(0, (t + 1) * B, B)) : torch::Tensor();
+            },
+            [&](int64_t k, int64_t step) {
+                each_row_and_share<scalar_t>(shares, p, k, T - 1 - step, B, c_all, c0, [&](int64_t b, int64_t r,
+                                                                                           const scalar_t* cp,
+                                                                                           const Share& s,
+                                                                                           const torch::Tensor& product) {
+                    const int64_t u = s.begin;  // no product at t = T-1: nothing comes back
+                    backward_units(at_row<scalar_t>(gates, r) + u, H, cp + u, at_row<scalar_t>(tc_all, r) + u,
+                                   at_row<scalar_t>(dh_all, r) + u,
+                                   product.defined() ? product.data_ptr<scalar_t>() + b * s.n : nullptr,
+                                   at_row<scalar_t>(dc, b) + u, at_row<scalar_t>(da_all, r) + u, s.n);
+                });
+            });
+    });
 }
 
 void register_sample_loop(py::module& m);  // sample_loop.cpp, built into the same module
@@ -352,11 +368,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           py::arg("c_prev"), py::arg("c"), py::arg("tc"), py::arg("h"), py::arg("p") = py::none());
     m.def("backward_step", &backward_step, "the LSTM's element-wise backward step", py::arg("gates"),
           py::arg("c_prev"), py::arg("tc"), py::arg("dh"), py::arg("dc"), py::arg("da"), py::arg("p") = py::none());
-    m.def("forward_loop", &forward_loop, "the LSTM's forward over all T steps in float32, the units shared between threads",
+    m.def("forward_loop", &forward_loop, "the LSTM's forward over all T steps, the units shared between threads",
           py::arg("gates"), py::arg("h0"), py::arg("c0"), py::arg("h_all"), py::arg("c_all"), py::arg("tc_all"),
-          py::arg("W_hh"), py::call_guard<py::gil_scoped_release>());
-    m.def("backward_loop", &backward_loop, "the LSTM's BPTT over all T steps in float32, the units shared between threads",
+          py::arg("W_hh"), py::arg("onednn"), py::call_guard<py::gil_scoped_release>());
+    m.def("backward_loop", &backward_loop, "the LSTM's BPTT over all T steps, the units shared between threads",
           py::arg("gates"), py::arg("c0"), py::arg("c_all"), py::arg("tc_all"), py::arg("dh_all"), py::arg("dc"),
-          py::arg("da_all"), py::arg("W_hh"), py::call_guard<py::gil_scoped_release>());
+          py::arg("da_all"), py::arg("W_hh"), py::arg("onednn"), py::call_guard<py::gil_scoped_release>());
     register_sample_loop(m);
 }
