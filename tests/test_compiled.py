@@ -7,7 +7,9 @@ where they cannot be built, fused_cpp warns once and runs fused's kernels, bit f
 fused. A product added as the kernels read their buffers (oneDNN's, which comes apart) gives the
 bits of adding it first, and fused_cpp with oneDNN's step GEMMs matches the unpacked path to
 float32 precision; splitting the rows between threads changes no bit, and they run on torch's own
-OpenMP runtime, the only one in the process.
+OpenMP runtime, the only one in the process. The compiled loops over all T steps (each thread
+multiplying for a share of the units, then stepping a block of rows) give the bits of the step
+kernels called a step at a time, on 1, 2 and 3 threads.
 The warning is one line, why and what runs instead, with no line of torch's and no
 "building" line for a build that never starts; a lock left by a killed build is cleared, a live
 build is waited for at most BUILD_WAIT_S, and a lock no charrnn build claims is given up once it

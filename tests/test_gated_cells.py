@@ -3,7 +3,8 @@ proves the tanh cell: the numpy reference (written from the equations, not from 
 checked against central finite differences; every impl's autograd against the reference, to
 1e-9 relative for every parameter and the initial state (h0, and c0 for the LSTM), at L = 1 and 2,
 T = 1 and 17, B = 1 and 3, for every impl (loop, fused's hand-written BPTT, and fused_cpp's
-compiled LSTM step kernels; also when only the final state or only the logits carry a gradient);
+compiled LSTM step kernels, whose whole loop runs compiled at T = 17; also when only the final
+state or only the logits carry a gradient);
 gradcheck; the forward against nn.LSTM / nn.GRU given the same weights (1e-12); the carried
 state against one long unroll; and the LSTM's forget-gate bias at 1. gradcheck runs in its fast
 mode (a random projection u^T J v of the whole Jacobian, numerically and by autograd): the

@@ -2,10 +2,10 @@
 
 ``fused`` runs the LSTM's element-wise step maths as 7 aten calls per step forward and 11
 backward, each a separately dispatched pass over (B, H) slices; ``lstm_kernel.cpp`` does each
-direction's in one pass, its rows split between torch's threads. Where the step GEMMs are oneDNN's
-(packed_gemm.py) it runs each direction's whole loop over the T steps in one parallel region
-(forward_loop, backward_loop): each thread multiplies for a share of the hidden units, then steps a
-block of rows, adding the products in as it reads the gates. It is
+direction's in one pass, its rows split between torch's threads. Over 16 steps or more it runs each
+direction's whole loop in one parallel region (forward_loop, backward_loop): each thread multiplies
+for a share of the hidden units (with oneDNN where packed_gemm.py picks it, else at::mm), then
+steps a block of rows, adding the products in as it reads the gates. It is
 built with torch's C++ extension loader (a C++ compiler and ninja), once for each source, torch
 version and CPU kind, into torch's extension cache. Where it cannot be built (no compiler, no
 ninja, a failed build, another build's lock that never goes away), ``fused_cpp`` runs ``fused``'s
