@@ -1,5 +1,5 @@
-"""Proves impl fused_cpp, the LSTM's element-wise step maths in compiled kernels (compiled.py,
-lstm_kernel.cpp): they build where a C++ toolchain is (required where CHARRNN_REQUIRE_CPP=1, as in
+"""Proves impl fused_cpp, the LSTM's element-wise step maths and the LSTM's and the GRU's loops over
+time in compiled kernels (compiled.py, lstm_kernel.cpp): they build where a C++ toolchain is (required where CHARRNN_REQUIRE_CPP=1, as in
 CI); in float32 they match fused's aten kernels to 1e-5, at a width that is no multiple of any
 vector length, and their own exp and tanh match torch's over the whole range of inputs (tanh to a
 few float32 roundings, relatively, near 0); they refuse buffers of the wrong shape or dtype; and
@@ -8,8 +8,9 @@ fused. A product added as the kernels read their buffers (oneDNN's, which comes 
 bits of adding it first, and fused_cpp with oneDNN's step GEMMs matches the unpacked path to
 float32 precision; splitting the rows between threads changes no bit, and they run on torch's own
 OpenMP runtime, the only one in the process. The compiled loops over all T steps (each thread
-multiplying for a share of the units, then stepping a block of rows) give the bits of the step
-kernels called a step at a time, on 1, 2 and 3 threads.
+multiplying for a share of the units, then stepping a block of rows) give the LSTM the bits of the
+step kernels called a step at a time, on 1, 2 and 3 threads; the GRU's match fused to float32
+precision, with oneDNN's products and with at::mm's.
 The warning is one line, why and what runs instead, with no line of torch's and no
 "building" line for a build that never starts; a lock left by a killed build is cleared, a live
 build is waited for at most BUILD_WAIT_S, and a lock no charrnn build claims is given up once it
@@ -57,18 +58,22 @@ def test_kernels_build_where_a_toolchain_is():
     assert compiled.module() is not None
 
 
-def run(impl):
+def run(impl, cell="lstm", T=T):
     torch.manual_seed(0)
-    model = CharRNN(V, H, L, impl=impl, cell="lstm").build_kernels()
+    model = CharRNN(V, H, L, impl=impl, cell=cell).build_kernels()
     g = torch.Generator().manual_seed(1)
     x, y = torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g)
-    logits, (h, c) = model(x)
-    (cross_entropy(logits, y, "sum") + (c * c).sum()).backward()
-    return [logits.detach(), h.detach(), c.detach()] + [p.grad for p in model.parameters()]
+    logits, state = model(x)
+    last = state[-1] if cell == "lstm" else state  # c for the LSTM, h for the GRU
+    (cross_entropy(logits, y, "sum") + (last * last).sum()).backward()
+    return [logits.detach(), *(s.detach() for s in (state if cell == "lstm" else (state,)))] + \
+        [p.grad for p in model.parameters()]
 
 
-def test_float32_matches_fused(kernels):
-    for a, b in zip(run("fused"), run("fused_cpp")):
+@pytest.mark.parametrize("cell, steps", [("lstm", T), ("lstm", 20), ("gru", 20)])
+def test_float32_matches_fused(kernels, cell, steps):
+    """At T = 9 the step kernels from Python; at T = 20 the compiled loops."""
+    for a, b in zip(run("fused", cell, steps), run("fused_cpp", cell, steps)):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
 
 
@@ -118,22 +123,23 @@ def test_one_openmp_runtime_in_the_process(kernels):
     assert len(runtimes) <= 1, runtimes  # the kernels run on torch's own OpenMP threads
 
 
-def lstm_float32(monkeypatch, kernel):
-    """fused_cpp's float32 loss and gradients (L = 2, T = 20) with only ``kernel`` ("onednn", with its
-    product added in the kernels, or "addmm") in the step GEMMs, and how many products oneDNN made
-    (counted by the profiler, which sees the compiled loops' calls too)."""
+def cell_float32(monkeypatch, kernel, cell):
+    """fused_cpp's float32 loss and gradients (L = 2, T = 20: the compiled loops) with only ``kernel``
+    ("onednn", its products added in the kernels, or "addmm": at::mm's) in the step GEMMs, and how
+    many products oneDNN made (counted by the profiler, which sees the compiled loops' calls)."""
     dnn = packed_gemm.onednn_linear()
     monkeypatch.setattr(packed_gemm, "onednn_linear", lambda: dnn if kernel == "onednn" else None)
     monkeypatch.setattr(packed_gemm, "mkl_packed_gemm", lambda: None)
     monkeypatch.setattr(packed_gemm, "DNN_MIN_WEIGHT", 1)  # oneDNN even at the tests' small sizes
     monkeypatch.setattr(packed_gemm, "PACK_MIN_ROWS", 1)
     torch.manual_seed(0)
-    model = CharRNN(V, H, L, impl="fused_cpp", cell="lstm").build_kernels()
+    model = CharRNN(V, H, L, impl="fused_cpp", cell=cell).build_kernels()
     g = torch.Generator().manual_seed(1)
     x, y = torch.randint(0, V, (B, 20), generator=g), torch.randint(0, V, (B, 20), generator=g)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        logits, (h, c) = model(x)
-        (cross_entropy(logits, y, "sum") + (c * c).sum()).backward()
+        logits, state = model(x)
+        last = state[-1] if cell == "lstm" else state
+        (cross_entropy(logits, y, "sum") + (last * last).sum()).backward()
     products = sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
     return [p.grad.double() for p in model.parameters()], products
 
@@ -181,9 +187,10 @@ def _loops_and_steps_agree(kernels):
 
 
 @pytest.mark.skipif(packed_gemm.onednn_linear() is None, reason="torch's oneDNN linear is not reachable here")
-def test_onednn_products_added_in_the_kernels_match_the_unpacked_path(kernels, monkeypatch):
-    got, n_products = lstm_float32(monkeypatch, "onednn")
-    want, none = lstm_float32(monkeypatch, "addmm")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_onednn_products_added_in_the_kernels_match_the_unpacked_path(kernels, monkeypatch, cell):
+    got, n_products = cell_float32(monkeypatch, "onednn", cell)
+    want, none = cell_float32(monkeypatch, "addmm", cell)
     # every step forward and all but the first backward, once for each thread's share of the units
     assert n_products >= L * (20 + 20 - 1) and n_products % (L * (20 + 20 - 1)) == 0 and none == 0
     for a, b in zip(got, want):

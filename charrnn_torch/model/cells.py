@@ -23,7 +23,7 @@ from .fused import gru_recurrence, lstm_recurrence, rnn_recurrence
 
 # The one list of implementations; config.py validates against it (and CELLS, below).
 IMPLS = ("loop", "fused", "fused_cpp")  # loop: the readable unroll; fused: the same maths with hand-written
-# BPTT; fused_cpp: fused, with the LSTM's element-wise step maths in compiled kernels (compiled.py), opt-in
+# BPTT; fused_cpp: fused, with the LSTM's and the GRU's loops over time compiled (compiled.py), opt-in
 
 
 class Cell(nn.Module):
@@ -81,7 +81,7 @@ class RNNCell(Cell):
     def recurrence(self, pre, h0, head, W_hh, compiled=False):
         """impl fused: all T steps from pre = W_xh x + b_h (T*B, G·H) -> (h (T*B, H), h_T, logits or None).
         W_hh is the cell's own, or a DropConnect-masked copy of it (CharRNN.forward). compiled (impl
-        fused_cpp) asks for compiled step kernels, which only the LSTM has (compiled_kernels)."""
+        fused_cpp) asks for compiled kernels, which the LSTM and the GRU have (compiled_kernels)."""
         return rnn_recurrence(pre, W_hh, h0, *head)
 
     def forward(self, x_t, h_prev, W_hh):
@@ -142,6 +142,7 @@ class GRUCell(Cell):
     """
 
     gates = 3
+    compiled_kernels = True
     gate_names = ("reset", "update", "candidate")
     saturating = ("reset", "update")
 
@@ -150,7 +151,7 @@ class GRUCell(Cell):
         self.b_hn = nn.Parameter(torch.empty(hidden_size))  # (H,)
 
     def recurrence(self, pre, h0, head, W_hh, compiled=False):
-        return gru_recurrence(pre, W_hh, self.b_hn, h0, *head)
+        return gru_recurrence(pre, W_hh, self.b_hn, h0, *head, compiled=compiled)
 
     def gate_values(self, x_t, h_prev, W_hh):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> r, z, n, each (B, H)

@@ -239,22 +239,29 @@ class _GRURecurrence(torch.autograd.Function):
     only), so each step's GEMM goes into its own buffer, prefilled with (0, 0, b_hn)."""
 
     @staticmethod
-    def forward(ctx, pre, W_hh, b_hn, h0, W_hy, b_y):
+    def forward(ctx, pre, W_hh, b_hn, h0, W_hy, b_y, kernels):
         # pre: (T*B, 3H) = W_xh x_t + b_h, a fresh buffer that becomes r, z, n in place;
-        # W_hh: (3H, H); b_hn: (H,); h0: (B, H). Returns (gates, h (T*B, H)[, logits (T*B, V)]).
+        # W_hh: (3H, H); b_hn: (H,); h0: (B, H); kernels: compiled.py's, or None.
+        # Returns (gates, h (T*B, H)[, logits (T*B, V)]).
         ctx.mark_dirty(pre)
         ctx.set_materialize_grads(False)
+        ctx.kernels = kernels
         (B, H), T = h0.shape, pre.shape[0] // h0.shape[0]
         with torch.autocast(pre.device.type, enabled=False):
             W_hh, h0 = W_hh.to(pre.dtype), h0.to(pre.dtype).contiguous()
-            add_h_W_hh_t = accumulate_matmul(W_hh, B, transpose=True, calls=T)  # ah_t += h W_hh^T
-            ah_all = pre.new_zeros(T * B, 3 * H)
-            ah_all[:, 2 * H:] = b_hn.to(pre.dtype)  # so that its last third is W_hn h + b_hn
             h_all = pre.new_empty(T * B, H)
-            gates, ahs, hs = (buf.view(T, B, -1).unbind(0) for buf in (pre, ah_all, h_all))
-            h = h0
-            for t in range(T):
-                h = gru_step(gates[t], add_h_W_hh_t(ahs[t], h), h, hs[t])
+            if _compiled_loop(kernels, T):  # as the LSTM's
+                ah_all = torch.empty_like(pre)  # the loop writes W_hh h + (0, 0, b_hn) into all of it
+                kernels.gru_forward_loop(pre, ah_all, h0, h_all, W_hh.contiguous(), b_hn.to(pre.dtype).contiguous(),
+                                         _onednn(W_hh, B, T))
+            else:
+                add_h_W_hh_t = accumulate_matmul(W_hh, B, transpose=True, calls=T)  # ah_t += h W_hh^T
+                ah_all = pre.new_zeros(T * B, 3 * H)
+                ah_all[:, 2 * H:] = b_hn.to(pre.dtype)  # so that its last third is W_hn h + b_hn
+                gates, ahs, hs = (buf.view(T, B, -1).unbind(0) for buf in (pre, ah_all, h_all))
+                h = h0
+                for t in range(T):
+                    h = gru_step(gates[t], add_h_W_hh_t(ahs[t], h), h, hs[t])
             head = (W_hy.to(pre.dtype),) if W_hy is not None else ()
             logits = _head_forward(h_all, W_hy, b_y) if head else None
         ctx.save_for_backward(W_hh, h0, pre, ah_all, h_all, *head)
@@ -269,27 +276,31 @@ class _GRURecurrence(torch.autograd.Function):
             dh_all = _dh_from_above(h_all, grad_h, grad_logits, head)
             dax_all = torch.empty_like(gates_all)  # dL/d(W_xh x + b_h)
             dah_all = torch.empty_like(ah_all)  # dL/d(W_hh h), its last third also dL/db_hn
-            add_dah_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)
             gates, ahs, daxs, dahs, dhs, hs = (buf.view(T, B, -1).unbind(0) for buf in
                                               (gates_all, ah_all, dax_all, dah_all, dh_all, h_all))
-            tmp = torch.empty_like(h0)
-            for t in range(T - 1, -1, -1):
-                r, z, n = gates[t].split(H, dim=1)
-                dr, dz, dn = daxs[t].split(H, dim=1)
-                dh, h_prev = dhs[t], (hs[t - 1] if t > 0 else h0)
-                _tanh_backward(torch.sub(dh, torch.mul(dh, z, out=tmp), out=dn), n, grad_input=dn)  # dh (1-z)
-                _sigmoid_backward(torch.sub(h_prev, n, out=dz).mul_(dh), z, grad_input=dz)
-                _sigmoid_backward(torch.mul(dn, ahs[t][:, 2 * H:], out=dr), r, grad_input=dr)
-                dahs[t][:, :2 * H] = daxs[t][:, :2 * H]
-                torch.mul(dn, r, out=dahs[t][:, 2 * H:])
-                if t > 0:
-                    dhs[t - 1].add_(tmp)  # the path that skips W_hh: z h_{t-1}
-                    add_dah_W_hh(dhs[t - 1], dahs[t])
+            tmp = torch.empty_like(h0)  # z_t dL/dh_t: the part of dL/dh_{t-1} that skips W_hh
+            if _compiled_loop(ctx.kernels, T):
+                ctx.kernels.gru_backward_loop(gates_all, ah_all, h0, h_all, dh_all, dax_all, dah_all, tmp,
+                                              W_hh.contiguous(), _onednn(W_hh, B, T))
+            else:
+                add_dah_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)
+                for t in range(T - 1, -1, -1):
+                    r, z, n = gates[t].split(H, dim=1)
+                    dr, dz, dn = daxs[t].split(H, dim=1)
+                    dh, h_prev = dhs[t], (hs[t - 1] if t > 0 else h0)
+                    _tanh_backward(torch.sub(dh, torch.mul(dh, z, out=tmp), out=dn), n, grad_input=dn)  # dh (1-z)
+                    _sigmoid_backward(torch.sub(h_prev, n, out=dz).mul_(dh), z, grad_input=dz)
+                    _sigmoid_backward(torch.mul(dn, ahs[t][:, 2 * H:], out=dr), r, grad_input=dr)
+                    dahs[t][:, :2 * H] = daxs[t][:, :2 * H]
+                    torch.mul(dn, r, out=dahs[t][:, 2 * H:])
+                    if t > 0:
+                        dhs[t - 1].add_(tmp)  # the path that skips W_hh: z h_{t-1}
+                        add_dah_W_hh(dhs[t - 1], dahs[t])
             dh0 = tmp + dahs[0] @ W_hh if ctx.needs_input_grad[3] else None
             dW_hh = dah_all[B:].t() @ h_all[:-B]
             dW_hh.addmm_(dahs[0].t(), h0)
             db_hn = dah_all[:, 2 * H:].sum(0)
-            return (dax_all, dW_hh, db_hn, dh0, *_head_grads(h_all, grad_logits, head))
+            return (dax_all, dW_hh, db_hn, dh0, *_head_grads(h_all, grad_logits, head), None)
 
 
 def gru_step(a, ah, h_prev, h):
@@ -303,8 +314,9 @@ def gru_step(a, ah, h_prev, h):
     return torch.sub(h_prev, n, out=h).mul_(z).add_(n)  # h_t = n + z (h_{t-1} - n)
 
 
-def gru_recurrence(pre, W_hh, b_hn, h0, W_hy=None, b_y=None):
+def gru_recurrence(pre, W_hh, b_hn, h0, W_hy=None, b_y=None, compiled=False):
     """The GRU over all t, time-major: pre (T*B, 3H) -> (h (T*B, H), h_T, logits), overwriting
-    pre. logits as in rnn_recurrence."""
-    _, h, *logits = _GRURecurrence.apply(pre, W_hh, b_hn, h0, W_hy, b_y)
+    pre. logits as in rnn_recurrence; compiled as in lstm_recurrence."""
+    kernels = kernels_for(pre) if compiled else None
+    _, h, *logits = _GRURecurrence.apply(pre, W_hh, b_hn, h0, W_hy, b_y, kernels)
     return h, h[-h0.shape[0]:], logits[0] if logits else None

@@ -207,7 +207,7 @@ torch::Tensor onednn_product(const torch::Tensor& a, const torch::Tensor& packed
 // loop's work, on one thread.
 struct Share {
     int64_t begin, n;
-    torch::Tensor W;  // forward: h (B, H) -> the share's 4 gates (B, 4n); backward: da (B, 4H) -> (B, n)
+    torch::Tensor W;  // forward: h (B, H) -> the share's G gates (B, G n); backward: da (B, G H) -> (B, n)
     bool packed;      // W as oneDNN packed it (a @ W^T), else a plain matrix for at::mm (a @ W)
 
     torch::Tensor product(const torch::Tensor& a) const { return packed ? onednn_product(a, W) : at::mm(a, W); }
@@ -217,15 +217,15 @@ struct Share {
 // wide (full vectors), the last taking the rest. onednn: W_hh is float32 and its products are oneDNN's
 // (packed_gemm.py's rule), each share packed once here; else at::mm multiplies.
 std::vector<Share> shares_of(const torch::Tensor& W_hh, int64_t B, bool backward, bool onednn) {
-    const int64_t H = W_hh.size(1), P = std::max<int64_t>(1, at::get_num_threads());
+    const int64_t H = W_hh.size(1), G = W_hh.size(0) / H, P = std::max<int64_t>(1, at::get_num_threads());
     const int64_t width = std::max<int64_t>(16, (H / P + 15) / 16 * 16);
     std::vector<Share> shares;
-    const auto gates = W_hh.view({4, H, H});  // gate k's rows of W_hh
+    const auto gates = W_hh.view({G, H, H});  // gate k's rows of W_hh
     const auto W_hh_t = backward ? W_hh.t().contiguous() : torch::Tensor();  // one transpose: rows copy fast
     for (int64_t begin = 0; begin < H; begin += width) {
         const int64_t n = std::min(width, H - begin);
-        // The share's rows of W_hh as (out, in): its 4n gate rows, or its n columns of W_hh transposed.
-        const auto W = (backward ? W_hh_t.narrow(0, begin, n) : gates.narrow(1, begin, n).reshape({4 * n, H}))
+        // The share's rows of W_hh as (out, in): its G n gate rows, or its n columns of W_hh transposed.
+        const auto W = (backward ? W_hh_t.narrow(0, begin, n) : gates.narrow(1, begin, n).reshape({G * n, H}))
                            .contiguous();
         shares.push_back({begin, n, onednn ? onednn_pack(W, B) : W.t().contiguous(), onednn});
     }
@@ -270,17 +270,18 @@ void shared_steps(int64_t P, int64_t T, const Product& product, const Rows& rows
 template <typename T>
 T* at_row(const torch::Tensor& t, int64_t row) { return t.data_ptr<T>() + row * t.stride(0); }
 
-// f(b, r, c_prev, share, product) for each row b of row block k (of as many as there are shares) at
-// step t, and each share with its product: r is the row's index in the (T*B, .) buffers, c_prev its
-// row of c_{t-1} (or of c0).
+// f(b, r, prev, share, product) for each row b of row block k (of as many as there are shares) at
+// step t, and each share with its product: r is the row's index in the (T*B, .) buffers, prev its
+// row of the state carried from t-1 (prev_all's row r - B, or x0's row b at t = 0): c for the LSTM,
+// h for the GRU.
 template <typename T, typename F>
 void each_row_and_share(const std::vector<Share>& shares, const std::vector<torch::Tensor>& products, int64_t k,
-                        int64_t t, int64_t B, const torch::Tensor& c_all, const torch::Tensor& c0, const F& f) {
+                        int64_t t, int64_t B, const torch::Tensor& prev_all, const torch::Tensor& x0, const F& f) {
     const int64_t P = int64_t(shares.size());
     for (int64_t b = k * B / P; b < (k + 1) * B / P; ++b) {
         const int64_t r = t * B + b;
-        const T* c_prev = t ? at_row<T>(c_all, r - B) : at_row<T>(c0, b);
-        for (int64_t j = 0; j < P; ++j) f(b, r, c_prev, shares[j], products[j]);
+        const T* prev = t ? at_row<T>(prev_all, r - B) : at_row<T>(x0, b);
+        for (int64_t j = 0; j < P; ++j) f(b, r, prev, shares[j], products[j]);
     }
 }
 
@@ -361,6 +362,111 @@ void backward_loop(torch::Tensor gates, torch::Tensor c0, torch::Tensor c_all, t
     });
 }
 
+// n hidden units of one row of the GRU's forward step (fused.py's gru_step, with the product made
+// apart): a, their pre-activations W_xh x + b_h (gate k at a + k * H), become r, z, n in place; p,
+// their W_hh h_{t-1} (gate k at p + k * n); ah (as a) receives W_hh h_{t-1} + (0, 0, b_hn), which the
+// backward reads; h = n + z (h_{t-1} - n).
+template <typename T>
+void gru_forward_units(T* __restrict__ a, T* __restrict__ ah, int64_t H, const T* __restrict__ p,
+                       const T* __restrict__ b_hn, const T* __restrict__ h_prev, T* __restrict__ h, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+        const T ar = p[j], az = p[n + j], an = p[2 * n + j] + b_hn[j];
+        ah[j] = ar, ah[H + j] = az, ah[2 * H + j] = an;
+        const T r = sigmoid(a[j] + ar), z = sigmoid(a[H + j] + az);
+        const T g = tanh_of(a[2 * H + j] + r * an);
+        a[j] = r, a[H + j] = z, a[2 * H + j] = g;
+        h[j] = (h_prev[j] - g) * z + g;
+    }
+}
+
+// n hidden units of one row of the GRU's backward step (fused.py's _GRURecurrence.backward): dh is
+// dL/dh_t from above, to which p (the recurrent part, or null) and carry (z_{t+1} dL/dh_{t+1}, the
+// path that skips W_hh) are added; dax (as the gates) receives dL/d(W_xh x + b_h), dah dL/d(W_hh h +
+// (0, 0, b_hn)); carry becomes z_t dL/dh_t.
+template <typename T>
+void gru_backward_units(const T* __restrict__ gates, const T* __restrict__ ah, int64_t H, const T* __restrict__ h_prev,
+                        const T* __restrict__ dh_above, const T* __restrict__ p, T* __restrict__ carry,
+                        T* __restrict__ dax, T* __restrict__ dah, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+        const T dh = p ? dh_above[j] + carry[j] + p[j] : dh_above[j];
+        const T r = gates[j], z = gates[H + j], g = gates[2 * H + j];
+        const T zdh = dh * z;
+        const T dn = (dh - zdh) * (T(1) - g * g);
+        const T dz = (h_prev[j] - g) * dh * (T(1) - z) * z;
+        const T dr = dn * ah[2 * H + j] * (T(1) - r) * r;
+        dax[j] = dr, dax[H + j] = dz, dax[2 * H + j] = dn;
+        dah[j] = dr, dah[H + j] = dz, dah[2 * H + j] = dn * r;
+        carry[j] = zdh;
+    }
+}
+
+// fused.py's GRU forward over all T steps (impl fused_cpp), as forward_loop runs the LSTM's: gates
+// (T*B, 3H) = W_xh x + b_h become r, z, n in place; ah_all (T*B, 3H) receives W_hh h_{t-1} + (0, 0,
+// b_hn), h_all (T*B, H) h_t.
+void gru_forward_loop(torch::Tensor gates, torch::Tensor ah_all, torch::Tensor h0, torch::Tensor h_all,
+                      torch::Tensor W_hh, torch::Tensor b_hn, bool onednn) {
+    const int64_t B = h0.size(0), H = h0.size(1), T = gates.size(0) / B;
+    check_loop({&gates, &ah_all, &h0, &h_all, &W_hh, &b_hn}, onednn, "gru_forward_loop");
+    TORCH_CHECK(gates.sizes() == at::IntArrayRef({T * B, 3 * H}) && ah_all.sizes() == gates.sizes() &&
+                    h_all.size(0) == T * B && W_hh.size(0) == 3 * H && b_hn.numel() == H,
+                "gru_forward_loop: gates and ah_all (T*B, 3H), h_all (T*B, H), W_hh (3H, H), b_hn (H)");
+    const auto shares = shares_of(W_hh, B, false, onednn);
+    const int64_t P = int64_t(shares.size());
+    std::vector<torch::Tensor> p(P);  // each share's (B, 3n) product: its units' W_hr h, W_hz h, W_hn h
+    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward_loop", [&] {
+        shared_steps(
+            P, T, [&](int64_t k, int64_t t) { p[k] = shares[k].product(t ? h_all.narrow(0, (t - 1) * B, B) : h0); },
+            [&](int64_t k, int64_t t) {
+                each_row_and_share<scalar_t>(shares, p, k, t, B, h_all, h0, [&](int64_t b, int64_t r,
+                                                                                const scalar_t* hp, const Share& s,
+                                                                                const torch::Tensor& product) {
+                    const int64_t u = s.begin;
+                    gru_forward_units(at_row<scalar_t>(gates, r) + u, at_row<scalar_t>(ah_all, r) + u, H,
+                                      product.data_ptr<scalar_t>() + b * 3 * s.n, b_hn.data_ptr<scalar_t>() + u,
+                                      hp + u, at_row<scalar_t>(h_all, r) + u, s.n);
+                });
+            });
+    });
+}
+
+// fused.py's GRU BPTT over all T steps the same way, from t = T-1 down: dax_all and dah_all (T*B, 3H)
+// written; carry (B, H) ends as z_0 dL/dh_0, dh0's part that skips W_hh.
+void gru_backward_loop(torch::Tensor gates, torch::Tensor ah_all, torch::Tensor h0, torch::Tensor h_all,
+                       torch::Tensor dh_all, torch::Tensor dax_all, torch::Tensor dah_all, torch::Tensor carry,
+                       torch::Tensor W_hh, bool onednn) {
+    const int64_t B = h0.size(0), H = h0.size(1), T = gates.size(0) / B;
+    check_loop({&gates, &ah_all, &h0, &h_all, &dh_all, &dax_all, &dah_all, &carry, &W_hh}, onednn,
+               "gru_backward_loop");
+    TORCH_CHECK(gates.sizes() == at::IntArrayRef({T * B, 3 * H}) && ah_all.sizes() == gates.sizes() &&
+                    dax_all.sizes() == gates.sizes() && dah_all.sizes() == gates.sizes() &&
+                    dh_all.sizes() == h_all.sizes() && carry.sizes() == h0.sizes(),
+                "gru_backward_loop: (T*B, 3H) gates, ah_all, dax_all, dah_all; (T*B, H) h_all, dh_all; (B, H) carry");
+    const auto shares = shares_of(W_hh, B, true, onednn);
+    const int64_t P = int64_t(shares.size());
+    std::vector<torch::Tensor> p(P);  // each share's (B, n) columns of dah_{t+1} W_hh
+    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_backward_loop", [&] {
+        shared_steps(
+            P, T,
+            [&](int64_t k, int64_t step) {
+                const int64_t t = T - 1 - step;
+                p[k] = t < T - 1 ? shares[k].product(dah_all.narrow(0, (t + 1) * B, B)) : torch::Tensor();
+            },
+            [&](int64_t k, int64_t step) {
+                each_row_and_share<scalar_t>(shares, p, k, T - 1 - step, B, h_all, h0, [&](int64_t b, int64_t r,
+                                                                                           const scalar_t* hp,
+                                                                                           const Share& s,
+                                                                                           const torch::Tensor& product) {
+                    const int64_t u = s.begin;  // no product (and no carry) at t = T-1: nothing comes back
+                    gru_backward_units(at_row<scalar_t>(gates, r) + u, at_row<scalar_t>(ah_all, r) + u, H, hp + u,
+                                       at_row<scalar_t>(dh_all, r) + u,
+                                       product.defined() ? product.data_ptr<scalar_t>() + b * s.n : nullptr,
+                                       at_row<scalar_t>(carry, b) + u, at_row<scalar_t>(dax_all, r) + u,
+                                       at_row<scalar_t>(dah_all, r) + u, s.n);
+                });
+            });
+    });
+}
+
 void register_sample_loop(py::module& m);  // sample_loop.cpp, built into the same module
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -374,5 +480,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("backward_loop", &backward_loop, "the LSTM's BPTT over all T steps, the units shared between threads",
           py::arg("gates"), py::arg("c0"), py::arg("c_all"), py::arg("tc_all"), py::arg("dh_all"), py::arg("dc"),
           py::arg("da_all"), py::arg("W_hh"), py::arg("onednn"), py::call_guard<py::gil_scoped_release>());
+    m.def("gru_forward_loop", &gru_forward_loop, "the GRU's forward over all T steps, the units shared between threads",
+          py::arg("gates"), py::arg("ah_all"), py::arg("h0"), py::arg("h_all"), py::arg("W_hh"), py::arg("b_hn"),
+          py::arg("onednn"), py::call_guard<py::gil_scoped_release>());
+    m.def("gru_backward_loop", &gru_backward_loop, "the GRU's BPTT over all T steps, the units shared between threads",
+          py::arg("gates"), py::arg("ah_all"), py::arg("h0"), py::arg("h_all"), py::arg("dh_all"), py::arg("dax_all"),
+          py::arg("dah_all"), py::arg("carry"), py::arg("W_hh"), py::arg("onednn"),
+          py::call_guard<py::gil_scoped_release>());
     register_sample_loop(m);
 }
