@@ -16,7 +16,6 @@ import torch
 from charrnn_torch.files import json_text
 from charrnn_torch.tools import bench
 from charrnn_torch.model import compiled
-from charrnn_torch.model.cells import CELL_CLASSES
 from conftest import run_script
 
 
@@ -37,8 +36,7 @@ def test_flop_count_of_gated_cells():
 def test_gated_cells_rows_against_their_torch_module(monkeypatch, cell):
     monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 2))
     impls = bench.build_impls("tiny", torch.device("cpu"), cell=cell)
-    compiled = {"CharRNN fused_cpp"} if CELL_CLASSES[cell].compiled_kernels else set()  # else the same as fused
-    assert set(impls) == {"CharRNN loop", "CharRNN fused", bench.yardstick_name(cell)} | compiled
+    assert set(impls) == {"CharRNN loop", "CharRNN fused", "CharRNN fused_cpp", bench.yardstick_name(cell)}
     assert isinstance(impls[bench.yardstick_name(cell)].model.rnn, getattr(torch.nn, cell.upper()))
     for name, step in impls.items():
         before = [p.detach().clone() for p in step.params]
@@ -50,7 +48,7 @@ def test_gated_cells_rows_against_their_torch_module(monkeypatch, cell):
 def test_every_impl_step_trains(monkeypatch):
     monkeypatch.setitem(bench.SHAPES, "tiny", (11, 16, 3, 7, 2))
     impls = bench.build_impls("tiny", torch.device("cpu"))
-    assert set(impls) == {"numpy reference", "CharRNN loop", "CharRNN fused", "nn.RNN stack"}
+    assert set(impls) == {"numpy reference", "CharRNN loop", "CharRNN fused", "CharRNN fused_cpp", "nn.RNN stack"}
     for name, step in impls.items():
         if name == "numpy reference":
             before = step.params["W_hy"].copy()
@@ -94,7 +92,7 @@ def test_run_shape_rows(monkeypatch):
     monkeypatch.setattr(bench, "measure_peak_mem", one_real_measure)
     rows, peak = bench.run_shape("tiny", torch.device("cpu"), repeats=2)
     assert peak > 0
-    assert [r.impl for r in rows] == ["numpy reference", "CharRNN loop", "CharRNN fused", "nn.RNN stack"]
+    assert [r.impl for r in rows] == ["numpy reference", "CharRNN loop", "CharRNN fused", "CharRNN fused_cpp", "nn.RNN stack"]
     assert asked == [r.impl for r in rows]
     for i, r in enumerate(rows):
         assert r.chars_per_sec > 0 and r.gflops > 0
@@ -104,7 +102,7 @@ def test_run_shape_rows(monkeypatch):
         else:
             assert r.peak_mem_mb == 1001.0 + i
     table = bench.format_table(rows)
-    assert "vs nn.RNN" in table and table.count("tiny") == 4
+    assert "vs nn.RNN" in table and table.count("tiny") == 5
 
 
 def no_kernel():
@@ -117,8 +115,8 @@ def test_a_torch_module_this_machine_cannot_run_is_a_failed_row(monkeypatch, tmp
     impls = bench.build_impls("tiny", torch.device("cpu"), torch.float32)
     impls["nn.RNN stack"] = no_kernel
     rows, _ = bench.run_shape("tiny", torch.device("cpu"), repeats=1, memory=False, impls=impls)
-    assert [r.impl for r in rows] == ["numpy reference", "CharRNN loop", "CharRNN fused", "nn.RNN stack"]
-    assert all(r.chars_per_sec > 0 for r in rows[:3]) and rows[3].note.startswith("failed: RuntimeError: could not")
+    assert [r.impl for r in rows] == ["numpy reference", "CharRNN loop", "CharRNN fused", "CharRNN fused_cpp", "nn.RNN stack"]
+    assert all(r.chars_per_sec > 0 for r in rows[:4]) and rows[4].note.startswith("failed: RuntimeError: could not")
     table = bench.format_table(rows)
     assert "failed: RuntimeError" in table and "nan" not in table.lower(), table
     # and the GPU run's summary of them, from bench.json as the bench writes it (no numbers: null)
@@ -137,12 +135,12 @@ def test_no_memory_is_a_dash_not_nan(monkeypatch, tmp_path):
     assert "nan" not in table.lower(), table
     numbers = [line[:-len(r.optimizer)] for line, r in zip(table.splitlines()[2:], rows)]  # the step column aside
     widths = {len(line) for line in numbers}
-    assert [line.split()[-2] for line in numbers] == ["-"] * 4 and len(widths) == 1, table
+    assert [line.split()[-2] for line in numbers] == ["-"] * 5 and len(widths) == 1, table
     # the GPU run's summary of the same rows (bench.json keeps NaN) prints them the same way
     (tmp_path / "bench.json").write_text(json.dumps({"rows": [vars(r) for r in rows]}))
     (tmp_path / "runs" / "q").mkdir(parents=True)  # a quality run that died before logging a rate
     r = run_script("gpu_summary.py", tmp_path)
-    assert "nan" not in r.stdout.lower() and r.stdout.count(" - MB") == 4 and "chars/s=-" in r.stdout, r.stdout
+    assert "nan" not in r.stdout.lower() and r.stdout.count(" - MB") == 5 and "chars/s=-" in r.stdout, r.stdout
 
 
 @pytest.mark.slow
@@ -153,7 +151,7 @@ def test_cli_json(tmp_path):
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     assert {row["impl"] for row in data["rows"]} == {"numpy reference", "CharRNN loop", "CharRNN fused",
-                                                     "nn.RNN stack"}
+                                                     "CharRNN fused_cpp", "nn.RNN stack"}
     impls = {"fused"} | ({"fused_cpp"} if compiled.module() else set())  # compiled: where it builds
     assert data["peaks"]["tutorial"] > 0 and set(data["sampling"]["tutorial"]) == impls
     assert all(set(rates) == {"1", "64"} for rates in data["sampling"]["tutorial"].values())

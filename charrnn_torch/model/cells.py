@@ -23,7 +23,7 @@ from .fused import gru_recurrence, lstm_recurrence, rnn_recurrence
 
 # The one list of implementations; config.py validates against it (and CELLS, below).
 IMPLS = ("loop", "fused", "fused_cpp")  # loop: the readable unroll; fused: the same maths with hand-written
-# BPTT; fused_cpp: fused, with the LSTM's and the GRU's loops over time compiled (compiled.py), opt-in
+# BPTT; fused_cpp: fused, with each cell's loop over time compiled (compiled.py), opt-in
 
 
 class Cell(nn.Module):
@@ -33,7 +33,6 @@ class Cell(nn.Module):
 
     gates = 1  # G: rows of W_xh, W_hh and b_h, in units of H
     state_names = ("h",)  # what the state holds per layer, in order
-    compiled_kernels = False  # whether impl fused_cpp runs this cell's step maths in compiled kernels
     gate_names = ()  # what gate_values returns (the tanh cell has no gates)
     saturating = ()  # the sigmoid gates, whose saturation visualize.py plots
 
@@ -81,8 +80,8 @@ class RNNCell(Cell):
     def recurrence(self, pre, h0, head, W_hh, compiled=False):
         """impl fused: all T steps from pre = W_xh x + b_h (T*B, G·H) -> (h (T*B, H), h_T, logits or None).
         W_hh is the cell's own, or a DropConnect-masked copy of it (CharRNN.forward). compiled (impl
-        fused_cpp) asks for compiled kernels, which the LSTM and the GRU have (compiled_kernels)."""
-        return rnn_recurrence(pre, W_hh, h0, *head)
+        fused_cpp) asks for the compiled kernels."""
+        return rnn_recurrence(pre, W_hh, h0, *head, compiled=compiled)
 
     def forward(self, x_t, h_prev, W_hh):
         # x_t: (B,) ids or (B, H); h_prev: (B, H) -> h_t: (B, H)
@@ -105,7 +104,6 @@ class LSTMCell(Cell):
 
     gates = 4
     state_names = ("h", "c")
-    compiled_kernels = True
     gate_names = ("input", "forget", "candidate", "output")  # what gate_values returns, in order
     saturating = ("input", "forget", "output")  # the sigmoid gates
 
@@ -142,7 +140,6 @@ class GRUCell(Cell):
     """
 
     gates = 3
-    compiled_kernels = True
     gate_names = ("reset", "update", "candidate")
     saturating = ("reset", "update")
 
@@ -280,7 +277,7 @@ class CharRNN(nn.Module):
         self.weight_drop = weight_drop  # DropConnect on W_hh, one mask per forward
         self.impl = impl
         self.cell = cell
-        self.kernels_built = impl != "fused_cpp" or not CELL_CLASSES[cell].compiled_kernels
+        self.kernels_built = impl != "fused_cpp"
         self.cells = nn.ModuleList(
             CELL_CLASSES[cell](vocab_size if l == 0 else hidden_size, hidden_size, onehot_input=(l == 0))
             for l in range(num_layers)

@@ -23,7 +23,7 @@ from .packed_gemm import PACK_MIN_CALLS, accumulate_matmul, step_kernel
 
 class _TanhRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pre, W_hh, h0, W_hy, b_y):
+    def forward(ctx, pre, W_hh, h0, W_hy, b_y, kernels):
         # pre: (T*B, H) = W_xh x_t + b_h for every t, time-major, a fresh buffer from the gather
         # or GEMM that made it; W_hh: (H, H); h0: (B, H); W_hy: (V, H) and b_y: (V,), or None
         # below the top layer. Each step overwrites its B rows of pre in place: += W_hh h_{t-1}
@@ -32,13 +32,17 @@ class _TanhRecurrence(torch.autograd.Function):
         # returns two tensors modify an input in place only if that input is not a view.)
         ctx.mark_dirty(pre)
         ctx.set_materialize_grads(False)  # an unused output's gradient is None, not a zero tensor
+        ctx.kernels = kernels  # compiled.py's (impl fused_cpp), or None
         (B, H), T = h0.shape, pre.shape[0] // h0.shape[0]
         with torch.autocast(pre.device.type, enabled=False):
             W_hh, h0 = W_hh.to(pre.dtype), h0.to(pre.dtype).contiguous()
-            add_h_W_hh_t = accumulate_matmul(W_hh, B, transpose=True, calls=T)  # pre_t += h W_hh^T
-            h = h0
-            for pre_t in pre.view(T, B, H).unbind(0):  # T views of (B, H); one call, not T indexings
-                h = tanh_step(pre_t, h, add_h_W_hh_t)
+            if _compiled_loop(kernels, T):  # as the LSTM's
+                kernels.tanh_forward_loop(pre, h0, W_hh.contiguous(), _onednn(W_hh, B, T))
+            else:
+                add_h_W_hh_t = accumulate_matmul(W_hh, B, transpose=True, calls=T)  # pre_t += h W_hh^T
+                h = h0
+                for pre_t in pre.view(T, B, H).unbind(0):  # T views of (B, H); one call, not T indexings
+                    h = tanh_step(pre_t, h, add_h_W_hh_t)
             if W_hy is None:
                 ctx.save_for_backward(W_hh, h0, pre)
                 return (pre,)
@@ -55,19 +59,21 @@ class _TanhRecurrence(torch.autograd.Function):
             # g[t] starts as dL/dh_t from above and becomes, in place, dL/d(pre-activation_t):
             # the gradient of pre, and (after the loop) of W_hh.
             g = _dh_from_above(out, grad_out, grad_logits, head)
-            tanh_backward = torch.ops.aten.tanh_backward.grad_input
-            add_g_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)  # c += g W_hh
             gs, hs = g.view(T, B, H).unbind(0), out.view(T, B, H).unbind(0)
-            for t in range(T - 1, -1, -1):
-                tanh_backward(gs[t], hs[t], grad_input=gs[t])  # *= 1 - h_t^2, one kernel
-                if t > 0:
-                    add_g_W_hh(gs[t - 1], gs[t])  # + W_hh^T dpre_t, in row form
+            if _compiled_loop(ctx.kernels, T):
+                ctx.kernels.tanh_backward_loop(g, out, h0, W_hh.contiguous(), _onednn(W_hh, B, T))
+            else:
+                add_g_W_hh = accumulate_matmul(W_hh, B, transpose=False, calls=T)  # c += g W_hh
+                for t in range(T - 1, -1, -1):
+                    _tanh_backward(gs[t], hs[t], grad_input=gs[t])  # *= 1 - h_t^2, one kernel
+                    if t > 0:
+                        add_g_W_hh(gs[t - 1], gs[t])  # + W_hh^T dpre_t, in row form
             # A carried state arrives detached: its gradient would be a wasted GEMM.
             dh0 = gs[0] @ W_hh if ctx.needs_input_grad[2] else None
             # sum_t dpre_t^T h_{t-1}: one GEMM over (T-1)*B rows, plus the h0 term.
             dW_hh = g[B:].t() @ out[:-B]
             dW_hh.addmm_(gs[0].t(), h0)
-            return (g, dW_hh, dh0, *_head_grads(out, grad_logits, head))
+            return (g, dW_hh, dh0, *_head_grads(out, grad_logits, head), None)
 
 
 def tanh_step(a, h_prev, add_h_W_hh_t):
@@ -104,13 +110,13 @@ def _head_grads(out, grad_logits, head):
     return grad_logits.t() @ out, grad_logits.sum(0)
 
 
-def rnn_recurrence(pre, W_hh, h0, W_hy=None, b_y=None):
+def rnn_recurrence(pre, W_hh, h0, W_hy=None, b_y=None, compiled=False):
     """h_t = tanh(pre_t + W_hh h_{t-1}) for all t, time-major: pre (T*B, H) -> (h (T*B, H), h_T,
     logits), h in pre's memory. logits = W_hy h_t + b_y as (T*B, V) when W_hy (V, H) and b_y (V,)
     are given, else None. pre must be a fresh tensor, not a view, that nothing else reads (it is
     overwritten).
     """
-    h, *logits = _TanhRecurrence.apply(pre, W_hh, h0, W_hy, b_y)
+    h, *logits = _TanhRecurrence.apply(pre, W_hh, h0, W_hy, b_y, kernels_for(pre) if compiled else None)
     return h, h[-h0.shape[0]:], logits[0] if logits else None
 
 

@@ -362,6 +362,76 @@ void backward_loop(torch::Tensor gates, torch::Tensor c0, torch::Tensor c_all, t
     });
 }
 
+// n hidden units of one row of the tanh cell's step, the product made apart: a = tanh(a + p), in place.
+template <typename T>
+void tanh_forward_units(T* __restrict__ a, const T* __restrict__ p, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) a[j] = tanh_of(a[j] + p[j]);
+}
+
+// n units of one row of its BPTT: g, dL/dh_t from above, gains p (the recurrent part, or null) and
+// becomes dL/d(pre-activation) in place, through h = tanh(.).
+template <typename T>
+void tanh_backward_units(T* __restrict__ g, const T* __restrict__ h, const T* __restrict__ p, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+        const T dh = p ? g[j] + p[j] : g[j];
+        g[j] = dh * (T(1) - h[j] * h[j]);
+    }
+}
+
+// fused.py's tanh recurrence over all T steps (impl fused_cpp), as forward_loop runs the LSTM's:
+// pre (T*B, H) = W_xh x + b_h becomes h_t in place.
+void tanh_forward_loop(torch::Tensor pre, torch::Tensor h0, torch::Tensor W_hh, bool onednn) {
+    const int64_t B = h0.size(0), H = h0.size(1), T = pre.size(0) / B;
+    check_loop({&pre, &h0, &W_hh}, onednn, "tanh_forward_loop");
+    TORCH_CHECK(pre.sizes() == at::IntArrayRef({T * B, H}) && W_hh.sizes() == at::IntArrayRef({H, H}),
+                "tanh_forward_loop: pre (T*B, H), W_hh (H, H)");
+    const auto shares = shares_of(W_hh, B, false, onednn);
+    const int64_t P = int64_t(shares.size());
+    std::vector<torch::Tensor> p(P);  // each share's (B, n) columns of h_{t-1} W_hh^T
+    AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "tanh_forward_loop", [&] {
+        shared_steps(
+            P, T, [&](int64_t k, int64_t t) { p[k] = shares[k].product(t ? pre.narrow(0, (t - 1) * B, B) : h0); },
+            [&](int64_t k, int64_t t) {
+                each_row_and_share<scalar_t>(shares, p, k, t, B, pre, h0, [&](int64_t b, int64_t r, const scalar_t*,
+                                                                              const Share& s,
+                                                                              const torch::Tensor& product) {
+                    tanh_forward_units(at_row<scalar_t>(pre, r) + s.begin, product.data_ptr<scalar_t>() + b * s.n,
+                                       s.n);
+                });
+            });
+    });
+}
+
+// Its BPTT the same way, from t = T-1 down: g (T*B, H), dL/dh_t from above, becomes dL/d(pre-activation_t)
+// in place; h_all (T*B, H) is the forward's h_t.
+void tanh_backward_loop(torch::Tensor g, torch::Tensor h_all, torch::Tensor h0, torch::Tensor W_hh, bool onednn) {
+    const int64_t B = h0.size(0), H = h0.size(1), T = g.size(0) / B;
+    check_loop({&g, &h_all, &h0, &W_hh}, onednn, "tanh_backward_loop");
+    TORCH_CHECK(g.sizes() == at::IntArrayRef({T * B, H}) && h_all.sizes() == g.sizes() &&
+                    W_hh.sizes() == at::IntArrayRef({H, H}),
+                "tanh_backward_loop: g and h_all (T*B, H), W_hh (H, H)");
+    const auto shares = shares_of(W_hh, B, true, onednn);
+    const int64_t P = int64_t(shares.size());
+    std::vector<torch::Tensor> p(P);  // each share's (B, n) columns of g_{t+1} W_hh
+    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "tanh_backward_loop", [&] {
+        shared_steps(
+            P, T,
+            [&](int64_t k, int64_t step) {
+                const int64_t t = T - 1 - step;
+                p[k] = t < T - 1 ? shares[k].product(g.narrow(0, (t + 1) * B, B)) : torch::Tensor();
+            },
+            [&](int64_t k, int64_t step) {
+                each_row_and_share<scalar_t>(shares, p, k, T - 1 - step, B, h_all, h0, [&](int64_t b, int64_t r,
+                                                                                           const scalar_t*,
+                                                                                           const Share& s,
+                                                                                           const torch::Tensor& product) {
+                    tanh_backward_units(at_row<scalar_t>(g, r) + s.begin, at_row<scalar_t>(h_all, r) + s.begin,
+                                        product.defined() ? product.data_ptr<scalar_t>() + b * s.n : nullptr, s.n);
+                });
+            });
+    });
+}
+
 // n hidden units of one row of the GRU's forward step (fused.py's gru_step, with the product made
 // apart): a, their pre-activations W_xh x + b_h (gate k at a + k * H), become r, z, n in place; p,
 // their W_hh h_{t-1} (gate k at p + k * n); ah (as a) receives W_hh h_{t-1} + (0, 0, b_hn), which the
@@ -480,6 +550,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("backward_loop", &backward_loop, "the LSTM's BPTT over all T steps, the units shared between threads",
           py::arg("gates"), py::arg("c0"), py::arg("c_all"), py::arg("tc_all"), py::arg("dh_all"), py::arg("dc"),
           py::arg("da_all"), py::arg("W_hh"), py::arg("onednn"), py::call_guard<py::gil_scoped_release>());
+    m.def("tanh_forward_loop", &tanh_forward_loop, "the tanh cell's forward over all T steps, the units shared "
+          "between threads", py::arg("pre"), py::arg("h0"), py::arg("W_hh"), py::arg("onednn"),
+          py::call_guard<py::gil_scoped_release>());
+    m.def("tanh_backward_loop", &tanh_backward_loop, "the tanh cell's BPTT over all T steps, the units shared "
+          "between threads", py::arg("g"), py::arg("h_all"), py::arg("h0"), py::arg("W_hh"), py::arg("onednn"),
+          py::call_guard<py::gil_scoped_release>());
     m.def("gru_forward_loop", &gru_forward_loop, "the GRU's forward over all T steps, the units shared between threads",
           py::arg("gates"), py::arg("ah_all"), py::arg("h0"), py::arg("h_all"), py::arg("W_hh"), py::arg("b_hn"),
           py::arg("onednn"), py::call_guard<py::gil_scoped_release>());

@@ -315,7 +315,7 @@ def build_impls(shape, device, dtype=torch.float32, amp_dtype=None, only=None, f
     if device.type == "cpu" and not shape.startswith("gpu") and cell == "rnn":
         makers[NUMPY] = lambda: NumpyStep(V, H, B, T, L)
     for impl in IMPLS:
-        if impl == "fused_cpp" and not (CELL_CLASSES[cell].compiled_kernels and compiled.applies(device, dtype)):
+        if impl == "fused_cpp" and not compiled.applies(device, dtype):
             continue  # the same code as the fused row
         makers[f"CharRNN {impl}"] = lambda impl=impl: BenchStep(
             CharRNN(V, H, L, impl=impl, cell=cell).build_kernels().to(dtype), V, B, T, device, train_cfg, amp_dtype)
