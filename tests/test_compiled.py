@@ -277,7 +277,7 @@ def test_a_lock_left_by_a_killed_build_is_cleared(fresh, capsys):
     leave(build_dir, pid=gone_pid())
     assert compiled.module() == "the kernels" and loads == [str(build_dir)]
     assert not (build_dir / "lock").exists() and not (build_dir / compiled.OWNER).exists()
-    assert capsys.readouterr().err == (f"impl fused_cpp: building the compiled kernels (the LSTM's step, the "
+    assert capsys.readouterr().err == (f"impl fused_cpp: building the compiled kernels (the cells' loops, the "
                                        f"sampling loop) into {build_dir} "
                                        f"(once, about a minute)\n")
 
@@ -356,7 +356,7 @@ def test_a_failed_build_is_one_line_naming_the_compilers_error(tmp_path):
     build_dir = tmp_path / compiled.build_name()[0]
     assert r.returncode == 0 and r.stdout == "", r.stderr
     assert r.stderr == (
-        f"impl fused_cpp: building the compiled kernels (the LSTM's step, the sampling loop) into {build_dir} "
+        f"impl fused_cpp: building the compiled kernels (the cells' loops, the sampling loop) into {build_dir} "
         "(once, about a minute)\n"
         "warning: impl fused_cpp: could not build the compiled kernels (lstm_kernel.cpp:12:3: error: 'vfoo' "
         "was not declared in this scope)" + INSTEAD)

@@ -247,8 +247,8 @@ class CharRNN(nn.Module):
     ``cell`` is rnn (the tutorial's tanh cell), lstm or gru. ``impl`` picks how the same maths
     runs: ``loop`` is the readable reference unroll below; ``fused`` hoists the input and output
     projections out of the time loop and runs the recurrence in a hand-written autograd Function
-    for each cell (``fused.py``); ``fused_cpp`` is ``fused`` with the LSTM's element-wise step maths
-    in compiled kernels where a C++ toolchain builds them (``compiled.py``), built by an explicit
+    for each cell (``fused.py``); ``fused_cpp`` is ``fused`` with each cell's loop over time compiled
+    where a C++ toolchain builds it (``compiled.py``), built by an explicit
     ``build_kernels()`` before the first forward, so that a first build is never inside a run's
     time budget. All pass the same tests against the numpy reference.
 
@@ -295,7 +295,7 @@ class CharRNN(nn.Module):
     def build_kernels(self):
         """Build (or load) impl fused_cpp's compiled kernels now, once per process: a first build takes
         about a minute, and a failed one falls back to fused's maths with one warning. A no-op for the
-        other impls and cells. Returns the model."""
+        other impls. Returns the model."""
         if not self.kernels_built:
             compiled_module()
             self.kernels_built = True

@@ -1,11 +1,12 @@
-"""The opt-in compiled LSTM step kernels (``model.impl: fused_cpp``), built on first use.
+"""The opt-in compiled kernels (``model.impl: fused_cpp``), built on first use.
 
-``fused`` runs the LSTM's element-wise step maths as 7 aten calls per step forward and 11
-backward, each a separately dispatched pass over (B, H) slices; ``lstm_kernel.cpp`` does each
-direction's in one pass, its rows split between torch's threads. Over 16 steps or more it runs each
-direction's whole loop in one parallel region (forward_loop, backward_loop): each thread multiplies
-for a share of the hidden units (with oneDNN where packed_gemm.py picks it, else at::mm), then
-steps a block of rows, adding the products in as it reads the gates. It is
+``fused`` runs each step from Python: a GEMM, then the step maths as aten calls (for the LSTM 7
+forward and 11 backward, each a separately dispatched pass over (B, H) slices).
+``lstm_kernel.cpp`` runs each cell's whole loop over 16 steps or more in one parallel region
+(forward_loop, backward_loop, and the tanh cell's and the GRU's): each thread multiplies for a
+share of the hidden units (with oneDNN where packed_gemm.py picks it, else at::mm), then steps a
+block of rows, adding the products in as it reads the gates. Shorter calls (sampling's one step)
+run its LSTM step kernels from Python. It is
 built with torch's C++ extension loader (a C++ compiler and ninja), once for each source, torch
 version and CPU kind, into torch's extension cache. Where it cannot be built (no compiler, no
 ninja, a failed build, another build's lock that never goes away), ``fused_cpp`` runs ``fused``'s
@@ -74,7 +75,7 @@ def module():
         build_dir.mkdir(parents=True, exist_ok=True)
         with build_claim(build_dir):
             if not any(build_dir.glob(f"{name}*.so")):
-                print(f"impl fused_cpp: building the compiled kernels (the LSTM's step, the sampling loop) into "
+                print(f"impl fused_cpp: building the compiled kernels (the cells' loops, the sampling loop) into "
                       f"{build_dir} (once, about a minute)", file=sys.stderr)
             with torch_quiet("torch.utils.cpp_extension"):  # its banners; our one line says what matters
                 omp_compile, omp_link = openmp_flags()

@@ -12,7 +12,8 @@ fresh tensor for each; here each step is one GEMM into all of the cell's gates a
 in place, in time-major (T*B, ·) buffers, and dW_hh is one large GEMM after the loop instead of T
 small ones. This is torch-rnn's recipe. The step GEMMs all multiply by the same W_hh, so on CPU
 they use a GEMM that packs W_hh once (oneDNN's or MKL's, ``packed_gemm.py``) where torch has one,
-and ``addmm_`` elsewhere.
+and ``addmm_`` elsewhere. Under impl fused_cpp each loop of 16 steps or more runs compiled instead
+(compiled.py): the same maths, each thread multiplying for a share of the hidden units.
 """
 import torch
 from torch.autograd.function import once_differentiable

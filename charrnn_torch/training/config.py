@@ -68,7 +68,7 @@ class ModelConfig:
     dropout_output: float = 0.0  # on the top layer's h before W_hy, as char-rnn: a 1-layer model regularises too
     variational_dropout: bool = False  # one mask per window for dropout and dropout_output, not one per step
     weight_drop: float = 0.0  # DropConnect on every W_hh, one mask per window (AWD-LSTM)
-    impl: str = "fused"  # loop: the readable unroll; fused: hand-written BPTT; fused_cpp: + compiled kernels (LSTM step, sampling loop)
+    impl: str = "fused"  # loop: the readable unroll; fused: hand-written BPTT; fused_cpp: + compiled kernels (the loops over time, sampling)
     cell: str = "rnn"  # rnn: the tutorial's tanh cell; lstm; gru
     bidirectional: bool = False  # a second stack reads each window backwards: a cloze model for `charrnn fill`
 
