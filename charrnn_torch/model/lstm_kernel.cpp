@@ -270,10 +270,10 @@ void shared_steps(int64_t P, int64_t T, const Product& product, const Rows& rows
 template <typename T>
 T* at_row(const torch::Tensor& t, int64_t row) { return t.data_ptr<T>() + row * t.stride(0); }
 
-// f(b, r, prev, share, product) for each row b of row block k (of as many as there are shares) at
-// step t, and each share with its product: r is the row's index in the (T*B, .) buffers, prev its
-// row of the state carried from t-1 (prev_all's row r - B, or x0's row b at t = 0): c for the LSTM,
-// h for the GRU.
+// f(r, prev, share, product) for each row b of row block k (of as many as there are shares) at step t,
+// and each share: r is the row's index in the (T*B, .) buffers, prev its row of the state carried
+// from t-1 (prev_all's row r - B, or x0's row b at t = 0: c for the LSTM, h otherwise), product the
+// share's product's row b (null where there is none).
 template <typename T, typename F>
 void each_row_and_share(const std::vector<Share>& shares, const std::vector<torch::Tensor>& products, int64_t k,
                         int64_t t, int64_t B, const torch::Tensor& prev_all, const torch::Tensor& x0, const F& f) {
@@ -281,8 +281,38 @@ void each_row_and_share(const std::vector<Share>& shares, const std::vector<torc
     for (int64_t b = k * B / P; b < (k + 1) * B / P; ++b) {
         const int64_t r = t * B + b;
         const T* prev = t ? at_row<T>(prev_all, r - B) : at_row<T>(x0, b);
-        for (int64_t j = 0; j < P; ++j) f(b, r, prev, shares[j], products[j]);
+        for (int64_t j = 0; j < P; ++j) {
+            const torch::Tensor& p = products[j];
+            f(r, prev, shares[j], p.defined() ? p.data_ptr<T>() + b * p.size(1) : nullptr);
+        }
     }
+}
+
+// A forward loop over T steps: each share's product of h_{t-1} (h_all's rows of t-1, or h0), then f
+// (each_row_and_share's) for the thread's rows.
+template <typename T, typename F>
+void forward_steps(const std::vector<Share>& shares, int64_t B, int64_t steps, const torch::Tensor& h_all,
+                   const torch::Tensor& h0, const torch::Tensor& prev_all, const torch::Tensor& x0, const F& f) {
+    std::vector<torch::Tensor> p(shares.size());
+    shared_steps(
+        int64_t(shares.size()), steps,
+        [&](int64_t k, int64_t t) { p[k] = shares[k].product(t ? h_all.narrow(0, (t - 1) * B, B) : h0); },
+        [&](int64_t k, int64_t t) { each_row_and_share<T>(shares, p, k, t, B, prev_all, x0, f); });
+}
+
+// A backward loop from t = T-1 down: each share's columns of grad_{t+1} W_hh (grad_all's rows of t+1;
+// none at t = T-1), then f for the thread's rows.
+template <typename T, typename F>
+void backward_steps(const std::vector<Share>& shares, int64_t B, int64_t steps, const torch::Tensor& grad_all,
+                    const torch::Tensor& prev_all, const torch::Tensor& x0, const F& f) {
+    std::vector<torch::Tensor> p(shares.size());
+    shared_steps(
+        int64_t(shares.size()), steps,
+        [&](int64_t k, int64_t step) {
+            const int64_t t = steps - 1 - step;
+            p[k] = t < steps - 1 ? shares[k].product(grad_all.narrow(0, (t + 1) * B, B)) : torch::Tensor();
+        },
+        [&](int64_t k, int64_t step) { each_row_and_share<T>(shares, p, k, steps - 1 - step, B, prev_all, x0, f); });
 }
 
 void check_loop(std::initializer_list<const torch::Tensor*> tensors, bool onednn, const char* name) {
@@ -310,21 +340,14 @@ void forward_loop(torch::Tensor gates, torch::Tensor h0, torch::Tensor c0, torch
     TORCH_CHECK(gates.sizes() == at::IntArrayRef({T * B, 4 * H}) && h_all.size(0) == T * B && W_hh.size(0) == 4 * H,
                 "forward_loop: gates (T*B, 4H), h_all (T*B, H), W_hh (4H, H)");
     const auto shares = shares_of(W_hh, B, false, onednn);
-    const int64_t P = int64_t(shares.size());
-    std::vector<torch::Tensor> p(P);  // each share's (B, 4n) product: its units' i, f, g, o
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_forward_loop", [&] {
-        shared_steps(
-            P, T, [&](int64_t k, int64_t t) { p[k] = shares[k].product(t ? h_all.narrow(0, (t - 1) * B, B) : h0); },
-            [&](int64_t k, int64_t t) {
-                each_row_and_share<scalar_t>(shares, p, k, t, B, c_all, c0, [&](int64_t b, int64_t r,
-                                                                                const scalar_t* cp, const Share& s,
-                                                                                const torch::Tensor& product) {
-                    const int64_t u = s.begin;
-                    forward_units(at_row<scalar_t>(gates, r) + u, H, product.data_ptr<scalar_t>() + b * 4 * s.n, s.n,
-                                  cp + u, at_row<scalar_t>(c_all, r) + u, at_row<scalar_t>(tc_all, r) + u,
-                                  at_row<scalar_t>(h_all, r) + u, s.n);
-                });
-            });
+        // each share's product: its units' i, f, g, o, (B, 4n)
+        forward_steps<scalar_t>(shares, B, T, h_all, h0, c_all, c0, [&](int64_t r, const scalar_t* cp, const Share& s,
+                                                                        const scalar_t* p) {
+            const int64_t u = s.begin;
+            forward_units(at_row<scalar_t>(gates, r) + u, H, p, s.n, cp + u, at_row<scalar_t>(c_all, r) + u,
+                          at_row<scalar_t>(tc_all, r) + u, at_row<scalar_t>(h_all, r) + u, s.n);
+        });
     });
 }
 
@@ -338,27 +361,15 @@ void backward_loop(torch::Tensor gates, torch::Tensor c0, torch::Tensor c_all, t
     TORCH_CHECK(gates.sizes() == da_all.sizes() && gates.size(1) == 4 * H && dh_all.size(0) == T * B,
                 "backward_loop: gates and da_all (T*B, 4H), dh_all (T*B, H)");
     const auto shares = shares_of(W_hh, B, true, onednn);
-    const int64_t P = int64_t(shares.size());
-    std::vector<torch::Tensor> p(P);  // each share's (B, n) columns of da_{t+1} W_hh
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward_loop", [&] {
-        shared_steps(
-            P, T,
-            [&](int64_t k, int64_t step) {
-                const int64_t t = T - 1 - step;
-                p[k] = t < T - 1 ? shares[k].product(da_all.narrow(0, (t + 1) * B, B)) : torch::Tensor();
-            },
-            [&](int64_t k, int64_t step) {
-                each_row_and_share<scalar_t>(shares, p, k, T - 1 - step, B, c_all, c0, [&](int64_t b, int64_t r,
-                                                                                           const scalar_t* cp,
-                                                                                           const Share& s,
-                                                                                           const torch::Tensor& product) {
-                    const int64_t u = s.begin;  // no product at t = T-1: nothing comes back
-                    backward_units(at_row<scalar_t>(gates, r) + u, H, cp + u, at_row<scalar_t>(tc_all, r) + u,
-                                   at_row<scalar_t>(dh_all, r) + u,
-                                   product.defined() ? product.data_ptr<scalar_t>() + b * s.n : nullptr,
-                                   at_row<scalar_t>(dc, b) + u, at_row<scalar_t>(da_all, r) + u, s.n);
-                });
-            });
+        // p: the share's columns of da_{t+1} W_hh, (B, n)
+        backward_steps<scalar_t>(shares, B, T, da_all, c_all, c0, [&](int64_t r, const scalar_t* cp, const Share& s,
+                                                                      const scalar_t* p) {
+            const int64_t u = s.begin;
+            backward_units(at_row<scalar_t>(gates, r) + u, H, cp + u, at_row<scalar_t>(tc_all, r) + u,
+                           at_row<scalar_t>(dh_all, r) + u, p, at_row<scalar_t>(dc, r % B) + u,
+                           at_row<scalar_t>(da_all, r) + u, s.n);
+        });
     });
 }
 
@@ -386,19 +397,12 @@ void tanh_forward_loop(torch::Tensor pre, torch::Tensor h0, torch::Tensor W_hh, 
     TORCH_CHECK(pre.sizes() == at::IntArrayRef({T * B, H}) && W_hh.sizes() == at::IntArrayRef({H, H}),
                 "tanh_forward_loop: pre (T*B, H), W_hh (H, H)");
     const auto shares = shares_of(W_hh, B, false, onednn);
-    const int64_t P = int64_t(shares.size());
-    std::vector<torch::Tensor> p(P);  // each share's (B, n) columns of h_{t-1} W_hh^T
     AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "tanh_forward_loop", [&] {
-        shared_steps(
-            P, T, [&](int64_t k, int64_t t) { p[k] = shares[k].product(t ? pre.narrow(0, (t - 1) * B, B) : h0); },
-            [&](int64_t k, int64_t t) {
-                each_row_and_share<scalar_t>(shares, p, k, t, B, pre, h0, [&](int64_t b, int64_t r, const scalar_t*,
-                                                                              const Share& s,
-                                                                              const torch::Tensor& product) {
-                    tanh_forward_units(at_row<scalar_t>(pre, r) + s.begin, product.data_ptr<scalar_t>() + b * s.n,
-                                       s.n);
-                });
-            });
+        // p: the share's columns of h_{t-1} W_hh^T, (B, n)
+        forward_steps<scalar_t>(shares, B, T, pre, h0, pre, h0, [&](int64_t r, const scalar_t*, const Share& s,
+                                                                    const scalar_t* p) {
+            tanh_forward_units(at_row<scalar_t>(pre, r) + s.begin, p, s.n);
+        });
     });
 }
 
@@ -411,24 +415,12 @@ void tanh_backward_loop(torch::Tensor g, torch::Tensor h_all, torch::Tensor h0, 
                     W_hh.sizes() == at::IntArrayRef({H, H}),
                 "tanh_backward_loop: g and h_all (T*B, H), W_hh (H, H)");
     const auto shares = shares_of(W_hh, B, true, onednn);
-    const int64_t P = int64_t(shares.size());
-    std::vector<torch::Tensor> p(P);  // each share's (B, n) columns of g_{t+1} W_hh
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "tanh_backward_loop", [&] {
-        shared_steps(
-            P, T,
-            [&](int64_t k, int64_t step) {
-                const int64_t t = T - 1 - step;
-                p[k] = t < T - 1 ? shares[k].product(g.narrow(0, (t + 1) * B, B)) : torch::Tensor();
-            },
-            [&](int64_t k, int64_t step) {
-                each_row_and_share<scalar_t>(shares, p, k, T - 1 - step, B, h_all, h0, [&](int64_t b, int64_t r,
-                                                                                           const scalar_t*,
-                                                                                           const Share& s,
-                                                                                           const torch::Tensor& product) {
-                    tanh_backward_units(at_row<scalar_t>(g, r) + s.begin, at_row<scalar_t>(h_all, r) + s.begin,
-                                        product.defined() ? product.data_ptr<scalar_t>() + b * s.n : nullptr, s.n);
-                });
-            });
+        // p: the share's columns of g_{t+1} W_hh, (B, n)
+        backward_steps<scalar_t>(shares, B, T, g, h_all, h0, [&](int64_t r, const scalar_t*, const Share& s,
+                                                                 const scalar_t* p) {
+            tanh_backward_units(at_row<scalar_t>(g, r) + s.begin, at_row<scalar_t>(h_all, r) + s.begin, p, s.n);
+        });
     });
 }
 
@@ -481,21 +473,14 @@ void gru_forward_loop(torch::Tensor gates, torch::Tensor ah_all, torch::Tensor h
                     h_all.size(0) == T * B && W_hh.size(0) == 3 * H && b_hn.numel() == H,
                 "gru_forward_loop: gates and ah_all (T*B, 3H), h_all (T*B, H), W_hh (3H, H), b_hn (H)");
     const auto shares = shares_of(W_hh, B, false, onednn);
-    const int64_t P = int64_t(shares.size());
-    std::vector<torch::Tensor> p(P);  // each share's (B, 3n) product: its units' W_hr h, W_hz h, W_hn h
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_forward_loop", [&] {
-        shared_steps(
-            P, T, [&](int64_t k, int64_t t) { p[k] = shares[k].product(t ? h_all.narrow(0, (t - 1) * B, B) : h0); },
-            [&](int64_t k, int64_t t) {
-                each_row_and_share<scalar_t>(shares, p, k, t, B, h_all, h0, [&](int64_t b, int64_t r,
-                                                                                const scalar_t* hp, const Share& s,
-                                                                                const torch::Tensor& product) {
-                    const int64_t u = s.begin;
-                    gru_forward_units(at_row<scalar_t>(gates, r) + u, at_row<scalar_t>(ah_all, r) + u, H,
-                                      product.data_ptr<scalar_t>() + b * 3 * s.n, b_hn.data_ptr<scalar_t>() + u,
-                                      hp + u, at_row<scalar_t>(h_all, r) + u, s.n);
-                });
-            });
+        // p: the share's W_hr h, W_hz h, W_hn h, (B, 3n)
+        forward_steps<scalar_t>(shares, B, T, h_all, h0, h_all, h0, [&](int64_t r, const scalar_t* hp, const Share& s,
+                                                                        const scalar_t* p) {
+            const int64_t u = s.begin;
+            gru_forward_units(at_row<scalar_t>(gates, r) + u, at_row<scalar_t>(ah_all, r) + u, H, p,
+                              b_hn.data_ptr<scalar_t>() + u, hp + u, at_row<scalar_t>(h_all, r) + u, s.n);
+        });
     });
 }
 
@@ -512,28 +497,15 @@ void gru_backward_loop(torch::Tensor gates, torch::Tensor ah_all, torch::Tensor 
                     dh_all.sizes() == h_all.sizes() && carry.sizes() == h0.sizes(),
                 "gru_backward_loop: (T*B, 3H) gates, ah_all, dax_all, dah_all; (T*B, H) h_all, dh_all; (B, H) carry");
     const auto shares = shares_of(W_hh, B, true, onednn);
-    const int64_t P = int64_t(shares.size());
-    std::vector<torch::Tensor> p(P);  // each share's (B, n) columns of dah_{t+1} W_hh
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_backward_loop", [&] {
-        shared_steps(
-            P, T,
-            [&](int64_t k, int64_t step) {
-                const int64_t t = T - 1 - step;
-                p[k] = t < T - 1 ? shares[k].product(dah_all.narrow(0, (t + 1) * B, B)) : torch::Tensor();
-            },
-            [&](int64_t k, int64_t step) {
-                each_row_and_share<scalar_t>(shares, p, k, T - 1 - step, B, h_all, h0, [&](int64_t b, int64_t r,
-                                                                                           const scalar_t* hp,
-                                                                                           const Share& s,
-                                                                                           const torch::Tensor& product) {
-                    const int64_t u = s.begin;  // no product (and no carry) at t = T-1: nothing comes back
-                    gru_backward_units(at_row<scalar_t>(gates, r) + u, at_row<scalar_t>(ah_all, r) + u, H, hp + u,
-                                       at_row<scalar_t>(dh_all, r) + u,
-                                       product.defined() ? product.data_ptr<scalar_t>() + b * s.n : nullptr,
-                                       at_row<scalar_t>(carry, b) + u, at_row<scalar_t>(dax_all, r) + u,
-                                       at_row<scalar_t>(dah_all, r) + u, s.n);
-                });
-            });
+        // p: the share's columns of dah_{t+1} W_hh, (B, n); none (and no carry) at t = T-1
+        backward_steps<scalar_t>(shares, B, T, dah_all, h_all, h0, [&](int64_t r, const scalar_t* hp, const Share& s,
+                                                                       const scalar_t* p) {
+            const int64_t u = s.begin;
+            gru_backward_units(at_row<scalar_t>(gates, r) + u, at_row<scalar_t>(ah_all, r) + u, H, hp + u,
+                               at_row<scalar_t>(dh_all, r) + u, p, at_row<scalar_t>(carry, r % B) + u,
+                               at_row<scalar_t>(dax_all, r) + u, at_row<scalar_t>(dah_all, r) + u, s.n);
+        });
     });
 }
 
