@@ -192,10 +192,10 @@ class _LSTMRecurrence(torch.autograd.Function):
 
 
 def _compiled_loop(kernels, T):
-    """Whether the compiled kernels run the LSTM's whole loop over the T steps (lstm_kernel.cpp's
-    forward_loop and backward_loop): for a loop of many steps (packed_gemm.PACK_MIN_CALLS, as many
-    as pay for packing W_hh). Fewer, like sampling's one step, run the step kernels from Python:
-    the calls the Stepper makes (stepper.py), so that it gives the model's bits."""
+    """Whether the compiled kernels run a cell's whole loop over the T steps (lstm_kernel.cpp's
+    *_forward_loop and *_backward_loop): for a loop of many steps (packed_gemm.PACK_MIN_CALLS, as
+    many as pay for packing W_hh). Fewer, like sampling's one step, run from Python: the calls the
+    Stepper makes (stepper.py), so that it gives the model's bits."""
     return kernels is not None and T >= PACK_MIN_CALLS
 
 

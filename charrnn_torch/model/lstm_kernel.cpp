@@ -3,17 +3,18 @@
 // with its own row stride. Each kernel is one pass over the B rows, split between torch's threads
 // (its own OpenMP runtime: compiled.py links that one) where there are enough rows, where fused's
 // aten version is 7 (forward) and 11 (backward) separately dispatched passes. Each row is the
-// same arithmetic on any thread, so the split never changes a bit. For a loop of many steps,
-// forward_loop and backward_loop run all T steps of a direction in one parallel region instead:
-// each thread multiplies for a share of the hidden units, then steps a share of the rows. C++17.
+// same arithmetic on any thread, so the split never changes a bit. For a loop of many steps, each
+// cell's loops (forward_loop and backward_loop for the LSTM, tanh_* and gru_* for the others) run all
+// T steps of a direction in one parallel region instead: each thread multiplies for a share of the
+// hidden units, then steps a block of the rows. C++17.
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <atomic>
 #include <cstring>
 #include <string>
 #include <thread>
